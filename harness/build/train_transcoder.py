@@ -1,0 +1,396 @@
+"""Train, evaluate and save a TopK skip-transcoder on one MLP of a Llama-family model (on the CPU).
+
+Data: pairs (x, y) = (input, output) of `model.model.layers[L].mlp` for every token of the corpus's
+training part (before `eval_start`). They are either captured while the corpus was generated
+(`<work>/corpus/acts/train-*.safetensors`, bf16) or collected here by a forward pass of the model cut to
+its first L+1 layers over windows of the corpus (`collect_mlp_activations`).
+
+Coder: eai-sparsify's `SparseCoder` (its Python API; the CPU path, `SPARSIFY_DISABLE_TRITON=1`) with
+`transcode=True, skip_connection=True, activation="topk"`: z = TopK(relu(W_enc x + b_enc)) (no b_dec
+subtraction), y_hat = z @ W_dec + b_dec + x @ W_skip.T. Initialisation as sparsify's trainer does for a
+transcoder: W_dec = 0, W_skip = 0, b_enc = 0, b_dec = mean of y. The decoder rows are not normalised
+(`normalize_decoder=false`, as sparsify's trainer for transcoders). Loss: FVU (sparsify's) + auxk_alpha x
+AuxK loss on latents that have not fired for `dead_tokens` training tokens. Adam, linear warm-up, then
+constant LR with a linear decay over the last 20% of steps. Checkpoint (model + optimiser + RNG + position)
+every `ckpt_every` steps; a rerun resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    num_latents: int = 4096
+    k: int = 32
+    batch_tokens: int = 1024
+    epochs: int = 1
+    lr: float = 8e-4
+    warmup_steps: int = 100
+    decay_frac: float = 0.2
+    auxk_alpha: float = 1 / 32
+    dead_tokens: int = 200_000
+    seed: int = 0
+    ckpt_every: int = 100
+
+
+# ---------------------------------------------------------------------------------------------------
+# activation collection
+
+class MLPCapture:
+    """Forward pre-hook / forward hook on an MLP module: records its input and output tensors."""
+
+    def __init__(self, mlp: torch.nn.Module):
+        self.inputs: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []
+        self._handles = [mlp.register_forward_pre_hook(self._pre), mlp.register_forward_hook(self._post)]
+
+    def _pre(self, module, args):
+        self.inputs.append(args[0].detach())
+
+    def _post(self, module, args, output):
+        self.outputs.append((output[0] if isinstance(output, tuple) else output).detach())
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def truncate_layers(model, num_layers: int):
+    """Keep only the first `num_layers` decoder layers (in place); returns the model."""
+    model.model.layers = model.model.layers[:num_layers]
+    model.config.num_hidden_layers = num_layers
+    return model
+
+
+@torch.inference_mode()
+def collect_mlp_activations(model, layer: int, windows: np.ndarray, batch_size: int = 16,
+                            progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) float32 [n_windows * T, d]: input and output of `model.model.layers[layer].mlp` on every
+    position of every window ([n, T] token ids). Runs only the layers up to `layer` (an exception from a
+    hook stops the forward pass right after that MLP)."""
+
+    class _Stop(Exception):
+        pass
+
+    mlp = model.model.layers[layer].mlp
+    cap = MLPCapture(mlp)
+    stopper = mlp.register_forward_hook(lambda m, a, o: (_ for _ in ()).throw(_Stop()))
+    try:
+        for s in range(0, len(windows), batch_size):
+            ids = torch.as_tensor(np.asarray(windows[s:s + batch_size], dtype=np.int64))
+            try:
+                model.model(input_ids=ids, use_cache=False)
+            except _Stop:
+                pass
+            if progress is not None:
+                progress(min(s + batch_size, len(windows)))
+    finally:
+        stopper.remove()
+        cap.remove()
+    d = model.config.hidden_size
+    x = torch.cat([t.reshape(-1, d) for t in cap.inputs]).float()
+    y = torch.cat([t.reshape(-1, d) for t in cap.outputs]).float()
+    return x, y
+
+
+def corpus_windows(tokens: np.ndarray, start: int, stop: int, T: int) -> np.ndarray:
+    """Consecutive non-overlapping windows of T tokens inside tokens[start:stop]."""
+    n = (stop - start) // T
+    return np.asarray(tokens[start:start + n * T], dtype=np.int64).reshape(n, T)
+
+
+# ---------------------------------------------------------------------------------------------------
+# coder
+
+def make_coder(d_in: int, cfg: TrainConfig, b_dec: torch.Tensor | None = None):
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    torch.manual_seed(cfg.seed)
+    sc_cfg = SparseCoderConfig(activation="topk", num_latents=cfg.num_latents, k=cfg.k,
+                               expansion_factor=max(1, cfg.num_latents // d_in), normalize_decoder=False,
+                               multi_topk=False, skip_connection=True, transcode=True)
+    coder = SparseCoder(d_in, sc_cfg, device="cpu", dtype=torch.float32)
+    if b_dec is not None:
+        coder.b_dec.data.copy_(b_dec)
+    return coder
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_start = int(total * (1 - cfg.decay_frac))
+    if step >= decay_start and total > decay_start:
+        return cfg.lr * max(0.05, (total - step) / (total - decay_start))
+    return cfg.lr
+
+
+def train(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, ckpt_dir: Path | None = None,
+          log=print, stop_after: int | None = None):
+    """Train a skip-transcoder on (x, y) rows; resumable from `ckpt_dir/ckpt.pt`. Returns (coder, stats).
+
+    `stop_after` (tests): return after that many steps of this call, leaving the checkpoint behind.
+    """
+    n, d = x.shape
+    steps_per_epoch = n // cfg.batch_tokens
+    total = steps_per_epoch * cfg.epochs
+    if total == 0:
+        raise ValueError(f"{n} training rows are fewer than one batch of {cfg.batch_tokens}")
+    coder = make_coder(d, cfg, b_dec=y[: min(n, 200_000)].mean(0))
+    opt = torch.optim.Adam(coder.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    last_fired = torch.zeros(cfg.num_latents, dtype=torch.long)  # tokens since each latent last fired
+    step = 0
+    history: list[dict] = []
+    ckpt = Path(ckpt_dir) / "ckpt.pt" if ckpt_dir is not None else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        if state["cfg"] != asdict(cfg) or state["n"] != n:
+            raise ValueError(f"{ckpt} belongs to another run (cfg or data size differ): delete it to restart")
+        coder.load_state_dict(state["coder"])
+        opt.load_state_dict(state["opt"])
+        last_fired = state["last_fired"]
+        step = state["step"]
+        history = state["history"]
+        log(f"train: resumed from {ckpt} at step {step}/{total}")
+
+    def save_ckpt():
+        if ckpt is None:
+            return
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"cfg": asdict(cfg), "n": n, "coder": coder.state_dict(), "opt": opt.state_dict(),
+                    "last_fired": last_fired, "step": step, "history": history}, tmp)
+        os.replace(tmp, ckpt)
+
+    t0 = time.time()
+    run_fvu, run_n, this_call = 0.0, 0, 0
+    while step < total:
+        epoch, i = divmod(step, steps_per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        idx = perm[i * cfg.batch_tokens:(i + 1) * cfg.batch_tokens]
+        xb, yb = x[idx].float(), y[idx].float()
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, total, cfg)
+        dead_mask = last_fired > cfg.dead_tokens if cfg.auxk_alpha > 0 else None
+        out = coder(xb, yb, dead_mask=dead_mask)
+        loss = out.fvu + cfg.auxk_alpha * out.auxk_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            fired = torch.zeros(cfg.num_latents, dtype=torch.bool)
+            fired[out.latent_indices[out.latent_acts > 0].flatten()] = True
+            last_fired += len(idx)
+            last_fired[fired] = 0
+        run_fvu += float(out.fvu)
+        run_n += 1
+        step += 1
+        this_call += 1
+        if step % cfg.ckpt_every == 0 or step == total:
+            dead = float((last_fired > cfg.dead_tokens).float().mean())
+            rate = this_call * cfg.batch_tokens / max(time.time() - t0, 1e-9)
+            history.append({"step": step, "fvu": run_fvu / run_n, "dead_frac": dead})
+            log(f"train: step {step}/{total} fvu {run_fvu / run_n:.4f} dead {dead:.3f} "
+                f"lr {opt.param_groups[0]['lr']:.1e} ({rate:.0f} tokens/s)")
+            run_fvu, run_n = 0.0, 0
+            save_ckpt()
+        if stop_after is not None and this_call >= stop_after:
+            save_ckpt()
+            break
+    return coder, {"steps": step, "total_steps": total, "history": history,
+                   "dead_frac_train": float((last_fired > cfg.dead_tokens).float().mean())}
+
+
+@torch.no_grad()
+def evaluate_reconstruction(coder, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> dict:
+    """FVU (total squared error / total variance of y around its mean), dead fraction and firing stats."""
+    L = coder.num_latents
+    counts = torch.zeros(L, dtype=torch.long)
+    sse = 0.0
+    mu = y.mean(0)
+    tv = float((y - mu).pow(2).sum())
+    for s in range(0, len(x), batch):
+        xb, yb = x[s:s + batch], y[s:s + batch]
+        out = coder(xb, yb)
+        sse += float((yb - out.sae_out).pow(2).sum())
+        act = out.latent_indices[out.latent_acts > 0]
+        counts += torch.bincount(act.flatten(), minlength=L)
+    fires = counts.float() / len(x)
+    return {"fvu": sse / tv, "dead_frac": float((counts == 0).float().mean()), "tokens": int(len(x)),
+            "mean_active_per_token": float(counts.sum()) / len(x),
+            "max_fire_rate": float(fires.max()), "latents_fire_rate_over_10pct": int((fires > 0.1).sum())}
+
+
+def save_coder(coder, folder: Path) -> None:
+    """sparsify format: cfg.json (+ d_in) and sae.safetensors, written by sparsify itself."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    coder.save_to_disk(tmp)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CE at the last position of held-out contexts
+
+@torch.inference_mode()
+def last_position_ce(model, layer: int, coder, contexts: np.ndarray, batch_size: int = 16,
+                     progress=None) -> dict[str, np.ndarray]:
+    """CE of the target (contexts[:, -1]) given the window (contexts[:, :-1]) under three conditions, the
+    MLP output of `layer` being replaced at the window's LAST position only (earlier positions untouched):
+    clean (no patch), coder (the transcoder's output from the same MLP input), zero_output (zeros)."""
+    from transformers import DynamicCache
+
+    import inspect
+
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    mlp = model.model.layers[layer].mlp
+    mode = {"cond": "clean"}
+
+    def hook(module, args, output):
+        if mode["cond"] == "clean":
+            return None
+        if mode["cond"] == "zero_output":
+            return torch.zeros_like(output)
+        x = args[0]
+        return coder(x.reshape(-1, x.shape[-1]).float()).sae_out.reshape(output.shape).to(output.dtype)
+
+    h = mlp.register_forward_hook(hook)
+    res = {c: [] for c in ("clean", "coder", "zero_output")}
+    try:
+        for s in range(0, len(contexts), batch_size):
+            ids = torch.as_tensor(np.asarray(contexts[s:s + batch_size], dtype=np.int64))
+            window, target = ids[:, :-1], ids[:, -1]
+            T = window.shape[1]
+            cache = DynamicCache(config=model.config)
+            mode["cond"] = "clean"
+            model(input_ids=window[:, :-1], use_cache=True, **{cache_kw: cache})
+            for cond in res:
+                mode["cond"] = cond
+                cache.crop(T - 1)
+                pos = torch.full((len(ids), 1), T - 1, dtype=torch.long)
+                out = model(input_ids=window[:, -1:], position_ids=pos, use_cache=True, **{cache_kw: cache})
+                logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+                res[cond].append((-logp.gather(1, target[:, None])[:, 0]).numpy())
+            if progress is not None:
+                progress(min(s + batch_size, len(contexts)))
+    finally:
+        h.remove()
+    return {c: np.concatenate(v) for c, v in res.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the build steps (called by harness.build.smollm2_task)
+
+def load_training_activations(work: Path, n_chunks: int, layer: int, load_subject, log) -> tuple:
+    """x, y (bf16) of the training part: captured during generation, or collected for chunks lacking it."""
+    from safetensors.torch import load_file
+
+    from harness.build import corpus as C
+
+    xs, ys = [], []
+    model = None
+    for i in range(n_chunks):
+        p = work / "corpus" / "acts" / f"{C.chunk_name('train', i)}.safetensors"
+        if p.is_file():
+            t = load_file(str(p))
+            xs.append(t["x"])
+            ys.append(t["y"])
+            continue
+        if model is None:
+            model = truncate_layers(load_subject()[0], layer + 1)
+        toks = C.chunk_tokens(work / "corpus", "train", i)
+        w = corpus_windows(toks, 0, len(toks), 256)
+        x, y = collect_mlp_activations(model, layer, w)
+        log(f"train: collected {len(x)} activations of chunk train-{i:04d} by a forward pass")
+        xs.append(x.to(torch.bfloat16))
+        ys.append(y.to(torch.bfloat16))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log, load_subject,
+              train_tokens: int = 0, cfg: TrainConfig = TrainConfig(), eval_windows: int = 200,
+              eval_T: int = 256, ce_contexts: int = 500, ce_T: int = 64, seed: int = 0) -> None:
+    from harness.tiny import sha256_file
+
+    summary = json.loads((work / "corpus_summary.json").read_text())
+    coder_dir = task_dir / "coder" / f"layers.{layer}.mlp"
+    report_path = work / "report.json"
+
+    if "train" in steps:
+        x, y = load_training_activations(work, summary["train_chunks"], layer, load_subject, log)
+        if train_tokens:
+            x, y = x[:train_tokens], y[:train_tokens]
+        log(f"train: {len(x)} training activation pairs, {cfg}")
+        torch.manual_seed(cfg.seed)
+        coder, stats = train(x, y, cfg, ckpt_dir=work / "train", log=log)
+        del x, y
+        save_coder(coder, coder_dir)
+        stats["train_rows"] = int(summary["train_tokens"] if not train_tokens else train_tokens)
+        stats["config"] = asdict(cfg)
+        (work / "train_stats.json").write_text(json.dumps(stats, indent=1))
+        log(f"train: saved {coder_dir}")
+
+    if "evaluate" in steps:
+        from sparsify import SparseCoder
+
+        coder = SparseCoder.load_from_disk(coder_dir)
+        model, _ = load_subject()
+        with np.load(task_dir / "corpus.npz") as z:
+            tokens = z["tokens"]
+            eval_start = int(z["eval_start"])
+        # Held-out reconstruction: consecutive windows at the start of the evaluation part.
+        w = corpus_windows(tokens, eval_start, len(tokens), eval_T)[:eval_windows]
+        full_layers = model.model.layers
+        truncate_layers(model, layer + 1)
+        x, y = collect_mlp_activations(model, layer, w)
+        model.model.layers = full_layers
+        model.config.num_hidden_layers = len(full_layers)
+        rec = evaluate_reconstruction(coder, x, y)
+        log(f"evaluate: held-out FVU {rec['fvu']:.4f}, dead {rec['dead_frac']:.4f} on {rec['tokens']} tokens")
+        # CE on random contexts of the evaluation part.
+        rng = np.random.default_rng(seed)
+        starts = rng.choice(len(tokens) - eval_start - ce_T, size=ce_contexts, replace=False) + eval_start
+        ctx = np.stack([tokens[s:s + ce_T + 1] for s in np.sort(starts)]).astype(np.int64)
+        ce = last_position_ce(model, layer, coder, ctx)
+        ce_stats = {c: {"mean": float(v.mean()), "median": float(np.median(v))} for c, v in ce.items()}
+        for c, v in ce_stats.items():
+            log(f"evaluate: CE {c}: mean {v['mean']:.4f} median {v['median']:.4f}")
+        report = {"held_out": rec, "held_out_windows": int(len(w)), "held_out_T": eval_T,
+                  "ce": ce_stats, "ce_contexts": ce_contexts, "ce_T": ce_T, "ce_seed": seed,
+                  "ce_patch": "MLP output replaced at the window's last position only",
+                  "delta_ce_coder_mean": ce_stats["coder"]["mean"] - ce_stats["clean"]["mean"],
+                  "delta_ce_zero_mean": ce_stats["zero_output"]["mean"] - ce_stats["clean"]["mean"]}
+        report_path.write_text(json.dumps(report, indent=1))
+
+    if "finish" in steps:
+        arts = {}
+        for rel in [f"coder/layers.{layer}.mlp/sae.safetensors", f"coder/layers.{layer}.mlp/cfg.json",
+                    "corpus.npz"]:
+            p = task_dir / rel
+            if p.is_file():
+                arts[rel] = sha256_file(p)
+        out = {"artifacts": arts, "corpus": summary,
+               "report": json.loads(report_path.read_text()) if report_path.is_file() else None,
+               "train": json.loads((work / "train_stats.json").read_text())
+               if (work / "train_stats.json").is_file() else None}
+        (task_dir / "artifacts.json").write_text(json.dumps(out, indent=1))
+        log(f"finish: wrote {task_dir / 'artifacts.json'}")

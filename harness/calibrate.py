@@ -1,0 +1,418 @@
+"""Quantile normalisation of simulator predictions onto true latent activations (PROTOCOL §4).
+
+The simulator answers on a 0–9 digit scale; the coder's latents live on their own scale and are
+zero almost everywhere. `q_j = F_true,j⁻¹ ∘ F_pred,j` maps one onto the other per latent, where
+
+* `F_pred,j` is the mid-rank empirical CDF of the simulator's expected values on the calibration
+  split (never the test split, except in the labelled `prompt-fit` diagnostic), and
+* `F_true,j⁻¹` is the empirical quantile function of latent j's post-TopK activations over the
+  `activation_sample` split.
+
+Because activations are mostly exact zeros, the true distribution is stored as a mixture: a point
+mass `1 − fire_rate` at zero plus `Q` quantiles of the *non-zero* values. A plain quantile grid
+over all tokens would spend nearly all of its points on zeros and lose the upper tail, which is
+exactly where the simulator's confident predictions land.
+
+The quantile estimator is numpy's `method` (Hyndman & Fan type), pinned in the table and reported.
+The default `inverted_cdf` returns observed values only, so a mapped prediction is either exactly
+0 or a value the latent really took; interpolating methods would invent small positives just
+above zero, which then count as "active" in sensitivity/specificity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import HarnessError
+
+__all__ = [
+    "QUANTILE_METHODS",
+    "CALIBRATION_MODES",
+    "ActivationTable",
+    "ActivationTableBuilder",
+    "build_activation_table",
+    "true_quantile",
+    "fit_normaliser",
+    "ecdf_midrank",
+    "apply_normaliser",
+    "apply_quantile_normalisation",
+    "calibrate",
+]
+
+# numpy.quantile's methods. The step-function ones return (averages of) order statistics, so
+# between grid points they are read at the next grid point up rather than interpolated.
+_DISCRETE_METHODS = ("inverted_cdf", "averaged_inverted_cdf", "closest_observation", "lower",
+                     "higher", "nearest")
+QUANTILE_METHODS = ("inverted_cdf", "averaged_inverted_cdf", "closest_observation",
+                    "interpolated_inverted_cdf", "hazen", "weibull", "linear", "median_unbiased",
+                    "normal_unbiased", "lower", "higher", "midpoint", "nearest")
+
+CALIBRATION_MODES = ("quantile", "none", "prompt-fit")
+
+_TABLE_FORMAT = 1
+
+
+def _check_method(method: str) -> None:
+    if method not in QUANTILE_METHODS:
+        raise HarnessError(f"unknown quantile method {method!r}; use one of: "
+                           f"{', '.join(QUANTILE_METHODS)}")
+
+
+def _inverted_cdf_index(n: int, p: np.ndarray) -> np.ndarray:
+    """0-based order statistic that `np.quantile(x, p, method="inverted_cdf")` picks from n values.
+
+    Copied from numpy's own arithmetic (index = n·p − 1, rounded up unless exactly integral)
+    rather than written as ceil(n·p) − 1, so that the table and the inverse mapping agree with
+    numpy bit for bit even where n·p lands a rounding error away from an integer.
+    """
+    index = n * np.asarray(p, dtype=np.float64) - 1
+    previous = np.floor(index)
+    res = np.where(index - previous == 0, previous, previous + 1).astype(np.intp)
+    res[res < 0] = 0
+    return res
+
+
+@dataclass
+class ActivationTable:
+    """Per-latent true activation distribution: firing rate + quantiles of the non-zero values.
+
+    `nz_quantiles[j]` holds quantiles at probabilities `np.linspace(0, 1, Q)` of the non-zero
+    activations of latent j (all 0 for a latent that never fired). `nz_count` and `n_tokens` are
+    kept as integers so that the zero/non-zero boundary of the mixture is decided by exact counts,
+    not by `1 − fire_rate` in floating point.
+    """
+
+    fire_rate: np.ndarray     # [L] float64, = nz_count / n_tokens
+    nz_quantiles: np.ndarray  # [L, Q] float32
+    nz_count: np.ndarray      # [L] int64
+    n_tokens: int
+    method: str = "inverted_cdf"
+
+    def __post_init__(self) -> None:
+        self.fire_rate = np.asarray(self.fire_rate, dtype=np.float64)
+        self.nz_quantiles = np.asarray(self.nz_quantiles, dtype=np.float32)
+        self.nz_count = np.asarray(self.nz_count, dtype=np.int64)
+        self.n_tokens = int(self.n_tokens)
+        self.method = str(self.method)
+        _check_method(self.method)
+        L = self.fire_rate.shape[0] if self.fire_rate.ndim == 1 else -1
+        if (L < 0 or self.nz_count.shape != (L,) or self.nz_quantiles.ndim != 2
+                or self.nz_quantiles.shape[0] != L or self.nz_quantiles.shape[1] < 2):
+            raise HarnessError(
+                f"activation table has inconsistent shapes: fire_rate {self.fire_rate.shape}, "
+                f"nz_count {self.nz_count.shape}, nz_quantiles {self.nz_quantiles.shape}; "
+                "rebuild it with `harness prepare`")
+        if self.n_tokens <= 0 or np.any(self.nz_count < 0) or np.any(self.nz_count > self.n_tokens):
+            raise HarnessError(f"activation table counts are invalid (n_tokens={self.n_tokens}); "
+                               "rebuild it with `harness prepare`")
+
+    @property
+    def num_latents(self) -> int:
+        return int(self.fire_rate.shape[0])
+
+    @property
+    def n_quantiles(self) -> int:
+        return int(self.nz_quantiles.shape[1])
+
+    @property
+    def probs(self) -> np.ndarray:
+        """The probability grid of `nz_quantiles` (conditional on firing)."""
+        return np.linspace(0.0, 1.0, self.n_quantiles)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # np.savez appends ".npz" to names without it; write to a handle so `path` is exact.
+        with open(path, "wb") as fh:
+            np.savez(fh, format=np.int64(_TABLE_FORMAT), fire_rate=self.fire_rate,
+                     nz_quantiles=self.nz_quantiles, nz_count=self.nz_count,
+                     n_tokens=np.int64(self.n_tokens), method=np.str_(self.method))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ActivationTable":
+        path = Path(path)
+        if not path.is_file():
+            raise HarnessError(f"activation table {path} not found; run `harness prepare` first")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except Exception as exc:  # a truncated or foreign file: say which one
+            raise HarnessError(f"activation table {path} is unreadable ({exc}); delete it and "
+                               "run `harness prepare` again") from None
+        need = ("format", "fire_rate", "nz_quantiles", "nz_count", "n_tokens", "method")
+        missing = [k for k in need if k not in data]
+        if missing:
+            raise HarnessError(f"activation table {path} lacks {', '.join(missing)}; delete it "
+                               "and run `harness prepare` again")
+        if int(data["format"]) != _TABLE_FORMAT:
+            raise HarnessError(f"activation table {path} has format {int(data['format'])}, this "
+                               f"harness reads {_TABLE_FORMAT}; run `harness prepare` again")
+        return cls(fire_rate=data["fire_rate"], nz_quantiles=data["nz_quantiles"],
+                   nz_count=data["nz_count"], n_tokens=int(data["n_tokens"]),
+                   method=str(data["method"]))
+
+
+def _check_topk(values: np.ndarray, indices: np.ndarray, num_latents: int) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(values)
+    indices = np.asarray(indices)
+    if values.ndim != 2 or values.shape != indices.shape:
+        raise HarnessError(f"TopK output must be values [n, k] and indices [n, k] of one shape; "
+                           f"got {values.shape} and {indices.shape}")
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise HarnessError(f"TopK indices must be integers, got dtype {indices.dtype}")
+    if values.size and (indices.min() < 0 or indices.max() >= num_latents):
+        raise HarnessError(f"TopK indices fall outside [0, {num_latents}); does num_latents "
+                           "match the coder?")
+    if not np.all(np.isfinite(values)):
+        raise HarnessError("TopK values contain NaN or inf; the coder's activations are broken")
+    if np.any(values < 0):
+        # The zero-mass-plus-positive-tail mixture (and so true_quantile) assumes post-ReLU values.
+        raise HarnessError("TopK values contain negative activations; the activation table "
+                           "expects post-ReLU (non-negative) latents")
+    firing = values != 0
+    if values.shape[1] > 1:
+        # A repeated latent within one token would be counted twice in its firing rate. Padding
+        # entries (value 0) may repeat freely, so give each a distinct negative stand-in.
+        idx = np.where(firing, indices, -1 - np.arange(values.shape[1]))
+        idx = np.sort(idx, axis=1)
+        if np.any(idx[:, 1:] == idx[:, :-1]):
+            raise HarnessError("TopK indices repeat a latent within one token; expected "
+                               "distinct indices per row")
+    return values[firing], indices[firing]
+
+
+class ActivationTableBuilder:
+    """Accumulates TopK output batch by batch, so `prepare` need not hold all [n, k] arrays.
+
+    Only the non-zero entries are kept (as float32 value + int32 latent), which is what the
+    table is built from anyway; memory is ~8 bytes per firing entry.
+    """
+
+    def __init__(self, num_latents: int, n_quantiles: int = 1001, method: str = "inverted_cdf"):
+        if num_latents <= 0:
+            raise HarnessError(f"num_latents must be positive, got {num_latents}")
+        if n_quantiles < 2:
+            raise HarnessError(f"n_quantiles must be at least 2, got {n_quantiles}")
+        _check_method(method)
+        self.num_latents = int(num_latents)
+        self.n_quantiles = int(n_quantiles)
+        self.method = method
+        self.n_tokens = 0
+        self._values: list[np.ndarray] = []
+        self._latents: list[np.ndarray] = []
+
+    def add(self, values: np.ndarray, indices: np.ndarray) -> None:
+        v, i = _check_topk(values, indices, self.num_latents)
+        self.n_tokens += int(np.asarray(values).shape[0])
+        self._values.append(v.astype(np.float32))
+        self._latents.append(i.astype(np.int32 if self.num_latents < 2**31 else np.int64))
+
+    def finish(self) -> ActivationTable:
+        if self.n_tokens == 0:
+            raise HarnessError("activation table needs at least one token; the "
+                               "activation_sample split is empty")
+        v = np.concatenate(self._values) if self._values else np.zeros(0, np.float32)
+        i = np.concatenate(self._latents) if self._latents else np.zeros(0, np.int64)
+        return _table_from_firing(v, i, self.n_tokens, self.num_latents, self.n_quantiles,
+                                  self.method)
+
+
+def _table_from_firing(values: np.ndarray, latents: np.ndarray, n_tokens: int, num_latents: int,
+                       n_quantiles: int, method: str) -> ActivationTable:
+    L, Q = num_latents, n_quantiles
+    counts = np.bincount(latents, minlength=L).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    # Sort by (latent, value) in one pass: non-negative float32 bit patterns order like the
+    # floats, so a uint64 key (latent << 32 | bits) sorts both at once without an argsort.
+    key = (latents.astype(np.uint64) << np.uint64(32)) | values.view(np.uint32).astype(np.uint64)
+    key.sort()
+    sorted_vals = (key & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)
+    del key
+
+    probs = np.linspace(0.0, 1.0, Q)
+    nz_quantiles = np.zeros((L, Q), dtype=np.float32)
+    if method == "inverted_cdf":
+        # Slices are already sorted, so the order statistics can be gathered directly; this is
+        # ~10x faster than np.quantile's per-slice partition and gives identical values.
+        for j in np.flatnonzero(counts):
+            nz_quantiles[j] = sorted_vals[starts[j] + _inverted_cdf_index(int(counts[j]), probs)]
+    else:
+        for j in np.flatnonzero(counts):
+            nz_quantiles[j] = np.quantile(sorted_vals[starts[j]:starts[j + 1]], probs,
+                                          method=method)
+    return ActivationTable(fire_rate=counts / float(n_tokens), nz_quantiles=nz_quantiles,
+                           nz_count=counts, n_tokens=n_tokens, method=method)
+
+
+def build_activation_table(values: np.ndarray, indices: np.ndarray, num_latents: int,
+                           n_quantiles: int = 1001, method: str = "inverted_cdf") -> ActivationTable:
+    """Activation table from the coder's TopK output over n tokens.
+
+    Entries whose value is exactly 0 (TopK can select a ReLU'd zero) count as not firing.
+    """
+    builder = ActivationTableBuilder(num_latents, n_quantiles, method)
+    builder.add(values, indices)
+    return builder.finish()
+
+
+def true_quantile(table: ActivationTable, j: int, u: np.ndarray) -> np.ndarray:
+    """F_true,j⁻¹(u) for the mixture "zero with mass 1 − fire_rate, else the non-zero values".
+
+    For u ≤ 1 − fire_rate the answer is exactly 0.0. Above it, u maps to the conditional level
+    v = (u − (1 − r)) / r within the non-zero values:
+
+    * `inverted_cdf` (default): the order statistic numpy would pick from the *full* sample
+      (zeros included) is turned into a rank among the non-zero values, and the first grid point
+      whose rank is at least that one is returned. The answer is always an observed value; it
+      equals `np.quantile(full_sample, u, method="inverted_cdf")` exactly whenever the grid
+      contains that rank (always when nz_count ≤ Q − 1), otherwise it is the next observed
+      quantile above it (never a value invented between 0 and the smallest activation).
+    * other step methods: the grid point at ceil(v·(Q − 1)).
+    * interpolating methods: linear interpolation of v in the grid (these methods' quantile
+      functions are piecewise linear themselves). The zero mass is still kept exact.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    if np.any(~np.isfinite(u)) or np.any(u < 0) or np.any(u > 1):
+        raise HarnessError("quantile levels u must lie in [0, 1]")
+    if not 0 <= j < table.num_latents:
+        raise HarnessError(f"latent {j} is outside the activation table (0..{table.num_latents - 1})")
+    N = table.n_tokens
+    c = int(table.nz_count[j])
+    z = N - c
+    out = np.zeros(u.shape, dtype=np.float64)
+    if c == 0:
+        return out
+    grid = table.nz_quantiles[j].astype(np.float64)
+    Q = grid.shape[0]
+    if table.method == "inverted_cdf":
+        k = _inverted_cdf_index(N, u)               # 0-based position in the full sorted sample
+        fires = k >= z                              # zeros occupy positions 0..z-1
+        rank = k[fires] - z                         # 0-based rank among the non-zero values
+        grid_rank = _inverted_cdf_index(c, np.linspace(0.0, 1.0, Q))  # non-decreasing
+        g = np.minimum(np.searchsorted(grid_rank, rank, side="left"), Q - 1)
+        out[fires] = grid[g]
+        return out
+    fires = u * N > z
+    v = (u[fires] * N - z) / c
+    if table.method in _DISCRETE_METHODS:
+        g = np.clip(np.ceil(v * (Q - 1) - 1e-9).astype(np.intp), 0, Q - 1)
+        out[fires] = grid[g]
+    else:
+        out[fires] = np.interp(v, np.linspace(0.0, 1.0, Q), grid)
+    return out
+
+
+def fit_normaliser(pred_calib: np.ndarray) -> np.ndarray:
+    """The fitted F_pred is just the sorted calibration sample (along axis 0 for [n_cal, m])."""
+    x = np.asarray(pred_calib, dtype=np.float64)
+    if x.ndim not in (1, 2) or x.shape[0] == 0:
+        raise HarnessError(f"calibration predictions must be a non-empty [n_cal] or [n_cal, m] "
+                           f"array, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise HarnessError("calibration predictions contain NaN or inf; rerun the simulator on "
+                           "the calibration split")
+    return np.sort(x, axis=0)
+
+
+def ecdf_midrank(sorted_calib: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Mid-rank empirical CDF: u = (#{< x} + ½·#{= x}) / n, with x clipped to [min, max].
+
+    Mid-ranks put a tied value at the middle of its CDF jump, which is what
+    `scipy.stats.rankdata(method="average")` gives ((rank − ½) / n on the sample itself). Ties are
+    the rule here: many contexts get the same "0" answer. Clipping means a test prediction below
+    every calibration prediction is treated as the minimum (u = ½·#{= min}/n, not 0) and one above
+    every calibration prediction as the maximum (u = 1 − ½·#{= max}/n, not 1), so out-of-range
+    inputs never reach the extreme quantiles that the calibration data could not support.
+
+    `sorted_calib` is [n_cal] with x of any shape, or [n_cal, m] with x [..., m] (one column per
+    latent).
+    """
+    s = np.asarray(sorted_calib, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if s.ndim not in (1, 2) or s.shape[0] == 0:
+        raise HarnessError(f"fitted normaliser must be a non-empty sorted [n_cal] or [n_cal, m] "
+                           f"array, got shape {s.shape}")
+    if not np.all(np.isfinite(x)):
+        raise HarnessError("predictions to normalise contain NaN or inf")
+    if s.ndim == 2:
+        if x.ndim == 0 or x.shape[-1] != s.shape[1]:
+            raise HarnessError(f"predictions have {x.shape[-1] if x.ndim else 0} latents, the "
+                               f"normaliser {s.shape[1]}")
+        out = np.empty(x.shape, dtype=np.float64)
+        for col in range(s.shape[1]):
+            out[..., col] = ecdf_midrank(s[:, col], x[..., col])
+        return out
+    n = s.shape[0]
+    xc = np.clip(x, s[0], s[-1])
+    below = np.searchsorted(s, xc, side="left")
+    upto = np.searchsorted(s, xc, side="right")
+    return (below + 0.5 * (upto - below)) / n
+
+
+def apply_normaliser(pred_calib_sorted: np.ndarray, pred_test: np.ndarray,
+                     table: ActivationTable, j: int) -> np.ndarray:
+    """q_j(x) = F_true,j⁻¹(F_pred,j(x)) for one latent j, F_pred from a fitted (sorted) sample."""
+    return true_quantile(table, j, ecdf_midrank(pred_calib_sorted, pred_test))
+
+
+def _check_latents(latents: np.ndarray, m: int, table: ActivationTable | None) -> np.ndarray:
+    latents = np.asarray(latents)
+    if latents.ndim != 1 or latents.shape[0] != m or not np.issubdtype(latents.dtype, np.integer):
+        raise HarnessError(f"latents must be {m} integer indices, one per prediction column; got "
+                           f"shape {latents.shape} dtype {latents.dtype}")
+    if table is not None and m and (latents.min() < 0 or latents.max() >= table.num_latents):
+        raise HarnessError(f"latent indices fall outside the activation table "
+                           f"(0..{table.num_latents - 1})")
+    return latents
+
+
+def _as_2d(pred: np.ndarray, name: str) -> np.ndarray:
+    pred = np.asarray(pred, dtype=np.float64)
+    if pred.ndim != 2:
+        raise HarnessError(f"{name} must be [n_contexts, m_latents], got shape {pred.shape}")
+    return pred
+
+
+def apply_quantile_normalisation(pred_calib: np.ndarray, pred_test: np.ndarray,
+                                 table: ActivationTable, latents: np.ndarray) -> np.ndarray:
+    """q_j(pred_test[:, i]) for latent j = latents[i], with F_pred fit on pred_calib[:, i]."""
+    pred_calib = _as_2d(pred_calib, "calibration predictions")
+    pred_test = _as_2d(pred_test, "test predictions")
+    if pred_calib.shape[1] != pred_test.shape[1]:
+        raise HarnessError(f"calibration predictions cover {pred_calib.shape[1]} latents, test "
+                           f"predictions {pred_test.shape[1]}")
+    latents = _check_latents(latents, pred_test.shape[1], table)
+    fitted = fit_normaliser(pred_calib)
+    u = ecdf_midrank(fitted, pred_test)
+    out = np.empty(pred_test.shape, dtype=np.float64)
+    for col, j in enumerate(latents):
+        out[:, col] = true_quantile(table, int(j), u[:, col])
+    return out
+
+
+def calibrate(mode: str, pred_calib: np.ndarray | None, pred_test: np.ndarray,
+              table: ActivationTable | None, latents: np.ndarray) -> np.ndarray:
+    """Latent values to patch in for each (test context, latent) under a calibration mode.
+
+    * `quantile` (default): normaliser fit on the calibration split, PROTOCOL §4.
+    * `none`: the raw expected digit values, unchanged (the paper's uncalibrated condition).
+    * `prompt-fit`: the normaliser fit on the test predictions themselves, as the paper did.
+      It lets test data leak into the map, so it is only a labelled diagnostic.
+    """
+    pred_test = _as_2d(pred_test, "test predictions")
+    if mode == "none":
+        _check_latents(latents, pred_test.shape[1], None)
+        return pred_test.copy()
+    if mode not in CALIBRATION_MODES:
+        raise HarnessError(f"unknown calibration mode {mode!r}; use one of: "
+                           f"{', '.join(CALIBRATION_MODES)}")
+    if table is None:
+        raise HarnessError(f"calibration mode {mode!r} needs an activation table")
+    if mode == "prompt-fit":
+        return apply_quantile_normalisation(pred_test, pred_test, table, latents)
+    if pred_calib is None:
+        raise HarnessError("calibration mode 'quantile' needs calibration-split predictions")
+    return apply_quantile_normalisation(pred_calib, pred_test, table, latents)

@@ -1,0 +1,293 @@
+"""The `harness` command line: a thin layer over the modules; every user error is one `error:` line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import HarnessError
+
+console = Console(stderr=False)
+
+
+def _overrides(p):
+    p.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="edit the task spec for this run, e.g. subject.path=/models/pythia-160m (TOML value)")
+
+
+def cmd_tasks(args) -> int:
+    from .tasks import list_tasks, tasks_dir
+
+    specs = list_tasks(Path(args.dir) if args.dir else None)
+    table = Table(title=f"tasks in {args.dir or tasks_dir()}")
+    for col in ("id", "hash", "subject", "coder", "T", "cal/test", "rewritten", "simulator"):
+        table.add_column(col)
+    for s in specs:
+        subj = s.subject.get("id") or s.subject.get("file") or s.subject.get("path")
+        rw = s.latents.rewritten if s.latents.rewritten in ("all",) else (
+            f"{s.latents.count} ({s.latents.rule})" if s.latents.rewritten == "rule" else f"{len(s.latents.rewritten)} listed")
+        sim = s.simulator.model.get("id") or s.simulator.model.get("file") or s.simulator.model.get("path")
+        table.add_row(s.id, s.hash[:12], str(subj), f"{s.coder.kind} @ {s.coder.hookpoint}", str(s.contexts.T),
+                      f"{s.contexts.calibration}/{s.contexts.test}", str(rw), str(sim))
+    console.print(table)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from .prepare import prepare
+    from .tasks import load_task
+
+    spec = load_task(args.task, args.override)
+    prep = prepare(spec, _device(args.device))
+    b = prep.ce_base
+    table = Table(title=f"{spec.id} ({spec.hash[:12]}): prepared in {prep.cache_dir}")
+    table.add_column("condition")
+    table.add_column("mean CE (test)", justify="right")
+    for k in ("clean", "coder", "zero_output"):
+        table.add_row(k, f"{b[k].mean():.4f}" if k != "zero_output" or spec.coder.kind == "transcoder" else "n/a (SAE)")
+    console.print(table)
+    console.print(f"rewritten latents: {len(prep.rewritten)}  alive in activation sample: "
+                  f"{int((prep.table.fire_rate > 0).sum())}/{prep.num_latents}")
+    return 0
+
+
+def _device(name: str):
+    import torch
+
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import EvalConfig, evaluate
+    from .leaderboard import print_rich
+
+    cfg = EvalConfig(task=args.task, explanations=Path(args.explanations), backend=args.backend, device=args.device,
+                     results_dir=Path(args.results), overrides=args.override,
+                     command="harness " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    result, path = evaluate(cfg)
+    _print_summary(result)
+    console.print(f"result: {path}")
+    if not args.no_leaderboard:
+        # The spec just evaluated defines the hash, whether or not it is registered under tasks/.
+        rows, _ = _leaderboard_rows(Path(args.results), result["task"]["id"],
+                                    {result["task"]["id"]: result["task"]["hash"]})
+        from .leaderboard import write_leaderboard
+
+        out = write_leaderboard(result["task"]["id"], rows, args.leaderboard, task_hash=result["task"]["hash"])
+        print_rich(rows, console, title=f"leaderboard: {result['task']['id']}")
+        console.print(f"leaderboard: {out}")
+    return 0
+
+
+def _num(x) -> str:
+    return "n/a" if x is None or x != x else f"{x:.3f}"
+
+
+def _fmt(e) -> str:
+    if e is None:
+        return "n/a"
+    return f"{_num(e['value'])} [{_num(e['lo'])}, {_num(e['hi'])}]"
+
+
+def _print_summary(r: dict) -> None:
+    h = r["headline"]
+    t = Table(title=f"{r['task']['id']} · {r['submission']['method']} · coverage {r['submission']['coverage']:.0%}")
+    t.add_column("metric")
+    t.add_column("value [95% CI]", justify="right")
+    t.add_row("recovery R (quantile, all rewritten)", _fmt(h["recovery"]))
+    t.add_row("ΔCE median simulated", _fmt(h["delta_ce_median"]))
+    t.add_row("ΔCE median latent_zero", _fmt(h["latent_zero_delta_ce_median"]))
+    t.add_row("simulated − latent_zero (mean)", _fmt(h["sim_minus_zero_mean"]))
+    t.add_row("sensitivity / specificity", f"{_num(h['sensitivity'])} / {_num(h['specificity'])}")
+    t.add_row("detection AUROC", _num(h["detection_auroc"]))
+    ce = r["ce_means"]
+    t.add_row("mean CE clean / coder / zero_output",
+              f"{_num(ce['clean'])} / {_num(ce['coder'])} / {_num(ce['zero_output'])}")
+    for mode in ("none", "prompt-fit"):
+        c = next(c for c in r["conditions"] if c["name"] == "simulated" and c["calibration"] == mode
+                 and c["selection"] == "all")
+        t.add_row(f"recovery, calibration={mode}", _fmt(c["recovery"]))
+    console.print(t)
+
+
+def _leaderboard_rows(results: Path, task_id: str | None, known: dict[str, str] | None = None):
+    from .leaderboard import collect_results
+    from .tasks import list_tasks
+
+    hashes = {s.id: s.hash for s in list_tasks()}
+    hashes.update(known or {})
+    if task_id and task_id not in hashes:
+        from .tasks import load_task
+
+        hashes[task_id] = load_task(task_id).hash
+    return collect_results(results, task_id, task_hashes=hashes)
+
+
+def cmd_leaderboard(args) -> int:
+    from .leaderboard import print_rich, render, write_leaderboard
+    from .tasks import list_tasks
+
+    task_ids = [args.task] if args.task else [s.id for s in list_tasks()]
+    for tid in task_ids:
+        rows, rejected = _leaderboard_rows(Path(args.results), tid)
+        for rj in rejected:
+            console.print(f"[yellow]rejected[/] {rj.path}: {rj.reason}")
+        if args.format == "rich":
+            print_rich(rows, console, title=tid)
+        else:
+            sys.stdout.write(render(rows, args.format) + "\n")
+        if args.write:
+            from .tasks import load_task
+
+            console.print(f"wrote {write_leaderboard(tid, rows, args.out, task_hash=load_task(tid).hash)}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .evaluate import _num_latents
+    from .submissions import load_submission
+    from .tasks import load_task
+
+    spec = load_task(args.task, args.override)
+    sub = load_submission(args.file, task_id=spec.id, num_latents=_num_latents(spec),
+                          max_chars=spec.simulator.max_explanation_chars)
+    console.print(f"ok: {args.file}: {len(sub.explanations)} explanations for task {spec.id} "
+                  f"(method {sub.method!r}, sha256 {sub.sha256[:12]})")
+    return 0
+
+
+def cmd_import_delphi(args) -> int:
+    from .submissions import import_delphi, save_submission
+
+    d = import_delphi(args.folder, task_id=args.task, method=args.method, description=args.description,
+                      hookpoint=args.hookpoint)
+    path = save_submission(d, args.output)
+    console.print(f"wrote {path}: {len(d['explanations'])} explanations")
+    return 0
+
+
+def cmd_make_tiny_task(args) -> int:
+    from .tiny import TinyTaskOptions, make_tiny_task
+
+    opts = TinyTaskOptions(task_id=args.id, arch=args.arch, kind=args.kind, seed=args.seed)
+    path = make_tiny_task(Path(args.out), opts)
+    console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from .explain import run_explain
+
+    path = run_explain(args.task, args.method, Path(args.output), overrides=args.override, seed=args.seed,
+                       source=args.source, device=args.device)
+    console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    from .estimate import print_estimate
+
+    print_estimate(args.task, args.backend, overrides=args.override, console=console)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("tasks", help="list registered tasks with their hashes")
+    s.add_argument("--dir", help="tasks folder (default: the repo's tasks/ or $HARNESS_TASKS_DIR)")
+    s.set_defaults(fn=cmd_tasks)
+
+    s = sub.add_parser("prepare", help="build and cache a task's splits, true activations and baseline CE")
+    s.add_argument("--task", required=True)
+    s.add_argument("--device", default="auto")
+    _overrides(s)
+    s.set_defaults(fn=cmd_prepare)
+
+    s = sub.add_parser("eval", help="score an explanation set on a task")
+    s.add_argument("--task", required=True)
+    s.add_argument("--explanations", required=True)
+    s.add_argument("--backend", default="auto", help="simulator engine: auto (fastest available), prefix, plain, vllm, http")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--results", default="results")
+    s.add_argument("--leaderboard", default="leaderboard")
+    s.add_argument("--no-leaderboard", action="store_true")
+    _overrides(s)
+    s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("leaderboard", help="tables built from result files")
+    s.add_argument("--task")
+    s.add_argument("--format", choices=["md", "csv", "html", "rich"], default="rich")
+    s.add_argument("--results", default="results")
+    s.add_argument("--write", action="store_true", help="also write leaderboard/<task>.md")
+    s.add_argument("--out", default="leaderboard")
+    s.set_defaults(fn=cmd_leaderboard)
+
+    s = sub.add_parser("validate", help="check a submission file against a task")
+    s.add_argument("file")
+    s.add_argument("--task", required=True)
+    _overrides(s)
+    s.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser("import-delphi", help="turn a folder of Delphi explanation files into a submission")
+    s.add_argument("folder")
+    s.add_argument("--task", required=True)
+    s.add_argument("--method", default="delphi")
+    s.add_argument("--description", default="imported from Delphi explanation files")
+    s.add_argument("--hookpoint")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(fn=cmd_import_delphi)
+
+    s = sub.add_parser("explain", help="baseline explanation methods")
+    s.add_argument("--task", required=True)
+    s.add_argument("--method", required=True, choices=["top-tokens", "llm", "empty", "shuffled"])
+    s.add_argument("--source", help="for shuffled: the submission whose explanations are permuted")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("-o", "--output", required=True)
+    _overrides(s)
+    s.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("estimate", help="number of predictions and projected time, before running anything")
+    s.add_argument("--task", required=True)
+    s.add_argument("--backend", default="auto")
+    _overrides(s)
+    s.set_defaults(fn=cmd_estimate)
+
+    s = sub.add_parser("make-tiny-task", help="build a tiny random task (for smoke runs and tests)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--id", default="tiny-llama-transcoder")
+    s.add_argument("--arch", choices=["llama", "gpt_neox"], default="llama")
+    s.add_argument("--kind", choices=["transcoder", "sae"], default="transcoder")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_make_tiny_task)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    # Our own rich bars show progress; transformers' per-load bars would bury the one-line errors.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        return args.fn(args)
+    except HarnessError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: finished work is cached; rerun the same command to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""`harness eval`: prepare → simulate → calibrate → patch → metrics → result file, plots, leaderboard.
+
+Kept apart as inspect_ai does: the task (what is measured) is `tasks.py`/`prepare.py`, the solver (the
+simulator) is `simulate/`, the scorers are `calibrate.py` + `patch.py` + `metrics.py`; this module only
+wires them together and records provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .calibrate import calibrate
+from .coder import SparseCoder, topk_dense
+from .errors import HarnessError
+from .metrics import (bin_by_score, bootstrap_indices, detection_scores, mean_ci, median_ci, paired_difference,
+                      recovery, select_latents, sensitivity_specificity)
+from .prepare import BATCH, Prepared, load_coder, prepare, progress, save_npz
+from .submissions import coverage, load_submission
+from .tasks import TaskSpec, cache_root
+
+CALIBRATIONS = ("quantile", "none", "prompt-fit")
+RULES = ("top-scoring", "random")
+
+
+@dataclass
+class EvalConfig:
+    task: str
+    explanations: Path
+    backend: str = "auto"
+    device: str = "auto"
+    results_dir: Path = Path("results")
+    leaderboard_dir: Path | None = Path("leaderboard")
+    overrides: list[str] = field(default_factory=list)
+    command: str = ""
+
+
+def context_id(text: str, last: str) -> str:
+    # The prompt depends on the text alone, so identical text shares predictions across tasks and runs.
+    return hashlib.sha256(f"{text}\x00{last}".encode()).hexdigest()[:24]
+
+
+def sim_contexts(tokenizer, rows: list[np.ndarray]):
+    from .simulate.base import SimContext
+
+    out = []
+    for ids in rows:
+        text = tokenizer.decode(ids[:-1].tolist())
+        last = tokenizer.decode([int(ids[-1])])
+        out.append(SimContext(context_id(text, last), text, last))
+    return out
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, subject_tok=None):
+    from .models import load_model
+    from .simulate import make_simulator
+
+    ref = spec.simulator_ref()
+    if subject_model is not None and ref == spec.subject_ref():
+        model, tok = subject_model, subject_tok
+    else:
+        model, tok = load_model(ref, spec.folder, cache_root(), device=device)
+    sim = make_simulator(backend, model, tok, spec.simulator.prompt_version, spec.simulator.max_explanation_chars,
+                         ref.key(), batch_size=spec.simulator.batch_size)
+    return sim, ref
+
+
+def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latents: np.ndarray, console=None):
+    """Every prediction the metrics need, through the persistent store: calibration, test, detection."""
+    from .simulate.base import expected_value
+    from .simulate.store import CachedSimulator, PredictionStore
+
+    T = prep.spec.contexts.T
+    cal = sim_contexts(tokenizer, list(prep.splits["calibration"][:, :T]))
+    tst = sim_contexts(tokenizer, list(prep.splits["test"][:, :T]))
+    row_of = {int(j): r for r, j in enumerate(prep.rewritten)}
+    rows = np.asarray([row_of[int(j)] for j in latents])
+    pos, neg = prep.det_pos[rows], prep.det_neg[rows]
+    det_rows = np.unique(np.concatenate([pos[pos >= 0], neg[neg >= 0]]))
+    det_index = {int(r): i for i, r in enumerate(det_rows)}
+    det = sim_contexts(tokenizer, [prep.splits["detection"][b, : e + 1] for b, e in prep.det_contexts[det_rows]])
+    contexts = cal + tst + det
+    m = len(latents)
+    pairs = [(c, e) for c in range(len(cal) + len(tst)) for e in range(m)]
+    det_pairs = []
+    for e in range(m):
+        for r in list(pos[e][pos[e] >= 0]) + list(neg[e][neg[e] >= 0]):
+            det_pairs.append((len(cal) + len(tst) + det_index[int(r)], e))
+    store = PredictionStore(cache_root() / "predictions.sqlite")
+    cached = CachedSimulator(sim, store)
+    with progress() as prog:
+        t = prog.add_task(f"simulating ({sim.name})", total=len(pairs) + len(det_pairs))
+        probs, mass = cached.predict(contexts, explanations, pairs + det_pairs,
+                                     progress=lambda n: prog.advance(t, n))
+    ev = expected_value(probs)
+    n_cal, n_tst = len(cal), len(tst)
+    pred_cal = ev[: n_cal * m].reshape(n_cal, m)
+    pred_tst = ev[n_cal * m: (n_cal + n_tst) * m].reshape(n_tst, m)
+    det_ev = ev[(n_cal + n_tst) * m:]
+    pos_pred, neg_pred, i = [], [], 0
+    for e in range(m):
+        p, q = int((pos[e] >= 0).sum()), int((neg[e] >= 0).sum())
+        pos_pred.append(det_ev[i:i + p]); i += p
+        neg_pred.append(det_ev[i:i + q]); i += q
+    stats = {"n_predictions": len(pairs) + len(det_pairs), "n_computed": cached.n_computed,
+             "n_cached": cached.n_cached, "digit_mass_mean": float(np.mean(mass)) if len(mass) else float("nan")}
+    return pred_cal, pred_tst, pos_pred, neg_pred, stats
+
+
+def detection_table(pos_pred, neg_pred, threshold: float):
+    auroc = np.full(len(pos_pred), np.nan)
+    bacc = np.full(len(pos_pred), np.nan)
+    for e, (p, q) in enumerate(zip(pos_pred, neg_pred)):
+        if len(p) and len(q):
+            a, b = detection_scores(p[None, :], q[None, :], threshold=threshold)
+            auroc[e], bacc[e] = a[0], b[0]
+    return auroc, bacc
+
+
+@torch.inference_mode()
+def run_conditions(prep: Prepared, model, coder: SparseCoder, latents: np.ndarray, sims: dict[str, np.ndarray],
+                   subsets: dict[str, np.ndarray], device):
+    """CE over test contexts for latent_zero(S) and simulated(S, calibration) for every subset S.
+
+    Returns ce[name] arrays and, for the full set, the true/simulated active masks for sensitivity and
+    specificity. One prefix pass per batch; each condition recomputes only the last position.
+    """
+    from .patch import Patcher
+
+    spec = prep.spec
+    windows = prep.splits["test"]
+    n, k = len(windows), prep.k
+    col = {int(j): c for c, j in enumerate(latents)}
+    sub_cols = {name: np.asarray([col[int(j)] for j in s]) for name, s in subsets.items()}
+    names = [f"latent_zero|{s}" for s in subsets] + [f"simulated|{c}|{s}" for c in sims for s in subsets]
+    ce = {name: np.zeros(n) for name in names}
+    active_true = np.zeros((n, len(latents)), bool)
+    active_sim = {c: np.zeros((n, len(latents)), bool) for c in sims}
+    lat_t = torch.as_tensor(latents, device=device)
+    patcher = Patcher(model, spec.coder.hookpoint, spec.coder.kind)
+    with progress() as prog:
+        t = prog.add_task(f"patching {len(names)} conditions", total=n)
+        for s in range(0, n, BATCH):
+            ids = torch.from_numpy(windows[s:s + BATCH]).to(device)
+            b = ids.shape[0]
+            with patcher.prefix(ids[:, :-1]) as h:
+                last = h.capture(ids[:, -1])
+                z_true = coder.dense(*coder.encode(last.x))
+                active_true[s:s + b] = (z_true[:, lat_t] > 0).cpu().numpy()
+                for name, S in subsets.items():
+                    idx = torch.as_tensor(S, device=device)
+                    z = z_true.clone()
+                    z[:, idx] = 0
+                    ce[f"latent_zero|{name}"][s:s + b] = h.ce(coder.decode_dense(z, last.x), ids[:, -1]).double().cpu().numpy()
+                    cols = torch.as_tensor(sub_cols[name], device=device)
+                    for cname, pred in sims.items():
+                        zs = z_true.clone()
+                        zs[:, idx] = torch.as_tensor(pred[s:s + b], device=device, dtype=zs.dtype)[:, cols]
+                        zs = topk_dense(zs, k)
+                        if name == "all":
+                            active_sim[cname][s:s + b] = (zs[:, lat_t] > 0).cpu().numpy()
+                        ce[f"simulated|{cname}|{name}"][s:s + b] = h.ce(coder.decode_dense(zs, last.x), ids[:, -1]).double().cpu().numpy()
+            prog.advance(t, b)
+    return ce, active_true, active_sim
+
+
+def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
+    from .results import Result
+
+    t0 = time.time()
+    from .tasks import load_task
+
+    spec = load_task(cfg.task, cfg.overrides)
+    device = _resolve_device(cfg.device)
+    sub = load_submission(cfg.explanations, task_id=spec.id, num_latents=_num_latents(spec),
+                          max_chars=spec.simulator.max_explanation_chars)
+    prep = prepare(spec, device)
+    latents, cov = coverage(sub, prep.rewritten)
+    if len(latents) == 0:
+        raise HarnessError(f"{cfg.explanations}: explains none of the task's {len(prep.rewritten)} rewritten latents")
+    latents = np.asarray(latents, dtype=np.int64)
+    model, tok = prep.model, prep.tokenizer
+    if model is None:
+        from .prepare import load_subject
+        model, tok = load_subject(spec, device)
+    coder = load_coder(spec).to(device) if hasattr(SparseCoder, "to") else load_coder(spec)
+    sim, sim_ref = load_simulator(spec, cfg.backend, device, model, tok)
+    explanations = [sub.explanations[int(j)] for j in latents]
+    pred_cal, pred_tst, pos_pred, neg_pred, sim_stats = simulate_all(prep, tok, sim, explanations, latents)
+
+    sc = spec.scoring
+    auroc, bacc = detection_table(pos_pred, neg_pred, sc.detection_threshold)
+    if sub.scores and all(int(j) in sub.scores for j in latents):
+        sel_scores, score_source = np.asarray([sub.scores[int(j)] for j in latents]), "submission"
+    else:
+        sel_scores, score_source = np.nan_to_num(auroc, nan=-np.inf), "detection-auroc"
+
+    sims = {mode: calibrate(mode, pred_cal, pred_tst, prep.table, latents) for mode in CALIBRATIONS}
+    subsets = {"all": latents}
+    for rule in RULES:
+        for f in sc.fractions:
+            if f < 1.0:
+                subsets[f"{rule}@{f:g}"] = np.sort(select_latents(rule, latents, f, sel_scores, sc.seed))
+    ce, active_true, active_sim = run_conditions(prep, model, coder, latents, sims, subsets, device)
+
+    base = prep.ce_base
+    boot = bootstrap_indices(len(base["clean"]), sc.bootstrap, sc.seed)
+    clean = base["clean"]
+
+    def est(x):
+        return x.to_dict() if hasattr(x, "to_dict") else x
+
+    conditions = []
+    for name, S in subsets.items():
+        rule, frac = ("all", 1.0) if name == "all" else (name.split("@")[0], float(name.split("@")[1]))
+        zero = ce[f"latent_zero|{name}"]
+        conditions.append({"name": "latent_zero", "calibration": None, "selection": rule, "fraction": frac,
+                           "n_latents": int(len(S)), "ce_mean": float(zero.mean()),
+                           "delta_ce_mean": est(mean_ci(zero - clean, boot)),
+                           "delta_ce_median": est(median_ci(zero - clean, boot)),
+                           "recovery": None, "diff_vs_latent_zero": None})
+        for mode in CALIBRATIONS:
+            simc = ce[f"simulated|{mode}|{name}"]
+            diff = paired_difference(simc, zero, boot)
+            conditions.append({"name": "simulated", "calibration": mode, "selection": rule, "fraction": frac,
+                               "n_latents": int(len(S)), "ce_mean": float(simc.mean()),
+                               "delta_ce_mean": est(mean_ci(simc - clean, boot)),
+                               "delta_ce_median": est(median_ci(simc - clean, boot)),
+                               "recovery": est(recovery(zero, simc, base["coder"], boot)),
+                               "diff_vs_latent_zero": est(diff["mean"])})
+    # The fraction-1.0 points of both curves are the full set.
+    for c in [c for c in conditions if c["selection"] == "all"]:
+        for rule in RULES:
+            conditions.append({**c, "selection": rule})
+
+    sens, spec_ = sensitivity_specificity(active_true, active_sim["quantile"])
+    head = next(c for c in conditions if c["name"] == "simulated" and c["calibration"] == "quantile"
+                and c["selection"] == "all")
+    head_zero = next(c for c in conditions if c["name"] == "latent_zero" and c["selection"] == "all")
+    headline = {
+        "calibration": "quantile",
+        "recovery": head["recovery"],
+        "delta_ce_median": head["delta_ce_median"],
+        "delta_ce_mean": head["delta_ce_mean"],
+        "latent_zero_delta_ce_median": head_zero["delta_ce_median"],
+        "sim_minus_zero_mean": head["diff_vs_latent_zero"],
+        "sensitivity": float(np.nanmean(sens)) if np.isfinite(sens).any() else float("nan"),
+        "specificity": float(np.nanmean(spec_)) if np.isfinite(spec_).any() else float("nan"),
+        "detection_auroc": float(np.nanmean(auroc)) if np.isfinite(auroc).any() else float("nan"),
+        "coder_delta_ce_median": est(median_ci(base["coder"] - clean, boot)),
+        "zero_output_delta_ce_median": (est(median_ci(base["zero_output"] - clean, boot))
+                                        if np.isfinite(base["zero_output"]).all() else None),
+    }
+    bins = []
+    for sb, pb in zip(bin_by_score(auroc, sens), bin_by_score(auroc, spec_)):
+        bins.append({"lo": sb["lo"], "hi": sb["hi"], "n": sb["n"], "sensitivity": sb["mean"], "specificity": pb["mean"]})
+
+    sim_key = sim_ref.key()
+    tag = f"{_slug(sub.method)}-{sub.sha256[:10]}-{hashlib.sha256(sim_key.encode()).hexdigest()[:6]}"
+    out_dir = Path(cfg.results_dir) / spec.id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    side = out_dir / f"{tag}.per_context.npz"
+    save_npz(side, test_targets=prep.splits["test"][:, -1], **{f"ce_{k}": v for k, v in base.items()},
+             **{f"ce_{k.replace('|', '__')}": v for k, v in ce.items()}, latents=latents,
+             pred_calibration=pred_cal.astype(np.float32), pred_test=pred_tst.astype(np.float32))
+    from .tiny import sha256_file
+
+    result = {
+        "schema": "harness-result/1",
+        "task": {"id": spec.id, "hash": spec.hash},
+        "submission": {"method": sub.method, "description": sub.description, "sha256": sub.sha256,
+                       "path": str(cfg.explanations), "n_explanations": len(sub.explanations), "coverage": cov},
+        "simulator": {"model_key": sim_key, "prompt_version": spec.simulator.prompt_version, "backend": sim.name},
+        "provenance": {"harness_version": __version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "seed": sc.seed, "command": cfg.command, "python": sys.version.split()[0],
+                       "torch": torch.__version__, "transformers": _version("transformers"),
+                       "platform": platform.platform(), "device": str(device), "overrides": list(spec.overrides),
+                       "selection_scores": score_source, "wall_seconds": round(time.time() - t0, 1), **sim_stats},
+        "ce_means": {"clean": float(clean.mean()), "coder": float(base["coder"].mean()),
+                     "zero_output": float(np.mean(base["zero_output"])) if np.isfinite(base["zero_output"]).all() else None,
+                     "latent_zero": head_zero["ce_mean"], "simulated": head["ce_mean"]},
+        "headline": headline,
+        "conditions": conditions,
+        "per_latent": {"latent": latents.tolist(), "auroc": auroc.tolist(), "balanced_accuracy": bacc.tolist(),
+                       "sensitivity": sens.tolist(), "specificity": spec_.tolist(),
+                       "score": [float(x) for x in sel_scores]},
+        "sens_spec_by_detection_bin": bins,
+        "side_files": {"per_context": {"path": side.name, "sha256": sha256_file(side)}},
+        "figures": [],
+    }
+    figures = _figures(result, out_dir, tag, prep, latents, pred_tst, sims, active_true)
+    result["figures"] = figures
+    path = out_dir / f"{tag}.json"
+    Result.from_dict(result).to_json(path)
+    return result, path
+
+
+def _figures(result, out_dir: Path, tag: str, prep: Prepared, latents, pred_tst, sims, active_true) -> list[str]:
+    from .plots import plot_activation_distributions, plot_partial_rewriting, plot_sens_spec_by_bin
+
+    col = {int(j): c for c, j in enumerate(latents)}
+    vals, inds = prep.test_latents
+    true = []
+    for r in range(len(vals)):
+        for v, i in zip(vals[r], inds[r]):
+            if v > 0 and int(i) in col:
+                true.append(v)
+    paths = [out_dir / f"{tag}.curve.png", out_dir / f"{tag}.distributions.png", out_dir / f"{tag}.sens_spec.png"]
+    plot_partial_rewriting(result, paths[0])
+    # Non-zero calibrated values only: like-for-like with the true non-zero activations.
+    calibrated = sims["quantile"].ravel()
+    plot_activation_distributions(np.asarray(true), pred_tst.ravel(), calibrated[calibrated > 0], paths[1])
+    plot_sens_spec_by_bin(result["sens_spec_by_detection_bin"], paths[2])
+    return [p.name for p in paths]
+
+
+def _num_latents(spec: TaskSpec) -> int:
+    from .hub import fetch_coder_folder
+    import json
+
+    cfg = json.loads((fetch_coder_folder(spec) / "cfg.json").read_text())
+    return int(cfg.get("num_latents") or cfg["d_in"] * cfg["expansion_factor"])
+
+
+def _slug(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in s)[:40] or "method"
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "?"

@@ -1,0 +1,320 @@
+"""Scores of a run (PROTOCOL §6): ΔCE, recovery, paired differences, sensitivity/specificity,
+detection AUROC, latent selection for the partial-rewriting curve. Pure numpy.
+
+Every bootstrap statistic takes the resample indices as an argument instead of a seed, so that
+all conditions of one run are scored on the *same* resamples of test contexts: differences and
+ratios between conditions then get paired CIs, and the per-context correlation between
+conditions (large: they share the context's difficulty) is not thrown away.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import rankdata
+
+from harness.errors import HarnessError
+
+__all__ = [
+    "Estimate",
+    "bootstrap_indices",
+    "mean_ci",
+    "median_ci",
+    "paired_difference",
+    "delta_ce",
+    "recovery",
+    "sensitivity_specificity",
+    "macro",
+    "detection_scores",
+    "DEFAULT_AUROC_EDGES",
+    "bin_by_score",
+    "SELECTION_RULES",
+    "select_latents",
+    "default_fractions",
+]
+
+CI_LEVEL = 0.95
+
+
+@dataclass
+class Estimate:
+    """A point estimate with its 95% percentile-bootstrap interval [lo, hi].
+
+    `note` says why a value is NaN (or why the interval is), so a result file explains itself.
+    """
+
+    value: float
+    lo: float
+    hi: float
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        # NaN is not valid strict JSON; None (null) is, and the note carries the reason.
+        def f(x: float) -> float | None:
+            return float(x) if math.isfinite(x) else None
+
+        d = {"value": f(self.value), "lo": f(self.lo), "hi": f(self.hi)}
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n] indices of test contexts drawn with replacement (PCG64 seeded with `seed`).
+
+    PROTOCOL §6 asks for at least 1000 draws; that is the caller's (evaluate's) policy, so tests
+    can use fewer here.
+    """
+    if n < 1 or n_boot < 1:
+        raise HarnessError(f"bootstrap needs n >= 1 contexts and n_boot >= 1 draws, got n={n}, "
+                           f"n_boot={n_boot}")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    return rng.integers(0, n, size=(n_boot, n), dtype=np.int64)
+
+
+def _vector(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1 or x.shape[0] == 0:
+        raise HarnessError(f"{name} must be a non-empty 1-D array of per-context values, got "
+                           f"shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise HarnessError(f"{name} contains NaN or inf")
+    return x
+
+
+def _check_boot(boot_idx: np.ndarray, n: int) -> np.ndarray:
+    boot_idx = np.asarray(boot_idx)
+    if boot_idx.ndim != 2 or not np.issubdtype(boot_idx.dtype, np.integer):
+        raise HarnessError(f"bootstrap indices must be an integer [n_boot, n] array, got shape "
+                           f"{boot_idx.shape} dtype {boot_idx.dtype}")
+    if boot_idx.shape[1] != n or boot_idx.min() < 0 or boot_idx.max() >= n:
+        raise HarnessError(f"bootstrap indices were drawn for {boot_idx.shape[1]} contexts "
+                           f"(max index {boot_idx.max()}), the data has {n}")
+    return boot_idx
+
+
+def _percentile_ci(stats: np.ndarray) -> tuple[float, float]:
+    alpha = (1.0 - CI_LEVEL) / 2.0
+    lo, hi = np.percentile(stats, [100.0 * alpha, 100.0 * (1.0 - alpha)])
+    return float(lo), float(hi)
+
+
+def mean_ci(x: np.ndarray, boot_idx: np.ndarray) -> Estimate:
+    x = _vector(x, "values")
+    boot_idx = _check_boot(boot_idx, x.shape[0])
+    return Estimate(float(x.mean()), *_percentile_ci(x[boot_idx].mean(axis=1)))
+
+
+def median_ci(x: np.ndarray, boot_idx: np.ndarray) -> Estimate:
+    x = _vector(x, "values")
+    boot_idx = _check_boot(boot_idx, x.shape[0])
+    return Estimate(float(np.median(x)), *_percentile_ci(np.median(x[boot_idx], axis=1)))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, boot_idx: np.ndarray) -> dict[str, Estimate]:
+    """Mean and median of a − b per context, with CIs from the shared resamples."""
+    a = _vector(a, "first condition")
+    b = _vector(b, "second condition")
+    if a.shape != b.shape:
+        raise HarnessError(f"paired conditions must cover the same contexts, got {a.shape[0]} "
+                           f"and {b.shape[0]}")
+    d = a - b
+    return {"mean": mean_ci(d, boot_idx), "median": median_ci(d, boot_idx)}
+
+
+def delta_ce(ce_cond: np.ndarray, ce_clean: np.ndarray, boot_idx: np.ndarray) -> dict[str, Estimate]:
+    """ΔCE = CE(cond) − CE(clean) per context; the median matters because ΔCE is heavy-tailed."""
+    return paired_difference(ce_cond, ce_clean, boot_idx)
+
+
+def recovery(ce_zero: np.ndarray, ce_sim: np.ndarray, ce_coder: np.ndarray,
+             boot_idx: np.ndarray) -> Estimate:
+    """R = (CE̅(latent_zero) − CE̅(simulated)) / (CE̅(latent_zero) − CE̅(coder)), paired CI.
+
+    Undefined cases are NaN with a note rather than a huge number:
+    * the point denominator is ~0 (deleting S does not change the mean CE relative to the coder,
+      so there is nothing to recover): value, lo and hi are NaN;
+    * some resample's denominator is ~0 or has the other sign than the full-sample one: the ratio
+      is unbounded over the resamples (the denominator's own CI straddles 0), so a percentile
+      interval would be meaningless: lo and hi are NaN, the value is kept.
+    """
+    z = _vector(ce_zero, "CE(latent_zero)")
+    s = _vector(ce_sim, "CE(simulated)")
+    c = _vector(ce_coder, "CE(coder)")
+    if not (z.shape == s.shape == c.shape):
+        raise HarnessError(f"recovery needs the three conditions on the same contexts, got "
+                           f"{z.shape[0]}, {s.shape[0]}, {c.shape[0]}")
+    boot_idx = _check_boot(boot_idx, z.shape[0])
+    # "~0" relative to the size of the CEs: differences below float64 noise on summing n CEs.
+    tol = 1e-12 * max(1.0, float(np.abs(z).max()), float(np.abs(c).max()))
+    den = z.mean() - c.mean()
+    if abs(den) <= tol:
+        return Estimate(math.nan, math.nan, math.nan,
+                        note="undefined: CE(latent_zero) and CE(coder) have the same mean, so "
+                             "deleting the latents loses nothing to recover")
+    value = float((z.mean() - s.mean()) / den)
+    # Resample the per-context differences: one gather per statistic instead of three.
+    num_b = (z - s)[boot_idx].mean(axis=1)
+    den_b = (z - c)[boot_idx].mean(axis=1)
+    if np.any(np.abs(den_b) <= tol) or np.any(np.sign(den_b) != np.sign(den)):
+        return Estimate(value, math.nan, math.nan,
+                        note="CI undefined: the denominator CE(latent_zero) - CE(coder) reaches 0 "
+                             "in some bootstrap resamples")
+    return Estimate(value, *_percentile_ci(num_b / den_b))
+
+
+def sensitivity_specificity(true_active: np.ndarray, sim_active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per latent: sensitivity TP/(TP+FN) and specificity TN/(TN+FP) over n test contexts.
+
+    Arrays that are not boolean are read as "active iff non-zero", which is the protocol's
+    definition for latent values. NaN where a latent has no positives (sensitivity) or no
+    negatives (specificity) in the test split.
+    """
+    t = np.asarray(true_active)
+    s = np.asarray(sim_active)
+    if t.ndim != 2 or t.shape != s.shape:
+        raise HarnessError(f"active masks must both be [n_contexts, m_latents], got {t.shape} "
+                           f"and {s.shape}")
+    t = t.astype(bool)
+    s = s.astype(bool)
+    tp = np.sum(t & s, axis=0)
+    pos = np.sum(t, axis=0)
+    tn = np.sum(~t & ~s, axis=0)
+    neg = t.shape[0] - pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = np.where(pos > 0, tp / np.maximum(pos, 1), np.nan)
+        spec = np.where(neg > 0, tn / np.maximum(neg, 1), np.nan)
+    return sens.astype(np.float64), spec.astype(np.float64)
+
+
+def macro(x: np.ndarray) -> float:
+    """Mean over latents where the per-latent value is defined (NaN if none is)."""
+    x = np.asarray(x, dtype=np.float64)
+    if not np.any(np.isfinite(x)):
+        return math.nan
+    return float(np.nanmean(x))
+
+
+def detection_scores(pred_pos: np.ndarray, pred_neg: np.ndarray,
+                     threshold: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per latent: AUROC and balanced accuracy of predictions separating positives from negatives.
+
+    AUROC is the Mann–Whitney statistic from mid-ranks, so a tie between a positive and a
+    negative counts ½. Balanced accuracy uses a fixed rule, "predicted active iff expected digit
+    ≥ threshold" (default 1.0: at least digit 1 on average), not a threshold tuned on these
+    labels, which would inflate it on 100 + 100 contexts.
+
+    pred_pos is [m, P], pred_neg [m, N]; NaN entries are missing (padding for latents with fewer
+    detection contexts). A latent without positives or negatives gets NaN.
+    """
+    pos = np.asarray(pred_pos, dtype=np.float64)
+    neg = np.asarray(pred_neg, dtype=np.float64)
+    if pos.ndim != 2 or neg.ndim != 2 or pos.shape[0] != neg.shape[0]:
+        raise HarnessError(f"detection predictions must be [m, P] and [m, N] for the same m "
+                           f"latents, got {pos.shape} and {neg.shape}")
+    if np.any(np.isinf(pos)) or np.any(np.isinf(neg)):
+        raise HarnessError("detection predictions contain inf")
+    m, P = pos.shape
+    n_pos = np.sum(~np.isnan(pos), axis=1)
+    n_neg = np.sum(~np.isnan(neg), axis=1)
+    both = np.concatenate([pos, neg], axis=1)
+    if both.shape[1] == 0:
+        return np.full(m, np.nan), np.full(m, np.nan)
+    ranks = rankdata(both, method="average", axis=1, nan_policy="omit")
+    u_stat = np.nansum(ranks[:, :P], axis=1) - n_pos * (n_pos + 1) / 2.0
+    defined = (n_pos > 0) & (n_neg > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = np.where(defined, u_stat / (n_pos * n_neg), np.nan)
+        tpr = np.sum(pos >= threshold, axis=1) / n_pos      # NaN compares False: not counted
+        tnr = np.sum(neg < threshold, axis=1) / n_neg
+        bal = np.where(defined, (tpr + tnr) / 2.0, np.nan)
+    return auroc.astype(np.float64), bal.astype(np.float64)
+
+
+# Figure 4 of the paper bins latents by detection AUROC in tenths above chance; everything at or
+# below chance goes into one bin.
+DEFAULT_AUROC_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def bin_by_score(scores: np.ndarray, values: np.ndarray,
+                 edges: np.ndarray | tuple = DEFAULT_AUROC_EDGES) -> list[dict]:
+    """Mean of `values` (e.g. sensitivity) over latents binned by `scores` (e.g. AUROC).
+
+    Bins are [lo, hi) except the last, [lo, hi]. Latents with a NaN score or a score outside the
+    edges are left out. `n` counts the latents in the bin whose value is defined (those that the
+    mean is over), so an empty or all-NaN bin has n = 0 and mean None.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    edges = np.asarray(edges, dtype=np.float64)
+    if scores.ndim != 1 or scores.shape != values.shape:
+        raise HarnessError(f"scores and values must be 1-D per-latent arrays of one length, got "
+                           f"{scores.shape} and {values.shape}")
+    if edges.ndim != 1 or edges.shape[0] < 2 or np.any(np.diff(edges) <= 0):
+        raise HarnessError(f"bin edges must be at least two strictly increasing numbers, got "
+                           f"{edges.tolist()}")
+    out = []
+    for b in range(edges.shape[0] - 1):
+        lo, hi = float(edges[b]), float(edges[b + 1])
+        last = b == edges.shape[0] - 2
+        in_bin = (scores >= lo) & ((scores <= hi) if last else (scores < hi))
+        v = values[in_bin & np.isfinite(values)]
+        out.append({"lo": lo, "hi": hi, "n": int(v.shape[0]),
+                    "mean": float(v.mean()) if v.shape[0] else None})
+    return out
+
+
+SELECTION_RULES = ("top-scoring", "random", "all")
+
+
+def select_latents(rule: str, latents: np.ndarray, fraction: float,
+                   scores: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """The latent subset S_f of the partial-rewriting curve, in selection order.
+
+    count = round(fraction · len(latents)) with halves rounded up, at least 1 when fraction > 0.
+    Each rule returns a prefix of one fixed order, so subsets are nested across fractions
+    (S_0.1 ⊂ S_0.2 ⊂ …) and the curve's steps add latents rather than reshuffle them:
+
+    * `top-scoring`: highest score first, ties broken by lower latent index; NaN scores last.
+    * `random`: a PCG64(seed) permutation of the latents in increasing index order, so the
+      subset depends on the set of latents and the seed, not on the order they were passed in.
+    * `all`: every latent (increasing index), whatever the fraction.
+    """
+    latents = np.asarray(latents)
+    if latents.ndim != 1 or not np.issubdtype(latents.dtype, np.integer):
+        raise HarnessError(f"latents must be a 1-D integer array, got shape {latents.shape} "
+                           f"dtype {latents.dtype}")
+    if np.unique(latents).shape[0] != latents.shape[0]:
+        raise HarnessError("latents to select from contain duplicates")
+    if rule not in SELECTION_RULES:
+        raise HarnessError(f"unknown selection rule {rule!r}; use one of: "
+                           f"{', '.join(SELECTION_RULES)}")
+    if not (0.0 <= fraction <= 1.0):
+        raise HarnessError(f"fraction must lie in [0, 1], got {fraction}")
+    if rule == "all":
+        return np.sort(latents)
+    n = latents.shape[0]
+    count = int(math.floor(fraction * n + 0.5))
+    if fraction > 0 and n > 0:
+        count = max(count, 1)
+    count = min(count, n)
+    if rule == "top-scoring":
+        if scores is None:
+            raise HarnessError("selection rule 'top-scoring' needs per-latent scores")
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != latents.shape:
+            raise HarnessError(f"got {scores.shape[0] if scores.ndim else 0} scores for "
+                               f"{n} latents")
+        # lexsort's last key is primary; NaN sorts to the end of an ascending sort.
+        order = np.lexsort((latents, -scores))
+        return latents[order[:count]]
+    base = np.sort(latents)
+    perm = np.random.Generator(np.random.PCG64(seed)).permutation(n)
+    return base[perm[:count]]
+
+
+def default_fractions() -> list[float]:
+    """0.1, 0.2, …, 1.0 as exact decimals (0.1 * 3 would print as 0.30000000000000004)."""
+    return [round(0.1 * i, 10) for i in range(1, 11)]

@@ -1,0 +1,283 @@
+"""Where subject and simulator models come from, and how they are loaded.
+
+A `ModelRef` names a model by where it lives (a Hub repo pinned to a commit, a local folder, or a GGUF
+file shipped inside an installed Python package); `load_model` turns it into (model, tokenizer) in eval
+mode. Offline machines are the normal case for this benchmark, so Hub loading tries the local cache
+first and every way of not finding a model ends in one HarnessError that says how to provide it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from harness.errors import HarnessError
+
+SOURCES = ("hub", "local", "gguf-package")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+_SOURCE_KEYS = {"hub": ("id", "revision"), "local": ("path",), "gguf-package": ("package", "file")}
+
+# Eager attention is the plain softmax(QK^T)V in the model's own code: the same arithmetic on every
+# device and for every query length. SDPA dispatches to different fused kernels depending on device,
+# dtype and whether the query is one token (our cached last-position run) or T tokens (the reference
+# path), which shifts CE in the last digits; at the short windows scored here eager costs little.
+DEFAULT_ATTN = "eager"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    source: str              # "hub" | "local" | "gguf-package"
+    id: str = ""             # hub id (source=hub)
+    revision: str = ""       # hub commit (source=hub); "" means the default branch
+    path: str = ""           # folder (source=local), relative paths resolve against the task folder
+    package: str = ""        # python package holding the GGUF (source=gguf-package)
+    file: str = ""           # GGUF file name inside the package
+    dtype: str = "float32"
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str, extra_keys: Iterable[str] = (),
+                  base_dir: Path | None = None) -> "ModelRef":
+        """Validate a task-file table. `extra_keys` are keys the caller owns (e.g. prompt_version) and are ignored.
+
+        A `path` next to a hub or gguf-package source replaces that source by the local folder: that is
+        how `--override subject.path=...` points a task at a pre-downloaded copy. With `base_dir` (the task
+        folder) a relative path is made absolute here, so `key()` and loading work from any working directory.
+        """
+        if not isinstance(d, dict):
+            raise HarnessError(f"{where} must be a table with source = \"hub\" | \"local\" | \"gguf-package\"")
+        extra = set(extra_keys)
+        source = d.get("source")
+        if source not in SOURCES:
+            raise HarnessError(f"{where}: source = {source!r} is not one of {', '.join(SOURCES)}")
+        allowed = {"source", "dtype", "path", *_SOURCE_KEYS[source]}
+        unknown = sorted(set(d) - allowed - extra)
+        if unknown:
+            raise HarnessError(f"{where}: unknown key(s) {', '.join(unknown)} for source = \"{source}\"; "
+                               f"allowed: {', '.join(sorted(allowed))}")
+        values = {}
+        for key in allowed - {"source"}:
+            if key in d:
+                if not isinstance(d[key], str):
+                    raise HarnessError(f"{where}: {key} must be a string, got {d[key]!r}")
+                values[key] = d[key].strip()
+        if values.get("dtype", "float32") not in DTYPES:
+            raise HarnessError(f"{where}: dtype = {values['dtype']!r} is not one of {', '.join(DTYPES)}")
+        if values.get("path"):
+            path = Path(values["path"]).expanduser()
+            if base_dir is not None and not path.is_absolute():
+                path = Path(base_dir).expanduser().absolute() / path
+            return cls(source="local", path=str(path), dtype=values.get("dtype", "float32"))
+        required = _SOURCE_KEYS[source] if source != "hub" else ("id",)
+        for key in required:
+            if not values.get(key):
+                raise HarnessError(f"{where}: source = \"{source}\" needs a non-empty {key}")
+        return cls(source=source, **values)
+
+    def to_dict(self) -> dict:
+        keep = ("source", "dtype", *_SOURCE_KEYS.get(self.source, ()))
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in keep}
+
+    def local_folder(self, base_dir: Path | None = None) -> Path:
+        p = Path(self.path).expanduser()
+        if not p.is_absolute():
+            p = Path(base_dir or ".") / p
+        return p
+
+    def key(self, base_dir: Path | None = None) -> str:
+        """Stable id for caches and provenance; a local folder is identified by its content, not its path."""
+        if self.source == "hub":
+            return f"hub:{self.id}@{self.revision or 'main'}"
+        if self.source == "gguf-package":
+            return f"gguf:{self.package}/{self.file}"
+        if self.source == "local":
+            folder = self.local_folder(base_dir)
+            _check_local_folder(folder)
+            return f"local:{folder.resolve().name}#{_folder_fingerprint(folder)}"
+        raise HarnessError(f"model source {self.source!r} is not one of {', '.join(SOURCES)}")
+
+    def describe(self) -> str:
+        return {"hub": f"{self.id}@{self.revision or 'main'}", "local": self.path,
+                "gguf-package": f"{self.package}/{self.file}"}.get(self.source, self.source)
+
+
+def _weights_file(folder: Path) -> Path | None:
+    for pattern in ("model.safetensors", "*.safetensors", "pytorch_model.bin", "*.bin"):
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    # config + the first MiB of weights (a safetensors header lists every tensor) + the weights' size:
+    # cheap for multi-GB folders, and any retrained or re-converted model changes it.
+    h = hashlib.sha256()
+    h.update((folder / "config.json").read_bytes())
+    weights = _weights_file(folder)
+    if weights is not None:
+        with open(weights, "rb") as f:
+            h.update(f.read(1 << 20))
+        h.update(str(weights.stat().st_size).encode())
+    return h.hexdigest()[:12]
+
+
+def _check_local_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise HarnessError(f"model folder {folder} does not exist: fix the task's path or pass "
+                           "--override subject.path=/path/to/folder (a save_pretrained folder)")
+    if not (folder / "config.json").is_file():
+        raise HarnessError(f"model folder {folder} has no config.json: it must be a transformers "
+                           "save_pretrained folder (config.json, weights, tokenizer files)")
+
+
+def pick_device(requested: str | torch.device = "auto") -> torch.device:
+    if isinstance(requested, torch.device):
+        requested = str(requested)
+    requested = (requested or "auto").strip().lower()
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise HarnessError(f"device {requested!r} was asked for but CUDA is not available here: use --device cpu")
+        try:
+            dev = torch.device(requested)
+        except RuntimeError:
+            raise HarnessError(f"device {requested!r} is not a valid torch device: use cuda, cuda:N, cpu or auto") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise HarnessError(f"device {requested!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
+        return dev
+    if requested in ("cpu", "mps"):
+        if requested == "mps" and not torch.backends.mps.is_available():
+            raise HarnessError("device 'mps' was asked for but is not available here: use --device cpu")
+        return torch.device(requested)
+    raise HarnessError(f"device {requested!r} is not supported: use auto, cpu, cuda or cuda:N")
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    errs: list[type[BaseException]] = [OSError, ConnectionError, TimeoutError]
+    try:
+        from huggingface_hub.errors import (
+            HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+        )
+        errs += [HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled]
+    except ImportError:  # older huggingface_hub: these all derive from OSError/ValueError there
+        pass
+    for mod, name in (("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            errs.append(getattr(__import__(mod), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errs)
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return bool(constants.HF_HUB_OFFLINE) or env.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _short_reason(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    first = first if len(first) <= 160 else first[:157] + "..."
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _hub_failure(ref: ModelRef, reason: str) -> HarnessError:
+    rev = ref.revision or "main"
+    return HarnessError(
+        f"cannot load {ref.id}@{rev} from the Hugging Face Hub ({reason}). Connect to the internet, "
+        f"or pre-download it into HF_HOME (huggingface-cli download {ref.id} --revision {rev}), or point the "
+        "task at a local copy: harness ... --override subject.path=/path/to/folder"
+    )
+
+
+def _unreachable_reason() -> str | None:
+    """Why the Hub endpoint cannot be reached, or None; huggingface_hub itself retries ~25 s before giving up."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # a direct probe says nothing about a proxied route
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=min(10.0, float(constants.HF_HUB_ETAG_TIMEOUT))):
+            return None
+    except OSError as e:
+        return f"cannot reach {host}:{port}: {e}"
+
+
+def _from_hub(loader: Callable[..., Any], ref: ModelRef, **kwargs: Any) -> Any:
+    """Cache first, so an offline machine fails in milliseconds instead of retrying the network."""
+    errors = _hub_errors()
+    kwargs["revision"] = ref.revision or None
+    try:
+        return loader(ref.id, local_files_only=True, **kwargs)
+    except errors as e:
+        cached_error = e
+    if _offline():
+        raise _hub_failure(ref, f"not in the local cache and HF_HUB_OFFLINE is set; {_short_reason(cached_error)}") \
+            from None
+    reason = _unreachable_reason()
+    if reason is not None:
+        raise _hub_failure(ref, f"not in the local cache and {reason}") from None
+    # huggingface_hub reads HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT at import (default 10 s each)
+    try:
+        return loader(ref.id, **kwargs)
+    except errors as e:
+        raise _hub_failure(ref, _short_reason(e)) from None
+
+
+def _torch_dtype(name: str):
+    if name not in DTYPES:
+        raise HarnessError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def resolve_source_folder(ref: ModelRef, base_dir: Path, cache_dir: Path) -> Path | None:
+    """The on-disk folder for local and gguf-package refs (None for hub refs)."""
+    if ref.source == "local":
+        folder = ref.local_folder(base_dir)
+        _check_local_folder(folder)
+        return folder
+    if ref.source == "gguf-package":
+        from harness.gguf_cache import converted_folder
+
+        folder = Path(converted_folder(ref.package, ref.file, Path(cache_dir)))
+        _check_local_folder(folder)
+        return folder
+    if ref.source == "hub":
+        return None
+    raise HarnessError(f"model source {ref.source!r} is not one of {', '.join(SOURCES)}")
+
+
+def load_model(ref: ModelRef, base_dir: Path, cache_dir: Path, device: str | torch.device = "cpu",
+               dtype: str | None = None, attn_implementation: str = DEFAULT_ATTN):
+    """(model in eval mode on `device`, tokenizer). `dtype` defaults to the ref's own dtype.
+
+    Gradients are not switched off globally: callers run under torch.inference_mode().
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = pick_device(device)
+    kwargs = dict(dtype=_torch_dtype(dtype or ref.dtype), attn_implementation=attn_implementation)
+    folder = resolve_source_folder(ref, Path(base_dir), Path(cache_dir))
+    if folder is None:
+        model = _from_hub(AutoModelForCausalLM.from_pretrained, ref, **kwargs)
+        tokenizer = _from_hub(AutoTokenizer.from_pretrained, ref)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise HarnessError(f"cannot load the model in {folder} ({_short_reason(e)}): it must be a transformers "
+                               "save_pretrained folder with weights and tokenizer files") from None
+    return model.to(dev).eval(), tokenizer

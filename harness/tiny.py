@@ -1,0 +1,246 @@
+"""Tiny, self-built stand-ins for every artifact a task needs.
+
+Tests and the `harness make-tiny-task` command build random GPT-NeoX or Llama models, a byte-level BPE
+tokenizer with a chat template, a sparsify-format coder and a token corpus, all saved to disk in the
+same formats as the real ones, so the real loading code is what runs. Nothing here is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+_SUBJECTS = ["the cat", "a farmer", "my sister", "the robot", "our teacher", "the river", "a doctor",
+             "the city", "his dog", "the program", "a student", "the market"]
+_VERBS = ["sees", "builds", "likes", "finds", "moves", "writes", "opens", "follows", "counts", "paints"]
+_OBJECTS = ["a red house", "the old bridge", "three apples", "the blue sky", "a long letter",
+            "the small garden", "42 coins", "the last train", "a new song", "the quiet road"]
+_CODE = ["def f(x):\n    return x + 1\n", "for i in range(10):\n    print(i)\n",
+         "if a == b:\n    a = [1, 2, 3]\n", "import numpy as np\nx = np.zeros(5)\n"]
+
+
+def synthetic_texts(n: int, seed: int) -> list[str]:
+    """Seeded template text: varied enough that latents of a random coder fire on different tokens."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.2:
+            out.append(str(rng.choice(_CODE)))
+            continue
+        parts = []
+        for _ in range(int(rng.integers(2, 5))):
+            s = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}"
+            if rng.random() < 0.3:
+                s += f" on day {int(rng.integers(1, 31))}"
+            parts.append(s.capitalize() + rng.choice([".", "!", "?", ","]))
+        out.append(" ".join(parts) + "\n")
+    return out
+
+
+def build_tokenizer(texts: list[str], vocab_size: int = 384):
+    """Byte-level BPE (every digit is its own token, like Llama-3's and SmolLM2's) with ChatML specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        bos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_model(arch: str, vocab_size: int, seed: int, *, hidden: int = 64, layers: int = 2):
+    """A random causal LM of the given family, small enough to run a test in milliseconds."""
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
+
+    torch.manual_seed(seed)
+    if arch == "gpt_neox":
+        cfg = GPTNeoXConfig(
+            vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+            intermediate_size=4 * hidden, max_position_embeddings=512, rotary_pct=0.25,
+            use_parallel_residual=True, hidden_act="gelu", tie_word_embeddings=False,
+        )
+    elif arch == "llama":
+        cfg = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+            num_key_value_heads=2, intermediate_size=3 * hidden, max_position_embeddings=512,
+            tie_word_embeddings=True,
+        )
+    else:
+        raise ValueError(f"unknown tiny architecture {arch!r}: use gpt_neox or llama")
+    model = AutoModelForCausalLM.from_config(cfg)
+    # Random init gives near-uniform logits; scaling the head makes CE differences between conditions visible.
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(3.0)
+    return model.eval()
+
+
+def build_coder_tensors(d_in: int, num_latents: int, k: int, kind: str, skip: bool, seed: int) -> dict:
+    """Random sparsify-format tensors; encoder rows are unit vectors with biases tuned so ~k fire."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(num_latents, d_in, generator=g)
+    w = w / w.norm(dim=1, keepdim=True)
+    tensors = {
+        "encoder.weight": w.contiguous(),
+        "encoder.bias": (-0.1 * torch.rand(num_latents, generator=g)).contiguous(),
+        "W_dec": (0.3 * torch.randn(num_latents, d_in, generator=g)).contiguous(),
+        "b_dec": (0.01 * torch.randn(d_in, generator=g)).contiguous(),
+    }
+    if skip:
+        tensors["W_skip"] = (0.05 * torch.randn(d_in, d_in, generator=g)).contiguous()
+    return tensors
+
+
+def save_sparsify_coder(folder: Path, tensors: dict, *, d_in: int, num_latents: int, k: int,
+                        transcode: bool | None, skip: bool) -> None:
+    """Write `cfg.json` + `sae.safetensors` exactly as sparsify 1.3 does (transcode=None: legacy cfg)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "activation": "topk", "expansion_factor": max(1, num_latents // d_in), "normalize_decoder": True,
+        "num_latents": num_latents, "k": k, "multi_topk": False, "skip_connection": skip, "d_in": d_in,
+    }
+    if transcode is not None:
+        cfg["transcode"] = transcode
+    save_file(tensors, str(folder / "sae.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class TinyTaskOptions:
+    task_id: str = "tiny-llama-transcoder"
+    arch: str = "llama"              # subject family: llama | gpt_neox
+    kind: str = "transcoder"         # transcoder | sae
+    layer: int = 1
+    num_latents: int = 64
+    k: int = 4
+    skip: bool = True
+    T: int = 24
+    corpus_texts: int = 1500
+    calibration: int = 96
+    test: int = 96
+    detection_positive: int = 6
+    detection_negative: int = 6
+    activation_sample_tokens: int = 6000
+    rewritten: int = 24              # number of latents to rewrite (seeded choice among alive ones: all if 0)
+    seed: int = 0
+
+
+def make_tiny_task(out_dir: Path, opts: TinyTaskOptions = TinyTaskOptions()) -> Path:
+    """Build a complete task folder (model, simulator, coder, corpus, task.toml); returns the toml path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts = synthetic_texts(opts.corpus_texts, opts.seed)
+    tokenizer = build_tokenizer(texts)
+    vocab = len(tokenizer)
+
+    subject = build_model(opts.arch, vocab, opts.seed)
+    subject.save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")
+
+    simulator = build_model("llama", vocab, opts.seed + 1)
+    simulator.save_pretrained(out_dir / "simulator")
+    tokenizer.save_pretrained(out_dir / "simulator")
+
+    d = subject.config.hidden_size
+    hookpoint = f"layers.{opts.layer}.mlp" if opts.kind == "transcoder" else f"layers.{opts.layer}"
+    coder_dir = out_dir / "coder" / hookpoint
+    tensors = build_coder_tensors(d, opts.num_latents, opts.k, opts.kind, opts.skip and opts.kind == "transcoder",
+                                  opts.seed + 2)
+    save_sparsify_coder(coder_dir, tensors, d_in=d, num_latents=opts.num_latents, k=opts.k,
+                        transcode=opts.kind == "transcoder", skip=opts.skip and opts.kind == "transcoder")
+
+    ids = tokenizer("".join(texts))["input_ids"]
+    np.savez_compressed(out_dir / "corpus.npz", tokens=np.asarray(ids, dtype=np.int32))
+
+    artifacts = {
+        rel: sha256_file(out_dir / rel)
+        for rel in [f"coder/{hookpoint}/sae.safetensors", f"coder/{hookpoint}/cfg.json", "corpus.npz",
+                    "model/model.safetensors", "simulator/model.safetensors"]
+    }
+    rewritten = f'{{ count = {opts.rewritten}, seed = {opts.seed} }}' if opts.rewritten else '"all"'
+    art_lines = "\n".join(f'"{k}" = "{v}"' for k, v in artifacts.items())
+    toml = f'''# Built by `harness make-tiny-task` ({opts.arch} subject, random weights): for tests and smoke runs only.
+id = "{opts.task_id}"
+description = "Tiny random {opts.arch} with a random {opts.kind} at {hookpoint}; exercises the whole pipeline in seconds."
+
+[subject]
+source = "local"
+path = "model"
+
+[coder]
+source = "local"
+path = "coder/{hookpoint}"
+hookpoint = "{hookpoint}"
+kind = "{opts.kind}"
+
+[corpus]
+source = "local-tokens"
+path = "corpus.npz"
+
+[contexts]
+T = {opts.T}
+seed = {opts.seed}
+activation_sample_tokens = {opts.activation_sample_tokens}
+calibration = {opts.calibration}
+test = {opts.test}
+detection_positive = {opts.detection_positive}
+detection_negative = {opts.detection_negative}
+
+[latents]
+rewritten = {rewritten}
+
+[simulator]
+source = "local"
+path = "simulator"
+prompt_version = "v1"
+max_explanation_chars = 400
+
+[scoring]
+quantile_method = "inverted_cdf"
+n_quantiles = 257
+bootstrap = 1000
+seed = {opts.seed}
+
+[artifacts]
+{art_lines}
+'''
+    path = out_dir / "task.toml"
+    path.write_text(toml)
+    return path

@@ -1,0 +1,19 @@
+#!/usr/bin/env python
+"""Build the offline default task tasks/smollm2-135m-l12-skip-transcoder (corpus + skip-transcoder).
+
+One command, every step resumable (rerun it after an interruption):
+
+    nice -n 19 python scripts/build_smollm2_task.py --cache .cache --threads 2
+
+See harness/build/smollm2_task.py for the steps and options (--steps, --deadline, --work).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.build.smollm2_task import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

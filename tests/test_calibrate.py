@@ -1,0 +1,256 @@
+"""Tests of harness.calibrate against independent references (numpy on the full sample, scipy
+ranks, hand-derived numbers)."""
+
+import numpy as np
+import pytest
+from scipy.stats import rankdata
+
+from harness.calibrate import (
+    ActivationTable,
+    ActivationTableBuilder,
+    _inverted_cdf_index,
+    apply_normaliser,
+    apply_quantile_normalisation,
+    build_activation_table,
+    calibrate,
+    ecdf_midrank,
+    fit_normaliser,
+    true_quantile,
+)
+from harness.errors import HarnessError
+
+
+def random_topk(rng, n, k, L, p_zero=0.2, n_values=None):
+    """TopK-shaped output: distinct indices per row, some values exactly 0."""
+    indices = np.stack([rng.choice(L, size=k, replace=False) for _ in range(n)]).astype(np.int64)
+    if n_values is None:
+        values = rng.exponential(size=(n, k)).astype(np.float32)
+    else:  # few distinct values: ties inside a latent's non-zero values
+        values = rng.integers(1, n_values + 1, size=(n, k)).astype(np.float32) / 4
+    values[rng.random((n, k)) < p_zero] = 0.0
+    return values, indices
+
+
+def dense(values, indices, L):
+    z = np.zeros((values.shape[0], L), dtype=np.float32)
+    np.put_along_axis(z, indices, values, axis=1)
+    return z
+
+
+def reference_table(values, indices, L, Q, method):
+    """The obvious per-latent loop over every (token, slot) entry."""
+    n, k = values.shape
+    per_latent = [[] for _ in range(L)]
+    for r in range(n):
+        for c in range(k):
+            if values[r, c] != 0:
+                per_latent[indices[r, c]].append(values[r, c])
+    probs = np.linspace(0, 1, Q)
+    q = np.zeros((L, Q), dtype=np.float32)
+    for j, v in enumerate(per_latent):
+        if v:
+            q[j] = np.quantile(np.array(v, dtype=np.float32), probs, method=method)
+    counts = np.array([len(v) for v in per_latent])
+    return counts / n, q, counts
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 10, 37, 100, 999, 1000, 1001, 12345])
+def test_inverted_cdf_index_matches_numpy(n):
+    p = np.concatenate([np.linspace(0, 1, 1001), np.linspace(0, 1, 11), [0.95, 0.3, 1 / 3]])
+    got = _inverted_cdf_index(n, p)
+    want = np.quantile(np.arange(n, dtype=np.float64), p, method="inverted_cdf")
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("Q", [2, 11, 1001])
+@pytest.mark.parametrize("n_values", [None, 5])
+def test_build_matches_per_latent_loop(Q, n_values):
+    rng = np.random.default_rng(Q)
+    values, indices = random_topk(rng, n=300, k=4, L=13, n_values=n_values)
+    L = 14  # latent 13 never fires: its row must stay zero
+    t = build_activation_table(values, indices, L, n_quantiles=Q)
+    rate, q, counts = reference_table(values, indices, L, Q, "inverted_cdf")
+    assert t.n_tokens == 300 and t.method == "inverted_cdf"
+    assert t.nz_quantiles.dtype == np.float32 and t.nz_quantiles.shape == (L, Q)
+    np.testing.assert_array_equal(t.nz_count, counts)
+    np.testing.assert_array_equal(t.fire_rate, rate)
+    np.testing.assert_array_equal(t.nz_quantiles, q)
+    assert counts[13] == 0 and np.all(t.nz_quantiles[13] == 0)
+    # zeros among the k values were really dropped: no stored quantile is 0 for a firing latent
+    assert np.all(t.nz_quantiles[counts > 0] > 0)
+
+
+def test_build_other_method_matches_loop():
+    rng = np.random.default_rng(1)
+    values, indices = random_topk(rng, n=200, k=3, L=6)
+    t = build_activation_table(values, indices, 6, n_quantiles=21, method="linear")
+    _, q, _ = reference_table(values, indices, 6, 21, "linear")
+    np.testing.assert_allclose(t.nz_quantiles, q, rtol=1e-6)
+    assert t.method == "linear"
+
+
+def test_builder_incremental_equals_one_shot(tmp_path):
+    rng = np.random.default_rng(2)
+    values, indices = random_topk(rng, n=250, k=5, L=9)
+    whole = build_activation_table(values, indices, 9, n_quantiles=51)
+    b = ActivationTableBuilder(9, n_quantiles=51)
+    for lo, hi in [(0, 1), (1, 100), (100, 250)]:
+        b.add(values[lo:hi], indices[lo:hi])
+    part = b.finish()
+    assert part.n_tokens == whole.n_tokens
+    np.testing.assert_array_equal(part.nz_quantiles, whole.nz_quantiles)
+    np.testing.assert_array_equal(part.nz_count, whole.nz_count)
+
+    path = tmp_path / "sub" / "activation_table.npz"
+    whole.save(path)
+    back = ActivationTable.load(path)
+    assert back.n_tokens == 250 and back.method == "inverted_cdf"
+    np.testing.assert_array_equal(back.nz_quantiles, whole.nz_quantiles)
+    np.testing.assert_array_equal(back.fire_rate, whole.fire_rate)
+    np.testing.assert_array_equal(back.nz_count, whole.nz_count)
+
+
+def test_build_and_load_errors(tmp_path):
+    v = np.array([[1.0, 2.0]], dtype=np.float32)
+    with pytest.raises(HarnessError, match="repeat"):
+        build_activation_table(v, np.array([[3, 3]]), 5)
+    # a repeated index is fine when it only pads zero values
+    t = build_activation_table(np.array([[1.0, 0.0, 0.0]], np.float32), np.array([[3, 0, 0]]), 5)
+    assert t.nz_count.tolist() == [0, 0, 0, 1, 0]
+    with pytest.raises(HarnessError, match="outside"):
+        build_activation_table(v, np.array([[0, 5]]), 5)
+    with pytest.raises(HarnessError, match="negative"):
+        build_activation_table(-v, np.array([[0, 1]]), 5)
+    with pytest.raises(HarnessError, match="method"):
+        build_activation_table(v, np.array([[0, 1]]), 5, method="type7")
+    with pytest.raises(HarnessError, match="empty"):
+        ActivationTableBuilder(5).finish()
+    with pytest.raises(HarnessError, match="not found"):
+        ActivationTable.load(tmp_path / "nope.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(HarnessError, match="unreadable"):
+        ActivationTable.load(tmp_path / "bad.npz")
+
+
+def column_table(col, Q=1001, method="inverted_cdf"):
+    """Table whose latent 0 takes exactly the per-token values `col` (k = 1)."""
+    col = np.asarray(col, dtype=np.float32)
+    return build_activation_table(col[:, None], np.zeros((col.shape[0], 1), np.int64), 2,
+                                  n_quantiles=Q, method=method)
+
+
+def test_true_quantile_hand_example():
+    # six zeros then 1, 2, 3, 4: F(0) = 0.6, each non-zero value adds 0.1
+    t = column_table([0, 3, 0, 1, 0, 0, 4, 0, 2, 0])
+    u = np.array([0.0, 0.3, 0.6, 0.61, 0.7, 0.71, 0.8, 0.95, 1.0])
+    got = true_quantile(t, 0, u)
+    np.testing.assert_array_equal(got, [0, 0, 0, 1, 1, 2, 2, 4, 4])
+    assert np.all(true_quantile(t, 1, u) == 0)  # never-firing latent
+
+
+@pytest.mark.parametrize("Q", [1001, 11])
+def test_true_quantile_vs_full_sample(Q):
+    rng = np.random.default_rng(3)
+    N, c = 2000, 37
+    col = np.zeros(N, dtype=np.float32)
+    where = rng.choice(N, size=c, replace=False)
+    col[where] = rng.exponential(size=c).astype(np.float32)
+    col[where[:5]] = col[where[5]]  # ties among the non-zero values
+    t = column_table(col, Q=Q)
+    u = np.concatenate([np.linspace(0, 1, 4001), rng.random(2000), [1 - c / N, 1 - c / N + 1e-9]])
+    got = true_quantile(t, 0, u)
+    want = np.quantile(col, u, method="inverted_cdf")
+    zero_zone = u <= 1 - c / N
+    assert np.all(got[zero_zone] == 0.0)
+    assert np.isin(got, np.concatenate([[0.0], col[where]])).all()  # observed values only
+    if Q - 1 >= c:  # every rank is on the grid: exact everywhere
+        np.testing.assert_array_equal(got, want)
+    else:  # coarse grid: never below the truth, exact where numpy picks a grid rank
+        assert np.all(got >= want)
+        nz_sorted = np.sort(col[where])
+        grid_ranks = _inverted_cdf_index(c, np.linspace(0, 1, Q))
+        u_on_grid = (N - c + grid_ranks + 0.5) / N  # numpy picks position N-c+rank for these
+        np.testing.assert_array_equal(true_quantile(t, 0, u_on_grid), nz_sorted[grid_ranks])
+        np.testing.assert_array_equal(np.quantile(col, u_on_grid, method="inverted_cdf"),
+                                      nz_sorted[grid_ranks])
+        assert np.any(got != want)  # the coarse grid does lose something: the test can tell
+
+
+def test_true_quantile_linear_keeps_zero_mass():
+    t = column_table([0, 0, 0, 0, 0, 0, 1, 2, 3, 4], Q=4, method="linear")
+    got = true_quantile(t, 0, np.array([0.5, 0.6, 0.65, 0.8, 1.0]))
+    # non-zero quantiles at 0, 1/3, 2/3, 1 are 1, 2, 3, 4; v = (u - 0.6) / 0.4
+    np.testing.assert_allclose(got, [0, 0, 1.375, 2.5, 4.0])
+    with pytest.raises(HarnessError):
+        true_quantile(t, 0, np.array([1.5]))
+
+
+def test_ecdf_midrank_hand_and_clipping():
+    s = fit_normaliser(np.array([2.0, 0.0, 1.0, 0.0]))
+    x = np.array([0.0, 1.0, 1.5, 2.0, -5.0, 9.0])
+    np.testing.assert_allclose(ecdf_midrank(s, x), [0.25, 0.625, 0.75, 0.875, 0.25, 0.875])
+
+
+def test_ecdf_midrank_vs_rankdata():
+    rng = np.random.default_rng(4)
+    calib = rng.integers(0, 6, size=(300, 3)).astype(np.float64) / 2  # heavy ties
+    fitted = fit_normaliser(calib)
+    u = ecdf_midrank(fitted, calib)
+    want = (rankdata(calib, method="average", axis=0) - 0.5) / calib.shape[0]
+    np.testing.assert_allclose(u, want, rtol=0, atol=1e-15)
+    for col in range(3):  # the 2-D path is the 1-D path per column
+        np.testing.assert_array_equal(u[:, col], ecdf_midrank(fitted[:, col], calib[:, col]))
+
+
+def full_columns(values, indices, L, latents):
+    return dense(values, indices, L)[:, latents]
+
+
+def test_normalising_calibration_onto_itself_reproduces_target_quantiles():
+    rng = np.random.default_rng(5)
+    L, n_tok = 8, 3000
+    values, indices = random_topk(rng, n=n_tok, k=2, L=L)
+    table = build_activation_table(values, indices, L)
+    latents = np.array([1, 4, 6])
+    assert np.all(table.nz_count[latents] <= 1000)  # grid holds every rank: exact comparison
+    n_cal = 400
+    pred = rng.random((n_cal, 3)) * 9  # distinct predictions: mid-ranks are (i - 0.5) / n
+    out = apply_quantile_normalisation(pred, pred, table, latents)
+    full = full_columns(values, indices, L, latents)
+    levels = (np.arange(1, n_cal + 1) - 0.5) / n_cal
+    for col in range(3):
+        want = np.quantile(full[:, col], levels, method="inverted_cdf")
+        np.testing.assert_array_equal(np.sort(out[:, col]), want)
+        # and the map is monotone: the i-th smallest prediction gets the i-th target quantile
+        np.testing.assert_array_equal(out[np.argsort(pred[:, col]), col], want)
+        zero_share = np.mean(out[:, col] == 0)
+        assert abs(zero_share - (1 - table.fire_rate[latents[col]])) <= 1 / n_cal
+    # the per-latent form agrees with the vectorised one
+    np.testing.assert_array_equal(
+        apply_normaliser(fit_normaliser(pred[:, 1]), pred[:, 1], table, 4), out[:, 1])
+
+
+def test_calibrate_modes():
+    rng = np.random.default_rng(6)
+    values, indices = random_topk(rng, n=500, k=2, L=4)
+    table = build_activation_table(values, indices, 4)
+    latents = np.array([0, 3])
+    calib = rng.random((200, 2)) * 3
+    test = rng.random((50, 2)) * 9  # shifted upward: many test points above the calibration max
+    np.testing.assert_array_equal(calibrate("none", calib, test, table, latents), test)
+    q = calibrate("quantile", calib, test, table, latents)
+    np.testing.assert_array_equal(q, apply_quantile_normalisation(calib, test, table, latents))
+    pf = calibrate("prompt-fit", None, test, table, latents)
+    np.testing.assert_array_equal(pf, apply_quantile_normalisation(test, test, table, latents))
+    assert not np.array_equal(q, pf)
+    # test points above every calibration prediction behave like the calibration maximum
+    above = test[:, 0] > calib[:, 0].max()
+    assert above.any()
+    at_max = apply_quantile_normalisation(calib, np.full((1, 2), calib.max(axis=0)), table, latents)
+    assert np.all(q[above, 0] == at_max[0, 0])
+    with pytest.raises(HarnessError, match="mode"):
+        calibrate("isotonic", calib, test, table, latents)
+    with pytest.raises(HarnessError):
+        calibrate("quantile", calib[:, :1], test, table, latents)
+    with pytest.raises(HarnessError):
+        calibrate("quantile", calib, test, table, np.array([0, 4]))

@@ -1,0 +1,114 @@
+"""`harness eval` end to end on a tiny task built by `harness make-tiny-task`, and the CLI's bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    assert main(["make-tiny-task", "--out", str(root / "task")]) == 0
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache(tiny, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tiny / "cache"))
+
+
+def _submission(path: Path, task_id: str, latents, text="the tokens \"the\", \"a\"", method="test-method"):
+    path.write_text(json.dumps({"task": task_id, "method": method, "description": "test",
+                                "explanations": {str(j): text for j in latents}}))
+    return path
+
+
+def _rewritten(tiny):
+    from harness.prepare import prepare
+    from harness.tasks import load_task
+
+    return prepare(load_task(str(tiny / "task"))).rewritten
+
+
+def test_eval_writes_result_and_leaderboard(tiny, capsys):
+    latents = _rewritten(tiny)
+    sub = _submission(tiny / "sub.json", "tiny-llama-transcoder", latents)
+    res_dir, lb_dir = tiny / "results", tiny / "lb"
+    rc = main(["eval", "--task", str(tiny / "task"), "--explanations", str(sub), "--results", str(res_dir),
+               "--leaderboard", str(lb_dir), "--backend", "prefix"])
+    assert rc == 0
+    files = sorted((res_dir / "tiny-llama-transcoder").glob("*.json"))
+    assert len(files) == 1
+    r = json.loads(files[0].read_text())
+    assert r["submission"]["coverage"] == 1.0
+    assert r["task"]["hash"] and r["provenance"]["harness_version"]
+
+    # Recompute the headline recovery from the per-context side file with plain numpy.
+    side = np.load(files[0].parent / r["side_files"]["per_context"]["path"])
+    zero, sim, coder = side["ce_latent_zero__all"], side["ce_simulated__quantile__all"], side["ce_coder"]
+    want = (zero.mean() - sim.mean()) / (zero.mean() - coder.mean())
+    assert r["headline"]["recovery"]["value"] == pytest.approx(want, rel=1e-9)
+    assert r["ce_means"]["clean"] == pytest.approx(side["ce_clean"].mean())
+    for fig in r["figures"]:
+        assert (files[0].parent / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (lb_dir / "tiny-llama-transcoder.md").read_text()
+    assert "test-method" in md
+
+    # A second run recomputes no prediction: everything comes from the prediction store.
+    rc = main(["eval", "--task", str(tiny / "task"), "--explanations", str(sub), "--results", str(res_dir),
+               "--no-leaderboard", "--backend", "prefix"])
+    assert rc == 0
+    r2 = json.loads(sorted((res_dir / "tiny-llama-transcoder").glob("*.json"))[0].read_text())
+    assert r2["provenance"]["n_computed"] == 0
+    assert r2["provenance"]["n_cached"] == r2["provenance"]["n_predictions"]
+    assert r2["headline"]["recovery"]["value"] == pytest.approx(r["headline"]["recovery"]["value"], rel=1e-12)
+
+
+def test_partial_submission_reports_coverage(tiny):
+    latents = _rewritten(tiny)
+    sub = _submission(tiny / "half.json", "tiny-llama-transcoder", latents[: len(latents) // 2])
+    rc = main(["eval", "--task", str(tiny / "task"), "--explanations", str(sub), "--results", str(tiny / "r2"),
+               "--no-leaderboard"])
+    assert rc == 0
+    r = json.loads(next((tiny / "r2" / "tiny-llama-transcoder").glob("*.json")).read_text())
+    assert r["submission"]["coverage"] == pytest.approx((len(latents) // 2) / len(latents))
+    assert len(r["per_latent"]["latent"]) == len(latents) // 2
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error:")
+    return err[0]
+
+
+def test_unknown_task(capsys, tiny):
+    assert main(["eval", "--task", "no-such-task", "--explanations", str(tiny / "x.json")]) == 2
+    assert "unknown task 'no-such-task'" in _one_error_line(capsys)
+
+
+def test_malformed_submission(capsys, tiny):
+    bad = tiny / "bad.json"
+    bad.write_text('{"task": "tiny-llama-transcoder", "method": "m", ')
+    assert main(["eval", "--task", str(tiny / "task"), "--explanations", str(bad)]) == 2
+    assert "bad.json" in _one_error_line(capsys)
+
+
+def test_missing_coder_file(capsys, tiny, tmp_path):
+    broken = tmp_path / "task"
+    shutil.copytree(tiny / "task", broken)
+    next(broken.glob("coder/*/sae.safetensors")).unlink()
+    assert main(["prepare", "--task", str(broken)]) == 2
+    assert "sae.safetensors" in _one_error_line(capsys)
+
+
+def test_wrong_hookpoint(capsys, tiny, tmp_path):
+    assert main(["prepare", "--task", str(tiny / "task"), "--override", 'coder.hookpoint="layers.9.mlp"']) == 2
+    assert "layers.9.mlp" in _one_error_line(capsys)

@@ -1,0 +1,276 @@
+import copy
+import csv
+import io
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from harness.errors import HarnessError
+from harness.leaderboard import collect_results, print_rich, render, write_leaderboard
+from harness.plots import plot_activation_distributions, plot_partial_rewriting, plot_sens_spec_by_bin
+from harness.results import SCHEMA, Result, load_result, make_provenance, result_path
+
+NAN = float("nan")
+HASH = "a" * 64
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def E(v, lo, hi):
+    return {"value": v, "lo": lo, "hi": hi}
+
+
+def _conditions():
+    out = []
+    for sel in ("top-scoring", "random"):
+        for i, f in enumerate((0.5, 1.0)):
+            out.append({"name": "simulated", "calibration": "quantile", "selection": sel, "fraction": f,
+                        "n_latents": 4 * (i + 1), "ce_mean": 3.1, "delta_ce_mean": E(0.2, 0.1, 0.3),
+                        "delta_ce_median": E(0.05 * (i + 1), 0.02, 0.2), "recovery": E(0.4 - 0.1 * i, 0.3, 0.5),
+                        "diff_vs_latent_zero": E(-0.1, -0.2, NAN)})  # fmt: skip
+            out.append({"name": "simulated", "calibration": "none", "selection": sel, "fraction": f,
+                        "n_latents": 4 * (i + 1), "ce_mean": 3.5, "delta_ce_mean": E(0.6, 0.5, 0.7),
+                        "delta_ce_median": E(0.5, 0.4, 0.6), "recovery": E(-0.2, -0.3, -0.1),
+                        "diff_vs_latent_zero": E(0.1, 0.0, 0.2)})  # fmt: skip
+            out.append({"name": "latent_zero", "calibration": None, "selection": sel, "fraction": f,
+                        "n_latents": 4 * (i + 1), "ce_mean": 3.3, "delta_ce_mean": E(0.4, 0.3, 0.5),
+                        "delta_ce_median": E(0.1 * (i + 1), 0.05, 0.3), "recovery": None,
+                        "diff_vs_latent_zero": None})  # fmt: skip
+    return out
+
+
+def make_result(method="top-tokens", sha="s" * 64, recovery=0.12, date="2025-01-01T00:00:00+00:00",
+                task_hash=HASH, task_id="tiny-task", model_key="hub:org/sim@" + "f" * 40) -> Result:  # fmt: skip
+    return Result(
+        task={"id": task_id, "hash": task_hash},
+        submission={"method": method, "description": "d", "sha256": sha, "path": "submissions/x.json",
+                    "n_explanations": 10, "coverage": 0.8},  # fmt: skip
+        simulator={"model_key": model_key, "prompt_version": "v1", "backend": "transformers-prefix"},
+        provenance={**make_provenance(seed=0, command="harness eval"), "date": date},
+        headline={"calibration": "quantile", "recovery": E(recovery, 0.05, 0.20),
+                  "delta_ce_median": E(0.031, 0.021, 0.041), "delta_ce_mean": E(0.2, 0.1, 0.3),
+                  "latent_zero_delta_ce_median": E(0.052, 0.042, 0.062),
+                  "sim_minus_zero_mean": E(-0.123, -0.2, -0.05),
+                  "sensitivity": 0.61, "specificity": 0.97, "detection_auroc": 0.74},  # fmt: skip
+        ce_means={"clean": 3.0, "coder": 3.05, "zero_output": 4.2, "latent_zero": 3.3, "simulated": 3.1},
+        conditions=_conditions(),
+        per_latent={"latent": [0, 1, 2], "auroc": [0.9, NAN, 0.5], "balanced_accuracy": [0.8, NAN, 0.5],
+                    "sensitivity": [1.0, 0.0, NAN], "specificity": [0.9, 1.0, 1.0], "score": [0.9, NAN, 0.5]},  # fmt: skip
+        sens_spec_by_detection_bin=[{"lo": 0.5, "hi": 0.6, "n": 3, "sensitivity": 0.3, "specificity": 0.9},
+                                    {"lo": 0.6, "hi": 0.7, "n": 0, "sensitivity": NAN, "specificity": NAN}],  # fmt: skip
+        side_files={"per_context": {"path": "x.npz", "sha256": "b" * 64}},
+        figures=["fig.png"],
+    )
+
+
+def _same(a, b):
+    """Deep equality where NaN == NaN."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return a == b
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+def test_result_roundtrip_nan(tmp_path):
+    r = make_result()
+    r.ce_means["zero_output"] = None  # an SAE task has no zero-output condition
+    r.per_latent["auroc"] = np.array([0.9, np.nan, 0.5], dtype=np.float32)  # numpy goes in, lists come out
+    r.headline["sensitivity"] = np.float64(np.nan)
+    p = r.to_json(tmp_path / "r.json")
+    raw = json.loads(p.read_text())
+    assert raw["schema"] == SCHEMA and list(raw)[0] == "schema"
+    assert raw["per_latent"]["auroc"][1] is None and raw["headline"]["sensitivity"] is None
+    assert "NaN" not in p.read_text()
+    back = load_result(p)
+    assert math.isnan(back.per_latent["auroc"][1]) and math.isnan(back.headline["sensitivity"])
+    assert math.isnan(back.sens_spec_by_detection_bin[1]["sensitivity"])
+    assert math.isnan(back.conditions[0]["diff_vs_latent_zero"]["hi"])
+    assert back.conditions[2]["recovery"] is None and back.ce_means["zero_output"] is None
+    expected = r.to_dict()
+    expected["per_latent"]["auroc"] = [pytest.approx(0.9), NAN, 0.5]
+    expected["headline"]["sensitivity"] = NAN
+    assert _same(back.to_dict(), expected)
+
+
+def test_result_schema_validated(tmp_path):
+    p = tmp_path / "r.json"
+    d = make_result().to_dict()
+    d["schema"] = "harness-result/0"
+    p.write_text(json.dumps(d))
+    with pytest.raises(HarnessError) as ei:
+        load_result(p)
+    assert str(p) in str(ei.value) and "harness-result/0" in str(ei.value)
+    p.write_text("{not json")
+    with pytest.raises(HarnessError, match="invalid JSON at line 1"):
+        load_result(p)
+    del d["schema"]
+    p.write_text(json.dumps(d))
+    with pytest.raises(HarnessError, match="schema"):
+        load_result(p)
+    d["schema"] = SCHEMA
+    del d["conditions"]
+    p.write_text(json.dumps(d))
+    with pytest.raises(HarnessError, match='"conditions"'):
+        load_result(p)
+
+
+def test_atomic_write_keeps_old_file(tmp_path, monkeypatch):
+    p = tmp_path / "r.json"
+    make_result(recovery=0.5).to_json(p)
+    before = p.read_bytes()
+
+    bad = make_result(recovery=0.9)
+    bad.headline["oops"] = object()  # unserialisable: fails before anything is written
+    with pytest.raises(TypeError):
+        bad.to_json(p)
+    assert p.read_bytes() == before
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)  # fails after the temp file is written
+    with pytest.raises(OSError, match="disk full"):
+        make_result(recovery=0.9).to_json(p)
+    assert p.read_bytes() == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["r.json"]  # no temp file left behind
+    monkeypatch.undo()
+    assert load_result(p).headline["recovery"]["value"] == 0.5
+
+
+def test_result_path_stable(tmp_path):
+    a = result_path(tmp_path, "t", "my method/v2", "c" * 64, "hub:x@1", "v1")
+    assert a == result_path(tmp_path, "t", "my method/v2", "c" * 64, "hub:x@1", "v1")
+    assert a != result_path(tmp_path, "t", "my method/v2", "c" * 64, "hub:x@1", "v2")
+    assert a.parent == tmp_path / "t" and "/" not in a.name
+
+
+# --- leaderboard ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    d = tmp_path / "results"
+    make_result("old-run", sha="1" * 64, recovery=0.9, date="2025-01-01T00:00:00+00:00").to_json(d / "t" / "a.json")
+    # same submission × simulator, newer: replaces the one above
+    make_result("new-run", sha="1" * 64, recovery=0.12, date="2025-03-01T12:00:00+00:00").to_json(d / "t" / "b.json")
+    make_result("best", sha="2" * 64, recovery=0.45, date="2025-02-01T00:00:00").to_json(d / "t" / "sub" / "c.json")
+    make_result("stale", sha="3" * 64, recovery=0.99, task_hash="0" * 64).to_json(d / "t" / "stale.json")
+    make_result("other", sha="4" * 64, task_id="other-task").to_json(d / "o.json")
+    (d / "junk.json").write_text('{"schema": "something-else/3"}')
+    # same submission, other simulator: its own row
+    make_result("best", sha="2" * 64, recovery=0.30, model_key="local:sim2").to_json(d / "t" / "d.json")
+    return d
+
+
+def test_collect_rejects_and_dedups(results_dir):
+    rows, rejected = collect_results(results_dir, "tiny-task", task_hashes={"tiny-task": HASH, "other-task": "9" * 64})
+    assert [r.method for r in rows] == ["best", "best", "new-run"]  # recovery descending
+    assert [r.recovery["value"] for r in rows] == [0.45, 0.30, 0.12]
+    reasons = {os.path.basename(r.path): r.reason for r in rejected}
+    assert set(reasons) == {"stale.json", "junk.json"}
+    assert "task hash" in reasons["stale.json"] and "re-run" in reasons["stale.json"]
+    assert "something-else/3" in reasons["junk.json"]
+
+    rows_all, rejected_all = collect_results(results_dir, task_hashes={"tiny-task": HASH, "other-task": "9" * 64})
+    assert {os.path.basename(r.path) for r in rejected_all} == {"stale.json", "junk.json", "o.json"}
+    rows_all, rejected_all = collect_results(results_dir, task_hashes={"tiny-task": HASH})
+    assert "not a known task" in {os.path.basename(r.path): r.reason for r in rejected_all}["o.json"]
+
+
+def test_collect_missing_dir(tmp_path):
+    with pytest.raises(HarnessError, match="not found"):
+        collect_results(tmp_path / "nope", task_hashes={})
+
+
+def test_render_md_csv_html(results_dir):
+    rows, _ = collect_results(results_dir, "tiny-task", task_hashes={"tiny-task": HASH})
+    md = render(rows, "md")
+    assert "0.12 [0.05, 0.20]" in md and "0.45 [0.05, 0.20]" in md
+    assert "0.031 [0.021, 0.041]" in md and "0.052 [0.042, 0.062]" in md and "-0.123 [-0.200, -0.050]" in md
+    assert "0.61" in md and "0.97" in md and "0.74" in md and "80%" in md
+    assert "hub:org/sim@fffffff (v1)" in md and "2025-03-01" in md
+    assert md.splitlines()[1].startswith("|--")  # github table
+    assert md.index("| best") < md.index("| new-run")
+
+    html = render(rows, "html")
+    assert "<table>" in html and "0.12 [0.05, 0.20]" in html and "new-run" in html
+
+    parsed = list(csv.DictReader(io.StringIO(render(rows, "csv"))))
+    assert [r["method"] for r in parsed] == ["best", "best", "new-run"]
+    assert float(parsed[2]["recovery"]) == 0.12 and float(parsed[2]["recovery_lo"]) == 0.05
+    assert float(parsed[0]["sim_minus_zero_mean"]) == -0.123
+    assert parsed[2]["simulator_model_key"] == "hub:org/sim@" + "f" * 40 and parsed[2]["task_hash"] == HASH
+
+    with pytest.raises(HarnessError, match="not one of"):
+        render(rows, "xlsx")
+
+
+def test_render_nan_is_na(tmp_path):
+    r = make_result(recovery=NAN)
+    r.headline["sensitivity"] = NAN
+    r.to_json(tmp_path / "r.json")
+    make_result("good", sha="9" * 64, recovery=-0.5).to_json(tmp_path / "s.json")
+    rows, _ = collect_results(tmp_path, task_hashes={"tiny-task": HASH})
+    assert [r.method for r in rows] == ["good", "top-tokens"]  # NaN recovery sorts last
+    md = render(rows, "md")
+    assert "n/a" in md and "nan" not in md.lower().replace("n/a", "")
+    assert ",," in render(rows, "csv")  # NaN is an empty CSV cell
+
+
+def test_write_leaderboard_and_rich(results_dir, tmp_path):
+    rows, _ = collect_results(results_dir, task_hashes={"tiny-task": HASH, "other-task": HASH})
+    assert "other" in {r.method for r in rows}
+    p = write_leaderboard("tiny-task", rows, out_dir=tmp_path / "lb")
+    assert p == tmp_path / "lb" / "tiny-task.md"
+    text = p.read_text()
+    lines = text.splitlines()
+    assert lines[0] == "# Leaderboard: tiny-task"
+    assert HASH in text and "recovery =" in text
+    assert "0.12 [0.05, 0.20]" in text and "other" not in [c.strip() for c in text.split("|")]
+
+    empty = write_leaderboard("new-task", [], out_dir=tmp_path / "lb", task_hash="h" * 64)
+    assert "h" * 64 in empty.read_text() and "No results" in empty.read_text()
+
+    console = Console(record=True, width=250, file=io.StringIO())
+    print_rich(rows, console)
+    out = console.export_text()
+    assert "0.12 [0.05, 0.20]" in out and "best" in out and "task" in out  # two tasks → task column
+
+
+# --- plots ----------------------------------------------------------------------------------------
+
+
+def _is_png(p):
+    data = p.read_bytes()
+    return len(data) > 1000 and data[:8] == PNG_MAGIC
+
+
+def test_plots_write_png(tmp_path):
+    res = make_result().to_dict()
+    assert _is_png(plot_partial_rewriting(res, tmp_path / "figs" / "curve.png"))
+
+    # a result with median references for the baselines, and one with nothing to draw, both work
+    res2 = copy.deepcopy(res)
+    res2["headline"]["coder_delta_ce_median"] = E(0.01, 0.0, 0.02)
+    res2["ce_means"]["zero_output"] = None
+    assert _is_png(plot_partial_rewriting(res2, tmp_path / "curve2.png"))
+    assert _is_png(plot_partial_rewriting({"conditions": []}, tmp_path / "curve3.png"))
+
+    rng = np.random.default_rng(0)
+    true_nz = rng.exponential(2.0, 500)
+    raw = rng.uniform(0, 9, 800)
+    cal = np.concatenate([np.zeros(700), rng.exponential(2.0, 100), [np.nan]])
+    assert _is_png(plot_activation_distributions(true_nz, raw, cal, tmp_path / "dist.png"))
+    assert _is_png(plot_activation_distributions(np.array([]), np.zeros(3), np.zeros(3), tmp_path / "dist2.png"))
+
+    assert _is_png(plot_sens_spec_by_bin(res["sens_spec_by_detection_bin"], tmp_path / "bins.png"))
+    assert _is_png(plot_sens_spec_by_bin([], tmp_path / "bins2.png"))

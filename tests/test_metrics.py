@@ -1,0 +1,220 @@
+"""Tests of harness.metrics against hand-derived numbers, plain Python loops over the same
+resamples, and scikit-learn."""
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from harness.errors import HarnessError
+from harness.metrics import (
+    Estimate,
+    bin_by_score,
+    bootstrap_indices,
+    default_fractions,
+    delta_ce,
+    detection_scores,
+    macro,
+    mean_ci,
+    median_ci,
+    paired_difference,
+    recovery,
+    select_latents,
+    sensitivity_specificity,
+)
+
+
+def loop_ci(stat, boot):
+    """2.5 / 97.5 percentiles of `stat` over the resamples, computed one resample at a time."""
+    vals = sorted(stat(b) for b in boot)
+    return tuple(np.percentile(vals, [2.5, 97.5]))
+
+
+def test_bootstrap_indices_are_seeded_and_in_range():
+    a = bootstrap_indices(50, 200, seed=7)
+    assert a.shape == (200, 50) and a.min() >= 0 and a.max() < 50
+    np.testing.assert_array_equal(a, bootstrap_indices(50, 200, seed=7))
+    assert not np.array_equal(a, bootstrap_indices(50, 200, seed=8))
+    # with replacement: some resample repeats a context
+    assert any(len(set(row)) < 50 for row in a)
+    with pytest.raises(HarnessError):
+        bootstrap_indices(0, 10, seed=0)
+
+
+def test_mean_and_median_ci_match_loop():
+    rng = np.random.default_rng(0)
+    x = rng.standard_cauchy(101)
+    boot = bootstrap_indices(101, 300, seed=1)
+    m = mean_ci(x, boot)
+    assert m.value == pytest.approx(sum(x) / len(x))
+    lo, hi = loop_ci(lambda b: sum(x[i] for i in b) / len(b), boot)
+    assert (m.lo, m.hi) == pytest.approx((lo, hi))
+    md = median_ci(x, boot)
+    assert md.value == sorted(x)[50]
+    lo, hi = loop_ci(lambda b: sorted(x[i] for i in b)[50], boot)
+    assert (md.lo, md.hi) == pytest.approx((lo, hi))
+    assert md.lo < md.value < md.hi
+    with pytest.raises(HarnessError):
+        mean_ci(x[:-1], boot)
+
+
+def test_recovery_hand_example():
+    boot = bootstrap_indices(2, 50, seed=0)
+    r = recovery(np.array([3.0, 3.0]), np.array([2.0, 2.0]), np.array([1.0, 1.0]), boot)
+    assert (r.value, r.lo, r.hi) == (0.5, 0.5, 0.5)
+    # simulated worse than deleting: negative
+    r = recovery(np.array([3.0, 3.0]), np.array([4.0, 5.0]), np.array([1.0, 1.0]), boot)
+    assert r.value == pytest.approx(-0.75)
+
+
+def test_recovery_ci_matches_loop():
+    rng = np.random.default_rng(2)
+    n = 80
+    coder = rng.gamma(2.0, 1.0, n)
+    zero = coder + rng.gamma(3.0, 0.5, n)
+    sim = coder + rng.gamma(1.5, 0.5, n)
+    boot = bootstrap_indices(n, 400, seed=3)
+    r = recovery(zero, sim, coder, boot)
+    assert r.value == pytest.approx((zero.mean() - sim.mean()) / (zero.mean() - coder.mean()))
+
+    def ratio(b):
+        z = sum(zero[i] for i in b) / n
+        s = sum(sim[i] for i in b) / n
+        c = sum(coder[i] for i in b) / n
+        return (z - s) / (z - c)
+
+    assert (r.lo, r.hi) == pytest.approx(loop_ci(ratio, boot))
+    assert r.lo < r.value < r.hi and r.note == ""
+
+
+def test_recovery_undefined_cases():
+    boot = bootstrap_indices(2, 50, seed=0)
+    r = recovery(np.array([2.0, 2.0]), np.array([1.0, 3.0]), np.array([2.0, 2.0]), boot)
+    assert math.isnan(r.value) and math.isnan(r.lo) and r.note
+    assert r.to_dict()["value"] is None and "note" in r.to_dict()
+    # means 3, 2.5, 2 → 0.5; but the resample [1, 1] has denominator 0 → CI undefined
+    r = recovery(np.array([4.0, 2.0]), np.array([3.0, 2.0]), np.array([2.0, 2.0]), boot)
+    assert r.value == 0.5 and math.isnan(r.lo) and math.isnan(r.hi) and "resample" in r.note
+
+
+def test_paired_difference_and_delta_ce():
+    a = np.array([5.0, 1.0, 2.0, 10.0])
+    b = np.array([1.0, 1.0, 1.0, 1.0])
+    boot = bootstrap_indices(4, 200, seed=4)
+    d = paired_difference(a, b, boot)
+    assert d["mean"].value == 3.5 and d["median"].value == 2.5
+    lo, hi = loop_ci(lambda r: float(np.median([a[i] - b[i] for i in r])), boot)
+    assert (d["median"].lo, d["median"].hi) == pytest.approx((lo, hi))
+    assert delta_ce(a, b, boot)["mean"] == d["mean"]
+    # pairing matters: a constant shift has a zero-width CI even though a and b vary a lot
+    rng = np.random.default_rng(5)
+    base = rng.normal(0, 10, 4)
+    e = paired_difference(base + 1.0, base, boot)["mean"]
+    assert e.lo == pytest.approx(1.0) and e.hi == pytest.approx(1.0)
+    with pytest.raises(HarnessError):
+        paired_difference(a, b[:3], boot)
+
+
+def test_estimate_to_dict():
+    assert Estimate(1.0, 0.5, 2.0).to_dict() == {"value": 1.0, "lo": 0.5, "hi": 2.0}
+
+
+def test_sensitivity_specificity_hand_example():
+    true = np.array([[1, 0], [1, 1], [0, 1]], dtype=bool)
+    sim = np.array([[1, 1], [0, 1], [0, 0]], dtype=bool)
+    sens, spec = sensitivity_specificity(true, sim)
+    np.testing.assert_array_equal(sens, [0.5, 0.5])
+    np.testing.assert_array_equal(spec, [1.0, 0.0])
+    # float latent values: active iff non-zero; a latent always active has no specificity
+    sens, spec = sensitivity_specificity(np.array([[0.3, 0.0], [1.2, 0.0]]),
+                                         np.array([[0.0, 0.0], [2.0, 0.1]]))
+    np.testing.assert_array_equal(sens[:1], [0.5])
+    assert math.isnan(sens[1]) and math.isnan(spec[0]) and spec[1] == 0.5
+    assert macro(np.array([0.5, np.nan, 1.0])) == 0.75
+    assert math.isnan(macro(np.array([np.nan])))
+    with pytest.raises(HarnessError):
+        sensitivity_specificity(true, sim[:2])
+
+
+def test_detection_scores_hand_example():
+    auroc, bal = detection_scores(np.array([[1.0, 2.0]]), np.array([[0.0, 2.0]]))
+    # pairs: 1>0, 1<2, 2>0, 2=2 → (1 + 0 + 1 + 0.5) / 4
+    assert auroc[0] == 0.625
+    # threshold 1.0: both positives predicted active, one negative (2.0) too → (1 + 0.5) / 2
+    assert bal[0] == 0.75
+
+
+def test_detection_scores_vs_sklearn():
+    rng = np.random.default_rng(6)
+    m, P, N = 6, 40, 55
+    pos = np.round(rng.normal(1.5, 1.0, (m, P)).clip(0, 9), 1)  # rounded: many ties
+    neg = np.round(rng.normal(0.8, 1.0, (m, N)).clip(0, 9), 1)
+    pos[2, 30:] = np.nan  # latent 2 has only 30 positives, latent 4 only 50 negatives
+    neg[4, 50:] = np.nan
+    auroc, bal = detection_scores(pos, neg, threshold=1.0)
+    for j in range(m):
+        p, q = pos[j][~np.isnan(pos[j])], neg[j][~np.isnan(neg[j])]
+        y = np.r_[np.ones(len(p)), np.zeros(len(q))]
+        s = np.r_[p, q]
+        assert auroc[j] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        assert bal[j] == pytest.approx(balanced_accuracy_score(y, s >= 1.0), abs=1e-12)
+    _, bal2 = detection_scores(pos, neg, threshold=2.0)
+    assert not np.allclose(bal, bal2)
+    auroc, bal = detection_scores(np.full((1, 3), np.nan), np.zeros((1, 3)))
+    assert math.isnan(auroc[0]) and math.isnan(bal[0])
+
+
+def test_bin_by_score():
+    scores = np.array([0.3, 0.55, 0.58, 0.95, 1.0, np.nan, 0.65])
+    values = np.array([0.1, 0.2, 0.4, 0.9, 0.7, 0.5, np.nan])
+    bins = bin_by_score(scores, values)
+    assert [(b["lo"], b["hi"]) for b in bins] == [(0.0, 0.5), (0.5, 0.6), (0.6, 0.7), (0.7, 0.8),
+                                                  (0.8, 0.9), (0.9, 1.0)]
+    assert [b["n"] for b in bins] == [1, 2, 0, 0, 0, 2]
+    assert bins[1]["mean"] == pytest.approx(0.3) and bins[5]["mean"] == pytest.approx(0.8)
+    assert bins[2]["mean"] is None
+    with pytest.raises(HarnessError):
+        bin_by_score(scores, values, edges=[0.5, 0.5, 1.0])
+
+
+def test_select_top_scoring_order():
+    latents = np.array([40, 10, 30, 20, 50])
+    scores = np.array([0.7, 0.9, 0.7, np.nan, 0.8])
+    assert select_latents("top-scoring", latents, 1.0, scores).tolist() == [10, 50, 30, 40, 20]
+    assert select_latents("top-scoring", latents, 0.4, scores).tolist() == [10, 50]
+    with pytest.raises(HarnessError):
+        select_latents("top-scoring", latents, 0.5, None)
+
+
+def test_select_counts_and_rules():
+    lat = np.arange(100, 110)
+    assert len(select_latents("random", lat, 0.25, seed=0)) == 3  # 2.5 rounds up
+    assert len(select_latents("random", lat, 0.01, seed=0)) == 1  # at least one
+    assert len(select_latents("random", lat, 0.0, seed=0)) == 0
+    assert select_latents("all", lat[::-1], 0.3).tolist() == lat.tolist()
+    with pytest.raises(HarnessError):
+        select_latents("best", lat, 0.5)
+    with pytest.raises(HarnessError):
+        select_latents("random", lat, 1.5)
+    with pytest.raises(HarnessError):
+        select_latents("random", np.array([1, 1, 2]), 0.5)
+
+
+def test_random_selection_is_nested_and_seeded():
+    rng = np.random.default_rng(7)
+    lat = rng.choice(10_000, size=200, replace=False)
+    subsets = [select_latents("random", lat, f, seed=11) for f in default_fractions()]
+    for small, big in zip(subsets, subsets[1:]):
+        assert set(small) < set(big)
+        np.testing.assert_array_equal(big[: len(small)], small)
+    assert [len(s) for s in subsets] == [20, 40, 60, 80, 100, 120, 140, 160, 180, 200]
+    # the subset depends on the set of latents and the seed, not on the order given
+    np.testing.assert_array_equal(select_latents("random", lat[::-1], 0.3, seed=11), subsets[2])
+    assert set(select_latents("random", lat, 0.3, seed=12)) != set(subsets[2])
+    # and it is not just the first latents in sorted order
+    assert set(subsets[0]) != set(np.sort(lat)[:20])
+
+
+def test_default_fractions():
+    assert default_fractions() == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
