@@ -179,7 +179,7 @@ def _model_dict(d: Any, where: str) -> dict:
 def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
     """`section.key=value` edits of the parsed TOML, e.g. `subject.path=/models/pythia` (values parsed as TOML)."""
     for ov in overrides:
-        if "=" not in ov or "." not in ov.split("=", 1)[0]:
+        if "=" not in ov or not ov.split("=", 1)[0].strip():
             raise HarnessError(f"override {ov!r}: write it as section.key=value, e.g. subject.path=/data/model")
         key, value = ov.split("=", 1)
         try:

@@ -272,6 +272,30 @@ def test_prefix_engine_full_head_fallback(models, tok, contexts):
     assert np.abs(a - b).max() < 1e-5
 
 
+def test_repeated_cache_views_match_library_repeat(models, tok):
+    from transformers.cache_utils import DynamicLayer
+
+    from harness.simulate.prefix import _repeat_cache
+
+    sim = PrefixSimulator(models["gpt_neox"], tok, "v1", 400, "tiny")
+    with torch.inference_mode():
+        cache = sim._head_cache()
+    fast = _repeat_cache(cache, 3)
+
+    class OtherLayer(DynamicLayer):
+        pass
+
+    with torch.inference_mode():
+        odd = copy.deepcopy(cache)
+        for layer in odd.layers:
+            layer.__class__ = OtherLayer
+        slow = _repeat_cache(odd, 3)             # not a plain DynamicLayer: deep copy + library repeat
+    for a, b, orig in zip(fast.layers, slow.layers, cache.layers):
+        assert a.keys.shape[0] == 3 and torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        assert orig.keys.shape[0] == 1            # the shared cache is untouched
+    assert odd.layers[0].keys.shape[0] == 1
+
+
 def test_engines_preserve_pair_order_and_handle_empty(models, tok, contexts):
     model = models["llama"]
     sim = PrefixSimulator(model, tok, "v1", 400, "tiny", batch_size=3)
@@ -367,7 +391,7 @@ def test_vllm_backend_against_fake_engine(models, tok, contexts, monkeypatch, ne
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     pairs = _all_pairs(contexts, EXPLANATIONS)[:15]
-    sim = make_simulator("vllm", "/models/tiny", tok, "v1", 400, "k", threads=2, chunk_pairs=4)
+    sim = make_simulator("vllm", "/models/tiny", tok, "v1", 400, "k", threads=2, chunk_pairs=4, batch_size=16)
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
     assert sim.by_token_ids is new_api
     p, m = sim.predict(contexts, EXPLANATIONS, pairs)

@@ -235,12 +235,13 @@ class CorpusConfig:
 
     seed: int = 20261126
     samples_per_chunk: int = 64      # one left-padded batch per chunk
-    max_new_tokens: int = 256
+    max_new_tokens: int = 128       # short samples: the KV cache's per-step copies and attention stay cheap
     temperature: float = 0.9
     top_p: float = 0.95
-    n_train_chunks: int = 62
-    n_eval_chunks: int = 7
+    n_train_chunks: int = 110       # ~9k tokens a chunk: ~1.0M training tokens
+    n_eval_chunks: int = 12         # ~110k tokens (~10%) for calibration / test / detection contexts
     dtype: str = "float32"
+    threads: int = 1                # torch threads per generating process (numerics depend on it)
 
     def chunk_seed(self, split: str, index: int) -> int:
         return self.seed + (0 if split == "train" else 1_000_000) + index
@@ -309,7 +310,8 @@ def generate_samples(model, prompts: list[list[int]], *, cfg: CorpusConfig, seed
 
     Returns (samples, captured): samples[i] = prompt + generated tokens (without the end token) + [eos_id];
     captured = (x, y) float32 [n, d] MLP input/output of `capture_layer` for every token fed to the model
-    that belongs to a sample (prompt tokens and generated tokens before the end), or None.
+    that belongs to a sample, or None. Rows follow the samples' tokens in order, sample by sample; a sample's
+    final eos is never fed, so each sample contributes len(sample) - 1 rows.
     """
     import inspect
 
@@ -330,7 +332,7 @@ def generate_samples(model, prompts: list[list[int]], *, cfg: CorpusConfig, seed
     cap = None
     if capture_layer is not None:
         cap = _Capture(model.model.layers[capture_layer].mlp)
-    xs, ys = [], []
+    xs, ys, owner = [], [], []
     try:
         cache = DynamicCache(config=model.config)
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
@@ -339,6 +341,7 @@ def generate_samples(model, prompts: list[list[int]], *, cfg: CorpusConfig, seed
             sel = mask.bool()
             xs.append(cap.x[sel].float())
             ys.append(cap.y[sel].float())
+            owner.append(torch.nonzero(sel)[:, 0])
         generated: list[list[int]] = [[] for _ in range(B)]
         finished = torch.zeros(B, dtype=torch.bool)
         next_pos = pos[:, -1:] + 1
@@ -351,7 +354,9 @@ def generate_samples(model, prompts: list[list[int]], *, cfg: CorpusConfig, seed
                         finished[i] = True
                     else:
                         generated[i].append(t)
-            if bool(finished.all()) or step == cfg.max_new_tokens - 1:
+            last = step == cfg.max_new_tokens - 1
+            # with capture, the last sampled tokens are fed once more so that they get activations too
+            if bool(finished.all()) or (last and cap is None):
                 break
             feed = torch.where(finished, torch.full_like(tok, pad_id), tok)
             alive = ~finished
@@ -362,11 +367,18 @@ def generate_samples(model, prompts: list[list[int]], *, cfg: CorpusConfig, seed
             if cap is not None:
                 xs.append(cap.x[:, 0][alive].float())
                 ys.append(cap.y[:, 0][alive].float())
+                owner.append(torch.nonzero(alive)[:, 0])
+            if last:
+                break
     finally:
         if cap is not None:
             cap.remove()
     samples = [list(p) + g + [eos_id] for p, g in zip(prompts, generated)]
-    captured = (torch.cat(xs), torch.cat(ys)) if cap is not None else None
+    captured = None
+    if cap is not None:
+        # rows were captured step by step; reorder them sample by sample (each in token order)
+        order = torch.sort(torch.cat(owner), stable=True).indices
+        captured = (torch.cat(xs)[order], torch.cat(ys)[order])
     return samples, captured
 
 
@@ -397,7 +409,9 @@ def _write_config(work_dir: Path, cfg: CorpusConfig, extra: dict) -> None:
                                f"folder or delete it")
     else:
         work_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(want, indent=1, sort_keys=True))
+        tmp = path.with_name(f"config.json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(want, indent=1, sort_keys=True))
+        os.replace(tmp, path)
 
 
 def starts_sha256(starts: list[str]) -> str:

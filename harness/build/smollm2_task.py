@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default="all", help=f"comma-separated subset of {','.join(STEPS)} (default all)")
     ap.add_argument("--deadline", default=None, help="UTC HH:MM: the corpus step starts no chunk after it")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--worker", default="0/1",
+                    help="I/N: this process generates corpus chunks I, I+N, I+2N, ... (run N processes, "
+                         "each with 1 torch thread, to use N cores)")
     ap.add_argument("--train-tokens", type=int, default=0, help="cap on training tokens (0: all)")
     args = ap.parse_args(argv)
 
@@ -103,9 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         log(f"convert: {converted_folder(PACKAGE, GGUF_FILE, args.cache, console=console)}")
 
     if "corpus" in steps:
+        wi, wn = (int(v) for v in args.worker.split("/"))
+        torch.set_num_threads(cfg.threads)
         model, tok = load_subject(args.cache, console)
+        only = [c for j, c in enumerate(C.chunk_order(cfg)) if j % wn == wi]
         present = C.generate_chunks(model, tok, work / "corpus", cfg, capture_layer=LAYER, deadline=deadline,
-                                    log=lambda m: log(f"corpus: {m}"))
+                                    only=only, log=lambda m: log(f"corpus: {m}"))
+        if args.threads:
+            torch.set_num_threads(args.threads)
         total = len(C.chunk_order(cfg))
         log(f"corpus: {len(present)}/{total} chunks present")
         del model

@@ -193,7 +193,7 @@ def train(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, ckpt_dir: Path | N
             fired[out.latent_indices[out.latent_acts > 0].flatten()] = True
             last_fired += len(idx)
             last_fired[fired] = 0
-        run_fvu += float(out.fvu)
+        run_fvu += float(out.fvu.detach())
         run_n += 1
         step += 1
         this_call += 1

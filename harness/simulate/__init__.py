@@ -27,6 +27,9 @@ def make_simulator(backend: str, model, tokenizer, prompt_version: str, max_char
     if name == "prefix":
         from harness.simulate.prefix import PrefixSimulator
         return PrefixSimulator(model, tokenizer, prompt_version, max_chars, model_key, **kw)
+    if name in ("vllm", "http"):
+        # Batching is the server's or vLLM's own business there; the task's torch batch size does not apply.
+        kw.pop("batch_size", None)
     if name == "vllm":
         from harness.simulate.vllm_backend import VLLMSimulator
         return VLLMSimulator(model, tokenizer, prompt_version, max_chars, model_key, **kw)

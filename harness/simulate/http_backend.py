@@ -4,6 +4,10 @@ Prompts are sent as token ids built here by the same PromptBuilder the local eng
 server never applies its own chat template. Requests are ordered by context so that a server with
 prefix caching sees shared prefixes back to back, spread round-robin over the endpoints, and retried
 with exponential backoff on server errors, timeouts and dropped connections.
+
+Digits are read from `top_logprobs` (20 at most on vLLM's server), so a digit outside the top 20
+counts as probability 0. A vLLM server can return exactly the ten digits instead:
+`extra_body={"logprob_token_ids": digit_token_ids(tokenizer)}`.
 """
 
 from __future__ import annotations

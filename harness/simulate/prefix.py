@@ -42,7 +42,8 @@ def _repeat_cache(cache, n: int):
         out.layers = []
         for layer in cache.layers:
             new = copy.copy(layer)
-            if layer.is_initialized and layer.keys is not None and layer.keys.numel():
+            keys = getattr(layer, "keys", None)
+            if getattr(layer, "is_initialized", False) and keys is not None and keys.numel():
                 new.keys = layer.keys.expand(n, *layer.keys.shape[1:])
                 new.values = layer.values.expand(n, *layer.values.shape[1:])
             out.layers.append(new)

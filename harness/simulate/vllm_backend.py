@@ -103,7 +103,15 @@ class VLLMSimulator:
             prompts = [self._prompt(self.builder.prefix(contexts[pairs[i, 0]].text, contexts[pairs[i, 0]].last_token)
                                     + self.builder.suffix(explanations[pairs[i, 1]])) for i in rows]
             outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
-            logprobs[rows] = np.stack([self._digit_logprobs(o) for o in outputs])
+            block = np.stack([self._digit_logprobs(o) for o in outputs])
+            if self.by_token_ids and not np.isfinite(block).all():
+                # A build that accepts logprob_token_ids but does not honour it: fall back to top-20.
+                import vllm
+                self.params = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=20)
+                self.by_token_ids = False
+                outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
+                block = np.stack([self._digit_logprobs(o) for o in outputs])
+            logprobs[rows] = block
             if progress is not None:
                 progress(len(rows))
         return digits_from_logprobs(logprobs)

@@ -1,0 +1,109 @@
+"""Splits, detection examples, rewritten-latent rules and task specs, against direct re-computations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.calibrate import build_activation_table
+from harness.errors import HarnessError
+from harness.prepare import choose_detection, choose_rewritten, make_splits, split_sizes
+from harness.tasks import load_task, parse_task
+from harness.tiny import TinyTaskOptions, make_tiny_task
+
+
+@pytest.fixture(scope="module")
+def task_toml(tmp_path_factory) -> Path:
+    return make_tiny_task(tmp_path_factory.mktemp("t") / "task", TinyTaskOptions())
+
+
+def test_splits_are_disjoint_and_seeded(task_toml):
+    spec = parse_task(task_toml)
+    tokens = np.arange(40_000)  # token value = stream position, so a block's first token identifies it
+    a = make_splits(tokens, spec)
+    b = make_splits(tokens, spec)
+    sizes = split_sizes(spec)
+    T = spec.contexts.T
+    for name, blocks in a.items():
+        assert blocks.shape == (sizes[name], T + 1)
+        np.testing.assert_array_equal(blocks, b[name])
+        assert np.all(np.diff(blocks, axis=1) == 1)       # contiguous runs of the stream
+        assert np.all(blocks[:, 0] % (T + 1) == 0)        # aligned, non-overlapping blocks
+    firsts = np.concatenate([a[n][:, 0] for n in a])
+    assert len(np.unique(firsts)) == len(firsts)          # no block in two splits
+    other = make_splits(tokens, load_task(str(task_toml), ["contexts.seed=99"]))
+    assert not np.array_equal(other["test"], a["test"])
+
+
+def test_splits_too_small_corpus_errors(task_toml):
+    spec = parse_task(task_toml)
+    with pytest.raises(HarnessError, match="corpus has 100 tokens"):
+        make_splits(np.arange(100), spec)
+
+
+def test_choose_detection_against_direct_loop():
+    rng = np.random.default_rng(0)
+    n, span, k, L = 30, 5, 3, 12
+    inds = np.stack([rng.choice(L, k, replace=False) for _ in range(n * span)]).reshape(n, span, k)
+    vals = rng.random((n, span, k)).astype(np.float32)
+    vals[rng.random((n, span, k)) < 0.2] = 0.0  # TopK can keep exact zeros: they are not firing
+    rewritten = np.array([1, 4, 7, 11])
+    pos, neg, ctx = choose_detection(vals, inds, rewritten, 4, 6, seed=3)
+    flat_v, flat_i = vals.reshape(-1, k), inds.reshape(-1, k)
+    for r, j in enumerate(rewritten):
+        fires = np.array([bool(((flat_i[c] == j) & (flat_v[c] > 0)).any()) for c in range(n * span)])
+        p, q = pos[r][pos[r] >= 0], neg[r][neg[r] >= 0]
+        assert len(p) == min(4, fires.sum()) and len(q) == 6
+        assert fires[p].all() and not fires[q].any()
+        assert len(set(p)) == len(p) and len(set(q)) == len(q)
+    assert ctx.shape == (n * span, 2) and (ctx[7] == [1, 2]).all()
+
+
+def test_choose_rewritten_rules(task_toml):
+    values = np.array([[1.0, 0.5], [2.0, 0.0], [1.0, 3.0], [0.5, 0.2]], np.float32)
+    indices = np.array([[0, 3], [0, 5], [3, 2], [0, 3]])
+    table = build_activation_table(values, indices, 8, 11)
+    # firing counts: latent0: 3, latent3: 3, latent2: 1, latent5: 0 (exact zero)
+    spec = load_task(str(task_toml), overrides=["latents.rewritten={count = 2, rule = \"most-frequent\"}"])
+    np.testing.assert_array_equal(choose_rewritten(spec, table, 8), [0, 3])
+    spec = load_task(str(task_toml), overrides=["latents.rewritten={count = 3, rule = \"random-alive\", seed = 1}"])
+    np.testing.assert_array_equal(choose_rewritten(spec, table, 8), [0, 2, 3])
+    spec = load_task(str(task_toml), overrides=["latents.rewritten={count = 4, rule = \"random-alive\"}"])
+    with pytest.raises(HarnessError, match="only 3 fire"):
+        choose_rewritten(spec, table, 8)
+
+
+def test_task_hash_tracks_numbers_not_prose(task_toml):
+    base = parse_task(task_toml)
+    assert base.hash == parse_task(task_toml).hash
+    assert load_task(str(task_toml), ["description=\"other words\""]).hash == base.hash
+    assert load_task(str(task_toml), ["contexts.T=25"]).hash != base.hash
+    assert load_task(str(task_toml), ["scoring.seed=7"]).hash != base.hash
+    assert load_task(str(task_toml), ["simulator.prompt_version=\"v2\""]).hash != base.hash
+
+
+@pytest.mark.parametrize("edit,needle", [
+    ("contexts.T=0", "`T` must be a positive integer"),
+    ("scoring.bootstrap=10", "at least 1000"),
+    ("coder.kind=\"mlp\"", "kind must be transcoder or sae"),
+    ("bogus.key=1", "unknown key(s) bogus"),
+])
+def test_spec_validation_errors(task_toml, edit, needle):
+    with pytest.raises(HarnessError) as e:
+        load_task(str(task_toml), [edit])
+    assert needle in str(e.value) and "task.toml" in str(e.value)
+
+
+def test_modified_artifact_is_rejected(task_toml, tmp_path):
+    import shutil
+
+    from harness.tasks import verify_artifacts
+
+    copy = tmp_path / "task"
+    shutil.copytree(task_toml.parent, copy)
+    with open(copy / "corpus.npz", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(HarnessError, match="sha256 of corpus.npz"):
+        verify_artifacts(parse_task(copy / "task.toml"))
