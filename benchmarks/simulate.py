@@ -482,7 +482,7 @@ def main(argv=None) -> int:
     from harness.simulate.prompt import get_builder
 
     torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160, highlight=False, markup=False)
     pauser = Pauser(args.pause)
 
     model, tok, model_dir, model_name = load_model(args)
@@ -549,7 +549,7 @@ def main(argv=None) -> int:
                       ("vs plain", "right"), ("vs vLLM", "right"), ("max |ΔEV| vs plain", "right"),
                       ("max |Δp| vs plain", "right"), ("digit mass", "right"), ("notes", "left")]:
         table.add_column(col, justify=just)
-    labels = {"plain": "plain (transformers)", "prefix": "prefix (shared-prefix engine)", "vllm": "vLLM (prefix caching)"}
+    labels = {"plain": "plain (transformers)", "prefix": "prefix (shared prefix)", "vllm": "vLLM (prefix caching)"}
     rate = {k: len(pairs) / r["seconds"] for k, r in results.items()}
     for k in ("plain", "vllm", "prefix"):
         if k not in results:

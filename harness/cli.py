@@ -274,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if os.environ.get("HARNESS_THREADS"):
+        # On a shared CPU, one thread per process beats two fighting for a core (OpenMP spin-waits).
+        import torch
+
+        torch.set_num_threads(int(os.environ["HARNESS_THREADS"]))
     # Our own rich bars show progress; transformers' per-load bars would bury the one-line errors.
     from transformers.utils import logging as hf_logging
 

@@ -69,7 +69,7 @@ def _local_text_docs(path: Path, field: str):
 
 def _hub_docs(spec: TaskSpec):
     c = spec.corpus
-    from .hub import _short, cached_file, hub_offline, hub_reachable
+    from .hub import cached_file, hub_offline, hub_reachable, short_revision
 
     local = cached_file(c.dataset, c.data_files, c.revision, "dataset") if c.data_files else None
     if local is not None:
@@ -77,7 +77,7 @@ def _hub_docs(spec: TaskSpec):
         return
     if hub_offline() or not hub_reachable():
         raise HarnessError(
-            f"corpus {c.dataset}@{_short(c.revision)} {c.data_files or c.split} is not in the local Hugging Face "
+            f"corpus {c.dataset}@{short_revision(c.revision)} {c.data_files or c.split} is not in the local Hugging Face "
             "cache and the Hub cannot be reached: pre-download it into HF_HOME (`hf download "
             f"{c.dataset} {c.data_files} --repo-type dataset --revision {c.revision}`), or point the task at a "
             "local copy or leading slice of it with --override corpus.path=/path/to/file (.jsonl, .jsonl.zst, .parquet)"

@@ -186,6 +186,9 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
     from .tasks import load_task
 
     spec = load_task(cfg.task, cfg.overrides)
+    from .hub import require_hub_inputs
+
+    require_hub_inputs(spec, simulator=True)
     device = _resolve_device(cfg.device)
     sub = load_submission(cfg.explanations, task_id=spec.id, num_latents=_num_latents(spec),
                           max_chars=spec.simulator.max_explanation_chars)

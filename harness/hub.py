@@ -86,7 +86,7 @@ def offline_hint(what: str) -> str:
     )
 
 
-def _short(rev: str) -> str:
+def short_revision(rev: str) -> str:
     return rev[:12] if len(rev) == 40 else (rev or "main")
 
 
@@ -121,22 +121,26 @@ def missing_hub_inputs(spec: TaskSpec, simulator: bool = False) -> list[tuple[st
     if c.source == "hub" and not c.path:
         sub = c.subfolder or c.hookpoint
         if any(cached_file(c.repo, f"{sub}/{n}", c.revision) is None for n in CODER_FILES):
-            out.append((f"coder {c.repo}@{_short(c.revision)} {sub}/{{{','.join(CODER_FILES)}}}",
+            out.append((f"coder {c.repo}@{short_revision(c.revision)} {sub}/{{{','.join(CODER_FILES)}}}",
                         "--override coder.path=DIR"))
     refs = [("subject", spec.subject)] + ([("simulator", spec.simulator.model)] if simulator else [])
     for name, m in refs:
         if m.get("source") == "hub" and not m.get("path") and not _model_cached(m["id"], m.get("revision", "")):
-            out.append((f"{name} {m['id']}@{_short(m.get('revision', ''))}", f"--override {name}.path=DIR"))
+            out.append((f"{name} {m['id']}@{short_revision(m.get('revision', ''))}", f"--override {name}.path=DIR"))
     k = spec.corpus
     if k.source == "hub" and not k.path and not _corpus_already_tokenized(spec):
         if not (k.data_files and cached_file(k.dataset, k.data_files, k.revision, "dataset")):
-            out.append((f"corpus {k.dataset}@{_short(k.revision)} {k.data_files or k.split}",
+            out.append((f"corpus {k.dataset}@{short_revision(k.revision)} {k.data_files or k.split}",
                         "--override corpus.path=FILE"))
     return out
 
 
 def require_hub_inputs(spec: TaskSpec, simulator: bool = False) -> None:
-    """Stop at once, in one line, when something the task needs is neither cached nor downloadable."""
+    """Stop at once, in one line, when something the task needs is neither cached nor downloadable.
+
+    `fetch_coder_folder` calls it when the coder is not cached; `prepare` / `eval` may call it first thing
+    (eval with simulator=True) so that a cached coder with a missing subject also fails in one line.
+    """
     missing = missing_hub_inputs(spec, simulator)
     if not missing:
         return
@@ -203,7 +207,10 @@ def fetch_coder_folder(spec: TaskSpec) -> Path:
                                        f"{c.repo}/{sub}/ holding {' + '.join(CODER_FILES)}")
             _check_and_record(spec, folder, sub)
         return folder
-    require_hub_inputs(spec)
+    if any(cached_file(c.repo, f"{sub}/{n}", c.revision) is None for n in CODER_FILES):
+        # About to need the network: offline, fail now and name everything else that is missing too.
+        # (Only then: `harness validate` needs the coder's cfg.json, not the subject or the corpus.)
+        require_hub_inputs(spec)
     from huggingface_hub import snapshot_download
 
     patterns = [f"{sub}/{n}" for n in CODER_FILES]
@@ -217,7 +224,7 @@ def fetch_coder_folder(spec: TaskSpec) -> Path:
     except Exception:
         if hub_offline() or not hub_reachable():
             raise HarnessError(
-                f"coder {c.repo}@{_short(c.revision)} {sub}/ is not complete in the local cache ({cache}) and the Hub "
+                f"coder {c.repo}@{short_revision(c.revision)} {sub}/ is not complete in the local cache ({cache}) and the Hub "
                 f"cannot be reached; " + offline_hint("it") + f", e.g. --override coder.path=/path/to/{sub}"
             ) from None
         try:
@@ -225,12 +232,12 @@ def fetch_coder_folder(spec: TaskSpec) -> Path:
                                      etag_timeout=10, cache_dir=cache)
         except Exception as e:
             raise HarnessError(
-                f"cannot download coder {c.repo}@{_short(c.revision)} {sub}/ ({type(e).__name__}); " + offline_hint("it")
+                f"cannot download coder {c.repo}@{short_revision(c.revision)} {sub}/ ({type(e).__name__}); " + offline_hint("it")
             ) from None
     folder = Path(root) / sub
     for name in CODER_FILES:
         if not (folder / name).is_file():
-            raise HarnessError(f"coder {c.repo}@{_short(c.revision)} has no {sub}/{name}: check [coder] subfolder "
+            raise HarnessError(f"coder {c.repo}@{short_revision(c.revision)} has no {sub}/{name}: check [coder] subfolder "
                                "(sparsify keeps one folder per hookpoint)")
     _check_and_record(spec, folder, sub, resolved=Path(root).name)
     return folder

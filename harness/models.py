@@ -192,7 +192,7 @@ def _hub_failure(ref: ModelRef, reason: str) -> HarnessError:
     rev = ref.revision or "main"
     return HarnessError(
         f"cannot load {ref.id}@{rev} from the Hugging Face Hub ({reason}). Connect to the internet, "
-        f"or pre-download it into HF_HOME (huggingface-cli download {ref.id} --revision {rev}), or point the "
+        f"or pre-download it into HF_HOME (hf download {ref.id} --revision {rev}), or point the "
         "task at a local copy: harness ... --override subject.path=/path/to/folder"
     )
 

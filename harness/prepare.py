@@ -265,6 +265,9 @@ def load_coder(spec: TaskSpec) -> SparseCoder:
 
 def prepare(spec: TaskSpec, device: str | torch.device = "cpu", model=None, tokenizer=None,
             console=None) -> Prepared:
+    from .hub import require_hub_inputs
+
+    require_hub_inputs(spec)  # offline with missing inputs: one line now, not a traceback later
     verify_artifacts(spec)
     cache = task_cache_dir(spec)
     (cache / "task.json").write_text(json.dumps({"id": spec.id, "hash": spec.hash, "toml": str(spec.toml_path)}))

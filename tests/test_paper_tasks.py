@@ -24,7 +24,7 @@ import torch
 
 from harness import hub
 from harness.errors import HarnessError
-from harness.tasks import list_tasks, load_task, tasks_dir
+from harness.tasks import list_tasks, load_task
 from harness.tiny import build_coder_tensors, build_model, build_tokenizer, save_sparsify_coder, synthetic_texts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,6 +160,8 @@ def test_prepare_fails_fast_when_the_hub_is_unreachable(monkeypatch, tmp_path):
     _offline_env(monkeypatch, tmp_path)
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    for var in hub._PROXY_VARS:  # behind a proxy the probe is skipped (the Hub is assumed reachable)
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(hub, "_reachable", {})
     with pytest.raises(HarnessError) as err:
         prepare(load_task(str(task_toml("pythia160m-l6-sae"))))

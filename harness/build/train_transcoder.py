@@ -285,7 +285,9 @@ def last_position_ce(model, layer: int, coder, contexts: np.ndarray, batch_size:
             model(input_ids=window[:, :-1], use_cache=True, **{cache_kw: cache})
             for cond in res:
                 mode["cond"] = cond
-                cache.crop(T - 1)
+                extra = cache.get_seq_length() - (T - 1)
+                if extra > 0:
+                    cache.crop(-extra)      # negative: remove that many tokens (all transformers versions)
                 pos = torch.full((len(ids), 1), T - 1, dtype=torch.long)
                 out = model(input_ids=window[:, -1:], position_ids=pos, use_cache=True, **{cache_kw: cache})
                 logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
