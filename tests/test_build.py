@@ -40,6 +40,15 @@ def _tokens(path):
         return z["tokens"].copy(), int(z["eval_start"])
 
 
+def test_chunk_order_interleaves_splits():
+    cfg = C.CorpusConfig(n_train_chunks=110, n_eval_chunks=12)
+    order = C.chunk_order(cfg)
+    assert order[0] == ("eval", 0) and len(order) == 122 and len(set(order)) == 122
+    first = order[:41]
+    assert 3 <= sum(s == "eval" for s, _ in first) <= 5
+    assert [i for s, i in order if s == "train"] == list(range(110))
+
+
 def test_starts_are_many_and_distinct():
     assert len(C.STARTS) >= 150
     assert len(set(C.STARTS)) == len(C.STARTS)
@@ -53,6 +62,8 @@ def test_corpus_is_deterministic_and_resumable(tiny_lm, tmp_path):
     t1, e1 = _tokens(tmp_path / "a" / "corpus.npz")
     assert t1.dtype == np.uint16 and e1 == s1["eval_start"] == s1["train_tokens"]
     assert s1["complete"] and s1["train_chunks"] == 3
+    held = np.load(tmp_path / "a" / "corpus_heldout.npz")["tokens"]
+    np.testing.assert_array_equal(held, t1[e1:])
     # every sample ends with eos, and the training part is followed by the eval part
     assert int(t1[e1 - 1]) == tok.eos_token_id and int(t1[-1]) == tok.eos_token_id
     # delete one chunk (and its activations): the rerun regenerates it identically
@@ -84,8 +95,9 @@ def test_partial_corpus_and_missing_eval(tiny_lm, tmp_path):
                       log=lambda m: None)
     s = C.assemble_corpus(tmp_path, CFG, tmp_path / "corpus.npz")
     assert s["train_chunks"] == 1 and not s["complete"]
+    assert s["eval_chunks"] == 1 and s["tokens"] > s["eval_start"] > 0
     (tmp_path / "chunks" / "eval-0000.npz").unlink()
-    with pytest.raises(HarnessError, match="eval"):
+    with pytest.raises(HarnessError, match="eval-0000"):
         C.assemble_corpus(tmp_path, CFG, tmp_path / "corpus.npz")
 
 
@@ -167,6 +179,19 @@ def test_trainer_reduces_fvu_and_saves_a_sparsify_folder(tmp_path):
         # forward = decode + skip term
         manual = loaded.decode(b.top_acts, b.top_indices) + x[:64] @ loaded.W_skip.T
         assert torch.allclose(manual, loaded(x[:64]).sae_out, atol=1e-5)
+
+
+def test_fold_scales_is_exact():
+    x, y = _synthetic(256)
+    cfg = TT.TrainConfig(num_latents=64, k=4)
+    c = TT.make_coder(32, cfg)
+    with torch.no_grad():
+        for p in c.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    raw = TT.fold_scales(c, 2.5, 0.25)
+    with torch.no_grad():
+        assert torch.allclose(raw(x).sae_out, c(2.5 * x).sae_out / 0.25, atol=1e-4)
+        assert torch.equal(raw.encode(x).top_indices, c.encode(2.5 * x).top_indices)
 
 
 def test_trainer_resumes_from_checkpoint(tmp_path):

@@ -112,3 +112,35 @@ def test_missing_coder_file(capsys, tiny, tmp_path):
 def test_wrong_hookpoint(capsys, tiny, tmp_path):
     assert main(["prepare", "--task", str(tiny / "task"), "--override", 'coder.hookpoint="layers.9.mlp"']) == 2
     assert "layers.9.mlp" in _one_error_line(capsys)
+
+
+def test_baselines_and_findings(tiny, capsys):
+    """explain → eval for a real method and its shuffled control, then the findings table from their results."""
+    task = str(tiny / "task")
+    out = tiny / "subs"
+    out.mkdir(exist_ok=True)
+    assert main(["explain", "--task", task, "--method", "top-tokens", "-o", str(out / "top.json")]) == 0
+    assert main(["explain", "--task", task, "--method", "shuffled", "--source", str(out / "top.json"),
+                 "-o", str(out / "shuf.json")]) == 0
+    assert main(["explain", "--task", task, "--method", "empty", "-o", str(out / "empty.json")]) == 0
+    assert main(["explain", "--task", task, "--method", "llm", "-o", str(out / "llm.json")]) == 0
+    top = json.loads((out / "top.json").read_text())["explanations"]
+    shuf = json.loads((out / "shuf.json").read_text())["explanations"]
+    assert sorted(top.values()) == sorted(shuf.values())          # same texts...
+    assert all(top[k] != shuf[k] or top[k] == "" for k in top) or len(set(top.values())) < len(top)
+    assert any(top[k] != shuf[k] for k in top)                      # ...on other latents
+    assert all(v == "" for v in json.loads((out / "empty.json").read_text())["explanations"].values())
+    llm = json.loads((out / "llm.json").read_text())["explanations"]
+    assert set(llm) == set(top) and all(len(v) <= 400 for v in llm.values())
+
+    res = tiny / "res-findings"
+    for name in ("top", "shuf"):
+        assert main(["eval", "--task", task, "--explanations", str(out / f"{name}.json"), "--results", str(res),
+                     "--no-leaderboard"]) == 0
+    r = json.loads(next(p for p in (res / "tiny-llama-transcoder").glob("shuffled*.json")).read_text())
+    # Shuffling reuses the real method's explanation texts: the prediction store serves most of them.
+    assert r["provenance"]["n_cached"] > 0
+    capsys.readouterr()
+    assert main(["findings", "--task", "tiny-llama-transcoder", "--results", str(res)]) == 0
+    table = capsys.readouterr().out
+    assert table.count("\n| ") >= 6 and "Quantile normalisation helps" in table

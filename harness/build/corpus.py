@@ -15,7 +15,8 @@ Layout of the final corpus (`corpus.npz`, key `tokens`, uint16):
 A chunk is the concatenation of its samples, each `start tokens + generated tokens + eos`. The training
 part (everything before `eval_start`) trains the coder; the evaluation part (the last ~10%, its own
 chunks with their own seeds) is reserved for the task's calibration / test / detection contexts. The
-eval chunks are generated first, so a build stopped early still has its complete evaluation part.
+two splits are generated interleaved (`chunk_order`), so a build stopped early holds both in about the
+planned ratio, and `assemble_corpus` uses the longest complete prefix of each.
 Both parts use the same list of starts (the generated continuations differ); contexts never overlap.
 
 While a training chunk is generated, the MLP input and output of one layer can be captured for every
@@ -240,7 +241,7 @@ class CorpusConfig:
     top_p: float = 0.95
     n_train_chunks: int = 110       # ~9k tokens a chunk: ~1.0M training tokens
     n_eval_chunks: int = 12         # ~110k tokens (~10%) for calibration / test / detection contexts
-    dtype: str = "float32"
+    dtype: str = "bfloat16"        # AMX/AVX512-BF16 CPUs run it ~3.5x faster than float32 (measured here)
     threads: int = 1                # torch threads per generating process (numerics depend on it)
 
     def chunk_seed(self, split: str, index: int) -> int:
@@ -258,8 +259,11 @@ def chunk_name(split: str, index: int) -> str:
 
 
 def chunk_order(cfg: CorpusConfig) -> list[tuple[str, int]]:
-    """Generation order: the evaluation chunks first, then the training chunks."""
-    return [("eval", i) for i in range(cfg.n_eval_chunks)] + [("train", i) for i in range(cfg.n_train_chunks)]
+    """Generation order: the two splits interleaved in proportion, an evaluation chunk first, so that a build
+    stopped early holds a prefix of each split in about the planned ratio."""
+    keys = [(i / cfg.n_eval_chunks, 0, "eval", i) for i in range(cfg.n_eval_chunks)]
+    keys += [((i + 1) / cfg.n_train_chunks, 1, "train", i) for i in range(cfg.n_train_chunks)]
+    return [(split, i) for _, _, split, i in sorted(keys)]
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator,
@@ -475,37 +479,49 @@ def chunk_tokens(work_dir: Path, split: str, index: int) -> np.ndarray:
 def assemble_corpus(work_dir: Path, cfg: CorpusConfig, out_path: Path) -> dict:
     """Concatenate the present chunks (train chunks in order, then eval chunks) into `out_path`.
 
-    Train chunks must form a prefix 0..n-1 and every eval chunk must be present (else HarnessError).
-    Returns a summary: token counts, eval_start, sha256 of the file, number of chunks.
+    Uses the longest prefix 0..n-1 of each split that is on disk (a partial build gives a smaller corpus);
+    at least eval-0000 must be present (else HarnessError).
+    Also writes `<stem>_heldout.npz` (key `tokens`: the evaluation part alone), for a task whose contexts
+    must all come from text the coder was not trained on.
+    Returns a summary: token counts, eval_start, sha256 of both files, number of chunks.
     """
     from harness.errors import HarnessError
 
     work_dir = Path(work_dir)
     present = lambda s, i: (work_dir / "chunks" / f"{chunk_name(s, i)}.npz").is_file()  # noqa: E731
-    missing_eval = [i for i in range(cfg.n_eval_chunks) if not present("eval", i)]
-    if missing_eval:
-        raise HarnessError(f"corpus chunks missing in {work_dir}: eval {missing_eval}; rerun the corpus step")
-    n_train = 0
-    while n_train < cfg.n_train_chunks and present("train", n_train):
-        n_train += 1
+    def prefix(split: str, n: int) -> int:
+        k = 0
+        while k < n and present(split, k):
+            k += 1
+        return k
+
+    n_train = prefix("train", cfg.n_train_chunks)
+    n_eval = prefix("eval", cfg.n_eval_chunks)
+    if n_eval == 0:
+        raise HarnessError(f"corpus chunk eval-0000 is missing in {work_dir}: rerun the corpus step")
     train = [chunk_tokens(work_dir, "train", i) for i in range(n_train)]
-    evals = [chunk_tokens(work_dir, "eval", i) for i in range(cfg.n_eval_chunks)]
+    evals = [chunk_tokens(work_dir, "eval", i) for i in range(n_eval)]
     train_tokens = np.concatenate(train) if train else np.zeros(0, dtype=np.uint16)
     tokens = np.concatenate([train_tokens] + evals).astype(np.uint16)
     eval_start = int(len(train_tokens))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_savez(out_path, tokens=tokens, eval_start=np.asarray(eval_start, dtype=np.int64))
+    heldout_path = out_path.with_name(out_path.stem + "_heldout.npz")
+    _atomic_savez(heldout_path, tokens=tokens[eval_start:])
     from harness.tiny import sha256_file
 
     return {
+        "heldout_file": heldout_path.name,
+        "heldout_sha256": sha256_file(heldout_path),
         "tokens": int(len(tokens)),
         "train_tokens": eval_start,
         "eval_tokens": int(len(tokens) - eval_start),
         "eval_start": eval_start,
         "train_chunks": n_train,
         "train_chunks_planned": cfg.n_train_chunks,
-        "eval_chunks": cfg.n_eval_chunks,
-        "complete": n_train == cfg.n_train_chunks,
+        "eval_chunks": n_eval,
+        "eval_chunks_planned": cfg.n_eval_chunks,
+        "complete": n_train == cfg.n_train_chunks and n_eval == cfg.n_eval_chunks,
         "sha256": sha256_file(out_path),
     }

@@ -8,9 +8,15 @@ Steps (each resumable; rerun the same command after an interruption):
 3. assemble - `tasks/<id>/corpus.npz` (uint16 `tokens`, `eval_start`) from the chunks present
 4. train    - TopK skip-transcoder on layer 12's MLP (`harness.build.train_transcoder`), checkpointed
 5. evaluate - FVU, dead latents, CE of clean / coder / zero_output on held-out contexts -> `report.json`
-6. finish   - `artifacts.json` (sha256 of every artifact) and the README's numbers
+6. finish   - `tasks/<id>/artifacts.json`: sha256 of every artifact, corpus summary, training stats, report
 
-Usage:  python scripts/build_smollm2_task.py [--work .cache/build-smollm2] [--steps all] [--deadline HH:MM]
+Usage (from the repository root; about 1.1M tokens of generation: hours on 2 CPU cores):
+
+    nice -n 19 python scripts/build_smollm2_task.py --cache .cache --workers 2 --threads 2
+
+    --steps convert,corpus,...   run a subset (default all);  --deadline HH:MM (UTC) stops the corpus step
+    before starting a chunk after that time; --workers N generates chunks in N processes.
+The numbers of the committed artifacts: tasks/smollm2-135m-l12-skip-transcoder/README.md.
 """
 
 from __future__ import annotations
@@ -49,15 +55,15 @@ def _deadline(hhmm: str | None) -> float | None:
     return t.timestamp()
 
 
-def load_subject(cache_dir: Path, console=None, num_layers: int | None = None):
-    """(model, tokenizer) of SmolLM2-135M-Instruct from the converted folder, float32, eval mode."""
+def load_subject(cache_dir: Path, console=None, num_layers: int | None = None, dtype: str = "float32"):
+    """(model, tokenizer) of SmolLM2-135M-Instruct from the converted folder, in `dtype`, eval mode."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.gguf_cache import converted_folder
 
     folder = converted_folder(PACKAGE, GGUF_FILE, cache_dir, console=console)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if num_layers is not None:
         model.model.layers = model.model.layers[:num_layers]
@@ -75,10 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default="all", help=f"comma-separated subset of {','.join(STEPS)} (default all)")
     ap.add_argument("--deadline", default=None, help="UTC HH:MM: the corpus step starts no chunk after it")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="corpus step: run N generating processes (1 torch thread each) and wait for them")
     ap.add_argument("--worker", default="0/1",
                     help="I/N: this process generates corpus chunks I, I+N, I+2N, ... (run N processes, "
                          "each with 1 torch thread, to use N cores)")
     ap.add_argument("--train-tokens", type=int, default=0, help="cap on training tokens (0: all)")
+    from harness.build.train_transcoder import TrainConfig
+
+    d = TrainConfig()
+    ap.add_argument("--num-latents", type=int, default=d.num_latents)
+    ap.add_argument("--k", type=int, default=d.k)
+    ap.add_argument("--epochs", type=int, default=d.epochs)
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--batch-tokens", type=int, default=d.batch_tokens)
+    ap.add_argument("--eval-windows", type=int, default=200, help="held-out windows of 256 tokens for FVU / dead")
+    ap.add_argument("--ce-contexts", type=int, default=500, help="held-out contexts for the CE report")
     args = ap.parse_args(argv)
 
     import torch
@@ -105,10 +123,21 @@ def main(argv: list[str] | None = None) -> int:
 
         log(f"convert: {converted_folder(PACKAGE, GGUF_FILE, args.cache, console=console)}")
 
-    if "corpus" in steps:
+    if "corpus" in steps and args.workers > 1:
+        import subprocess
+
+        base = [sys.executable, "-m", "harness.build.smollm2_task", "--steps", "corpus", "--work", str(work),
+                "--cache", str(args.cache)] + (["--deadline", args.deadline] if args.deadline else [])
+        procs = [subprocess.Popen(base + ["--worker", f"{i}/{args.workers}"], cwd=str(REPO))
+                 for i in range(args.workers)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            log(f"corpus: a worker failed (exit codes {codes})")
+            return 1
+    elif "corpus" in steps:
         wi, wn = (int(v) for v in args.worker.split("/"))
         torch.set_num_threads(cfg.threads)
-        model, tok = load_subject(args.cache, console)
+        model, tok = load_subject(args.cache, console, dtype=cfg.dtype)
         only = [c for j, c in enumerate(C.chunk_order(cfg)) if j % wn == wi]
         present = C.generate_chunks(model, tok, work / "corpus", cfg, capture_layer=LAYER, deadline=deadline,
                                     only=only, log=lambda m: log(f"corpus: {m}"))
@@ -129,9 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     if any(s in steps for s in ("train", "evaluate", "finish")):
         from harness.build import train_transcoder as TT
 
+        tcfg = TT.TrainConfig(num_latents=args.num_latents, k=args.k, epochs=args.epochs, lr=args.lr,
+                              batch_tokens=args.batch_tokens)
         TT.run_steps(steps, work=work, cache=args.cache, task_dir=task_dir, layer=LAYER, log=log,
                      load_subject=lambda n=None: load_subject(args.cache, console, n),
-                     train_tokens=args.train_tokens)
+                     train_tokens=args.train_tokens, cfg=tcfg, eval_windows=args.eval_windows,
+                     ce_contexts=args.ce_contexts)
     return 0
 
 

@@ -11,7 +11,9 @@ subtraction), y_hat = z @ W_dec + b_dec + x @ W_skip.T. Initialisation as sparsi
 transcoder: W_dec = 0, W_skip = 0, b_enc = 0, b_dec = mean of y. The decoder rows are not normalised
 (`normalize_decoder=false`, as sparsify's trainer for transcoders). Loss: FVU (sparsify's) + auxk_alpha x
 AuxK loss on latents that have not fired for `dead_tokens` training tokens. Adam, linear warm-up, then
-constant LR with a linear decay over the last 20% of steps. Checkpoint (model + optimiser + RNG + position)
+constant LR with a linear decay over the last 20% of steps. Training runs on rescaled data (a*x, b*y, each
+with mean squared norm d; SmolLM2's layer-12 MLP maps inputs of norm ~3 to outputs of norm ~30) and the
+scales are folded back into the weights exactly before saving (`fold_scales`). Checkpoint (model + optimiser + RNG + position)
 every `ckpt_every` steps; a rerun resumes from it.
 """
 
@@ -35,12 +37,12 @@ class TrainConfig:
     num_latents: int = 4096
     k: int = 32
     batch_tokens: int = 1024
-    epochs: int = 1
-    lr: float = 8e-4
+    epochs: int = 3
+    lr: float = 2e-3
     warmup_steps: int = 100
     decay_frac: float = 0.2
     auxk_alpha: float = 1 / 32
-    dead_tokens: int = 200_000
+    dead_tokens: int = 50_000
     seed: int = 0
     ckpt_every: int = 100
 
@@ -127,6 +129,29 @@ def make_coder(d_in: int, cfg: TrainConfig, b_dec: torch.Tensor | None = None):
     return coder
 
 
+def data_scales(x: torch.Tensor, y: torch.Tensor, rows: int = 200_000) -> tuple[float, float]:
+    """(a, b) that bring the mean squared norm of a*x and of b*y to d (about unit scale per dimension)."""
+    d = x.shape[1]
+    xs, ys = x[:rows].float(), y[:rows].float()
+    return float((d / xs.pow(2).sum(1).mean()) ** 0.5), float((d / ys.pow(2).sum(1).mean()) ** 0.5)
+
+
+@torch.no_grad()
+def fold_scales(coder, a: float, b: float):
+    """The coder on raw data equivalent to `coder` trained on (a*x, b*y): exact, returns a new coder."""
+    cfg = coder.cfg
+    from sparsify import SparseCoder
+
+    raw = SparseCoder(coder.d_in, cfg, device="cpu", dtype=coder.dtype)
+    raw.encoder.weight.copy_(coder.encoder.weight * a)
+    raw.encoder.bias.copy_(coder.encoder.bias)
+    raw.W_dec.copy_(coder.W_dec / b)
+    raw.b_dec.copy_(coder.b_dec / b)
+    if coder.W_skip is not None:
+        raw.W_skip.copy_(coder.W_skip * (a / b))
+    return raw
+
+
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -138,7 +163,8 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 def train(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, ckpt_dir: Path | None = None,
           log=print, stop_after: int | None = None):
-    """Train a skip-transcoder on (x, y) rows; resumable from `ckpt_dir/ckpt.pt`. Returns (coder, stats).
+    """Train a skip-transcoder on (x, y) rows; resumable from `ckpt_dir/ckpt.pt`. Returns (coder, stats),
+    the coder acting on raw (unscaled) x and y.
 
     `stop_after` (tests): return after that many steps of this call, leaving the checkpoint behind.
     """
@@ -147,7 +173,10 @@ def train(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, ckpt_dir: Path | N
     total = steps_per_epoch * cfg.epochs
     if total == 0:
         raise ValueError(f"{n} training rows are fewer than one batch of {cfg.batch_tokens}")
-    coder = make_coder(d, cfg, b_dec=y[: min(n, 200_000)].mean(0))
+    # Train on rescaled data (a*x, b*y with mean squared norms d), fold the scales back at the end: Adam's
+    # steps are about lr in size whatever the data's scale, so unit-scale data makes one lr fit all layers.
+    a, b = data_scales(x, y)
+    coder = make_coder(d, cfg, b_dec=b * y[: min(n, 200_000)].float().mean(0))
     opt = torch.optim.Adam(coder.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     last_fired = torch.zeros(cfg.num_latents, dtype=torch.long)  # tokens since each latent last fired
     step = 0
@@ -179,7 +208,7 @@ def train(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, ckpt_dir: Path | N
         epoch, i = divmod(step, steps_per_epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         idx = perm[i * cfg.batch_tokens:(i + 1) * cfg.batch_tokens]
-        xb, yb = x[idx].float(), y[idx].float()
+        xb, yb = a * x[idx].float(), b * y[idx].float()
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, total, cfg)
         dead_mask = last_fired > cfg.dead_tokens if cfg.auxk_alpha > 0 else None
@@ -208,8 +237,9 @@ def train(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, ckpt_dir: Path | N
         if stop_after is not None and this_call >= stop_after:
             save_ckpt()
             break
-    return coder, {"steps": step, "total_steps": total, "history": history,
-                   "dead_frac_train": float((last_fired > cfg.dead_tokens).float().mean())}
+    return fold_scales(coder, a, b), {
+        "steps": step, "total_steps": total, "history": history, "scales": {"x": a, "y": b},
+        "dead_frac_train": float((last_fired > cfg.dead_tokens).float().mean())}
 
 
 @torch.no_grad()
@@ -386,7 +416,7 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
     if "finish" in steps:
         arts = {}
         for rel in [f"coder/layers.{layer}.mlp/sae.safetensors", f"coder/layers.{layer}.mlp/cfg.json",
-                    "corpus.npz"]:
+                    "corpus.npz", "corpus_heldout.npz"]:
             p = task_dir / rel
             if p.is_file():
                 arts[rel] = sha256_file(p)
