@@ -112,7 +112,10 @@ def load_token_stream(spec: TaskSpec, tokenizer, need_tokens: int, cache_dir: Pa
         with np.load(path) as z:
             if "tokens" not in z:
                 raise HarnessError(f"{path}: expected an array named `tokens`")
-            return z["tokens"].astype(np.int64)
+            tokens = z["tokens"]
+        if c.offset >= len(tokens):
+            raise HarnessError(f"{spec.toml_path} [corpus]: offset {c.offset} is past the end of {path} ({len(tokens)} tokens)")
+        return tokens[c.offset:].astype(np.int64)
     cached = cache_dir / "corpus_tokens.npy"
     if cached.is_file():
         return np.load(cached)

@@ -50,7 +50,8 @@ def prediction_cost(spec: TaskSpec) -> Cost:
     return Cost(m, m * c.calibration, m * c.test, m * (c.detection_positive + c.detection_negative))
 
 
-def load_throughputs(path: Path = THROUGHPUT_FILE) -> list[dict]:
+def load_throughputs(path: Path | None = None) -> list[dict]:
+    path = path or THROUGHPUT_FILE
     if not path.is_file():
         return []
     return json.loads(path.read_text()).get("measurements", [])

@@ -49,6 +49,7 @@ class CorpusSpec:
     text_field: str = "text"
     data_files: str = ""           # a file inside the dataset repo, to avoid fetching all of it
     max_documents: int = 0         # documents read from the start of the split (0: as many as needed)
+    offset: int = 0                # local-tokens: skip this many tokens (e.g. the part the coder was trained on)
 
 
 @dataclass(frozen=True)
