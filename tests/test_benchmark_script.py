@@ -1,0 +1,141 @@
+"""benchmarks/simulate.py on a tiny random model, and the prefix engine pieces it measures (no downloads)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.simulate import SimContext
+from harness.simulate.plain import PlainSimulator
+from harness.simulate.prefix import PrefixSimulator, plan_batches
+from harness.tiny import build_model, build_tokenizer, synthetic_texts
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "simulate.py"
+SMALL = ["--tiny", "-C", "3", "-E", "4", "--warm-contexts", "1", "--threads", "1", "-T", "24"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_simulate", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tiny_run_prints_table_agrees_and_skips_missing_vllm(bench, capsys, tmp_path):
+    rc = bench.main(SMALL + ["--vllm-python", str(tmp_path / "no-such-python"), "--no-record"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    for text in ("predictions/s", "vs plain", "plain (transformers)", "prefix (shared prefix)",
+                 "max |ΔEV| vs plain", "agreement: ok", "3 contexts x 4 explanations = 12 predictions"):
+        assert text in out, text
+    assert bench.VLLM_SKIP in out
+    assert "vLLM (prefix caching)" not in out
+    assert torch.get_num_threads() == 1
+
+
+def test_tiny_run_records_and_replaces_its_section(bench, capsys, tmp_path):
+    js, md = tmp_path / "throughput.json", tmp_path / "RESULTS.md"
+    js.write_text(json.dumps({"measurements": [{"backend": "plain", "model": "other", "device": "gpu",
+                                                "predictions_per_s": 1.0}]}))
+    args = SMALL + ["--no-vllm", "--plain-pairs", "5", "--json-out", str(js), "--results-md", str(md)]
+    for _ in range(2):
+        assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "plain forward timed on 5 of the 12 pairs" in out
+    rows = json.loads(js.read_text())["measurements"]
+    assert {(r["backend"], r["model"]) for r in rows} == {
+        ("plain", "other"), ("plain", "tiny random Llama (harness.tiny)"), ("prefix", "tiny random Llama (harness.tiny)")}
+    for r in rows:
+        assert r["predictions_per_s"] > 0 and {"backend", "model", "device", "predictions_per_s"} <= set(r)
+    text = md.read_text()
+    assert text.count("## tiny random Llama (harness.tiny), cpu (") == 1     # replaced, not appended twice
+    assert "| prefix | float32 |" in text and "torch " in text
+
+
+def test_script_runs_as_a_command_from_elsewhere(tmp_path):
+    """A fresh clone: run by path from another folder, no vLLM in the interpreter given."""
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(SCRIPT), *SMALL, "-E", "2", "--vllm-python", str(tmp_path / "none"),
+                        "--no-record"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "agreement: ok" in r.stdout and "vLLM not installed: skipped" in r.stdout
+
+
+def test_engines_argument_requires_plain(bench):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--engines", "prefix,vllm"])
+
+
+# ------------------------------------------------------------------ the prefix engine pieces
+
+
+def test_plan_batches_partitions_and_limits_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.permutation([34, 36, 36, 37, 37, 38, 38, 38, 38, 38, 39, 39, 39, 39, 40, 40, 41, 41, 42, 42,
+                               42, 42, 42, 43, 43, 43, 44, 44, 45, 45, 48, 51])
+    for max_batch in (1, 5, 32):
+        batches = plan_batches(lengths, max_batch)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+        assert all(1 <= len(b) <= max_batch for b in batches)
+    padded = sum(len(b) * lengths[b].max() for b in plan_batches(lengths, 32))
+    assert padded <= 1.05 * lengths.sum()        # one batch of 32 would pad 25%
+    assert plan_batches([], 8) == []
+    assert [b.tolist() for b in plan_batches([5, 5, 5], 8)] == [[0, 1, 2]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tok = build_tokenizer(synthetic_texts(400, 0))
+    ctxs = []
+    for i, text in enumerate(synthetic_texts(3, 7)):
+        ids = tok(text)["input_ids"][: 8 + 5 * i]
+        ctxs.append(SimContext(f"c{i}", tok.decode(ids[:-1]), tok.decode(ids[-1:])))
+    expl = ["numbers", "", "code: function definitions, loops and imports", "x", "the end of a sentence"]
+    pairs = [(c, e) for c in range(len(ctxs)) for e in range(len(expl))][::-1]
+    return tok, ctxs, expl, pairs
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_shared_prefix_attention_matches_library_path_and_plain(tiny, arch):
+    tok, ctxs, expl, pairs = tiny
+    model = build_model(arch, len(tok), 3)
+    ref, ref_mass = PlainSimulator(model, tok, "v1", 400, "t", batch_size=4).predict(ctxs, expl, pairs)
+    fast = PrefixSimulator(model, tok, "v1", 400, "t", batch_size=3)
+    lib = PrefixSimulator(model, tok, "v1", 400, "t", batch_size=3, shared_prefix_attention=False)
+    a, a_mass = fast.predict(ctxs, expl, pairs)
+    b, _ = lib.predict(ctxs, expl, pairs)
+    assert fast.shared_attention and not lib.shared_attention
+    np.testing.assert_allclose(a, ref, atol=2e-5)
+    np.testing.assert_allclose(b, ref, atol=2e-5)
+    np.testing.assert_allclose(a_mass, ref_mass, rtol=1e-4)
+    assert model.config._attn_implementation == "sdpa"   # only switched during a suffix pass
+
+
+def test_shared_prefix_attention_falls_back_when_unsupported(tiny, monkeypatch):
+    from transformers import AttentionInterface
+
+    from harness.simulate import prefix as P
+
+    tok, ctxs, expl, pairs = tiny
+    model = build_model("llama", len(tok), 4)
+    ref, _ = PlainSimulator(model, tok, "v1", 400, "t").predict(ctxs, expl, pairs)
+    sim = PrefixSimulator(model, tok, "v1", 400, "t", batch_size=4)
+
+    def unsupported(*args, **kwargs):   # as for a model whose attention needs a sliding window or a softcap
+        raise P._Unsupported("test")
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, P.SHARED_PREFIX_ATTENTION, unsupported)
+    got, _ = sim.predict(ctxs, expl, pairs)
+    assert not sim.shared_attention
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+    assert model.config._attn_implementation == "sdpa"
