@@ -150,12 +150,12 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .evaluate import _num_latents
+    from .prepare import coder_num_latents
     from .submissions import load_submission
     from .tasks import load_task
 
     spec = load_task(args.task, args.override)
-    sub = load_submission(args.file, task_id=spec.id, num_latents=_num_latents(spec),
+    sub = load_submission(args.file, task_id=spec.id, num_latents=coder_num_latents(spec),
                           max_chars=spec.simulator.max_explanation_chars)
     console.print(f"ok: {args.file}: {len(sub.explanations)} explanations for task {spec.id} "
                   f"(method {sub.method!r}, sha256 {sub.sha256[:12]})")

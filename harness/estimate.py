@@ -36,12 +36,9 @@ def rewritten_count(spec: TaskSpec) -> int:
         return lat.count
     if lat.rewritten != "all":
         return len(lat.rewritten)
-    if spec.coder.num_latents:
-        return spec.coder.num_latents
-    from .hub import fetch_coder_folder
+    from .prepare import coder_num_latents
 
-    cfg = json.loads((fetch_coder_folder(spec) / "cfg.json").read_text())
-    return int(cfg.get("num_latents") or cfg["d_in"] * cfg["expansion_factor"])
+    return coder_num_latents(spec)
 
 
 def prediction_cost(spec: TaskSpec) -> Cost:

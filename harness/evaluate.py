@@ -24,7 +24,7 @@ from .coder import SparseCoder, topk_dense
 from .errors import HarnessError
 from .metrics import (bin_by_score, bootstrap_indices, detection_scores, mean_ci, median_ci, paired_difference,
                       recovery, select_latents, sensitivity_specificity)
-from .prepare import BATCH, Prepared, load_coder, prepare, progress, save_npz
+from .prepare import BATCH, Prepared, coder_num_latents, load_coder, prepare, progress, save_npz
 from .submissions import coverage, load_submission
 from .tasks import TaskSpec, cache_root
 
@@ -190,7 +190,7 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
 
     require_hub_inputs(spec, simulator=True)
     device = _resolve_device(cfg.device)
-    sub = load_submission(cfg.explanations, task_id=spec.id, num_latents=_num_latents(spec),
+    sub = load_submission(cfg.explanations, task_id=spec.id, num_latents=coder_num_latents(spec),
                           max_chars=spec.simulator.max_explanation_chars)
     prep = prepare(spec, device)
     latents, cov = coverage(sub, prep.rewritten)
@@ -201,7 +201,7 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
     if model is None:
         from .prepare import load_subject
         model, tok = load_subject(spec, device)
-    coder = load_coder(spec).to(device) if hasattr(SparseCoder, "to") else load_coder(spec)
+    coder = load_coder(spec).to(device)
     sim, sim_ref = load_simulator(spec, cfg.backend, device, model, tok)
     explanations = [sub.explanations[int(j)] for j in latents]
     pred_cal, pred_tst, pos_pred, neg_pred, sim_stats = simulate_all(prep, tok, sim, explanations, latents)
@@ -330,14 +330,6 @@ def _figures(result, out_dir: Path, tag: str, prep: Prepared, latents, pred_tst,
     plot_activation_distributions(np.asarray(true), pred_tst.ravel(), calibrated[calibrated > 0], paths[1])
     plot_sens_spec_by_bin(result["sens_spec_by_detection_bin"], paths[2])
     return [p.name for p in paths]
-
-
-def _num_latents(spec: TaskSpec) -> int:
-    from .hub import fetch_coder_folder
-    import json
-
-    cfg = json.loads((fetch_coder_folder(spec) / "cfg.json").read_text())
-    return int(cfg.get("num_latents") or cfg["d_in"] * cfg["expansion_factor"])
 
 
 def _slug(s: str) -> str:

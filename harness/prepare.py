@@ -252,6 +252,16 @@ def load_subject(spec: TaskSpec, device):
     return load_model(spec.subject_ref(), spec.folder, cache_root(), device=device)
 
 
+def coder_num_latents(spec: TaskSpec) -> int:
+    """The coder's width without loading its weights: declared in the spec, else read from its cfg.json."""
+    if spec.coder.num_latents:
+        return spec.coder.num_latents
+    from .hub import fetch_coder_folder
+
+    cfg = json.loads((fetch_coder_folder(spec) / "cfg.json").read_text())
+    return int(cfg.get("num_latents") or cfg["d_in"] * cfg["expansion_factor"])
+
+
 def load_coder(spec: TaskSpec) -> SparseCoder:
     from .hub import fetch_coder_folder
 
