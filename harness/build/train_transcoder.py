@@ -403,9 +403,20 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
         starts = rng.choice(len(tokens) - eval_start - ce_T, size=ce_contexts, replace=False) + eval_start
         ctx = np.stack([tokens[s:s + ce_T + 1] for s in np.sort(starts)]).astype(np.int64)
         ce = last_position_ce(model, layer, coder, ctx)
+        np.savez_compressed(work / "ce_heldout.npz", contexts=ctx, **ce)
         ce_stats = {c: {"mean": float(v.mean()), "median": float(np.median(v))} for c, v in ce.items()}
-        for c, v in ce_stats.items():
-            log(f"evaluate: CE {c}: mean {v['mean']:.4f} median {v['median']:.4f}")
+        boot = np.random.default_rng(seed).integers(0, len(ctx), size=(2000, len(ctx)))
+        for c in ("coder", "zero_output"):
+            d = ce[c] - ce["clean"]
+            means = d[boot].mean(1)
+            ce_stats[c]["delta_mean_ci95"] = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+        d = ce["zero_output"] - ce["coder"]
+        means = d[boot].mean(1)
+        ce_stats["zero_minus_coder_mean_ci95"] = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+        for c in ce:
+            v = ce_stats[c]
+            log(f"evaluate: CE {c}: mean {v['mean']:.4f} median {v['median']:.4f} "
+                f"{'delta 95% CI ' + str(v['delta_mean_ci95']) if 'delta_mean_ci95' in v else ''}")
         report = {"held_out": rec, "held_out_windows": int(len(w)), "held_out_T": eval_T,
                   "ce": ce_stats, "ce_contexts": ce_contexts, "ce_T": ce_T, "ce_seed": seed,
                   "ce_patch": "MLP output replaced at the window's last position only",
@@ -416,7 +427,7 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
     if "finish" in steps:
         arts = {}
         for rel in [f"coder/layers.{layer}.mlp/sae.safetensors", f"coder/layers.{layer}.mlp/cfg.json",
-                    "corpus.npz", "corpus_heldout.npz"]:
+                    "corpus.npz"]:
             p = task_dir / rel
             if p.is_file():
                 arts[rel] = sha256_file(p)
