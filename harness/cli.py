@@ -69,6 +69,7 @@ def cmd_eval(args) -> int:
 
     cfg = EvalConfig(task=args.task, explanations=Path(args.explanations), backend=args.backend, device=args.device,
                      results_dir=Path(args.results), overrides=args.override,
+                     endpoints=[e for e in (args.endpoints or "").split(",") if e], served_model=args.served_model,
                      command="harness " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     result, path = evaluate(cfg)
     _print_summary(result)
@@ -224,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--explanations", required=True)
     s.add_argument("--backend", default="auto", help="simulator engine: auto (fastest available), prefix, plain, vllm, http")
     s.add_argument("--device", default="auto")
+    s.add_argument("--endpoints", help="http backend: comma-separated OpenAI-compatible server URLs")
+    s.add_argument("--served-model", default="", help="http backend: the model name the servers serve")
     s.add_argument("--results", default="results")
     s.add_argument("--leaderboard", default="leaderboard")
     s.add_argument("--no-leaderboard", action="store_true")

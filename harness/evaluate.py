@@ -42,6 +42,8 @@ class EvalConfig:
     leaderboard_dir: Path | None = Path("leaderboard")
     overrides: list[str] = field(default_factory=list)
     command: str = ""
+    endpoints: list[str] = field(default_factory=list)   # http backend: OpenAI-compatible servers
+    served_model: str = ""                               # http backend: the model name the servers serve
 
 
 def context_id(text: str, last: str) -> str:
@@ -66,11 +68,26 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, subject_tok=None):
-    from .models import load_model
+def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, subject_tok=None,
+                   endpoints=(), served_model: str = ""):
+    from .models import load_model, resolve_source_folder
     from .simulate import make_simulator
 
     ref = spec.simulator_ref()
+    sim_kw = dict(prompt_version=spec.simulator.prompt_version, max_chars=spec.simulator.max_explanation_chars,
+                  model_key=ref.key())
+    if backend in ("vllm", "http"):
+        # These engines hold the weights themselves (vLLM) or remotely (servers): only the tokenizer is local,
+        # so prompts are built as token ids here and no server-side chat template is ever applied.
+        from transformers import AutoTokenizer
+
+        folder = resolve_source_folder(ref, spec.folder, cache_root())
+        tok = (AutoTokenizer.from_pretrained(str(folder)) if folder is not None
+               else AutoTokenizer.from_pretrained(ref.id, revision=ref.revision or None))
+        if backend == "vllm":
+            return make_simulator("vllm", str(folder) if folder is not None else ref.id, tok, **sim_kw), ref
+        return make_simulator("http", served_model or ref.id or str(folder), tok, endpoints=list(endpoints),
+                              **sim_kw), ref
     if subject_model is not None and ref == spec.subject_ref():
         model, tok = subject_model, subject_tok
     else:
@@ -209,7 +226,7 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
         from .prepare import load_subject
         model, tok = load_subject(spec, device)
     coder = load_coder(spec).to(device)
-    sim, sim_ref = load_simulator(spec, cfg.backend, device, model, tok)
+    sim, sim_ref = load_simulator(spec, cfg.backend, device, model, tok, cfg.endpoints, cfg.served_model)
     explanations = [sub.explanations[int(j)] for j in latents]
     pred_cal, pred_tst, pos_pred, neg_pred, sim_stats = simulate_all(prep, tok, sim, explanations, latents)
 

@@ -41,6 +41,15 @@ def _verdict(lo: float, hi: float, want_negative: bool) -> bool | None:
     return True if lo > 0 else (False if hi < 0 else None)
 
 
+def _rank_verdict(rs, ps, rp, pp) -> bool | None:
+    """Holds when both correlations are significantly positive, reversed when both significantly negative."""
+    if rs > 0 and ps < 0.05 and rp > 0 and pp < 0.05:
+        return True
+    if rs < 0 and ps < 0.05 and rp < 0 and pp < 0.05:
+        return False
+    return None
+
+
 def _fmt(v, lo, hi) -> str:
     return f"{v:+.4f} nats [{lo:+.4f}, {hi:+.4f}]"
 
@@ -94,7 +103,7 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
     rp, pp = spearmanr(auroc[ok], spec[ok]) if ok.sum() > 2 else (np.nan, np.nan)
     out.append(Finding("Detection score predicts sensitivity and specificity (Spearman ρ > 0 across latents)",
                        f"ρ(AUROC, sensitivity) = {rs:+.2f} (p = {ps:.3g}); ρ(AUROC, specificity) = {rp:+.2f} (p = {pp:.3g}); "
-                       f"{int(ok.sum())} latents", (rs > 0 and ps < 0.05 and rp > 0 and pp < 0.05) if ok.sum() > 2 else None))
+                       f"{int(ok.sum())} latents", _rank_verdict(rs, ps, rp, pp) if ok.sum() > 2 else None))
 
     pc, rc = files[control]
     sc = _side(pc, rc)
@@ -106,7 +115,7 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
 
 
 def render(findings: list[Finding], task_id: str) -> str:
-    word = {True: "holds", False: "does not hold (reversed)", None: "not shown (CI covers 0)"}
+    word = {True: "holds", False: "does not hold (reversed)", None: "not shown (not significant)"}
     lines = [f"| finding | evidence (mean paired difference, 95% CI) | verdict on {task_id} |", "|---|---|---|"]
     for f in findings:
         lines.append(f"| {f.claim} | {f.evidence} | **{word[f.holds]}** |")

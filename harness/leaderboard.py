@@ -302,6 +302,11 @@ def print_rich(rows: list[Row], console=None, *, title: str | None = None) -> No
 
     console = console or Console()
     headers, body = _display_table(rows)
+    if console.width < 160:
+        # A narrow terminal squeezes every cell to an ellipsis: keep the scores, drop the bookkeeping.
+        keep = [i for i, h in enumerate(headers) if h not in ("simulator", "date")]
+        headers = [headers[i] for i in keep]
+        body = [[cells[i] for i in keep] for cells in body]
     table = Table(title=title, show_lines=False)
     for h in headers:
         table.add_column(h, justify="left" if h in ("task", "method", "simulator", "date") else "right")
