@@ -84,6 +84,9 @@ EXPLAINER_SYSTEM = (
 )
 
 
+ANSWER_CUE = "The feature fires on"
+
+
 def llm_explanations(prep: Prepared, subject_tok, tokenizer, ex: dict, model, device, max_new_tokens: int = 24,
                      n_examples: int = 8) -> dict[int, str]:
     """Delphi-style: the explainer sees top-activating examples with the firing tokens marked; greedy decoding.
@@ -102,8 +105,10 @@ def llm_explanations(prep: Prepared, subject_tok, tokenizer, ex: dict, model, de
             lines.append(f"{len(lines) + 1}. {before}[[{subject_tok.decode([int(blocks[b, p])])}]]")
         if lines:
             msgs = [{"role": "system", "content": EXPLAINER_SYSTEM},
-                    {"role": "user", "content": "Examples:\n" + "\n".join(lines) + "\n\nThe feature fires on:"}]
-            prompts[int(j)] = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+                    {"role": "user", "content": "Examples:\n" + "\n".join(lines) + "\n\nWhat does the feature fire on?"}]
+            # The answer's opening is written for the model: a small explainer otherwise tends to echo the
+            # question instead of answering it.
+            prompts[int(j)] = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + ANSWER_CUE
     out = {int(j): "" for j in prep.rewritten}
     items = list(prompts.items())
     pad_side = tokenizer.padding_side
@@ -121,7 +126,8 @@ def llm_explanations(prep: Prepared, subject_tok, tokenizer, ex: dict, model, de
                                          do_sample=False, pad_token_id=tokenizer.pad_token_id)
                 for (j, _), row in zip(chunk, gen[:, enc["input_ids"].shape[1]:]):
                     text = tokenizer.decode(row, skip_special_tokens=True).strip().splitlines()
-                    out[j] = (text[0] if text else "").strip()[: prep.spec.simulator.max_explanation_chars]
+                    answer = (text[0] if text else "").strip().rstrip(".")
+                    out[j] = (f"{ANSWER_CUE.strip()} {answer}" if answer else "")[: prep.spec.simulator.max_explanation_chars]
                 prog.advance(t, len(chunk))
     finally:
         tokenizer.padding_side = pad_side
