@@ -92,8 +92,7 @@ def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, sub
         model, tok = subject_model, subject_tok
     else:
         model, tok = load_model(ref, spec.folder, cache_root(), device=device)
-    sim = make_simulator(backend, model, tok, spec.simulator.prompt_version, spec.simulator.max_explanation_chars,
-                         ref.key(), batch_size=spec.simulator.batch_size)
+    sim = make_simulator(backend, model, tok, batch_size=spec.simulator.batch_size, **sim_kw)
     return sim, ref
 
 
