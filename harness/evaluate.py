@@ -303,7 +303,8 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
     side = out_dir / f"{tag}.per_context.npz"
     save_npz(side, test_targets=prep.splits["test"][:, -1], **{f"ce_{k}": v for k, v in base.items()},
              **{f"ce_{k.replace('|', '__')}": v for k, v in ce.items()}, latents=latents,
-             pred_calibration=pred_cal.astype(np.float32), pred_test=pred_tst.astype(np.float32))
+             pred_calibration=pred_cal.astype(np.float32), pred_test=pred_tst.astype(np.float32),
+             true_test=_true_values(prep.test_latents, latents))
     from .tiny import sha256_file
 
     result = {
@@ -353,6 +354,17 @@ def _figures(result, out_dir: Path, tag: str, prep: Prepared, latents, pred_tst,
     plot_activation_distributions(np.asarray(true), pred_tst.ravel(), calibrated[calibrated > 0], paths[1])
     plot_sens_spec_by_bin(result["sens_spec_by_detection_bin"], paths[2])
     return [p.name for p in paths]
+
+
+def _true_values(test_latents, latents: np.ndarray) -> np.ndarray:
+    """[n_test, m] true activation of each scored latent on each test context (0 where not in the TopK)."""
+    vals, inds = test_latents
+    out = np.zeros((len(vals), len(latents)), np.float32)
+    col = {int(j): c for c, j in enumerate(latents)}
+    for r, c in zip(*np.nonzero(vals > 0)):
+        if int(inds[r, c]) in col:
+            out[r, col[int(inds[r, c])]] = vals[r, c]
+    return out
 
 
 def _slug(s: str) -> str:

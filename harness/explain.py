@@ -18,14 +18,16 @@ from .prepare import Prepared, encode_positions, hook_module, load_coder, load_n
 from .submissions import save_submission
 from .tasks import load_task
 
-TOP_N = 20  # top-activating examples kept per latent
+TOP_N = 100  # top-activating examples kept per latent (top-tokens counts them all; llm shows the first few)
 
 
 def top_examples(prep: Prepared, model, device) -> dict[str, np.ndarray]:
     """Per rewritten latent, the TOP_N (block, position, value) of the activation sample, cached."""
     f = prep.cache_dir / "top_examples.npz"
     if f.is_file():
-        return load_npz(f)
+        cached = load_npz(f)
+        if cached["block"].shape[1] == TOP_N and np.array_equal(cached["rewritten"], prep.rewritten):
+            return cached
     spec = prep.spec
     lo, T = spec.min_position(), spec.contexts.T
     coder = load_coder(spec)
@@ -181,7 +183,7 @@ def run_explain(task: str, method: str, output: Path, overrides=(), seed: int = 
             ref = spec.simulator_ref()  # the task's default LLM doubles as the explainer
             emodel, etok = (model, tok) if ref == spec.subject_ref() else load_model(ref, spec.folder, cache_root(), device=dev)
             expl = llm_explanations(prep, tok, etok, ex, emodel, dev)
-            desc = f"Delphi-style explainer prompt on {ref.key()}, greedy, top {TOP_N} examples with firing tokens marked"
+            desc = f"Delphi-style explainer prompt on {ref.key()}, greedy, top 8 examples with firing tokens marked"
         else:
             raise HarnessError(f"unknown explanation method {method!r}: use top-tokens, llm, empty or shuffled")
     sub = {"task": spec.id, "method": method, "description": desc,

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from .errors import HarnessError
-from .metrics import bootstrap_indices, paired_difference
+from .metrics import bootstrap_indices, paired_difference, paired_ranking_auroc
 from .results import load_result
 
 
@@ -111,6 +111,26 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
     out.append(Finding(f"A real method ({real}) beats its shuffled control ({control}) (CE difference < 0)",
                        _fmt(v, lo, hi) + f"; recovery {r.headline['recovery']['value']:+.3f} vs "
                        f"{rc.headline['recovery']['value']:+.3f}", _verdict(lo, hi, want_negative=True)))
+
+    if "true_test" not in s:
+        raise HarnessError(f"{p}: its side file predates true activations in side files; rerun `harness eval` on it "
+                           "(stored predictions are reused, only the patching reruns)")
+    if not np.array_equal(s["latents"], sc["latents"]):
+        raise HarnessError(f"{p} and {pc} score different latents; evaluate both on the same task")
+    a = paired_ranking_auroc(s["pred_test"], sc["pred_test"], s["true_test"] > 0, boot)
+    d = a["difference"]
+    # How much the explanation moves a prediction at all: the two sets see the same (context, latent) cells
+    # and differ only in which explanation each latent gets.
+    x, y = s["pred_test"].astype(float).ravel(), sc["pred_test"].astype(float).ravel()
+    r_same = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
+    pt = s["pred_test"].astype(float)
+    ctx_share = float(pt.mean(1).var() / pt.var()) if pt.var() > 0 else float("nan")
+    out.append(Finding(f"A real method ({real}) ranks test contexts better than its shuffled control ({control}) "
+                       "(mean per-latent AUROC of raw predictions against true firing, real − control > 0)",
+                       f"{d.value:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] (AUROC {a['a'].value:.3f} vs {a['b'].value:.3f}); "
+                       f"the two sets' predictions on the same cells correlate at r = {r_same:.2f}, and the context "
+                       f"alone explains {100 * ctx_share:.0f}% of the real set's prediction variance",
+                       _verdict(d.lo, d.hi, want_negative=False)))
     return out
 
 

@@ -233,6 +233,49 @@ def detection_scores(pred_pos: np.ndarray, pred_neg: np.ndarray,
     return auroc.astype(np.float64), bal.astype(np.float64)
 
 
+def ranking_auroc(pred: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """Per column j: AUROC of pred[:, j] separating rows where latent j is truly active from the rest.
+
+    The test-split counterpart of `detection_scores`: how well the simulator *ranks* natural contexts for a
+    latent, before any calibration (quantile normalisation preserves this ranking). Mann–Whitney from
+    mid-ranks; a column without positives or negatives gets NaN. pred and active are [n, m].
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    active = np.asarray(active, dtype=bool)
+    if pred.shape != active.shape or pred.ndim != 2:
+        raise HarnessError(f"ranking_auroc needs pred and active of the same [n, m] shape, got {pred.shape} and {active.shape}")
+    ranks = rankdata(pred, method="average", axis=0)
+    n_pos = active.sum(0)
+    n_neg = len(pred) - n_pos
+    u_stat = (ranks * active).sum(0) - n_pos * (n_pos + 1) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u_stat / (n_pos * n_neg), np.nan)
+
+
+def paired_ranking_auroc(pred_a: np.ndarray, pred_b: np.ndarray, active: np.ndarray,
+                         boot_idx: np.ndarray) -> dict[str, Estimate]:
+    """Mean over latents of `ranking_auroc` for two prediction sets on the same cells, and a minus b, with
+    percentile CIs from resampling the rows (contexts) together. In a resample a latent counts only where it
+    has both positives and negatives; the mean is over those latents, the same for a and b."""
+    pred_a, pred_b = np.asarray(pred_a, float), np.asarray(pred_b, float)
+    active = np.asarray(active, bool)
+    boot_idx = _check_boot(boot_idx, len(active))
+
+    def stat(rows):
+        a, b = ranking_auroc(pred_a[rows], active[rows]), ranking_auroc(pred_b[rows], active[rows])
+        ok = np.isfinite(a) & np.isfinite(b)
+        return (np.mean(a[ok]), np.mean(b[ok])) if ok.any() else (np.nan, np.nan)
+
+    full = np.arange(len(active))
+    va, vb = stat(full)
+    bs = np.array([stat(r) for r in boot_idx])
+    out = {}
+    for name, v, col in (("a", va, bs[:, 0]), ("b", vb, bs[:, 1]), ("difference", va - vb, bs[:, 0] - bs[:, 1])):
+        lo, hi = _percentile_ci(col[np.isfinite(col)]) if np.isfinite(col).any() else (math.nan, math.nan)
+        out[name] = Estimate(float(v), lo, hi)
+    return out
+
+
 # Figure 4 of the paper bins latents by detection AUROC in tenths above chance; everything at or
 # below chance goes into one bin.
 DEFAULT_AUROC_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

@@ -164,9 +164,10 @@ def choose_rewritten(spec: TaskSpec, table: ActivationTable, num_latents: int) -
         if bad:
             raise HarnessError(f"{spec.toml_path} [latents]: latent {bad[0]} is out of range (coder has {num_latents})")
         return np.asarray(lat.rewritten, dtype=np.int64)
-    alive = np.flatnonzero(table.fire_rate > 0)
+    alive = np.flatnonzero((table.fire_rate > 0) & (table.fire_rate >= lat.min_fire_rate))
     if len(alive) < lat.count:
-        raise HarnessError(f"{spec.toml_path} [latents]: asks for {lat.count} latents but only {len(alive)} fire")
+        floor = f" at a rate of at least {lat.min_fire_rate:g}" if lat.min_fire_rate else ""
+        raise HarnessError(f"{spec.toml_path} [latents]: asks for {lat.count} latents but only {len(alive)} fire{floor}")
     rng = np.random.default_rng(lat.seed)
     if lat.rule == "random-alive":
         pick = rng.choice(alive, lat.count, replace=False)

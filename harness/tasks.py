@@ -71,6 +71,9 @@ class LatentSpec:
     count: int = 0                     # with a rule: how many latents to draw
     rule: str = ""                     # random-alive | most-frequent | stratified
     seed: int = 0
+    # With a rule: draw only among latents firing at least this often in the activation sample, so that
+    # each drawn latent has positives among the test contexts (a rarer latent cannot move a small task's CE).
+    min_fire_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,8 @@ def _canonical(spec: TaskSpec) -> dict:
     if d["simulator"]["model"].get("source") != "local":
         d["simulator"]["model"].pop("path", None)
     d["simulator"].pop("batch_size", None)  # speed only
+    if not d["latents"].get("min_fire_rate"):
+        d["latents"].pop("min_fire_rate", None)  # added later: specs without it keep their hash
     d["coder"].pop("path", None) if d["coder"]["source"] == "hub" else None
     if d["corpus"]["source"] == "hub":
         d["corpus"].pop("path", None)
@@ -253,13 +258,17 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
             raise HarnessError(f"{w}: `rewritten` lists a latent twice")
         latents = LatentSpec(tuple(sorted(rw)))
     elif isinstance(rw, dict):
-        _only(rw, {"count", "seed", "rule"}, w + " rewritten")
+        _only(rw, {"count", "seed", "rule", "min_fire_rate"}, w + " rewritten")
         rule = rw.get("rule", "random-alive")
         if rule not in SELECTION_RULES:
             raise HarnessError(f"{w}: rewritten.rule must be one of {', '.join(sorted(SELECTION_RULES))}")
-        latents = LatentSpec("rule", count=int(_need(rw, "count", int, w)), rule=rule, seed=int(rw.get("seed", 0)))
+        mfr = rw.get("min_fire_rate", 0.0)
+        if isinstance(mfr, bool) or not isinstance(mfr, (int, float)) or not 0 <= mfr < 1:
+            raise HarnessError(f"{w}: rewritten.min_fire_rate must be a number in [0, 1), got {mfr!r}")
+        latents = LatentSpec("rule", count=int(_need(rw, "count", int, w)), rule=rule, seed=int(rw.get("seed", 0)),
+                             min_fire_rate=float(mfr))
     else:
-        raise HarnessError(f'{w}: `rewritten` must be "all", a list of latent indices, or {{count, seed, rule}}')
+        raise HarnessError(f'{w}: `rewritten` must be "all", a list of latent indices, or {{count, seed, rule[, min_fire_rate]}}')
 
     sim = raw.get("simulator") or {}
     w = f"{where} [simulator]"

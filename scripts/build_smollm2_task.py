@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build the offline default task tasks/smollm2-135m-l12-skip-transcoder (corpus + skip-transcoder).
+"""Build the offline task tasks/smollm2-135m-l8-offline (corpus + skip-transcoder; `--layer` picks the MLP).
 
 One command, every step resumable (rerun it after an interruption):
 

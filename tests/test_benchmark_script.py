@@ -139,3 +139,30 @@ def test_shared_prefix_attention_falls_back_when_unsupported(tiny, monkeypatch):
     assert not sim.shared_attention
     np.testing.assert_allclose(got, ref, atol=2e-5)
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_random_arch_config_is_llama3_8b(bench):
+    """The published Llama-3-8B shape: 8,030,261,248 parameters (counted from the config, nothing built)."""
+    c = bench.RANDOM_ARCHS["llama3-8b"]
+    d, f, L, V = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    kv = d // c["num_attention_heads"] * c["num_key_value_heads"]
+    per_layer = d * (d + 2 * kv + d) + 3 * d * f + 2 * d
+    assert 2 * V * d + L * per_layer + d == 8_030_261_248
+
+
+def test_random_arch_run_on_a_small_shape(bench, capsys, tmp_path, monkeypatch):
+    """--random-arch builds the named shape with random weights in the requested dtype and times it with the
+    tokenizer of --model-dir; the engines still agree (float32)."""
+    tok = build_tokenizer(synthetic_texts(400, 0))
+    tok.save_pretrained(tmp_path / "tok")
+    monkeypatch.setitem(bench.RANDOM_ARCHS, "tiny-test", dict(
+        vocab_size=len(tok) + 17, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512))
+    monkeypatch.setattr(bench, "DEFAULT_CORPUS", ROOT / "tasks" / "no-such-corpus.npz")  # SmolLM2 ids: not this tokenizer's
+    m = bench.random_model("tiny-test", "bfloat16", "cpu", 0)
+    assert m.dtype == torch.bfloat16 and m.config.vocab_size == len(tok) + 17
+    args = ["--random-arch", "tiny-test", "--model-dir", str(tmp_path / "tok"), "-C", "3", "-E", "4",
+            "--warm-contexts", "1", "--threads", "1", "-T", "24", "--no-vllm", "--no-record"]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "random-init tiny-test float32" in out and "agreement: ok" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -66,7 +67,7 @@ def test_corpus_is_deterministic_and_resumable(tiny_lm, tmp_path):
     assert int(t1[e1 - 1]) == tok.eos_token_id and int(t1[-1]) == tok.eos_token_id
     # delete one chunk (and its activations): the rerun regenerates it identically
     (tmp_path / "a" / "chunks" / "train-0001.npz").unlink()
-    acts = tmp_path / "a" / "acts" / "train-0001.safetensors"
+    acts = C.acts_dir(tmp_path / "a", 1) / "train-0001.safetensors"
     before = acts.read_bytes()
     acts.unlink()
     s3 = _build(model, tok, tmp_path / "a")
@@ -113,7 +114,7 @@ def test_captured_activations_match_a_plain_forward(tiny_lm, tmp_path):
 
     with np.load(tmp_path / "chunks" / "train-0000.npz") as z:
         tokens, lengths = z["tokens"], z["lengths"]
-    acts = load_file(str(tmp_path / "acts" / "train-0000.safetensors"))
+    acts = load_file(str(C.acts_dir(tmp_path, 1) / "train-0000.safetensors"))
     first = torch.as_tensor(tokens[: lengths[0]].astype(np.int64))[None]
     x, y = TT.collect_mlp_activations(model, 1, first.numpy())
     # a sample's last token (the appended eos) is never fed to the model during generation
@@ -227,3 +228,36 @@ def test_last_position_ce_conditions(tiny_lm):
     np.testing.assert_allclose(ce["clean"], ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ce["coder"], ce["zero_output"], rtol=1e-5, atol=1e-5)
     assert not np.allclose(ce["clean"], ce["zero_output"])
+
+
+def test_training_activations_of_another_layer_are_collected_and_kept(tiny_lm, tmp_path):
+    """A build for a layer other than the one captured during generation never reads that layer's files: it
+    collects its own by a forward pass (windows over each chunk, bf16) and keeps them for a resumed run."""
+    model, tok = tiny_lm
+    _build(model, tok, tmp_path / "corpus", capture=1)   # the build's work folder keeps the corpus in corpus/
+    calls = []
+
+    def load_subject(n=None):
+        calls.append(n)
+        return copy.deepcopy(model), tok
+
+    quiet = dict(log=lambda m: None, window=8)
+    x0, y0 = TT.load_training_activations(tmp_path, CFG.n_train_chunks, 0, load_subject, **quiet)
+    assert calls == [None]
+    kept = sorted(p.name for p in C.acts_dir(tmp_path / "corpus", 0).iterdir())
+    assert kept == [f"{C.chunk_name('train', i)}.safetensors" for i in range(CFG.n_train_chunks)]
+    # the expected rows: layer 0's MLP input on the same windows, by the collection hook directly
+    ref = copy.deepcopy(model).to(torch.bfloat16)
+    want = []
+    for i in range(CFG.n_train_chunks):
+        toks = C.chunk_tokens(tmp_path / "corpus", "train", i)
+        want.append(TT.collect_mlp_activations(ref, 0, TT.corpus_windows(toks, 0, len(toks), 8))[0])
+    want = torch.cat(want)
+    assert len(x0) > 0 and x0.shape == want.shape
+    assert torch.allclose(x0.float(), want.float(), atol=1e-2, rtol=1e-2)
+    # Layer 1's captured rows are another layer's: different values (and counts: capture covers every token)
+    x1, _ = TT.load_training_activations(tmp_path, CFG.n_train_chunks, 1, load_subject, **quiet)
+    assert calls == [None] and (len(x1) != len(x0) or not torch.allclose(x1.float(), x0.float()))
+    # Resumed: layer 0 is read back, not collected again
+    x0b, _ = TT.load_training_activations(tmp_path, CFG.n_train_chunks, 0, load_subject, **quiet)
+    assert calls == [None] and torch.equal(x0b, x0)

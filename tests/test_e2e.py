@@ -143,4 +143,15 @@ def test_baselines_and_findings(tiny, capsys):
     capsys.readouterr()
     assert main(["findings", "--task", "tiny-llama-transcoder", "--results", str(res)]) == 0
     table = capsys.readouterr().out
-    assert table.count("\n| ") >= 6 and "Quantile normalisation helps" in table
+    assert table.count("\n| ") >= 7 and "Quantile normalisation helps" in table
+    assert "ranks test contexts better than its shuffled control" in table
+    # The side file holds each scored latent's true activation on each test context, from the prepare cache.
+    side = next((res / "tiny-llama-transcoder").glob("shuffled*.per_context.npz"))
+    with np.load(side) as z:
+        true, lat = z["true_test"], z["latents"]
+    from harness.prepare import prepare
+    from harness.tasks import load_task
+
+    vals, inds = prepare(load_task(task)).test_latents
+    for c, j in enumerate(lat):
+        np.testing.assert_array_equal(true[:, c], np.where(inds == j, vals, 0).sum(1).astype(np.float32))

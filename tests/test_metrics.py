@@ -218,3 +218,35 @@ def test_random_selection_is_nested_and_seeded():
 
 def test_default_fractions():
     assert default_fractions() == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+def test_ranking_auroc_matches_sklearn_and_handles_one_class():
+    from sklearn.metrics import roc_auc_score
+
+    from harness.metrics import ranking_auroc
+
+    rng = np.random.default_rng(3)
+    active = rng.random((60, 4)) < 0.25
+    pred = rng.integers(0, 4, size=(60, 4)).astype(float) + active * rng.random((60, 4))  # ties included
+    active[:, 3] = False                                   # a latent that never fires here
+    got = ranking_auroc(pred, active)
+    for j in range(3):
+        assert got[j] == pytest.approx(roc_auc_score(active[:, j], pred[:, j]), abs=1e-12)
+    assert np.isnan(got[3])
+    with pytest.raises(HarnessError, match="same"):
+        ranking_auroc(pred[:, :2], active)
+
+
+def test_paired_ranking_auroc_difference_and_perfect_ranker():
+    from harness.metrics import bootstrap_indices, paired_ranking_auroc
+
+    rng = np.random.default_rng(4)
+    active = rng.random((80, 3)) < 0.3
+    perfect = active.astype(float) + 0.01 * rng.random((80, 3))
+    noise = rng.random((80, 3))
+    out = paired_ranking_auroc(perfect, noise, active, bootstrap_indices(80, 300, 0))
+    assert out["a"].value == pytest.approx(1.0) and out["a"].lo == pytest.approx(1.0)
+    assert out["difference"].value == pytest.approx(out["a"].value - out["b"].value)
+    assert out["difference"].lo > 0                        # a perfect ranker beats noise on 80 contexts
+    same = paired_ranking_auroc(noise, noise, active, bootstrap_indices(80, 300, 0))["difference"]
+    assert same.value == 0 and same.lo == 0 and same.hi == 0

@@ -73,6 +73,21 @@ def test_choose_rewritten_rules(task_toml):
     spec = load_task(str(task_toml), overrides=["latents.rewritten={count = 4, rule = \"random-alive\"}"])
     with pytest.raises(HarnessError, match="only 3 fire"):
         choose_rewritten(spec, table, 8)
+    # A firing-rate floor: rates are 3/4 (latents 0, 3) and 1/4 (latent 2); a floor of 0.5 leaves two.
+    spec = load_task(str(task_toml), overrides=["latents.rewritten={count = 2, rule = \"random-alive\", min_fire_rate = 0.5}"])
+    np.testing.assert_array_equal(choose_rewritten(spec, table, 8), [0, 3])
+    spec = load_task(str(task_toml), overrides=["latents.rewritten={count = 3, rule = \"stratified\", min_fire_rate = 0.5}"])
+    with pytest.raises(HarnessError, match="only 2 fire at a rate of at least 0.5"):
+        choose_rewritten(spec, table, 8)
+    with pytest.raises(HarnessError, match="min_fire_rate must be a number in"):
+        load_task(str(task_toml), overrides=["latents.rewritten={count = 2, rule = \"stratified\", min_fire_rate = 1.5}"])
+
+
+def test_min_fire_rate_enters_the_hash_only_when_set(task_toml):
+    base = load_task(str(task_toml), overrides=["latents.rewritten={count = 2, rule = \"stratified\"}"])
+    zero = load_task(str(task_toml), overrides=["latents.rewritten={count = 2, rule = \"stratified\", min_fire_rate = 0.0}"])
+    floor = load_task(str(task_toml), overrides=["latents.rewritten={count = 2, rule = \"stratified\", min_fire_rate = 0.01}"])
+    assert base.hash == zero.hash != floor.hash
 
 
 def test_task_hash_tracks_numbers_not_prose(task_toml):

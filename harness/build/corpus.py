@@ -392,7 +392,7 @@ def _atomic_savez(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
-def _save_acts(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
+def save_acts(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
@@ -431,13 +431,19 @@ def starts_sha256(starts: list[str]) -> str:
     return hashlib.sha256(json.dumps(starts).encode()).hexdigest()
 
 
+def acts_dir(work_dir: Path, layer: int) -> Path:
+    """Where the MLP input/output of `layer` is kept per training chunk: one folder per layer, so that a
+    coder for another layer can never train on a different layer's activations."""
+    return Path(work_dir) / "acts" / f"layers.{layer}.mlp"
+
+
 def generate_chunks(model, tokenizer, work_dir: Path, cfg: CorpusConfig, *, starts: list[str] = STARTS,
                     capture_layer: int | None = None, only: list[tuple[str, int]] | None = None,
                     deadline: float | None = None, progress=None, log=print) -> list[tuple[str, int]]:
     """Generate every missing chunk (in `chunk_order`, or just `only`); returns the chunks now present.
 
     Chunks already on disk are skipped. With `capture_layer`, training chunks also get
-    `acts/<chunk>.safetensors` (bf16 MLP input `x` / output `y` of that layer). Stops before starting a
+    `acts/layers.<L>.mlp/<chunk>.safetensors` (bf16 MLP input `x` / output `y` of that layer). Stops before starting a
     new chunk once `time.time() > deadline`.
     """
     import time
@@ -445,7 +451,8 @@ def generate_chunks(model, tokenizer, work_dir: Path, cfg: CorpusConfig, *, star
     work_dir = Path(work_dir)
     _write_config(work_dir, cfg, {"starts_sha256": starts_sha256(starts), "n_starts": len(starts)})
     (work_dir / "chunks").mkdir(parents=True, exist_ok=True)
-    (work_dir / "acts").mkdir(parents=True, exist_ok=True)
+    if capture_layer is not None:
+        acts_dir(work_dir, capture_layer).mkdir(parents=True, exist_ok=True)
     eos_id = tokenizer.eos_token_id
     vocab = tokenizer.get_vocab()
     end_ids = {eos_id} | {vocab[s] for s in ("<|endoftext|>", "<|im_end|>") if s in vocab}
@@ -457,7 +464,7 @@ def generate_chunks(model, tokenizer, work_dir: Path, cfg: CorpusConfig, *, star
         name = chunk_name(split, index)
         path = work_dir / "chunks" / f"{name}.npz"
         want_acts = capture_layer is not None and split == "train"
-        acts_path = work_dir / "acts" / f"{name}.safetensors"
+        acts_path = acts_dir(work_dir, capture_layer) / f"{name}.safetensors" if want_acts else None
         if path.is_file():
             continue
         if deadline is not None and time.time() > deadline:
@@ -471,7 +478,7 @@ def generate_chunks(model, tokenizer, work_dir: Path, cfg: CorpusConfig, *, star
         tokens = np.concatenate([np.asarray(s, dtype=np.uint16) for s in samples])
         lengths = np.asarray([len(s) for s in samples], dtype=np.int32)
         if captured is not None:
-            _save_acts(acts_path, *captured)
+            save_acts(acts_path, *captured)
         _atomic_savez(path, tokens=tokens, lengths=lengths)
         dt = time.time() - t0
         log(f"chunk {name}: {len(tokens)} tokens in {dt:.0f} s ({len(tokens) / dt:.0f} tokens/s)")

@@ -93,7 +93,8 @@ def collect_mlp_activations(model, layer: int, windows: np.ndarray, batch_size: 
         for s in range(0, len(windows), batch_size):
             ids = torch.as_tensor(np.asarray(windows[s:s + batch_size], dtype=np.int64))
             try:
-                model.model(input_ids=ids, use_cache=False)
+                with torch.no_grad():
+                    model.model(input_ids=ids, use_cache=False)
             except _Stop:
                 pass
             if progress is not None:
@@ -332,29 +333,33 @@ def last_position_ce(model, layer: int, coder, contexts: np.ndarray, batch_size:
 # ---------------------------------------------------------------------------------------------------
 # the build steps (called by harness.build.smollm2_task)
 
-def load_training_activations(work: Path, n_chunks: int, layer: int, load_subject, log) -> tuple:
-    """x, y (bf16) of the training part: captured during generation, or collected for chunks lacking it."""
+def load_training_activations(work: Path, n_chunks: int, layer: int, load_subject, log, window: int = 256) -> tuple:
+    """x, y (bf16) of the training part: captured during generation, or collected (and kept, so that an
+    interrupted run resumes) by a forward pass for chunks lacking them."""
     from safetensors.torch import load_file
 
     from harness.build import corpus as C
 
     xs, ys = [], []
     model = None
+    folder = C.acts_dir(work / "corpus", layer)
+    folder.mkdir(parents=True, exist_ok=True)
     for i in range(n_chunks):
-        p = work / "corpus" / "acts" / f"{C.chunk_name('train', i)}.safetensors"
-        if p.is_file():
-            t = load_file(str(p))
-            xs.append(t["x"])
-            ys.append(t["y"])
-            continue
-        if model is None:
-            model = truncate_layers(load_subject()[0], layer + 1)
-        toks = C.chunk_tokens(work / "corpus", "train", i)
-        w = corpus_windows(toks, 0, len(toks), 256)
-        x, y = collect_mlp_activations(model, layer, w)
-        log(f"train: collected {len(x)} activations of chunk train-{i:04d} by a forward pass")
-        xs.append(x.to(torch.bfloat16))
-        ys.append(y.to(torch.bfloat16))
+        p = folder / f"{C.chunk_name('train', i)}.safetensors"
+        if not p.is_file():
+            if model is None:
+                # bf16 as the generation-time capture (corpus step) was: AMX makes it ~3x faster here
+                model = truncate_layers(load_subject()[0], layer + 1).to(torch.bfloat16)
+            toks = C.chunk_tokens(work / "corpus", "train", i)
+            # Windows over the chunk: a window can start inside one sample and reach into the next, whose
+            # tokens then see the previous sample's end, which generation-time capture does not.
+            w = corpus_windows(toks, 0, len(toks), window)
+            x, y = collect_mlp_activations(model, layer, w)
+            C.save_acts(p, x, y)
+            log(f"train: collected {len(x)} activations of chunk train-{i:04d} (layer {layer}) by a forward pass")
+        t = load_file(str(p))
+        xs.append(t["x"])
+        ys.append(t["y"])
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -365,7 +370,10 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
 
     summary = json.loads((work / "corpus_summary.json").read_text())
     coder_dir = task_dir / "coder" / f"layers.{layer}.mlp"
-    report_path = work / "report.json"
+    # Checkpoints and reports per layer: a build for another layer must never resume this one's.
+    lwork = work / f"layers.{layer}.mlp"
+    lwork.mkdir(parents=True, exist_ok=True)
+    report_path = lwork / "report.json"
 
     if "train" in steps:
         x, y = load_training_activations(work, summary["train_chunks"], layer, load_subject, log)
@@ -373,12 +381,12 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
             x, y = x[:train_tokens], y[:train_tokens]
         log(f"train: {len(x)} training activation pairs, {cfg}")
         torch.manual_seed(cfg.seed)
-        coder, stats = train(x, y, cfg, ckpt_dir=work / "train", log=log)
+        coder, stats = train(x, y, cfg, ckpt_dir=lwork / "train", log=log)
         del x, y
         save_coder(coder, coder_dir)
         stats["train_rows"] = int(summary["train_tokens"] if not train_tokens else train_tokens)
         stats["config"] = asdict(cfg)
-        (work / "train_stats.json").write_text(json.dumps(stats, indent=1))
+        (lwork / "train_stats.json").write_text(json.dumps(stats, indent=1))
         log(f"train: saved {coder_dir}")
 
     if "evaluate" in steps:
@@ -403,7 +411,7 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
         starts = rng.choice(len(tokens) - eval_start - ce_T, size=ce_contexts, replace=False) + eval_start
         ctx = np.stack([tokens[s:s + ce_T + 1] for s in np.sort(starts)]).astype(np.int64)
         ce = last_position_ce(model, layer, coder, ctx)
-        np.savez_compressed(work / "ce_heldout.npz", contexts=ctx, **ce)
+        np.savez_compressed(lwork / "ce_heldout.npz", contexts=ctx, **ce)
         ce_stats = {c: {"mean": float(v.mean()), "median": float(np.median(v))} for c, v in ce.items()}
         boot = np.random.default_rng(seed).integers(0, len(ctx), size=(2000, len(ctx)))
         for c in ("coder", "zero_output"):
@@ -433,7 +441,7 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
                 arts[rel] = sha256_file(p)
         out = {"artifacts": arts, "corpus": summary,
                "report": json.loads(report_path.read_text()) if report_path.is_file() else None,
-               "train": json.loads((work / "train_stats.json").read_text())
-               if (work / "train_stats.json").is_file() else None}
+               "train": json.loads((lwork / "train_stats.json").read_text())
+               if (lwork / "train_stats.json").is_file() else None}
         (task_dir / "artifacts.json").write_text(json.dumps(out, indent=1))
         log(f"finish: wrote {task_dir / 'artifacts.json'}")
