@@ -155,3 +155,23 @@ def test_baselines_and_findings(tiny, capsys):
     vals, inds = prepare(load_task(task)).test_latents
     for c, j in enumerate(lat):
         np.testing.assert_array_equal(true[:, c], np.where(inds == j, vals, 0).sum(1).astype(np.float32))
+
+
+def test_top_examples_cache_follows_top_n(tiny, monkeypatch):
+    """A cached top-examples file made with another TOP_N (an older harness) is rebuilt, not reused."""
+    from harness import explain
+    from harness.prepare import load_subject, prepare
+    from harness.tasks import load_task
+
+    spec = load_task(str(tiny / "task"))
+    prep = prepare(spec)
+    model, _ = load_subject(spec, "cpu")
+    monkeypatch.setattr(explain, "TOP_N", 3)
+    small = explain.top_examples(prep, model, "cpu")
+    assert small["block"].shape == (len(prep.rewritten), 3)
+    monkeypatch.setattr(explain, "TOP_N", 5)
+    big = explain.top_examples(prep, model, "cpu")
+    assert big["block"].shape == (len(prep.rewritten), 5)
+    # the first three are the same examples, by activation, descending
+    np.testing.assert_array_equal(big["block"][:, :3], small["block"])
+    assert np.all(np.diff(big["value"], axis=1)[big["block"][:, 1:] >= 0] <= 0)
