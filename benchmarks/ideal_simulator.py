@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     from rich.table import Table
 
     from harness.calibrate import calibrate
-    from harness.evaluate import run_conditions
+    from harness.evaluate import run_conditions, true_values
     from harness.metrics import bootstrap_indices, paired_difference, paired_ranking_auroc
     from harness.prepare import encode_positions, hook_module, load_coder, load_subject, prepare
     from harness.tasks import load_task
@@ -79,8 +79,7 @@ def main(argv=None) -> int:
     ce, _, _ = run_conditions(prep, model, coder, lat, sims, {"all": lat}, "cpu")
     base = prep.ce_base
     boot = bootstrap_indices(len(base["clean"]), spec.scoring.bootstrap, spec.scoring.seed)
-    vals, inds = prep.test_latents
-    active = np.stack([((inds == j) & (vals > 0)).any(1) for j in lat], 1)
+    active = true_values(prep.test_latents, lat) > 0
     auc = paired_ranking_auroc(raw["real"][1], raw["shuffled"][1], active, boot)
 
     con = Console(highlight=False, width=120)

@@ -304,7 +304,7 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
     save_npz(side, test_targets=prep.splits["test"][:, -1], **{f"ce_{k}": v for k, v in base.items()},
              **{f"ce_{k.replace('|', '__')}": v for k, v in ce.items()}, latents=latents,
              pred_calibration=pred_cal.astype(np.float32), pred_test=pred_tst.astype(np.float32),
-             true_test=_true_values(prep.test_latents, latents))
+             true_test=true_values(prep.test_latents, latents))
     from .tiny import sha256_file
 
     result = {
@@ -356,7 +356,7 @@ def _figures(result, out_dir: Path, tag: str, prep: Prepared, latents, pred_tst,
     return [p.name for p in paths]
 
 
-def _true_values(test_latents, latents: np.ndarray) -> np.ndarray:
+def true_values(test_latents, latents: np.ndarray) -> np.ndarray:
     """[n_test, m] true activation of each scored latent on each test context (0 where not in the TopK)."""
     vals, inds = test_latents
     out = np.zeros((len(vals), len(latents)), np.float32)

@@ -407,24 +407,19 @@ def _write_config(work_dir: Path, cfg: CorpusConfig, extra: dict) -> None:
     # The chunk counts decide how many chunks exist, not what any chunk holds: a corpus can grow.
     counts = ("n_train_chunks", "n_eval_chunks")
     strip = lambda d: {k: v for k, v in d.items() if k not in counts}  # noqa: E731
-    if path.is_file() and json.loads(path.read_text()) == want:
-        return
     if path.is_file():
-        have = json.loads(path.read_text())
+        have = json.loads(path.read_text())  # read once: another worker may rewrite it meanwhile
+        if have == want:
+            return
         if strip(have) != strip(want):
             from harness.errors import HarnessError
 
             raise HarnessError(f"{path} was written with another corpus config ({have}); use a new work "
                                f"folder or delete it")
-        work_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"config.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(want, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    else:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"config.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(want, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"config.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(want, indent=1, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def starts_sha256(starts: list[str]) -> str:

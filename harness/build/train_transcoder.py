@@ -283,39 +283,41 @@ def save_coder(coder, folder: Path) -> None:
 # CE at the last position of held-out contexts
 
 @torch.inference_mode()
-def last_position_ce(model, layer: int, coder, contexts: np.ndarray, batch_size: int = 16,
-                     progress=None) -> dict[str, np.ndarray]:
-    """CE of the target (contexts[:, -1]) given the window (contexts[:, :-1]) under three conditions, the
-    MLP output of `layer` being replaced at the window's LAST position only (earlier positions untouched):
-    clean (no patch), coder (the transcoder's output from the same MLP input), zero_output (zeros)."""
+def patched_last_ce(model, contexts: np.ndarray, conditions: dict, batch_size: int = 16,
+                    progress=None) -> dict[str, np.ndarray]:
+    """CE of the target (contexts[:, -1]) given the window (contexts[:, :-1]) under each condition, the MLP
+    output of one layer being replaced at the window's LAST position only (earlier positions untouched).
+
+    `conditions` maps a name to None (clean) or to (layer, replace), `replace(mlp_input, mlp_output)`
+    returning that MLP's output for the last position. The window's earlier positions run once per batch;
+    every condition reruns only the last position from the cached keys and values.
+    """
     from transformers import DynamicCache
 
     import inspect
 
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    mlp = model.model.layers[layer].mlp
-    mode = {"cond": "clean"}
+    current = {"cond": None}
 
-    def hook(module, args, output):
-        if mode["cond"] == "clean":
-            return None
-        if mode["cond"] == "zero_output":
-            return torch.zeros_like(output)
-        x = args[0]
-        return coder(x.reshape(-1, x.shape[-1]).float()).sae_out.reshape(output.shape).to(output.dtype)
+    def make_hook(layer):
+        def hook(module, args, output):
+            c = conditions.get(current["cond"])
+            return None if c is None or c[0] != layer else c[1](args[0], output)
+        return hook
 
-    h = mlp.register_forward_hook(hook)
-    res = {c: [] for c in ("clean", "coder", "zero_output")}
+    layers = sorted({c[0] for c in conditions.values() if c is not None})
+    hooks = [model.model.layers[layer].mlp.register_forward_hook(make_hook(layer)) for layer in layers]
+    res = {c: [] for c in conditions}
     try:
         for s in range(0, len(contexts), batch_size):
             ids = torch.as_tensor(np.asarray(contexts[s:s + batch_size], dtype=np.int64))
             window, target = ids[:, :-1], ids[:, -1]
             T = window.shape[1]
             cache = DynamicCache(config=model.config)
-            mode["cond"] = "clean"
+            current["cond"] = None
             model(input_ids=window[:, :-1], use_cache=True, **{cache_kw: cache})
             for cond in res:
-                mode["cond"] = cond
+                current["cond"] = cond
                 extra = cache.get_seq_length() - (T - 1)
                 if extra > 0:
                     cache.crop(-extra)      # negative: remove that many tokens (all transformers versions)
@@ -326,8 +328,23 @@ def last_position_ce(model, layer: int, coder, contexts: np.ndarray, batch_size:
             if progress is not None:
                 progress(min(s + batch_size, len(contexts)))
     finally:
-        h.remove()
+        current["cond"] = None
+        for h in hooks:
+            h.remove()
     return {c: np.concatenate(v) for c, v in res.items()}
+
+
+def last_position_ce(model, layer: int, coder, contexts: np.ndarray, batch_size: int = 16,
+                     progress=None) -> dict[str, np.ndarray]:
+    """`patched_last_ce` for the build's report: clean (no patch), coder (the transcoder's output from the same
+    MLP input), zero_output (zeros), at `layer`."""
+
+    def coder_out(x, output):
+        return coder(x.reshape(-1, x.shape[-1]).float()).sae_out.reshape(output.shape).to(output.dtype)
+
+    return patched_last_ce(model, contexts, {"clean": None, "coder": (layer, coder_out),
+                                             "zero_output": (layer, lambda x, output: torch.zeros_like(output))},
+                           batch_size=batch_size, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------------
