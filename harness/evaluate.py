@@ -98,7 +98,7 @@ def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, sub
 
 def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latents: np.ndarray, console=None):
     """Every prediction the metrics need, through the persistent store: calibration, test, detection."""
-    from .simulate.base import expected_value
+    from .simulate.prompt import prompt_score
     from .simulate.store import CachedSimulator, PredictionStore
 
     T = prep.spec.contexts.T
@@ -123,7 +123,7 @@ def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latent
         t = prog.add_task(f"simulating ({sim.name})", total=len(pairs) + len(det_pairs))
         probs, mass = cached.predict(contexts, explanations, pairs + det_pairs,
                                      progress=lambda n: prog.advance(t, n))
-    ev = expected_value(probs)
+    ev = prompt_score(sim.prompt_version, probs)
     n_cal, n_tst = len(cal), len(tst)
     pred_cal = ev[: n_cal * m].reshape(n_cal, m)
     pred_tst = ev[n_cal * m: (n_cal + n_tst) * m].reshape(n_tst, m)
@@ -134,7 +134,7 @@ def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latent
         pos_pred.append(det_ev[i:i + p]); i += p
         neg_pred.append(det_ev[i:i + q]); i += q
     stats = {"n_predictions": len(pairs) + len(det_pairs), "n_computed": cached.n_computed,
-             "n_cached": cached.n_cached, "digit_mass_mean": float(np.mean(mass)) if len(mass) else float("nan")}
+             "n_cached": cached.n_cached, "answer_mass_mean": float(np.mean(mass)) if len(mass) else float("nan")}
     return pred_cal, pred_tst, pos_pred, neg_pred, stats
 
 

@@ -60,22 +60,24 @@ def _quote(tok: str) -> str:
 
 
 def top_tokens_explanations(prep: Prepared, tokenizer, ex: dict) -> dict[int, str]:
-    """'fires on "X", "Y" (after "Z")': the tokens a latent fires on most, weighted by activation."""
+    """'the tokens "X", "Y", ...': the 5 tokens a latent fires on most, weighted by activation.
+
+    No preceding-token clause (the first version had one): it doubled the explanation's length, and a
+    simulator's cost per prediction grows with the explanation's length.
+    """
     out = {}
     blocks = prep.splits["activation"]
     for r, j in enumerate(prep.rewritten):
-        fire, prev = Counter(), Counter()
+        fire = Counter()
         for b, p, v in zip(ex["block"][r], ex["pos"][r], ex["value"][r]):
             if b < 0:
                 continue
-            fire[tokenizer.decode([int(blocks[b, p])])] += float(v)
-            prev[tokenizer.decode([int(blocks[b, p - 1])])] += float(v)
+            # Keyed by the quoted form: " of" and "of" read the same in an explanation.
+            fire[_quote(tokenizer.decode([int(blocks[b, p])]))] += float(v)
         if not fire:
             out[int(j)] = ""
             continue
-        toks = ", ".join(_quote(t) for t, _ in fire.most_common(5))
-        ctx = ", ".join(_quote(t) for t, _ in prev.most_common(3))
-        out[int(j)] = f"the tokens {toks}, especially after {ctx}"
+        out[int(j)] = "the tokens " + ", ".join(t for t, _ in fire.most_common(5))
     return out
 
 

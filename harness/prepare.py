@@ -155,7 +155,36 @@ def encode_positions(model, module, coder: SparseCoder, kind: str, blocks: np.nd
 
 # ---------------------------------------------------------------- rewritten latents and detection examples
 
-def choose_rewritten(spec: TaskSpec, table: ActivationTable, num_latents: int) -> np.ndarray:
+TOP_TOKENS = 5   # how many token types a "lexical" latent's firings are counted on
+
+
+def token_concentration(vals: np.ndarray, inds: np.ndarray, tokens: np.ndarray, num_latents: int,
+                        top: int = TOP_TOKENS) -> tuple[np.ndarray, np.ndarray]:
+    """Per latent: the share of its firing positions whose token is one of its `top` most frequent ones, and
+    that most frequent token id (-1 where it never fires). vals/inds [n, span, k], tokens [n, span]."""
+    k = vals.shape[-1]
+    fires = vals.reshape(-1, k) > 0
+    lat = inds.reshape(-1, k).astype(np.int64)[fires]
+    tok = np.broadcast_to(tokens.reshape(-1, 1), fires.shape)[fires].astype(np.int64)
+    share = np.zeros(num_latents)
+    first = np.full(num_latents, -1, np.int64)
+    if not len(lat):
+        return share, first
+    pair, count = np.unique(lat * (int(tok.max()) + 1) + tok, return_counts=True)
+    p_lat, p_tok = np.divmod(pair, int(tok.max()) + 1)
+    order = np.lexsort((-count, p_lat))          # by latent, most frequent token first
+    p_lat, p_tok, count = p_lat[order], p_tok[order], count[order]
+    starts = np.flatnonzero(np.r_[True, p_lat[1:] != p_lat[:-1]])
+    rank = np.arange(len(p_lat)) - np.repeat(starts, np.diff(np.r_[starts, len(p_lat)]))
+    total = np.bincount(p_lat, weights=count, minlength=num_latents)
+    in_top = np.bincount(p_lat[rank < top], weights=count[rank < top], minlength=num_latents)
+    share = np.divide(in_top, total, out=np.zeros(num_latents), where=total > 0)
+    first[p_lat[starts]] = p_tok[starts]
+    return share, first
+
+
+def choose_rewritten(spec: TaskSpec, table: ActivationTable, num_latents: int,
+                     stats: dict[str, np.ndarray] | None = None) -> np.ndarray:
     lat = spec.latents
     if lat.rewritten == "all":
         return np.arange(num_latents)
@@ -169,7 +198,23 @@ def choose_rewritten(spec: TaskSpec, table: ActivationTable, num_latents: int) -
         floor = f" at a rate of at least {lat.min_fire_rate:g}" if lat.min_fire_rate else ""
         raise HarnessError(f"{spec.toml_path} [latents]: asks for {lat.count} latents but only {len(alive)} fire{floor}")
     rng = np.random.default_rng(lat.seed)
-    if lat.rule == "random-alive":
+    if lat.rule == "lexical":
+        # Latents whose firings concentrate on few token types, each with a different most frequent token:
+        # an explanation can describe them, and a permuted explanation describes another token.
+        assert stats is not None
+        share, first = stats["top_token_share"], stats["top_token"]
+        ranked = alive[np.lexsort((-table.fire_rate[alive], -share[alive]))]
+        pick, seen = [], set()
+        for j in ranked:
+            if int(first[j]) not in seen:
+                pick.append(j)
+                seen.add(int(first[j]))
+            if len(pick) == lat.count:
+                break
+        if len(pick) < lat.count:
+            raise HarnessError(f"{spec.toml_path} [latents]: only {len(pick)} lexical latents with distinct top tokens")
+        pick = np.asarray(pick)
+    elif lat.rule == "random-alive":
         pick = rng.choice(alive, lat.count, replace=False)
     elif lat.rule == "most-frequent":
         pick = alive[np.argsort(-table.fire_rate[alive], kind="stable")[: lat.count]]
@@ -300,16 +345,18 @@ def prepare(spec: TaskSpec, device: str | torch.device = "cpu", model=None, toke
         save_npz(f_splits, **make_splits(load_token_stream(spec, tok, int(need * 1.05) + T, cache), spec))
     splits = load_npz(f_splits)
 
-    f_table = cache / "activation_table.npz"
-    if not f_table.is_file():
+    f_table, f_stats = cache / "activation_table.npz", cache / "latent_stats.npz"
+    if not (f_table.is_file() and f_stats.is_file()):
         m, _ = subject()
         v, i = encode_positions(m, hook_module(m, spec), coder, spec.coder.kind, splits["activation"], lo, T,
                                 "activation sample", device)
+        share, first = token_concentration(v, i, splits["activation"][:, lo:T], coder.num_latents)
+        save_npz(f_stats, top_token_share=share, top_token=first)
         table = build_activation_table(v.reshape(-1, coder.k), i.reshape(-1, coder.k).astype(np.int64),
                                        coder.num_latents, spec.scoring.n_quantiles, spec.scoring.quantile_method)
         table.save(f_table)
     table = ActivationTable.load(f_table)
-    rewritten = choose_rewritten(spec, table, coder.num_latents)
+    rewritten = choose_rewritten(spec, table, coder.num_latents, load_npz(f_stats))
 
     f_det = cache / "detection.npz"
     if not f_det.is_file():

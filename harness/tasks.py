@@ -20,9 +20,9 @@ from .errors import HarnessError
 
 KNOWN_SECTIONS = {"id", "description", "notes", "subject", "coder", "corpus", "contexts", "latents",
                   "simulator", "scoring", "artifacts"}
-MODEL_KEYS = {"source", "id", "revision", "path", "package", "file", "dtype"}
+MODEL_KEYS = {"source", "id", "revision", "path", "package", "file", "dtype", "parts", "sha256", "version"}
 CORPUS_SOURCES = {"local-tokens", "local-text", "hub"}
-SELECTION_RULES = {"random-alive", "most-frequent", "stratified"}
+SELECTION_RULES = {"random-alive", "most-frequent", "stratified", "lexical"}
 
 
 @dataclass(frozen=True)
@@ -174,11 +174,14 @@ def _model_dict(d: Any, where: str) -> dict:
         raise HarnessError(f"{where}: must be a table")
     _only(d, MODEL_KEYS, where)
     src = _need(d, "source", str, where)
-    required = {"hub": ("id", "revision"), "local": ("path",), "gguf-package": ("package", "file")}
+    required = {"hub": ("id", "revision"), "local": ("path",), "gguf-package": ("package", "file"),
+                "gguf-parts": ("package", "file", "sha256")}
     if src not in required:
-        raise HarnessError(f"{where}: source must be one of hub, local, gguf-package (got {src!r})")
+        raise HarnessError(f"{where}: source must be one of {', '.join(required)} (got {src!r})")
     for key in required[src]:
         _need(d, key, str, where)
+    if src == "gguf-parts":
+        _need(d, "parts", int, where)
     return dict(d)
 
 

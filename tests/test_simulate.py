@@ -18,7 +18,7 @@ from harness.errors import HarnessError
 from harness.simulate import (
     CachedSimulator, PredictionStore, SimContext, build_prompt, digit_token_ids, expected_value, make_simulator,
 )
-from harness.simulate.base import digits_from_logprobs
+from harness.simulate.base import answers_from_logprobs
 from harness.simulate.plain import PlainSimulator
 from harness.simulate.prefix import PrefixSimulator
 from harness.simulate.prompt import PromptBuilder, clean_explanation, get_template, special_token_ids
@@ -216,7 +216,7 @@ def test_expected_value_and_logprob_renormalisation():
     lp = np.full((3, 10), -np.inf)
     lp[0, [0, 9]] = np.log([0.3, 0.1])
     lp[1] = np.log(np.full(10, 0.05))
-    p, m = digits_from_logprobs(lp)
+    p, m = answers_from_logprobs(lp)
     assert np.allclose(p[0, [0, 9]], [0.75, 0.25]) and np.isclose(m[0], 0.4)
     assert np.allclose(p[1], 0.1) and np.isclose(m[1], 0.5)
     assert p[2, 0] == 1.0 and m[2] == 0.0      # no digit at all: flagged by zero mass
@@ -425,7 +425,7 @@ def _expected_http(tok, contexts, explanations, pairs):
         p = build_prompt(tok, "v1", contexts[c].text, contexts[c].last_token, explanations[e], 400)
         lp = _fake_logprobs(p.prefix_ids + p.suffix_ids)
         rows.append([lp[str(d)] for d in range(10)])
-    return digits_from_logprobs(np.array(rows))
+    return answers_from_logprobs(np.array(rows))
 
 
 def _completion(prompts):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from harness.errors import HarnessError
 from harness.simulate.base import SimContext, Simulator, expected_value, explanation_sha
-from harness.simulate.prompt import PROMPT_VERSIONS, PromptBuilder, PromptParts, build_prompt, digit_token_ids
+from harness.simulate.prompt import (PROMPT_VERSIONS, PromptBuilder, PromptParts, answer_token_ids, build_prompt,
+                                     digit_token_ids, prompt_score)
 from harness.simulate.store import CachedSimulator, PredictionStore
 
 BACKENDS = ("auto", "plain", "prefix", "vllm", "http")
@@ -44,6 +45,6 @@ def make_simulator(backend: str, model, tokenizer, prompt_version: str, max_char
 
 __all__ = [
     "BACKENDS", "CachedSimulator", "PROMPT_VERSIONS", "PredictionStore", "PromptBuilder", "PromptParts",
-    "SimContext", "Simulator", "build_prompt", "digit_token_ids", "expected_value", "explanation_sha",
-    "make_simulator",
+    "SimContext", "Simulator", "answer_token_ids", "build_prompt", "digit_token_ids", "expected_value",
+    "explanation_sha", "make_simulator", "prompt_score",
 ]

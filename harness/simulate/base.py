@@ -36,8 +36,8 @@ class Simulator(Protocol):
     def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
                 pairs: Sequence[tuple[int, int]], progress: Progress | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
-        """pairs are (context index, explanation index). Returns (probs [n,10] float32 renormalised over
-        the digits, digit_mass [n] float32: the digits' total probability before renormalising)."""
+        """pairs are (context index, explanation index). Returns (probs [n, K] float32 renormalised over
+        the prompt's K answer tokens, answer mass [n] float32: their total probability before renormalising)."""
         ...
 
 
@@ -63,26 +63,26 @@ def check_pairs(contexts: Sequence, explanations: Sequence, pairs) -> np.ndarray
     return arr
 
 
-def digits_from_logits(logits, digit_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Full-vocabulary logits [n, V] → (digit probs renormalised [n,10], digit mass [n]), in float32.
+def answers_from_logits(logits, answer_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Full-vocabulary logits [n, V] → (answer probs renormalised [n, K], answer mass [n]), in float32.
 
-    Renormalising through a softmax over the ten digit logits is exact and cannot underflow the way
-    dividing ten tiny probabilities can.
+    Renormalising through a softmax over the K answer logits is exact and cannot underflow the way
+    dividing K tiny probabilities can.
     """
     import torch
 
     logits = logits.float()
-    digit_logits = logits[:, list(digit_ids)]
-    probs = torch.softmax(digit_logits, dim=-1)
-    log_mass = torch.logsumexp(digit_logits, dim=-1) - torch.logsumexp(logits, dim=-1)
+    answer_logits = logits[:, list(answer_ids)]
+    probs = torch.softmax(answer_logits, dim=-1)
+    log_mass = torch.logsumexp(answer_logits, dim=-1) - torch.logsumexp(logits, dim=-1)
     return probs.cpu().numpy().astype(np.float32), torch.exp(log_mass).cpu().numpy().astype(np.float32)
 
 
-def digits_from_logprobs(logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Digit log-probabilities [n,10] (−inf where the server did not return one) → (probs, mass).
+def answers_from_logprobs(logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Answer log-probabilities [n, K] (−inf where the server did not return one) → (probs, mass).
 
-    A row with no digit at all cannot be renormalised: it gets all its weight on 0 ("unrelated", the
-    prompt's default answer) and digit mass 0, which the caller reports.
+    A row with no answer token at all cannot be renormalised: it gets all its weight on the first answer
+    ("0" or "No": unrelated, the prompts' default) and answer mass 0, which the caller reports.
     """
     lp = np.asarray(logprobs, dtype=np.float64)
     top = lp.max(axis=1, keepdims=True)

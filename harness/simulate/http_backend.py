@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.simulate.base import Progress, SimContext, check_pairs, digits_from_logprobs
-from harness.simulate.prompt import digit_token_ids, get_builder
+from harness.simulate.base import Progress, SimContext, check_pairs, answers_from_logprobs
+from harness.simulate.prompt import answer_token_ids, get_builder
 
 _RETRY_STATUS = {408, 409, 425, 429}
 
@@ -91,10 +91,11 @@ class HTTPSimulator:
         self.transport = transport            # tests pass an httpx.MockTransport
         self.api_key = api_key
         self.builder = get_builder(tokenizer, prompt_version, max_chars)
-        self.digit_ids = digit_token_ids(tokenizer)
-        self._digit_of_key = {str(d): d for d in range(10)}
+        answers = self.builder.template.answers
+        self.answer_ids = answer_token_ids(tokenizer, answers)
+        self._answer_of_key = {a: d for d, a in enumerate(answers)}
         # vLLM's --return-tokens-as-token-ids writes "token_id:<id>" instead of the token's text.
-        self._digit_of_key.update({f"token_id:{tid}": d for d, tid in enumerate(self.digit_ids)})
+        self._answer_of_key.update({f"token_id:{tid}": d for d, tid in enumerate(self.answer_ids)})
         self.n_retries = 0
 
     def _body(self, prompts: list[list[int]]) -> dict:
@@ -108,11 +109,11 @@ class HTTPSimulator:
             choices = sorted(data["choices"], key=lambda ch: ch.get("index", 0))
             if len(choices) != n:
                 raise ValueError(f"{len(choices)} choices for {n} prompts")
-            out = np.full((n, 10), -np.inf)
+            out = np.full((n, len(self.answer_ids)), -np.inf)
             for row, ch in enumerate(choices):
                 top = ch["logprobs"]["top_logprobs"][0]
                 for tok, lp in top.items():
-                    d = self._digit_of_key.get(tok)
+                    d = self._answer_of_key.get(tok)
                     if d is not None and lp is not None:
                         out[row, d] = max(out[row, d], float(lp))
             return out
@@ -187,13 +188,13 @@ class HTTPSimulator:
                 ) -> tuple[np.ndarray, np.ndarray]:
         pairs = check_pairs(contexts, explanations, pairs)
         if not len(pairs):
-            return np.zeros((0, 10), np.float32), np.zeros(0, np.float32)
+            return np.zeros((0, len(self.answer_ids)), np.float32), np.zeros(0, np.float32)
         order = np.lexsort((pairs[:, 1], pairs[:, 0]))
         prompts = [self.builder.prefix(contexts[pairs[i, 0]].text, contexts[pairs[i, 0]].last_token)
                    + self.builder.suffix(explanations[pairs[i, 1]]) for i in order]
         k = self.prompts_per_request
         requests = [prompts[s:s + k] for s in range(0, len(prompts), k)]
         results = _run_coroutine(self._run_all(requests, progress))
-        logprobs = np.empty((len(pairs), 10))
+        logprobs = np.empty((len(pairs), len(self.answer_ids)))
         logprobs[order] = np.concatenate(results, axis=0)
-        return digits_from_logprobs(logprobs)
+        return answers_from_logprobs(logprobs)

@@ -10,8 +10,22 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from harness.simulate.base import Progress, SimContext, check_pairs, digits_from_logits
-from harness.simulate.prompt import digit_token_ids, get_builder
+from torch import nn
+
+from harness.simulate.base import Progress, SimContext, answers_from_logits, check_pairs
+from harness.simulate.prompt import answer_token_ids, get_builder
+
+# Config fields under which some families post-process logits inside their *ForCausalLM.forward; with
+# any of them set, the head must be the model's own forward, not a bare lm_head.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def plain_head(model) -> nn.Linear | None:
+    """The model's LM head when logits are exactly `lm_head(hidden)`, else None."""
+    head = model.get_output_embeddings()
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    plain = all(getattr(cfg, a, None) in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING)
+    return head if isinstance(head, nn.Linear) and plain else None
 
 
 class TorchSimulatorBase:
@@ -26,13 +40,37 @@ class TorchSimulatorBase:
         self.model_key = model_key
         self.batch_size = max(1, int(batch_size))
         self.builder = get_builder(tokenizer, prompt_version, max_chars)
-        self.digit_ids = digit_token_ids(tokenizer)
+        self.answer_ids = answer_token_ids(tokenizer, self.builder.template.answers)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (tokenizer.eos_token_id or 0))
         self.device = next(model.parameters()).device
+        self.base = model.base_model
+        self.lm_head = plain_head(model)
+        if self.lm_head is not None:
+            # The answer rows of the head in float32: a bfloat16 logit keeps ~3 significant digits, which
+            # rounds yes/no log-odds to steps of 0.125 and ties thousands of predictions.
+            w = self.lm_head.weight[self.answer_ids].float()
+            b = self.lm_head.bias
+            self._answer_w = w
+            self._answer_b = b[self.answer_ids].float() if b is not None else None
+
+    def read_out(self, hidden: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Final hidden states [n, d] at the answer position → (answer probs [n, K], answer mass [n]).
+
+        Answer logits are computed in float32 from the hidden state; the full-vocabulary logits (for the
+        answer mass, a diagnostic) in the model's dtype.
+        """
+        assert self.lm_head is not None
+        answer = hidden.float() @ self._answer_w.T
+        if self._answer_b is not None:
+            answer = answer + self._answer_b
+        full = self.lm_head(hidden).float()
+        probs = torch.softmax(answer, dim=-1)
+        log_mass = torch.logsumexp(answer, dim=-1) - torch.logsumexp(full, dim=-1)
+        return probs.cpu().numpy().astype(np.float32), torch.exp(log_mass).clamp(max=1.0).cpu().numpy().astype(np.float32)
 
     def _empty(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.zeros((0, 10), np.float32), np.zeros(0, np.float32)
+        return np.zeros((0, len(self.answer_ids)), np.float32), np.zeros(0, np.float32)
 
 
 class PlainSimulator(TorchSimulatorBase):
@@ -49,7 +87,7 @@ class PlainSimulator(TorchSimulatorBase):
             self.builder.prefix(contexts[c].text, contexts[c].last_token) + self.builder.suffix(explanations[e])
             for c, e in pairs
         ]
-        probs = np.zeros((len(pairs), 10), np.float32)
+        probs = np.zeros((len(pairs), len(self.answer_ids)), np.float32)
         mass = np.zeros(len(pairs), np.float32)
         # Length-sorted batches waste less on padding; results go back to their rows.
         order = np.argsort([len(p) for p in prompts], kind="stable")
@@ -64,9 +102,12 @@ class PlainSimulator(TorchSimulatorBase):
                 mask[i, width - len(p):] = 1
             # Left padding: real tokens must still be numbered 0.. from their own first token.
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                             position_ids=position_ids.to(self.device), use_cache=False, logits_to_keep=1)
-            p, m = digits_from_logits(out.logits[:, -1, :], self.digit_ids)
+            kw = dict(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                      position_ids=position_ids.to(self.device), use_cache=False)
+            if self.lm_head is not None:
+                p, m = self.read_out(self.base(**kw).last_hidden_state[:, -1])
+            else:
+                p, m = answers_from_logits(self.model(**kw, logits_to_keep=1).logits[:, -1, :], self.answer_ids)
             probs[rows], mass[rows] = p, m
             if progress is not None:
                 progress(len(rows))

@@ -17,14 +17,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from harness.simulate.base import Progress, SimContext, check_pairs, context_groups, digits_from_logits
+from harness.simulate.base import Progress, SimContext, answers_from_logits, check_pairs, context_groups
 from harness.simulate.plain import TorchSimulatorBase
-
-# Config fields under which some families post-process logits inside their *ForCausalLM.forward; with
-# any of them set, the head must be the model's own forward, not a bare lm_head.
-_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
 def _returned_cache(out):
@@ -180,11 +175,6 @@ class PrefixSimulator(TorchSimulatorBase):
         super().__init__(model, tokenizer, prompt_version, max_chars, model_key, batch_size)
         # Turned off for good the first time the model's attention needs more than it offers.
         self.shared_attention = bool(shared_prefix_attention) and _register_attention()
-        self.base = model.base_model
-        head = model.get_output_embeddings()
-        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        plain_head = all(getattr(cfg, a, None) in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING)
-        self.lm_head = head if isinstance(head, nn.Linear) and plain_head else None
         self._head_ids = self.builder.head_ids
         self._head_kv = None
         # transformers renamed `past_key_values` to `cache` during 5.x; speak whichever this one takes.
@@ -209,7 +199,13 @@ class PrefixSimulator(TorchSimulatorBase):
             self._head_kv = self._run(ids, None, 0)[1]
         return self._head_kv
 
+    def _suffix_answers(self, cache, prefix_len: int, suffixes: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(answer probs, answer mass) for each suffix appended to the cached prefix."""
+        out = self._suffix_logits(cache, prefix_len, suffixes)
+        return self.read_out(out) if self.lm_head is not None else answers_from_logits(out, self.answer_ids)
+
     def _suffix_logits(self, cache, prefix_len: int, suffixes: list[list[int]]) -> torch.Tensor:
+        """Logits at each suffix's last token, or the final hidden state there where the head is plain."""
         n = len(suffixes)
         width = max(len(s) for s in suffixes)
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
@@ -229,7 +225,7 @@ class PrefixSimulator(TorchSimulatorBase):
         batch_cache = _repeat_cache(cache, n)
         if self.lm_head is not None:
             hidden = self._run(ids, batch_cache, prefix_len, attn)[0]
-            return self.lm_head(hidden[rows, last])
+            return hidden[rows, last]
         pos = (prefix_len + torch.arange(width, device=self.device)).unsqueeze(0).expand(n, width)
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
                          **{self._model_cache_kw: batch_cache})
@@ -246,7 +242,7 @@ class PrefixSimulator(TorchSimulatorBase):
         try:
             if self.lm_head is not None:
                 hidden = self.base(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
-                return self.lm_head(hidden[rows, last])
+                return hidden[rows, last]
             return self.model(input_ids=ids, position_ids=pos, use_cache=False).logits[rows, last]
         finally:
             config._attn_implementation = previous
@@ -259,7 +255,7 @@ class PrefixSimulator(TorchSimulatorBase):
         pairs = check_pairs(contexts, explanations, pairs)
         if not len(pairs):
             return self._empty()
-        probs = np.zeros((len(pairs), 10), np.float32)
+        probs = np.zeros((len(pairs), len(self.answer_ids)), np.float32)
         mass = np.zeros(len(pairs), np.float32)
         head_cache = self._head_cache()
         n_head = len(self._head_ids)
@@ -273,8 +269,7 @@ class PrefixSimulator(TorchSimulatorBase):
             suffixes = [self.builder.suffix(explanations[e]) for e in pairs[rows, 1]]
             # Similar lengths in one batch waste less on padding.
             for sel in plan_batches([len(s) for s in suffixes], self.batch_size):
-                logits = self._suffix_logits(cache, len(prefix), [suffixes[i] for i in sel])
-                p, m = digits_from_logits(logits, self.digit_ids)
+                p, m = self._suffix_answers(cache, len(prefix), [suffixes[i] for i in sel])
                 probs[rows[sel]], mass[rows[sel]] = p, m
                 if progress is not None:
                     progress(len(sel))

@@ -3,7 +3,13 @@
 A prompt is `prefix + suffix`:
 
 - prefix = [chat template head + instructions][context with its last token marked][text up to the explanation]
-- suffix = [explanation][question + end of the user turn + assistant turn opening]
+- suffix = [explanation][what follows it: the end of the user turn + assistant turn opening]
+
+Two read-outs exist. `v1` (the paper's) asks for a digit 0-9 and scores Σ d·P(d) over the ten digit tokens.
+`yn1` asks whether the marked token matches the explanation and scores log P("Yes") − log P("No") at the
+first assistant token: a 1.5B model follows a yes/no question where it hedges on a 0-9 scale
+(docs/findings.md). Its question stands *before* the explanation, so each prediction's suffix is only the
+explanation and the turn's end (the cost of a prediction in the prefix engine is its suffix length).
 
 Every latent scored on a context shares that context's prefix, which is what lets the prefix engine
 and vLLM's prefix cache run it once. The head (everything before the context) is the same for every
@@ -31,6 +37,10 @@ class PromptTemplate:
     version: str
     instructions: str          # system turn (merged into the user turn where the template has no system role)
     user: str                  # holds "{context}" and "{explanation}" exactly once each, context first
+    # The answer tokens read at the first assistant position, and how their probabilities become one score:
+    # "expected-digit" (Σ d·P(d) over answers "0".."9") or "log-odds" (log P(answers[1]) − log P(answers[0])).
+    answers: tuple[str, ...] = tuple("0123456789")
+    score: str = "expected-digit"
     open_mark: str = "<<"
     close_mark: str = ">>"
     # What a marker written by someone else becomes: it must not be mistaken for ours.
@@ -57,8 +67,24 @@ _V1_USER = (
     "How strongly is this feature present on the marked token? Answer with a single digit (0-9)."
 )
 
+_YN1_INSTRUCTIONS = (
+    "You check whether a feature of a language model fires on one token of a text. The feature is "
+    "described by an explanation written by someone else. The token to judge is the last one of the text, "
+    "wrapped in << and >>; the words before it are its context. Answer Yes if the marked token is the kind "
+    "of token the explanation describes, in this context; otherwise answer No. Most tokens do not match. "
+    "Answer with one word: Yes or No."
+)
+
+_YN1_USER = (
+    "Text:\n{context}\n\n"
+    "Does the marked token match the explanation below? Answer Yes or No.\n\n"
+    "Explanation: \"{explanation}\""
+)
+
 PROMPT_VERSIONS: dict[str, PromptTemplate] = {
     "v1": PromptTemplate(version="v1", instructions=_V1_INSTRUCTIONS, user=_V1_USER),
+    "yn1": PromptTemplate(version="yn1", instructions=_YN1_INSTRUCTIONS, user=_YN1_USER,
+                          answers=("No", "Yes"), score="log-odds"),
 }
 
 # Alphanumeric so that no chat template's filters (trim, escaping) alter them.
@@ -95,27 +121,51 @@ def special_token_ids(tokenizer) -> set[int]:
     return ids
 
 
-def digit_token_ids(tokenizer) -> list[int]:
-    """Ids of the tokens "0".."9" as the assistant would emit them first in its turn."""
+def answer_token_ids(tokenizer, answers: tuple[str, ...] = tuple("0123456789")) -> list[int]:
+    """Ids of the answer tokens ("0".."9", or "No"/"Yes") as the assistant would emit them first in its turn."""
     out = []
-    for d in "0123456789":
+    for d in answers:
         ids = tokenizer.encode(d, add_special_tokens=False)
         if len(ids) == 1:
             out.append(int(ids[0]))
             continue
-        # SentencePiece tokenisers prepend "▁" when encoding a lone string; the bare digit piece is what
+        # SentencePiece tokenisers prepend "▁" when encoding a lone string; the bare piece is what
         # follows a newline-ended assistant header.
         tid = tokenizer.convert_tokens_to_ids(d)
         if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
             out.append(tid)
             continue
         raise HarnessError(
-            f"the simulator's tokenizer encodes the digit {d!r} as {len(ids)} tokens {ids}: "
-            "digit scoring needs every digit 0-9 to be one token; use another simulator model"
+            f"the simulator's tokenizer encodes the answer {d!r} as {len(ids)} tokens {ids}: "
+            f"this prompt needs each of {', '.join(answers)} to be one token; use another simulator model"
         )
-    if len(set(out)) != 10:
-        raise HarnessError(f"the simulator's tokenizer maps two digits to the same token ({out}); use another model")
+    if len(set(out)) != len(answers):
+        raise HarnessError(f"the simulator's tokenizer maps two answers to the same token ({out}); use another model")
     return out
+
+
+def digit_token_ids(tokenizer) -> list[int]:
+    """Ids of the tokens "0".."9" (the `v1` answers)."""
+    return answer_token_ids(tokenizer, tuple("0123456789"))
+
+
+def prompt_score(version: str, probs):
+    """One score per row from answer probabilities [n, len(answers)] renormalised over the answers.
+
+    expected-digit: Σ d·P(d), on 0..9. log-odds: log P(yes) − log P(no), any real number (the logit
+    difference of the two answer tokens, so it keeps its precision where one answer has almost all mass).
+    Quantile normalisation is rank-based per latent, so any score monotone in the simulator's belief serves.
+    """
+    import numpy as np
+
+    template = get_template(version)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != len(template.answers):
+        raise ValueError(f"prompt {version} reads {len(template.answers)} answer probabilities, got shape {p.shape}")
+    if template.score == "expected-digit":
+        return (p @ np.arange(len(template.answers), dtype=np.float64)).astype(np.float32)
+    tiny = np.finfo(np.float32).tiny   # float32 probabilities underflow at ~1e-38: log-odds then saturate near ±87
+    return (np.log(np.maximum(p[:, 1], tiny)) - np.log(np.maximum(p[:, 0], tiny))).astype(np.float32)
 
 
 def clean_explanation(explanation, max_chars: int, template: PromptTemplate) -> str:

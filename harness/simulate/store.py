@@ -17,6 +17,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.simulate.base import Progress, SimContext, check_pairs, explanation_sha
+from harness.simulate.prompt import PROMPT_VERSIONS, get_template
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -79,13 +80,14 @@ class PredictionStore:
 
     def put_many(self, model_key: str, prompt_version: str,
                  rows: Iterable[tuple[str, str, np.ndarray, float]]) -> None:
-        """rows are (explanation_sha256, context_id, probs [10], digit_mass); one transaction, first write wins."""
+        """rows are (explanation_sha256, context_id, probs [K answers], answer mass); one transaction, first write wins."""
         now = time.time()
         data = []
+        n_answers = len(PROMPT_VERSIONS[prompt_version].answers) if prompt_version in PROMPT_VERSIONS else None
         for exp_sha, ctx_id, probs, m in rows:
             p = np.ascontiguousarray(probs, dtype=np.float32).reshape(-1)
-            if p.shape != (10,):
-                raise ValueError(f"expected 10 digit probabilities, got {p.shape}")
+            if p.shape[0] != (n_answers or p.shape[0]) or p.shape[0] < 2:
+                raise ValueError(f"prompt {prompt_version} has {n_answers} answers, got probabilities of shape {p.shape}")
             data.append((model_key, prompt_version, exp_sha, ctx_id, p.tobytes(), float(m), now))
         if not data:
             return
@@ -140,7 +142,7 @@ class CachedSimulator:
         shas = [explanation_sha(e) for e in explanations]
         keys = [(shas[e], contexts[c].context_id) for c, e in pairs]
         found = self.store.get_many(self.model_key, self.prompt_version, keys)
-        probs = np.zeros((len(pairs), 10), np.float32)
+        probs = np.zeros((len(pairs), len(get_template(self.prompt_version).answers)), np.float32)
         mass = np.zeros(len(pairs), np.float32)
 
         # Rows with the same key are computed once; ordering by context keeps shared prefixes together.

@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.simulate.base import Progress, SimContext, check_pairs, digits_from_logprobs
-from harness.simulate.prompt import digit_token_ids, get_builder
+from harness.simulate.base import Progress, SimContext, check_pairs, answers_from_logprobs
+from harness.simulate.prompt import answer_token_ids, get_builder
 
 
 def import_vllm():
@@ -55,7 +55,7 @@ class VLLMSimulator:
         self.threads = threads
         self.chunk_pairs = max(1, int(chunk_pairs))
         self.builder = get_builder(tokenizer, prompt_version, max_chars)
-        self.digit_ids = digit_token_ids(tokenizer)
+        self.answer_ids = answer_token_ids(tokenizer, self.builder.template.answers)
         kwargs = dict(model=str(model_path), enable_prefix_caching=True, dtype=dtype, seed=seed)
         if max_model_len:
             kwargs["max_model_len"] = int(max_model_len)
@@ -74,17 +74,17 @@ class VLLMSimulator:
     def _sampling_params(self, vllm):
         base = dict(max_tokens=1, temperature=0.0)
         try:
-            return vllm.SamplingParams(**base, logprob_token_ids=list(self.digit_ids)), True
+            return vllm.SamplingParams(**base, logprob_token_ids=list(self.answer_ids)), True
         except TypeError:  # older vLLM: only top-k logprobs
             return vllm.SamplingParams(**base, logprobs=20), False
 
-    def _digit_logprobs(self, output) -> np.ndarray:
-        row = np.full(10, -np.inf)
+    def _answer_logprobs(self, output) -> np.ndarray:
+        row = np.full(len(self.answer_ids), -np.inf)
         steps = output.outputs[0].logprobs
         if not steps:
             raise HarnessError("vLLM returned no logprobs for a simulator prompt; check the vLLM version")
         step = steps[0]
-        for d, tid in enumerate(self.digit_ids):
+        for d, tid in enumerate(self.answer_ids):
             lp = step.get(tid) if hasattr(step, "get") else None
             if lp is not None:
                 row[d] = float(getattr(lp, "logprob", lp))
@@ -95,23 +95,23 @@ class VLLMSimulator:
                 ) -> tuple[np.ndarray, np.ndarray]:
         pairs = check_pairs(contexts, explanations, pairs)
         if not len(pairs):
-            return np.zeros((0, 10), np.float32), np.zeros(0, np.float32)
+            return np.zeros((0, len(self.answer_ids)), np.float32), np.zeros(0, np.float32)
         order = np.lexsort((pairs[:, 1], pairs[:, 0]))
-        logprobs = np.empty((len(pairs), 10))
+        logprobs = np.empty((len(pairs), len(self.answer_ids)))
         for start in range(0, len(order), self.chunk_pairs):
             rows = order[start:start + self.chunk_pairs]
             prompts = [self._prompt(self.builder.prefix(contexts[pairs[i, 0]].text, contexts[pairs[i, 0]].last_token)
                                     + self.builder.suffix(explanations[pairs[i, 1]])) for i in rows]
             outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
-            block = np.stack([self._digit_logprobs(o) for o in outputs])
+            block = np.stack([self._answer_logprobs(o) for o in outputs])
             if self.by_token_ids and not np.isfinite(block).all():
                 # A build that accepts logprob_token_ids but does not honour it: fall back to top-20.
                 import vllm
                 self.params = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=20)
                 self.by_token_ids = False
                 outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
-                block = np.stack([self._digit_logprobs(o) for o in outputs])
+                block = np.stack([self._answer_logprobs(o) for o in outputs])
             logprobs[rows] = block
             if progress is not None:
                 progress(len(rows))
-        return digits_from_logprobs(logprobs)
+        return answers_from_logprobs(logprobs)
