@@ -120,12 +120,25 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot store a {type(obj).__name__} in a result file")
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(binary_file)`` on a temp file next to ``path``, then rename it over ``path``.
+
+    A crash never leaves half a file, and the file gets the mode any tool's output gets
+    (0666 minus the umask): mkstemp alone creates 0600, unreadable to a web server or a colleague.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -136,6 +149,10 @@ def atomic_write_text(path: Path, text: str) -> Path:
             pass
         raise
     return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _f(x: Any) -> float:

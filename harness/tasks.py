@@ -345,13 +345,19 @@ def load_task(name_or_path: str, overrides: list[str] | None = None) -> TaskSpec
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+    env = os.environ.get("HARNESS_CACHE")
+    root = Path(env) if env else Path.home() / ".cache" / "harness"
+    if root.exists() and not root.is_dir():
+        where = f"HARNESS_CACHE={env}" if env else str(root)
+        raise HarnessError(f"{where} is a file, not a folder — point HARNESS_CACHE at a folder (or unset it)")
+    return root
 
 
 def task_cache_dir(spec: TaskSpec) -> Path:
-    d = cache_root() / "tasks" / f"{spec.id}-{spec.hash[:12]}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    from .checks import writable_dir
+
+    return writable_dir(cache_root() / "tasks" / f"{spec.id}-{spec.hash[:12]}", "cache",
+                        fix="set HARNESS_CACHE to a writable folder")
 
 
 def verify_artifacts(spec: TaskSpec) -> None:
