@@ -118,7 +118,8 @@ def plot_partial_rewriting(result_dict: dict, path: str | os.PathLike) -> Path:
 
     task = (result_dict.get("task") or {}).get("id", "")
     method = (result_dict.get("submission") or {}).get("method", "")
-    fig.suptitle(f"Partial rewriting — {method} on {task} (quantile calibration)".strip())
+    # parse_math=False: a method named "x $^$ y" is text, not mathtext that fails to parse after the whole eval.
+    fig.suptitle(f"Partial rewriting — {method} on {task} (quantile calibration)".strip(), parse_math=False)
     return _save(fig, path)
 
 
