@@ -170,19 +170,16 @@ def _first_surrogate(value: Any, entry: str) -> str | None:
     """The entry (e.g. 'explanations["3"]') holding the first lone surrogate, in a key or a string."""
     if isinstance(value, str):
         return entry if _is_surrogate_text(value) else None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            sub = f"{entry}[{_q(k)}]" if entry else _q(k)
-            if _is_surrogate_text(k):
-                return f"the key {sub}"
-            found = _first_surrogate(v, sub)
-            if found:
-                return found
-    if isinstance(value, list):
-        for i, v in enumerate(value):
-            found = _first_surrogate(v, f"{entry}[{i}]")
-            if found:
-                return found
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        name = _q(k) if isinstance(k, str) else str(k)
+        if isinstance(k, str) and _is_surrogate_text(k):
+            return f"the key {entry}[{name}]" if entry else f"the key {name}"
+        # Top-level sections read as in the other messages: explanations["3"], "description".
+        sub = f"{entry}[{name}]" if entry else (k if isinstance(v, (dict, list)) else name)
+        found = _first_surrogate(v, sub)
+        if found:
+            return found
     return None
 
 
