@@ -242,7 +242,7 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
     unknown = sorted(k for k in data if k not in REQUIRED_KEYS + OPTIONAL_KEYS)
     if unknown:
         raise HarnessError(
-            f"{where}: unknown key(s) {', '.join(_q(k) for k in unknown[:5])}; allowed keys are "
+            f"{where}: unknown key(s) {', '.join(repr(k[:40]) for k in unknown[:5])}; allowed keys are "
             f"{', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}"
         )
 
