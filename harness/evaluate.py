@@ -232,6 +232,10 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
     sim, sim_ref = load_simulator(spec, cfg.backend, device, model, tok, cfg.endpoints, cfg.served_model)
     explanations = [sub.explanations[int(j)] for j in latents]
     pred_cal, pred_tst, pos_pred, neg_pred, sim_stats = simulate_all(prep, tok, sim, explanations, latents)
+    # Stored predictions were made in other batches: equal within the tolerance of docs/protocol-choices.md
+    # (Simulation), not necessarily bit for bit; the result says whether it depends on the store's history.
+    sim_stats["prediction_source"] = ("computed" if not sim_stats["n_cached"] else
+                                      "store" if not sim_stats["n_computed"] else "mixed")
 
     sc = spec.scoring
     auroc, bacc = detection_table(pos_pred, neg_pred, sc.detection_threshold)

@@ -141,10 +141,15 @@ def test_odd_method_stored_then_eval_and_leaderboard(tiny, capsys, monkeypatch):
     old = os.umask(0o022)
     try:
         assert main(args) == 0
-        # Run again: the stored result is now read back by the leaderboard step.
+        first = json.loads(next((res / TASK_ID).glob("*.json")).read_text())
+        # Run again: the stored result is read back, and the leaderboard rebuilt around it.
         assert main(args) == 0
+        second = json.loads(next((res / TASK_ID).glob("*.json")).read_text())
     finally:
         os.umask(old)
+    # This module's cache starts empty: the first run made every prediction, the rerun read them all back.
+    assert first["provenance"]["prediction_source"] == "computed"
+    assert second["provenance"]["prediction_source"] == "store"
     capsys.readouterr()
     monkeypatch.setenv("HARNESS_TASKS_DIR", str(tiny))  # `leaderboard` takes a registered task id
     assert main(["leaderboard", "--task", TASK_ID, "--results", str(res), "--format", "md"]) == 0
