@@ -187,6 +187,7 @@ def cmd_import_delphi(args) -> int:
 def cmd_make_tiny_task(args) -> int:
     from .tiny import TinyTaskOptions, make_tiny_task
 
+    writable_dir(args.out, "output")
     opts = TinyTaskOptions(task_id=args.id, arch=args.arch, kind=args.kind, seed=args.seed)
     path = make_tiny_task(Path(args.out), opts)
     console.print(f"wrote {one_line(str(path))}")

@@ -211,6 +211,8 @@ def load_result(path: str | os.PathLike) -> Result:
         raise HarnessError(
             f"{where}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg} — re-run `harness eval` to rewrite it"
         ) from None
+    except RecursionError:
+        raise HarnessError(f"{where}: JSON nested too deep — this is not a harness result file") from None
     if not isinstance(d, dict) or "schema" not in d:
         raise HarnessError(f'{where}: no "schema" key — this is not a harness result file')
     if d["schema"] != SCHEMA:

@@ -404,6 +404,10 @@ def import_delphi(
     indices of different hookpoints are unrelated. The result is not validated against the task:
     ``save_submission`` it and load it with ``load_submission``.
     """
+    for name, value in (("method", method), ("description", description)):
+        # Command-line text that is not valid UTF-8 arrives as lone surrogates (surrogateescape).
+        if _is_surrogate_text(value):
+            raise HarnessError(f"the {name} {ascii(value)} is not valid Unicode text — give it in UTF-8")
     root = Path(folder)
     if not root.is_dir():
         raise HarnessError(f"{root}: Delphi folder not found — point to the run's explanations/ folder")
@@ -469,5 +473,8 @@ def _read_delphi_text(f: Path) -> str:
             # A plain-text explanation that merely starts with a quote.
             decoded = None
         if isinstance(decoded, str):
+            if _is_surrogate_text(decoded):
+                raise HarnessError(f"{f}: holds a lone surrogate escape (\\ud800-\\udfff without its pair), which is "
+                                   "not Unicode text — fix the escape or re-export the explanation")
             return decoded.strip()
     return raw

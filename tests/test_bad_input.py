@@ -159,6 +159,18 @@ def test_odd_method_stored_then_eval_and_leaderboard(tiny, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "[/b]" in out and "$^$" in out and "\N{SMILING FACE WITH OPEN MOUTH AND SMILING EYES}" not in out
 
+    # Hand-edited results in the folder: one nested 100,000 deep, one whose method is a lone surrogate.
+    # The first is rejected with its reason, the second shown with the surrogate escaped; nothing crashes.
+    (res / TASK_ID / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (res / TASK_ID / "surrogate.json").write_text(
+        json.dumps({**second, "submission": {**second["submission"], "method": "@", "sha256": "0" * 64}})
+        .replace('"method": "@"', '"method": "\\ud800"'))
+    for fmt in ("rich", "md", "csv", "html"):
+        assert main(["leaderboard", "--task", TASK_ID, "--results", str(res), "--format", fmt]) == 0
+        out = capsys.readouterr().out
+        assert "deep.json" in out and "nested too deep" in out.replace("\n", " ")
+        assert "\\ud800" in out
+
     # Every file eval wrote is readable by others under umask 022, like any tool's output.
     written = list((res / TASK_ID).iterdir()) + list(lb.iterdir())
     assert {p.suffix for p in written} == {".json", ".npz", ".png", ".md"}
@@ -297,3 +309,13 @@ def test_read_only_output_folder_fails_before_any_work(tiny, tmp_path, which):
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert "cannot write to the" in lines[0] and "Permission denied" in lines[0]
     assert not fresh_cache.exists()  # nothing was prepared, let alone simulated
+
+
+def test_delphi_file_with_lone_surrogate(tmp_path, capsys):
+    folder = tmp_path / "explanations"
+    folder.mkdir()
+    (folder / "layers.1.mlp_latent3.txt").write_text('"fires on \\ud800"')
+    assert main(["import-delphi", str(folder), "--task", TASK_ID, "-o", str(tmp_path / "s.json")]) == 2
+    line = one_error_line(capsys)
+    assert "layers.1.mlp_latent3.txt" in line and "lone surrogate" in line
+    assert not (tmp_path / "s.json").exists()

@@ -194,7 +194,7 @@ SAFE_TEXT = st.text(alphabet=st.characters(blacklist_characters="/\\\x00", black
 FLAGS = ["--task", "--explanations", "--backend", "--device", "--results", "--leaderboard", "--no-leaderboard",
          "--override", "--format", "--write", "--out", "--method", "--source", "--seed", "-o", "--output",
          "--dir", "--real", "--control", "--id", "--arch", "--kind", "--hookpoint", "--description", "--help"]
-HEAVY = ("cmd_eval", "cmd_prepare", "cmd_explain", "cmd_make_tiny_task", "cmd_findings")
+HEAVY = ("cmd_eval", "cmd_prepare", "cmd_explain", "cmd_make_tiny_task")
 
 
 @FUZZ
