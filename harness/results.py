@@ -31,8 +31,8 @@ import json
 import math
 import os
 import platform
+import secrets
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from hashlib import sha256
 from importlib import metadata
@@ -120,24 +120,17 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot store a {type(obj).__name__} in a result file")
 
 
-def _umask() -> int:
-    # The only portable way to read the umask is to set it; set it straight back.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: Path, write) -> Path:
     """Call ``write(binary_file)`` on a temp file next to ``path``, then rename it over ``path``.
 
-    A crash never leaves half a file, and the file gets the mode any tool's output gets
-    (0666 minus the umask): mkstemp alone creates 0600, unreadable to a web server or a colleague.
+    A crash never leaves half a file. The temp file is created with mode 0666 for the kernel to apply
+    the umask, as any tool's output gets (mkstemp would make it 0600, unreadable to a web server).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
             f.flush()
             os.fsync(f.fileno())
