@@ -61,22 +61,32 @@ def resolve_device(name: str):
     return dev
 
 
-def writable_dir(path: str | os.PathLike, what: str, fix: str = "pass a writable folder") -> Path:
-    """Create `path` if needed and prove that a file can be written in it (the way writes will happen).
+def writable_dir(path: str | os.PathLike, what: str, fix: str = "pass a writable folder",
+                 create: bool = False) -> Path:
+    """Prove that files can be written in folder `path`, or in the folder that would hold it.
 
-    A probe file, not os.access: access() answers for root as if every folder were writable, and
+    Without `create`, a missing folder is left for the writer to make, so a mistyped path costs no stray
+    folder. A probe file, not os.access: access() answers for root as if every folder were writable, and
     says nothing about read-only mounts.
     """
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise HarnessError(f"{p}: the {what} folder is a file — pass a folder")
+    if create:
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HarnessError(f"{p}: cannot create the {what} folder ({e.strerror}) — {fix}") from None
+    here = p
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise HarnessError(f"{p}: the {what} folder{'' if here == p else f' would be inside {here}, which'} "
+                           f"is a file — {fix}")
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=p, prefix=".harness-write-check.")
+        fd, probe = tempfile.mkstemp(dir=here, prefix=".harness-write-check.")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise HarnessError(f"{p}: cannot write to the {what} folder ({e.strerror}) — {fix}") from None
+        raise HarnessError(f"{here}: cannot write to the {what} folder ({e.strerror}) — {fix}") from None
     return p
 
 

@@ -409,7 +409,7 @@ def task_cache_dir(spec: TaskSpec) -> Path:
     from .checks import writable_dir
 
     return writable_dir(cache_root() / "tasks" / f"{spec.id}-{spec.hash[:12]}", "cache",
-                        fix="set HARNESS_CACHE to a writable folder")
+                        fix="set HARNESS_CACHE to a writable folder", create=True)
 
 
 def verify_artifacts(spec: TaskSpec) -> None:
