@@ -25,11 +25,10 @@ _SERIES = (
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    from .results import atomic_write
+
     FigureCanvasAgg(fig)
-    fig.savefig(p, format="png", dpi=120, bbox_inches="tight")
-    return p
+    return atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
 
 
 def _legend(ax, fontsize: int) -> None:
