@@ -10,10 +10,21 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from .checks import env_int, one_line, resolve_device, writable_dir, writable_file
 from .errors import HarnessError
 
-console = Console(stderr=False)
+# No markup, no emoji codes: method names, task ids and paths come from users, and "[/b]" or ":x:" in
+# them is text ("[/b]" as markup raises MarkupError, "[coder]" would vanish from a message).
+console = Console(stderr=False, markup=False, emoji=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error:` line (exit 2) like every other user error."""
+
+    def error(self, message):
+        raise HarnessError(f"{self.prog}: {message} — see `{self.prog} --help`")
 
 
 def _overrides(p):
@@ -44,7 +55,7 @@ def cmd_prepare(args) -> int:
     from .tasks import load_task
 
     spec = load_task(args.task, args.override)
-    prep = prepare(spec, _device(args.device))
+    prep = prepare(spec, resolve_device(args.device))
     b = prep.ce_base
     table = Table(title=f"{spec.id} ({spec.hash[:12]}): prepared in {prep.cache_dir}")
     table.add_column("condition")
@@ -57,23 +68,19 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-def _device(name: str):
-    import torch
-
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
-
-
 def cmd_eval(args) -> int:
     from .evaluate import EvalConfig, evaluate
     from .leaderboard import print_rich
 
+    if not args.no_leaderboard:
+        writable_dir(args.leaderboard, "leaderboard")
     cfg = EvalConfig(task=args.task, explanations=Path(args.explanations), backend=args.backend, device=args.device,
                      results_dir=Path(args.results), overrides=args.override,
                      endpoints=[e for e in (args.endpoints or "").split(",") if e], served_model=args.served_model,
                      command="harness " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     result, path = evaluate(cfg)
     _print_summary(result)
-    console.print(f"result: {path}")
+    console.print(f"result: {one_line(str(path))}")
     if not args.no_leaderboard:
         # The spec just evaluated defines the hash, whether or not it is registered under tasks/.
         rows, _ = _leaderboard_rows(Path(args.results), result["task"]["id"],
@@ -82,7 +89,7 @@ def cmd_eval(args) -> int:
 
         out = write_leaderboard(result["task"]["id"], rows, args.leaderboard, task_hash=result["task"]["hash"])
         print_rich(rows, console, title=f"leaderboard: {result['task']['id']}")
-        console.print(f"leaderboard: {out}")
+        console.print(f"leaderboard: {one_line(str(out))}")
     return 0
 
 
@@ -134,11 +141,13 @@ def cmd_leaderboard(args) -> int:
     from .leaderboard import print_rich, render, write_leaderboard
     from .tasks import list_tasks
 
+    if args.write:
+        writable_dir(args.out, "leaderboard")
     task_ids = [args.task] if args.task else [s.id for s in list_tasks()]
     for tid in task_ids:
         rows, rejected = _leaderboard_rows(Path(args.results), tid)
         for rj in rejected:
-            console.print(f"[yellow]rejected[/] {rj.path}: {rj.reason}")
+            console.print(Text.assemble(("rejected", "yellow"), f" {one_line(rj.path)}: {one_line(rj.reason)}"))
         if args.format == "rich":
             print_rich(rows, console, title=tid)
         else:
@@ -146,7 +155,8 @@ def cmd_leaderboard(args) -> int:
         if args.write:
             from .tasks import load_task
 
-            console.print(f"wrote {write_leaderboard(tid, rows, args.out, task_hash=load_task(tid).hash)}")
+            out = write_leaderboard(tid, rows, args.out, task_hash=load_task(tid).hash)
+            console.print(f"wrote {one_line(str(out))}")
     return 0
 
 
@@ -158,7 +168,7 @@ def cmd_validate(args) -> int:
     spec = load_task(args.task, args.override)
     sub = load_submission(args.file, task_id=spec.id, num_latents=coder_num_latents(spec),
                           max_chars=spec.simulator.max_explanation_chars)
-    console.print(f"ok: {args.file}: {len(sub.explanations)} explanations for task {spec.id} "
+    console.print(f"ok: {one_line(args.file)}: {len(sub.explanations)} explanations for task {spec.id} "
                   f"(method {sub.method!r}, sha256 {sub.sha256[:12]})")
     return 0
 
@@ -166,19 +176,21 @@ def cmd_validate(args) -> int:
 def cmd_import_delphi(args) -> int:
     from .submissions import import_delphi, save_submission
 
+    writable_file(args.output, "output")
     d = import_delphi(args.folder, task_id=args.task, method=args.method, description=args.description,
                       hookpoint=args.hookpoint)
     path = save_submission(d, args.output)
-    console.print(f"wrote {path}: {len(d['explanations'])} explanations")
+    console.print(f"wrote {one_line(str(path))}: {len(d['explanations'])} explanations")
     return 0
 
 
 def cmd_make_tiny_task(args) -> int:
     from .tiny import TinyTaskOptions, make_tiny_task
 
+    writable_dir(args.out, "output")
     opts = TinyTaskOptions(task_id=args.id, arch=args.arch, kind=args.kind, seed=args.seed)
     path = make_tiny_task(Path(args.out), opts)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {one_line(str(path))}")
     return 0
 
 
@@ -187,7 +199,7 @@ def cmd_explain(args) -> int:
 
     path = run_explain(args.task, args.method, Path(args.output), overrides=args.override, seed=args.seed,
                        source=args.source, device=args.device)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {one_line(str(path))}")
     return 0
 
 
@@ -207,7 +219,7 @@ def cmd_estimate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    p = _Parser(prog="harness", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("tasks", help="list registered tasks with their hashes")
@@ -291,25 +303,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
-    if os.environ.get("HARNESS_THREADS"):
-        # On a shared CPU, one thread per process beats two fighting for a core (OpenMP spin-waits).
-        import torch
-
-        torch.set_num_threads(int(os.environ["HARNESS_THREADS"]))
-    # Our own rich bars show progress; transformers' per-load bars would bury the one-line errors.
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
     try:
+        args = build_parser().parse_args(argv)
+        if os.environ.get("HARNESS_THREADS"):
+            # On a shared CPU, one thread per process beats two fighting for a core (OpenMP spin-waits).
+            import torch
+
+            torch.set_num_threads(env_int("HARNESS_THREADS", 1))
+        # Our own rich bars show progress; transformers' per-load bars would bury the one-line errors.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
         return args.fn(args)
     except HarnessError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return 2
+        return _error(e)
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted: finished work is cached; rerun the same command to resume")
         return 130
+
+
+def _error(e: HarnessError) -> int:
+    # one_line: a message quoting user text (a newline in a method name, a lone surrogate) stays one line.
+    Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True).print(
+        Text.assemble(("error:", "bold red"), " ", one_line(str(e))))
+    return 2
 
 
 if __name__ == "__main__":

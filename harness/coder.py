@@ -49,29 +49,10 @@ class SparseCoder:
 
         folder = Path(folder)
         cfg_path, st_path = folder / "cfg.json", folder / "sae.safetensors"
-        expect = "a sparsify coder folder holding cfg.json and sae.safetensors"
-        if not folder.is_dir():
-            raise HarnessError(f"coder folder {folder} does not exist: point the task's [coder] path at {expect}")
-        for p in (cfg_path, st_path):
-            if not p.is_file():
-                raise HarnessError(f"{p} is missing: the coder folder must be {expect}")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except (OSError, ValueError) as e:
-            raise HarnessError(f"{cfg_path} is not valid JSON ({e}): restore sparsify's cfg.json") from None
-        if not isinstance(cfg, dict):
-            raise HarnessError(f"{cfg_path} must hold a JSON object (sparsify's SparseCoderConfig plus d_in)")
-
-        activation = cfg.get("activation", "topk")
-        if activation != "topk":
-            raise HarnessError(f"{cfg_path}: activation {activation!r} is not supported; the harness scores "
-                               "TopK coders only (activation = \"topk\")")
-        for key in ("d_in", "k"):
-            if not isinstance(cfg.get(key), int) or isinstance(cfg.get(key), bool) or cfg[key] <= 0:
-                raise HarnessError(f"{cfg_path}: {key!r} must be a positive integer, got {cfg.get(key)!r}")
+        cfg, num_latents = read_cfg(folder)
+        if not st_path.is_file():
+            raise HarnessError(f"{st_path} is missing: the coder folder must be {_EXPECT}")
         d_in, k = cfg["d_in"], cfg["k"]
-        # sparsify's rule: num_latents == 0 means d_in * expansion_factor
-        num_latents = cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor", 32))
 
         try:
             tensors = load_file(str(st_path))
@@ -174,6 +155,38 @@ class SparseCoder:
     def reconstruct(self, x: Tensor) -> Tensor:
         """The coder's own output for input x (the `coder` condition)."""
         return self.decode_dense(self.dense(*self.encode(x)), x)
+
+
+_EXPECT = "a sparsify coder folder holding cfg.json and sae.safetensors"
+
+
+def read_cfg(folder: Path) -> tuple[dict, int]:
+    """The coder's cfg.json, checked, and its number of latents; cheap (no weights are read)."""
+    folder = Path(folder)
+    cfg_path = folder / "cfg.json"
+    if not folder.is_dir():
+        raise HarnessError(f"coder folder {folder} does not exist: point the task's [coder] path at {_EXPECT}")
+    if not cfg_path.is_file():
+        raise HarnessError(f"{cfg_path} is missing: the coder folder must be {_EXPECT}; restore it or rebuild the task")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise HarnessError(f"{cfg_path} is not valid JSON ({e}): restore sparsify's cfg.json") from None
+    if not isinstance(cfg, dict):
+        raise HarnessError(f"{cfg_path} must hold a JSON object (sparsify's SparseCoderConfig plus d_in)")
+    activation = cfg.get("activation", "topk")
+    if activation != "topk":
+        raise HarnessError(f"{cfg_path}: activation {activation!r} is not supported; the harness scores "
+                           "TopK coders only (activation = \"topk\")")
+    for key in ("d_in", "k"):
+        if not isinstance(cfg.get(key), int) or isinstance(cfg.get(key), bool) or cfg[key] <= 0:
+            raise HarnessError(f"{cfg_path}: {key!r} must be a positive integer, got {cfg.get(key)!r}")
+    # sparsify's rule: num_latents == 0 means d_in * expansion_factor
+    n, ef = cfg.get("num_latents"), cfg.get("expansion_factor", 32)
+    for key, v in (("num_latents", n), ("expansion_factor", ef)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise HarnessError(f"{cfg_path}: {key!r} must be a non-negative integer, got {v!r}")
+    return cfg, n or cfg["d_in"] * ef
 
 
 def topk_dense(z: Tensor, k: int) -> Tensor:

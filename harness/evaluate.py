@@ -63,9 +63,9 @@ def sim_contexts(tokenizer, rows: list[np.ndarray]):
 
 
 def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    from .checks import resolve_device
+
+    return resolve_device(name)
 
 
 def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, subject_tok=None,
@@ -213,6 +213,10 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
 
     require_hub_inputs(spec, simulator=True)
     device = _resolve_device(cfg.device)
+    from .checks import writable_dir
+
+    # Before any work: a read-only or misnamed output folder must not cost a whole evaluation.
+    writable_dir(Path(cfg.results_dir) / spec.id, "results")
     sub = load_submission(cfg.explanations, task_id=spec.id, num_latents=coder_num_latents(spec),
                           max_chars=spec.simulator.max_explanation_chars)
     prep = prepare(spec, device)
@@ -228,6 +232,10 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
     sim, sim_ref = load_simulator(spec, cfg.backend, device, model, tok, cfg.endpoints, cfg.served_model)
     explanations = [sub.explanations[int(j)] for j in latents]
     pred_cal, pred_tst, pos_pred, neg_pred, sim_stats = simulate_all(prep, tok, sim, explanations, latents)
+    # Stored predictions were made in other batches: equal within the tolerance of docs/protocol-choices.md
+    # (Simulation), not necessarily bit for bit; the result says whether it depends on the store's history.
+    sim_stats["prediction_source"] = ("computed" if not sim_stats["n_cached"] else
+                                      "store" if not sim_stats["n_computed"] else "mixed")
 
     sc = spec.scoring
     auroc, bacc = detection_table(pos_pred, neg_pred, sc.detection_threshold)

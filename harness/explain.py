@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import resolve_device, writable_file
 from .errors import HarnessError
-from .prepare import Prepared, encode_positions, hook_module, load_coder, load_npz, load_subject, prepare, progress, save_npz
+from .prepare import (Prepared, encode_positions, hook_module, load_cached, load_coder, load_npz, load_subject, prepare,
+                      progress, save_npz)
 from .submissions import save_submission
 from .tasks import load_task
 
@@ -24,10 +26,9 @@ TOP_N = 100  # top-activating examples kept per latent (top-tokens counts them a
 def top_examples(prep: Prepared, model, device) -> dict[str, np.ndarray]:
     """Per rewritten latent, the TOP_N (block, position, value) of the activation sample, cached."""
     f = prep.cache_dir / "top_examples.npz"
-    if f.is_file():
-        cached = load_npz(f)
-        if cached["block"].shape[1] == TOP_N and np.array_equal(cached["rewritten"], prep.rewritten):
-            return cached
+    cached = load_cached(f, keys=("block", "pos", "value", "rewritten"))
+    if cached is not None and cached["block"].shape[1] == TOP_N and np.array_equal(cached["rewritten"], prep.rewritten):
+        return cached
     spec = prep.spec
     lo, T = spec.min_position(), spec.contexts.T
     coder = load_coder(spec)
@@ -159,7 +160,8 @@ def shuffled_explanations(source: Path, latents: np.ndarray, seed: int, task_id:
 def run_explain(task: str, method: str, output: Path, overrides=(), seed: int = 0, source: str | None = None,
                 device: str = "auto") -> Path:
     spec = load_task(task, list(overrides))
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
+    writable_file(output, "output")
     prep = prepare(spec, dev)
     desc = ""
     if method == "empty":

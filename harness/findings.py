@@ -25,9 +25,13 @@ class Finding:
 
 
 def _side(result_path: Path, result) -> dict[str, np.ndarray]:
-    side = result_path.parent / result.side_files["per_context"]["path"]
-    with np.load(side) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        side = result_path.parent / result.side_files["per_context"]["path"]
+        with np.load(side) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # missing, damaged or foreign: the result cannot be analysed, say which one
+        raise HarnessError(f"{result_path}: its per-context side file is missing or unreadable ({type(e).__name__}) "
+                           "— re-run `harness eval` for this submission") from None
 
 
 def _diff(a, b, boot) -> tuple[float, float, float]:
@@ -58,7 +62,7 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
     files = {}
     for p in sorted((Path(results_dir) / task_id).glob("*.json")):
         r = load_result(p)
-        files[r.submission["method"]] = (p, r)
+        files[str(r.submission.get("method"))] = (p, r)
     for m in (real, control):
         if m not in files:
             raise HarnessError(f"{results_dir}/{task_id}: no result for method {m!r} (have: {', '.join(files) or 'none'})")

@@ -20,6 +20,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from harness.checks import one_line
 from harness.errors import HarnessError
 from harness.results import Result, atomic_write_text, load_result
 
@@ -105,7 +106,8 @@ def row_from_result(res: Result, path: str) -> Row:
     return Row(
         task_id=res.task["id"],
         task_hash=res.task["hash"],
-        method=str(res.submission.get("method", "?")),
+        # Stored text is whatever a submitter wrote: one printable line, so no table or terminal can break.
+        method=one_line(str(res.submission.get("method", "?"))),
         recovery=_est(h.get("recovery")),
         delta_ce_median_simulated=_est(h.get("delta_ce_median")),
         delta_ce_median_latent_zero=_est(h.get("latent_zero_delta_ce_median")),
@@ -114,9 +116,9 @@ def row_from_result(res: Result, path: str) -> Row:
         specificity=_num(h.get("specificity")),
         detection_auroc=_num(h.get("detection_auroc")),
         coverage=_num(res.submission.get("coverage")),
-        model_key=str(res.simulator.get("model_key", "?")),
-        prompt_version=str(res.simulator.get("prompt_version", "?")),
-        date=str(res.provenance.get("date", "")),
+        model_key=one_line(str(res.simulator.get("model_key", "?"))),
+        prompt_version=one_line(str(res.simulator.get("prompt_version", "?"))),
+        date=one_line(str(res.provenance.get("date", ""))),
         submission_sha256=str(res.submission.get("sha256", "")),
         path=path,
     )
@@ -252,9 +254,15 @@ def _csv_row(r: Row) -> list[str]:
     return out
 
 
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*[]<>|"})
+
+
 def render(rows: list[Row], fmt: str = "md") -> str:
     if fmt == "md":
         headers, body = _display_table(rows)
+        # A method named "a|b" or "[x](url)" is text, not table structure or a link.
+        free = [i for i, h in enumerate(headers) if h in ("task", "method")]
+        body = [[c.translate(_MD_SPECIAL) if i in free else c for i, c in enumerate(cells)] for cells in body]
         return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
     if fmt == "html":
         headers, body = _display_table(rows)
@@ -300,7 +308,7 @@ def print_rich(rows: list[Row], console=None, *, title: str | None = None) -> No
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(markup=False, emoji=False)
     headers, body = _display_table(rows)
     if console.width < 160:
         # A narrow terminal squeezes every cell to an ellipsis: keep the scores, drop the bookkeeping.

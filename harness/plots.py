@@ -25,11 +25,10 @@ _SERIES = (
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    from .results import atomic_write
+
     FigureCanvasAgg(fig)
-    fig.savefig(p, format="png", dpi=120, bbox_inches="tight")
-    return p
+    return atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
 
 
 def _legend(ax, fontsize: int) -> None:
@@ -118,7 +117,8 @@ def plot_partial_rewriting(result_dict: dict, path: str | os.PathLike) -> Path:
 
     task = (result_dict.get("task") or {}).get("id", "")
     method = (result_dict.get("submission") or {}).get("method", "")
-    fig.suptitle(f"Partial rewriting — {method} on {task} (quantile calibration)".strip())
+    # parse_math=False: a method named "x $^$ y" is text, not mathtext that fails to parse after the whole eval.
+    fig.suptitle(f"Partial rewriting — {method} on {task} (quantile calibration)".strip(), parse_math=False)
     return _save(fig, path)
 
 

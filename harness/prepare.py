@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +24,13 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .calibrate import ActivationTable, build_activation_table
+from .checks import env_int, one_line
 from .coder import SparseCoder
 from .errors import HarnessError
+from .results import atomic_write
 from .tasks import TaskSpec, task_cache_dir, verify_artifacts
 
-BATCH = int(os.environ.get("HARNESS_BATCH", "32"))
+BATCH = env_int("HARNESS_BATCH", 32)
 
 
 def progress() -> Progress:
@@ -36,14 +39,32 @@ def progress() -> Progress:
 
 
 def save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
+
+
+def load_cached(path: Path, load=load_npz, keys: tuple[str, ...] = ()):
+    """A cached step's content, or None when it must be (re)computed: absent, or damaged.
+
+    Reading every array checks each member's zip CRC-32, so a truncated or corrupted file (a full disk,
+    a partial copy) is caught here, reported once, and recomputed instead of failing every later run.
+    """
+    if not path.is_file():
+        return None
+    try:
+        data = load(path)
+        missing = [k for k in keys if k not in data]
+        if missing:
+            raise KeyError(f"lacks {', '.join(missing)}")
+    except Exception as e:  # any unreadable cache file is recomputed; KeyboardInterrupt is not an Exception
+        reason = one_line(str(e) or type(e).__name__)
+        print(f"warning: {one_line(str(path))}: cached step is damaged ({reason}); recomputing it", file=sys.stderr)
+        return None
+    return data
 
 
 @dataclass
@@ -302,10 +323,10 @@ def coder_num_latents(spec: TaskSpec) -> int:
     """The coder's width without loading its weights: declared in the spec, else read from its cfg.json."""
     if spec.coder.num_latents:
         return spec.coder.num_latents
+    from .coder import read_cfg
     from .hub import fetch_coder_folder
 
-    cfg = json.loads((fetch_coder_folder(spec) / "cfg.json").read_text())
-    return int(cfg.get("num_latents") or cfg["d_in"] * cfg["expansion_factor"])
+    return read_cfg(fetch_coder_folder(spec))[1]
 
 
 def load_coder(spec: TaskSpec) -> SparseCoder:
@@ -337,29 +358,37 @@ def prepare(spec: TaskSpec, device: str | torch.device = "cpu", model=None, toke
         return model, tokenizer
 
     f_splits = cache / "splits.npz"
-    if not f_splits.is_file():
+    splits = load_cached(f_splits, keys=("calibration", "test", "detection", "activation"))
+    if splits is None:
         from .corpus import load_token_stream
 
         m, tok = subject()
         need = sum(split_sizes(spec).values()) * (T + 1)
         save_npz(f_splits, **make_splits(load_token_stream(spec, tok, int(need * 1.05) + T, cache), spec))
-    splits = load_npz(f_splits)
+        splits = load_npz(f_splits)
 
     f_table, f_stats = cache / "activation_table.npz", cache / "latent_stats.npz"
-    if not (f_table.is_file() and f_stats.is_file()):
+    table = load_cached(f_table, ActivationTable.load)
+    stats = load_cached(f_stats, keys=("top_token_share", "top_token"))
+    if table is None or stats is None:
         m, _ = subject()
         v, i = encode_positions(m, hook_module(m, spec), coder, spec.coder.kind, splits["activation"], lo, T,
                                 "activation sample", device)
         share, first = token_concentration(v, i, splits["activation"][:, lo:T], coder.num_latents)
         save_npz(f_stats, top_token_share=share, top_token=first)
+        stats = load_npz(f_stats)
         table = build_activation_table(v.reshape(-1, coder.k), i.reshape(-1, coder.k).astype(np.int64),
                                        coder.num_latents, spec.scoring.n_quantiles, spec.scoring.quantile_method)
-        table.save(f_table)
-    table = ActivationTable.load(f_table)
-    rewritten = choose_rewritten(spec, table, coder.num_latents, load_npz(f_stats))
+        # ActivationTable.save writes in place; a temp name + rename keeps a kill from leaving half a table.
+        tmp = f_table.with_name(f".{f_table.name}.{os.getpid()}.tmp")
+        table.save(tmp)
+        os.replace(tmp, f_table)
+        table = ActivationTable.load(f_table)
+    rewritten = choose_rewritten(spec, table, coder.num_latents, stats)
 
     f_det = cache / "detection.npz"
-    if not f_det.is_file():
+    det = load_cached(f_det, keys=("pos", "neg", "contexts", "rewritten"))
+    if det is None:
         m, _ = subject()
         v, i = encode_positions(m, hook_module(m, spec), coder, spec.coder.kind, splits["detection"], lo, T,
                                 "detection pool", device)
@@ -367,7 +396,7 @@ def prepare(spec: TaskSpec, device: str | torch.device = "cpu", model=None, toke
                                           spec.contexts.detection_negative, spec.contexts.seed + 1)
         ctxs[:, 1] += lo  # offset → position in the block
         save_npz(f_det, pos=pos, neg=neg, contexts=ctxs, rewritten=rewritten)
-    det = load_npz(f_det)
+        det = load_npz(f_det)
     if not np.array_equal(det["rewritten"], rewritten):
         raise HarnessError(f"{f_det}: cached detection examples belong to another latent set; delete {cache}")
 
@@ -375,11 +404,12 @@ def prepare(spec: TaskSpec, device: str | torch.device = "cpu", model=None, toke
     ce_base = None
     for split in ("calibration", "test"):
         f = cache / f"latents_{split}.npz"
-        if not f.is_file():
+        z = load_cached(f, keys=("values", "indices", "ce_clean", "ce_coder", "ce_zero_output"))
+        if z is None:
             m, _ = subject()
             ce, v, i = baseline_ce(m, spec, coder, splits[split], device, f"{split}: true latents + CE")
             save_npz(f, values=v, indices=i, **{f"ce_{k}": a for k, a in ce.items()})
-        z = load_npz(f)
+            z = load_npz(f)
         latents[split] = (z["values"], z["indices"])
         if split == "test":
             ce_base = {k: z[f"ce_{k}"] for k in ("clean", "coder", "zero_output")}

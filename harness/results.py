@@ -31,8 +31,8 @@ import json
 import math
 import os
 import platform
+import secrets
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from hashlib import sha256
 from importlib import metadata
@@ -120,12 +120,18 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot store a {type(obj).__name__} in a result file")
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(binary_file)`` on a temp file next to ``path``, then rename it over ``path``.
+
+    A crash never leaves half a file. The temp file is created with mode 0666 for the kernel to apply
+    the umask, as any tool's output gets (mkstemp would make it 0600, unreadable to a web server).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -136,6 +142,10 @@ def atomic_write_text(path: Path, text: str) -> Path:
             pass
         raise
     return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _f(x: Any) -> float:
@@ -194,6 +204,8 @@ def load_result(path: str | os.PathLike) -> Result:
         raise HarnessError(
             f"{where}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg} — re-run `harness eval` to rewrite it"
         ) from None
+    except RecursionError:
+        raise HarnessError(f"{where}: JSON nested too deep — this is not a harness result file") from None
     if not isinstance(d, dict) or "schema" not in d:
         raise HarnessError(f'{where}: no "schema" key — this is not a harness result file')
     if d["schema"] != SCHEMA:

@@ -26,6 +26,12 @@ A submission is one UTF-8 JSON file::
 No other top-level keys are accepted, so a typo ("explanation") fails loudly instead of silently
 producing an empty submission.
 
+Parsing is bounded, so a hostile file costs a one-line error, not a crash: ``method`` is at most
+100 characters; no JSON value is nested more than 8 levels deep (a submission needs 2); every string
+must be valid Unicode (a ``\\ud800`` escape without its pair is not); and a file larger than
+1 MiB + num_latents × (12 × max_chars + 100) bytes (every explanation at full length, written in
+``\\u`` escapes) is refused before it is read.
+
 The submission's identity is the sha256 of its canonical JSON (see ``canonical_json``): the same
 content gives the same hash whatever the key order or whitespace of the file.
 """
@@ -51,6 +57,11 @@ OPTIONAL_KEYS = ("scores",)
 
 # Only one spelling per latent: "012" and "12" naming the same latent would be a silent duplicate.
 _LATENT_KEY = re.compile(r"0|[1-9][0-9]*")
+
+MAX_METHOD_CHARS = 100
+MAX_DEPTH = 8
+# A JSON string (with \\ and \" escapes) or one structural bracket: strings are skipped when counting depth.
+_DEPTH_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 
 @dataclass
@@ -118,19 +129,72 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _q(text: str, limit: int = 40) -> str:
+    """User text quoted for an error message, cut short: a 5,000-digit key must not make a 5,000-column line."""
+    return json.dumps(text if len(text) <= limit else text[:limit] + "…", ensure_ascii=False)
+
+
 def _parse_latent_key(where: str, section: str, key: str, num_latents: int) -> int:
     if not _LATENT_KEY.fullmatch(key):
         raise HarnessError(
-            f'{where}: {section}["{key}"] is not a latent index; keys must be non-negative integers '
+            f"{where}: {section}[{_q(key)}] is not a latent index; keys must be non-negative integers "
             f'written in decimal without sign, spaces or leading zeros, e.g. "12"'
         )
-    j = int(key)
-    if j >= num_latents:
+    # Compare lengths first: int() of a huge digit string is slow, and refused beyond 4,300 digits.
+    if len(key) > len(str(num_latents)) or int(key) >= num_latents:
         raise HarnessError(
-            f'{where}: {section}["{key}"] is out of range; the task has {num_latents} latents '
+            f"{where}: {section}[{_q(key)}] is out of range; the task has {num_latents} latents "
             f"(indices 0 to {num_latents - 1}) — check that the submission was written for this task"
         )
-    return j
+    return int(key)
+
+
+def _check_depth(where: str, text: str) -> None:
+    depth = 0
+    for m in _DEPTH_TOKEN.finditer(text):
+        ch = m.group()
+        if ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = text.count("\n", 0, m.start()) + 1
+                col = m.start() - text.rfind("\n", 0, m.start())
+                raise HarnessError(
+                    f"{where}: JSON nested more than {MAX_DEPTH} levels deep at line {line}, column {col} — "
+                    "a submission is an object holding objects of strings and numbers"
+                )
+        elif ch in "]}":
+            depth -= 1
+
+
+def _first_surrogate(value: Any, entry: str) -> str | None:
+    """The entry (e.g. 'explanations["3"]') holding the first lone surrogate, in a key or a string."""
+    if isinstance(value, str):
+        return entry if _is_surrogate_text(value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        name = _q(k) if isinstance(k, str) else str(k)
+        if isinstance(k, str) and _is_surrogate_text(k):
+            return f"the key {entry}[{name}]" if entry else f"the key {name}"
+        # Top-level sections read as in the other messages: explanations["3"], "description".
+        sub = f"{entry}[{name}]" if entry else (k if isinstance(v, (dict, list)) else name)
+        found = _first_surrogate(v, sub)
+        if found:
+            return found
+    return None
+
+
+def _is_surrogate_text(s: str) -> bool:
+    if s.isascii():
+        return False
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def max_file_bytes(num_latents: int, max_chars: int) -> int:
+    return (1 << 20) + num_latents * (12 * max_chars + 100)
 
 
 def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, max_chars: int) -> Submission:
@@ -139,16 +203,31 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
     p = Path(path)
     if not p.is_file():
         raise HarnessError(f"{where}: submission file not found — check the path")
+    size, limit = p.stat().st_size, max_file_bytes(num_latents, max_chars)
+    if size > limit:
+        raise HarnessError(
+            f"{where}: {size} bytes, more than any submission for this task can need ({limit} bytes) — "
+            "check that this is the submission file"
+        )
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise HarnessError(f"{where}: not UTF-8 text (byte {e.start}) — save the submission as UTF-8 JSON") from None
+    except OSError as e:
+        raise HarnessError(f"{where}: cannot read the submission ({e.strerror}) — check its permissions") from None
+    _check_depth(where, text)
     try:
         data = json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_reject_constant)
     except json.JSONDecodeError as e:
         raise HarnessError(f"{where}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     except ValueError as e:
         raise HarnessError(f"{where}: invalid JSON: {e} — use null or a finite number") from None
+    bad = _first_surrogate(data, "")
+    if bad:
+        raise HarnessError(
+            f"{where}: {bad} holds a lone surrogate (a \\ud800-\\udfff escape without its pair), which is not "
+            "Unicode text — fix the escape or the program that wrote the file"
+        )
 
     if not isinstance(data, dict):
         raise HarnessError(
@@ -156,14 +235,14 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
             f"{', '.join(REQUIRED_KEYS)} (and optionally scores)"
         )
     if data.duplicates:
-        raise HarnessError(f'{where}: top-level key "{data.duplicates[0]}" appears more than once — keep one')
+        raise HarnessError(f"{where}: top-level key {_q(data.duplicates[0])} appears more than once — keep one")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise HarnessError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)} — add them")
     unknown = sorted(k for k in data if k not in REQUIRED_KEYS + OPTIONAL_KEYS)
     if unknown:
         raise HarnessError(
-            f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed keys are "
+            f"{where}: unknown key(s) {', '.join(repr(k[:40]) for k in unknown[:5])}; allowed keys are "
             f"{', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}"
         )
 
@@ -172,12 +251,17 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
         raise HarnessError(f'{where}: "task" must be a string (the task id), got a {_json_type(task)}')
     if task != task_id:
         raise HarnessError(
-            f'{where}: "task" is "{task}" but the task being run is "{task_id}" — '
+            f'{where}: "task" is {_q(task)} but the task being run is "{task_id}" — '
             "set it to the task the explanations were written for, or run that task"
         )
     method = data["method"]
     if not isinstance(method, str) or not method.strip():
         raise HarnessError(f'{where}: "method" must be a non-empty string naming the method')
+    if len(method) > MAX_METHOD_CHARS:
+        raise HarnessError(
+            f'{where}: "method" is {len(method)} characters; it is a name shown on the leaderboard — keep it to '
+            f'{MAX_METHOD_CHARS} and put the details in "description"'
+        )
     description = data["description"]
     if not isinstance(description, str):
         raise HarnessError(f'{where}: "description" must be a string (it may be empty)')
@@ -190,7 +274,7 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
         )
     if raw_expl.duplicates:
         k = raw_expl.duplicates[0]
-        raise HarnessError(f'{where}: explanations["{k}"] appears more than once — keep one explanation per latent')
+        raise HarnessError(f"{where}: explanations[{_q(k)}] appears more than once — keep one explanation per latent")
     if not raw_expl:
         raise HarnessError(f'{where}: "explanations" is empty — give at least one latent\'s explanation')
     explanations: dict[int, str] = {}
@@ -198,12 +282,12 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
         j = _parse_latent_key(where, "explanations", key, num_latents)
         if not isinstance(value, str):
             raise HarnessError(
-                f'{where}: explanations["{key}"] is a {_json_type(value)}; explanations must be strings '
+                f"{where}: explanations[{_q(key)}] is a {_json_type(value)}; explanations must be strings "
                 '(use "" for an empty explanation)'
             )
         if len(value) > max_chars:
             raise HarnessError(
-                f'{where}: explanations["{key}"] is {len(value)} characters; the task caps explanations '
+                f"{where}: explanations[{_q(key)}] is {len(value)} characters; the task caps explanations "
                 f"at {max_chars} — shorten it"
             )
         explanations[j] = value
@@ -218,16 +302,17 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
             )
         if raw_scores.duplicates:
             k = raw_scores.duplicates[0]
-            raise HarnessError(f'{where}: scores["{k}"] appears more than once — keep one score per latent')
+            raise HarnessError(f"{where}: scores[{_q(k)}] appears more than once — keep one score per latent")
         scores = {}
         for key, value in raw_scores.items():
             j = _parse_latent_key(where, "scores", key, num_latents)
             # bool is an int subclass; true/false as a score is almost certainly a mistake
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise HarnessError(f'{where}: scores["{key}"] must be a finite number, got {json.dumps(value)}')
+                got = json.dumps(value, ensure_ascii=False) if not isinstance(value, (dict, list)) else _json_type(value)
+                raise HarnessError(f"{where}: scores[{_q(key)}] must be a finite number, got {got[:40]}")
             if j not in explanations:
                 raise HarnessError(
-                    f'{where}: scores["{key}"] scores latent {j}, which has no explanation — '
+                    f"{where}: scores[{_q(key)}] scores latent {j}, which has no explanation — "
                     "add the explanation or remove the score"
                 )
             scores[j] = float(value)
@@ -319,6 +404,10 @@ def import_delphi(
     indices of different hookpoints are unrelated. The result is not validated against the task:
     ``save_submission`` it and load it with ``load_submission``.
     """
+    for name, value in (("method", method), ("description", description)):
+        # Command-line text that is not valid UTF-8 arrives as lone surrogates (surrogateescape).
+        if _is_surrogate_text(value):
+            raise HarnessError(f"the {name} {ascii(value)} is not valid Unicode text — give it in UTF-8")
     root = Path(folder)
     if not root.is_dir():
         raise HarnessError(f"{root}: Delphi folder not found — point to the run's explanations/ folder")
@@ -384,5 +473,8 @@ def _read_delphi_text(f: Path) -> str:
             # A plain-text explanation that merely starts with a quote.
             decoded = None
         if isinstance(decoded, str):
+            if _is_surrogate_text(decoded):
+                raise HarnessError(f"{f}: holds a lone surrogate escape (\\ud800-\\udfff without its pair), which is "
+                                   "not Unicode text — fix the escape or re-export the explanation")
             return decoded.strip()
     return raw

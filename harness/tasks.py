@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ KNOWN_SECTIONS = {"id", "description", "notes", "subject", "coder", "corpus", "c
 MODEL_KEYS = {"source", "id", "revision", "path", "package", "file", "dtype", "parts", "sha256", "version"}
 CORPUS_SOURCES = {"local-tokens", "local-text", "hub"}
 SELECTION_RULES = {"random-alive", "most-frequent", "stratified", "lexical"}
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -159,8 +162,37 @@ def _need(d: dict, key: str, typ, where: str):
         raise HarnessError(f"{where}: missing key `{key}`")
     v = d[key]
     if typ is int and isinstance(v, bool) or not isinstance(v, typ):
-        raise HarnessError(f"{where}: `{key}` must be {typ.__name__ if isinstance(typ, type) else typ}, got {v!r}")
+        raise HarnessError(f"{where}: `{key}` must be {typ.__name__ if isinstance(typ, type) else typ}, got {_show(v)}")
     return v
+
+
+def _show(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:40] + "…"
+
+
+def _table(raw: dict, name: str, where: str) -> dict:
+    v = raw.get(name) or {}
+    if not isinstance(v, dict):
+        raise HarnessError(f"{where} [{name}]: must be a table, got {_show(v)}")
+    return v
+
+
+def _typed(d: dict, cls, where: str) -> None:
+    """Each given key has its dataclass field's type (int: not bool and >= 0; float: finite)."""
+    for name, f in cls.__dataclass_fields__.items():
+        if name not in d or f.type not in ("str", "int", "float"):
+            continue
+        v = d[name]
+        if f.type == "str":
+            ok, want = isinstance(v, str), "a string"
+        elif f.type == "int":
+            ok, want = isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            want = "a finite number"
+        if not ok:
+            raise HarnessError(f"{where}: `{name}` must be {want}, got {_show(v)}")
 
 
 def _only(d: dict, allowed: set[str], where: str) -> None:
@@ -182,6 +214,9 @@ def _model_dict(d: Any, where: str) -> dict:
         _need(d, key, str, where)
     if src == "gguf-parts":
         _need(d, "parts", int, where)
+    for key, v in d.items():
+        if not isinstance(v, str) and key not in ("parts",):
+            raise HarnessError(f"{where}: `{key}` must be a string, got {_show(v)}")
     return dict(d)
 
 
@@ -193,7 +228,7 @@ def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
         key, value = ov.split("=", 1)
         try:
             parsed = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
+        except (tomllib.TOMLDecodeError, RecursionError, KeyError):
             parsed = value
         parts = key.split(".")
         node = raw
@@ -209,18 +244,27 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
     toml_path = Path(toml_path)
     where = str(toml_path)
     try:
-        raw = tomllib.loads(toml_path.read_text())
+        raw = tomllib.loads(toml_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise HarnessError(f"{where}: task file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise HarnessError(f"{where}: invalid TOML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{where}: not UTF-8 text (byte {e.start}) — save the task file as UTF-8 TOML") from None
+    except OSError as e:
+        raise HarnessError(f"{where}: cannot read the task file ({e.strerror})") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as e:
+        raise HarnessError(f"{where}: invalid TOML ({e or 'nested too deep'})") from None
     raw = apply_overrides(raw, list(overrides or []), where)
     _only(raw, KNOWN_SECTIONS, where)
     tid = _need(raw, "id", str, where)
+    if not _TASK_ID.fullmatch(tid):
+        # The id names folders (results/<id>/, the cache): no separators, no "..", nothing hidden.
+        raise HarnessError(f"{where}: id {_show(tid)} must be letters, digits, '.', '_' or '-' (at most 100), "
+                           "starting with a letter or digit")
 
-    coder = raw.get("coder") or {}
+    coder = _table(raw, "coder", where)
     w = f"{where} [coder]"
     _only(coder, {"source", "path", "repo", "revision", "subfolder", "hookpoint", "kind", "num_latents", "k"}, w)
+    _typed(coder, CoderSpec, w)
     csrc = _need(coder, "source", str, w)
     if csrc == "local":
         _need(coder, "path", str, w)
@@ -232,9 +276,10 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
     if _need(coder, "kind", str, w) not in ("transcoder", "sae"):
         raise HarnessError(f"{w}: kind must be transcoder or sae (got {coder['kind']!r})")
 
-    corpus = raw.get("corpus") or {}
+    corpus = _table(raw, "corpus", where)
     w = f"{where} [corpus]"
     _only(corpus, set(CorpusSpec.__dataclass_fields__), w)
+    _typed(corpus, CorpusSpec, w)
     if _need(corpus, "source", str, w) not in CORPUS_SOURCES:
         raise HarnessError(f"{w}: source must be one of {', '.join(sorted(CORPUS_SOURCES))}")
     if corpus["source"] == "hub":
@@ -242,41 +287,47 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
     else:
         _need(corpus, "path", str, w)
 
-    ctx = raw.get("contexts") or {}
+    ctx = _table(raw, "contexts", where)
     w = f"{where} [contexts]"
     _only(ctx, set(ContextSpec.__dataclass_fields__), w)
+    _typed(ctx, ContextSpec, w)
     for key in ("T", "seed", "activation_sample_tokens", "calibration", "test", "detection_positive",
                 "detection_negative"):
         if _need(ctx, key, int, w) < 0 or (key != "seed" and ctx[key] == 0 and key != "detection_negative"):
             raise HarnessError(f"{w}: `{key}` must be a positive integer (got {ctx[key]})")
 
-    lat = raw.get("latents") or {}
+    lat = _table(raw, "latents", where)
     w = f"{where} [latents]"
     _only(lat, {"rewritten"}, w)
     rw = lat.get("rewritten", "all")
     if rw == "all":
         latents = LatentSpec("all")
-    elif isinstance(rw, list) and all(isinstance(i, int) and i >= 0 for i in rw) and rw:
+    elif isinstance(rw, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in rw) and rw:
         if len(set(rw)) != len(rw):
             raise HarnessError(f"{w}: `rewritten` lists a latent twice")
         latents = LatentSpec(tuple(sorted(rw)))
     elif isinstance(rw, dict):
         _only(rw, {"count", "seed", "rule", "min_fire_rate"}, w + " rewritten")
         rule = rw.get("rule", "random-alive")
-        if rule not in SELECTION_RULES:
+        if not isinstance(rule, str) or rule not in SELECTION_RULES:
             raise HarnessError(f"{w}: rewritten.rule must be one of {', '.join(sorted(SELECTION_RULES))}")
         mfr = rw.get("min_fire_rate", 0.0)
         if isinstance(mfr, bool) or not isinstance(mfr, (int, float)) or not 0 <= mfr < 1:
             raise HarnessError(f"{w}: rewritten.min_fire_rate must be a number in [0, 1), got {mfr!r}")
-        latents = LatentSpec("rule", count=int(_need(rw, "count", int, w)), rule=rule, seed=int(rw.get("seed", 0)),
-                             min_fire_rate=float(mfr))
+        count, seed = _need(rw, "count", int, w), rw.get("seed", 0)
+        if count < 1 or not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise HarnessError(f"{w}: rewritten.count must be a positive integer and rewritten.seed a non-negative one")
+        latents = LatentSpec("rule", count=count, rule=rule, seed=seed, min_fire_rate=float(mfr))
     else:
         raise HarnessError(f'{w}: `rewritten` must be "all", a list of latent indices, or {{count, seed, rule[, min_fire_rate]}}')
 
-    sim = raw.get("simulator") or {}
+    sim = _table(raw, "simulator", where)
     w = f"{where} [simulator]"
     _only(sim, MODEL_KEYS | {"prompt_version", "max_explanation_chars", "batch_size"}, w)
     sim_model = _model_dict({k: v for k, v in sim.items() if k in MODEL_KEYS}, w)
+    _typed(sim, SimulatorSpec, w)
+    if sim.get("batch_size", 32) < 1:
+        raise HarnessError(f"{w}: `batch_size` must be a positive integer (got {sim['batch_size']})")
     simulator = SimulatorSpec(
         model=sim_model,
         prompt_version=_need(sim, "prompt_version", str, w),
@@ -284,9 +335,10 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
         batch_size=int(sim.get("batch_size", 32)),
     )
 
-    sc = raw.get("scoring") or {}
+    sc = _table(raw, "scoring", where)
     w = f"{where} [scoring]"
     _only(sc, set(ScoringSpec.__dataclass_fields__), w)
+    _typed(sc, ScoringSpec, w)
     if "fractions" in sc:
         fr = sc["fractions"]
         if not isinstance(fr, list) or not fr or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in fr):
@@ -296,7 +348,7 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
     if scoring.bootstrap < 1000:
         raise HarnessError(f"{w}: `bootstrap` must be at least 1000 draws (PROTOCOL §6)")
 
-    arts = raw.get("artifacts") or {}
+    arts = _table(raw, "artifacts", where)
     if not all(isinstance(v, str) and len(v) == 64 for v in arts.values()):
         raise HarnessError(f"{where} [artifacts]: each entry must map a path to a 64-hex sha256")
 
@@ -348,13 +400,19 @@ def load_task(name_or_path: str, overrides: list[str] | None = None) -> TaskSpec
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+    env = os.environ.get("HARNESS_CACHE")
+    root = Path(env) if env else Path.home() / ".cache" / "harness"
+    if root.exists() and not root.is_dir():
+        where = f"HARNESS_CACHE={env}" if env else str(root)
+        raise HarnessError(f"{where} is a file, not a folder — point HARNESS_CACHE at a folder (or unset it)")
+    return root
 
 
 def task_cache_dir(spec: TaskSpec) -> Path:
-    d = cache_root() / "tasks" / f"{spec.id}-{spec.hash[:12]}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    from .checks import writable_dir
+
+    return writable_dir(cache_root() / "tasks" / f"{spec.id}-{spec.hash[:12]}", "cache",
+                        fix="set HARNESS_CACHE to a writable folder", create=True)
 
 
 def verify_artifacts(spec: TaskSpec) -> None:
