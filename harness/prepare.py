@@ -301,7 +301,8 @@ def prepare(spec: TaskSpec, device: str | torch.device = "cpu", model=None, toke
     splits = load_npz(f_splits)
 
     f_table = cache / "activation_table.npz"
-    if not f_table.is_file():
+    # A format-1 table keeps only a quantile grid (inexact above Q - 1 non-zero values): rebuild it once.
+    if not f_table.is_file() or not ActivationTable.load(f_table).exact:
         m, _ = subject()
         v, i = encode_positions(m, hook_module(m, spec), coder, spec.coder.kind, splits["activation"], lo, T,
                                 "activation sample", device)
