@@ -106,7 +106,8 @@ def _print_summary(r: dict) -> None:
     t.add_row("ΔCE median latent_zero", _fmt(h["latent_zero_delta_ce_median"]))
     t.add_row("simulated − latent_zero (mean)", _fmt(h["sim_minus_zero_mean"]))
     t.add_row("sensitivity / specificity", f"{_num(h['sensitivity'])} / {_num(h['specificity'])}")
-    t.add_row("detection AUROC", _num(h["detection_auroc"]))
+    t.add_row("detection AUROC / balanced accuracy",
+              f"{_num(h['detection_auroc'])} / {_num(h.get('detection_balanced_accuracy'))}")
     ce = r["ce_means"]
     t.add_row("mean CE clean / coder / zero_output",
               f"{_num(ce['clean'])} / {_num(ce['coder'])} / {_num(ce['zero_output'])}")
@@ -115,6 +116,9 @@ def _print_summary(r: dict) -> None:
                  and c["selection"] == "all")
         t.add_row(f"recovery, calibration={mode}", _fmt(c["recovery"]))
     console.print(t)
+    for w in r.get("warnings", []):
+        # Degenerate predictions (constant, saturated, copied): scored as they are, but said out loud.
+        Console(stderr=True).print(f"[yellow]warning:[/] {w['message']}", highlight=False, soft_wrap=True)
 
 
 def _leaderboard_rows(results: Path, task_id: str | None, known: dict[str, str] | None = None):

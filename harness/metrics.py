@@ -25,6 +25,8 @@ __all__ = [
     "paired_difference",
     "delta_ce",
     "recovery",
+    "recovery_denominator",
+    "detection_thresholds",
     "sensitivity_specificity",
     "macro",
     "detection_scores",
@@ -130,39 +132,85 @@ def delta_ce(ce_cond: np.ndarray, ce_clean: np.ndarray, boot_idx: np.ndarray) ->
 
 
 def recovery(ce_zero: np.ndarray, ce_sim: np.ndarray, ce_coder: np.ndarray,
-             boot_idx: np.ndarray) -> Estimate:
-    """R = (CE̅(latent_zero) − CE̅(simulated)) / (CE̅(latent_zero) − CE̅(coder)), paired CI.
+             boot_idx: np.ndarray | None = None, level: float = CI_LEVEL) -> Estimate:
+    """R = (CE̅(latent_zero) − CE̅(simulated)) / (CE̅(latent_zero) − CE̅(coder)) with Fieller's interval.
 
-    Undefined cases are NaN with a note rather than a huge number:
-    * the point denominator is ~0 (deleting S does not change the mean CE relative to the coder,
-      so there is nothing to recover): value, lo and hi are NaN;
-    * some resample's denominator is ~0 or has the other sign than the full-sample one: the ratio
-      is unbounded over the resamples (the denominator's own CI straddles 0), so a percentile
-      interval would be meaningless: lo and hi are NaN, the value is kept.
+    R is a ratio of two paired means, a = mean(z − s) and b = mean(z − c). When deleting the latents
+    barely moves CE, b's own CI contains 0 and R is unbounded: a percentile bootstrap of a/b then only
+    reports how often a resample's denominator happens to land near 0. Fieller's interval is the set
+    of ρ for which the per-context values (z − s) − ρ(z − c) have a mean not significantly different
+    from 0 (a one-sample t-test at `level`), so it is exact under normality of the means, needs no
+    seed, and says "unbounded" exactly when b is not significantly different from 0:
+
+        (b² − t²·v_bb) ρ² − 2 (a·b − t²·v_ab) ρ + (a² − t²·v_aa) ≤ 0
+
+    with v the (co)variances of the two means (ddof = 1) and t the Student quantile on n − 1 df.
+    If the leading coefficient is > 0 the interval is [lo, hi]; otherwise it is the whole line or the
+    complement of an interval, and lo = −inf, hi = +inf with a note saying so (JSON writes null).
+    `boot_idx` is accepted for symmetry with the other statistics and not used.
     """
+    from scipy.stats import t as student_t
+
     z = _vector(ce_zero, "CE(latent_zero)")
     s = _vector(ce_sim, "CE(simulated)")
     c = _vector(ce_coder, "CE(coder)")
     if not (z.shape == s.shape == c.shape):
         raise HarnessError(f"recovery needs the three conditions on the same contexts, got "
                            f"{z.shape[0]}, {s.shape[0]}, {c.shape[0]}")
-    boot_idx = _check_boot(boot_idx, z.shape[0])
+    n = z.shape[0]
     # "~0" relative to the size of the CEs: differences below float64 noise on summing n CEs.
     tol = 1e-12 * max(1.0, float(np.abs(z).max()), float(np.abs(c).max()))
-    den = z.mean() - c.mean()
-    if abs(den) <= tol:
+    da, db = z - s, z - c
+    a, b = float(da.mean()), float(db.mean())
+    if abs(b) <= tol:
         return Estimate(math.nan, math.nan, math.nan,
                         note="undefined: CE(latent_zero) and CE(coder) have the same mean, so "
                              "deleting the latents loses nothing to recover")
-    value = float((z.mean() - s.mean()) / den)
-    # Resample the per-context differences: one gather per statistic instead of three.
-    num_b = (z - s)[boot_idx].mean(axis=1)
-    den_b = (z - c)[boot_idx].mean(axis=1)
-    if np.any(np.abs(den_b) <= tol) or np.any(np.sign(den_b) != np.sign(den)):
-        return Estimate(value, math.nan, math.nan,
-                        note="CI undefined: the denominator CE(latent_zero) - CE(coder) reaches 0 "
-                             "in some bootstrap resamples")
-    return Estimate(value, *_percentile_ci(num_b / den_b))
+    value = a / b
+    if n < 2:
+        return Estimate(value, math.nan, math.nan, note="CI undefined: one test context")
+    cov = np.cov(np.stack([da, db]), ddof=1) / n
+    v_aa, v_ab, v_bb = float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1])
+    t2 = float(student_t.ppf(0.5 + level / 2.0, n - 1)) ** 2
+    A = b * b - t2 * v_bb
+    B = a * b - t2 * v_ab
+    C = a * a - t2 * v_aa
+    disc = B * B - A * C
+    if A <= 0:
+        return Estimate(value, -math.inf, math.inf,
+                        note=f"CI unbounded (Fieller): the denominator CE(latent_zero) - CE(coder) = "
+                             f"{b:+.4g} nats is not significantly different from 0 "
+                             f"(t = {b / math.sqrt(v_bb) if v_bb > 0 else math.inf:.2f})")
+    root = math.sqrt(max(disc, 0.0))
+    return Estimate(value, (B - root) / A, (B + root) / A)
+
+
+def recovery_denominator(ce_zero: np.ndarray, ce_coder: np.ndarray, boot_idx: np.ndarray) -> Estimate:
+    """CE̅(latent_zero) − CE̅(coder), the nats there are to recover, with its percentile CI."""
+    return paired_difference(ce_zero, ce_coder, boot_idx)["mean"]
+
+
+def detection_thresholds(pred_calib: np.ndarray, fire_rate: np.ndarray) -> np.ndarray:
+    """Per latent j: the ⌈r_j·n⌉-th largest calibration prediction, r_j = the latent's true firing rate.
+
+    "Predicted firing" (p ≥ t_j) then marks the same share of calibration contexts as the latent
+    really fires on, whatever scale the simulator answers on (expected digits, log-odds, raw scores):
+    the threshold is fit on the calibration split and the activation sample, never on the detection
+    labels. It is the prediction-scale twin of the quantile map, which sends exactly the calibration
+    predictions above the (1 − r_j) quantile to non-zero activations. r_j = 0 gives +inf (never firing).
+    """
+    x = np.asarray(pred_calib, dtype=np.float64)
+    r = np.asarray(fire_rate, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0 or r.shape != (x.shape[1],):
+        raise HarnessError(f"detection thresholds need calibration predictions [n, m] and m firing rates, got "
+                           f"{x.shape} and {r.shape}")
+    n = x.shape[0]
+    k = np.ceil(np.clip(r, 0.0, 1.0) * n - 1e-9).astype(np.int64)  # 1e-9: r·n integral up to float error
+    srt = np.sort(x, axis=0)
+    out = np.full(x.shape[1], math.inf)
+    fires = k > 0
+    out[fires] = srt[n - k[fires], np.flatnonzero(fires)]
+    return out
 
 
 def sensitivity_specificity(true_active: np.ndarray, sim_active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -198,13 +246,14 @@ def macro(x: np.ndarray) -> float:
 
 
 def detection_scores(pred_pos: np.ndarray, pred_neg: np.ndarray,
-                     threshold: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                     threshold: float | np.ndarray = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Per latent: AUROC and balanced accuracy of predictions separating positives from negatives.
 
     AUROC is the Mann–Whitney statistic from mid-ranks, so a tie between a positive and a
-    negative counts ½. Balanced accuracy uses a fixed rule, "predicted active iff expected digit
-    ≥ threshold" (default 1.0: at least digit 1 on average), not a threshold tuned on these
-    labels, which would inflate it on 100 + 100 contexts.
+    negative counts ½. Balanced accuracy calls a prediction active iff it is ≥ `threshold`, a
+    scalar or one value per latent (`evaluate` passes `detection_thresholds`, fit on the
+    calibration split), never a threshold tuned on these labels, which would inflate it on
+    100 + 100 contexts.
 
     pred_pos is [m, P], pred_neg [m, N]; NaN entries are missing (padding for latents with fewer
     detection contexts). A latent without positives or negatives gets NaN.
@@ -217,6 +266,7 @@ def detection_scores(pred_pos: np.ndarray, pred_neg: np.ndarray,
     if np.any(np.isinf(pos)) or np.any(np.isinf(neg)):
         raise HarnessError("detection predictions contain inf")
     m, P = pos.shape
+    threshold = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (m,))[:, None]
     n_pos = np.sum(~np.isnan(pos), axis=1)
     n_neg = np.sum(~np.isnan(neg), axis=1)
     both = np.concatenate([pos, neg], axis=1)

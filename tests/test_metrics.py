@@ -19,6 +19,7 @@ from harness.metrics import (
     mean_ci,
     median_ci,
     paired_difference,
+    detection_thresholds,
     recovery,
     select_latents,
     sensitivity_specificity,
@@ -62,40 +63,45 @@ def test_mean_and_median_ci_match_loop():
 def test_recovery_hand_example():
     boot = bootstrap_indices(2, 50, seed=0)
     r = recovery(np.array([3.0, 3.0]), np.array([2.0, 2.0]), np.array([1.0, 1.0]), boot)
+    # no per-context variation: Fieller's quadratic is (4ρ² − 4ρ + 1) ≤ 0, the single point ρ = ½
     assert (r.value, r.lo, r.hi) == (0.5, 0.5, 0.5)
     # simulated worse than deleting: negative
     r = recovery(np.array([3.0, 3.0]), np.array([4.0, 5.0]), np.array([1.0, 1.0]), boot)
     assert r.value == pytest.approx(-0.75)
 
 
-def test_recovery_ci_matches_loop():
+def test_recovery_fieller_is_the_inverted_t_test():
+    """Fieller's interval = the ρ whose per-context (z − s) − ρ(z − c) passes scipy's one-sample t-test."""
+    from scipy.stats import ttest_1samp
+
     rng = np.random.default_rng(2)
     n = 80
     coder = rng.gamma(2.0, 1.0, n)
     zero = coder + rng.gamma(3.0, 0.5, n)
     sim = coder + rng.gamma(1.5, 0.5, n)
-    boot = bootstrap_indices(n, 400, seed=3)
-    r = recovery(zero, sim, coder, boot)
+    r = recovery(zero, sim, coder)
     assert r.value == pytest.approx((zero.mean() - sim.mean()) / (zero.mean() - coder.mean()))
-
-    def ratio(b):
-        z = sum(zero[i] for i in b) / n
-        s = sum(sim[i] for i in b) / n
-        c = sum(coder[i] for i in b) / n
-        return (z - s) / (z - c)
-
-    assert (r.lo, r.hi) == pytest.approx(loop_ci(ratio, boot))
     assert r.lo < r.value < r.hi and r.note == ""
+    for rho in np.linspace(r.lo - 0.2, r.hi + 0.2, 201):
+        p = ttest_1samp((zero - sim) - rho * (zero - coder), 0.0).pvalue
+        inside = r.lo <= rho <= r.hi
+        if abs(p - 0.05) > 1e-6:
+            assert inside == (p > 0.05), (rho, p)
+    # at the endpoints the test sits exactly at p = 0.05
+    for end in (r.lo, r.hi):
+        assert ttest_1samp((zero - sim) - end * (zero - coder), 0.0).pvalue == pytest.approx(0.05, abs=1e-9)
 
 
-def test_recovery_undefined_cases():
-    boot = bootstrap_indices(2, 50, seed=0)
-    r = recovery(np.array([2.0, 2.0]), np.array([1.0, 3.0]), np.array([2.0, 2.0]), boot)
-    assert math.isnan(r.value) and math.isnan(r.lo) and r.note
-    assert r.to_dict()["value"] is None and "note" in r.to_dict()
-    # means 3, 2.5, 2 → 0.5; but the resample [1, 1] has denominator 0 → CI undefined
-    r = recovery(np.array([4.0, 2.0]), np.array([3.0, 2.0]), np.array([2.0, 2.0]), boot)
-    assert r.value == 0.5 and math.isnan(r.lo) and math.isnan(r.hi) and "resample" in r.note
+def test_recovery_unbounded_when_denominator_not_significant():
+    rng = np.random.default_rng(7)
+    n = 250
+    coder = rng.gamma(2.0, 1.0, n)
+    zero = coder + rng.normal(0.001, 0.05, n)      # deleting S barely moves CE
+    sim = zero + rng.normal(0.0, 0.05, n)
+    r = recovery(zero, sim, coder)
+    assert math.isfinite(r.value) and r.lo == -math.inf and r.hi == math.inf
+    assert "unbounded" in r.note
+    assert r.to_dict()["lo"] is None and r.to_dict()["hi"] is None
 
 
 def test_paired_difference_and_delta_ce():
@@ -250,3 +256,24 @@ def test_paired_ranking_auroc_difference_and_perfect_ranker():
     assert out["difference"].lo > 0                        # a perfect ranker beats noise on 80 contexts
     same = paired_ranking_auroc(noise, noise, active, bootstrap_indices(80, 300, 0))["difference"]
     assert same.value == 0 and same.lo == 0 and same.hi == 0
+
+
+def test_detection_thresholds_match_firing_rate_on_any_scale():
+    rng = np.random.default_rng(8)
+    n = 200
+    digits = rng.uniform(1.5, 3.0, (n, 3))           # an expected-digit simulator that never goes below 1.5
+    logodds = rng.normal(-4.0, 3.0, (n, 3))           # a binary simulator's log P(yes) - log P(no)
+    rate = np.array([0.05, 0.013, 0.0])
+    for pred in (digits, logodds):
+        t = detection_thresholds(pred, rate)
+        # ⌈0.05·200⌉ = 10 and ⌈0.013·200⌉ = 3 calibration contexts called firing; a dead latent never fires
+        assert (pred[:, 0] >= t[0]).sum() == 10 and (pred[:, 1] >= t[1]).sum() == 3
+        assert t[0] == np.sort(pred[:, 0])[-10] and t[2] == math.inf
+        # the same thresholds are invariant to any increasing rescaling of the simulator's answers
+        np.testing.assert_array_equal(detection_thresholds(np.exp(pred), rate)[:2], np.exp(t[:2]))
+    pos, neg = rng.normal(2.0, 1.0, (3, 20)), rng.normal(0.0, 1.0, (3, 30))
+    t = np.array([1.0, 0.5, 3.0])
+    _, bal = detection_scores(pos, neg, threshold=t)
+    for j in range(3):
+        y = np.r_[np.ones(20), np.zeros(30)]
+        assert bal[j] == pytest.approx(balanced_accuracy_score(y, np.r_[pos[j], neg[j]] >= t[j]))
