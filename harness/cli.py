@@ -210,6 +210,18 @@ def cmd_estimate(args) -> int:
     return 0
 
 
+def cmd_verify_result(args) -> int:
+    from .verify import verify_result
+
+    worst = 0
+    for path in args.results:
+        rep = verify_result(path)
+        for line in rep.lines():
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        worst = max(worst, rep.status)
+    return worst
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -282,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--control", default="shuffled-top-tokens", help="method of its shuffled control")
     s.add_argument("--results", default="results")
     s.set_defaults(fn=cmd_findings)
+
+    s = sub.add_parser("verify-result", help="recompute every number of result files from their side files "
+                       "(exit 0 all match, 1 a number differs, 3 side file too old to recompute some)")
+    s.add_argument("results", nargs="+", metavar="RESULT.json")
+    s.set_defaults(fn=cmd_verify_result)
 
     s = sub.add_parser("make-tiny-task", help="build a tiny random task (for smoke runs and tests)")
     s.add_argument("--out", required=True)

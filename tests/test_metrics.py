@@ -53,9 +53,13 @@ def test_mean_and_median_ci_match_loop():
     assert (m.lo, m.hi) == pytest.approx((lo, hi))
     md = median_ci(x, boot)
     assert md.value == sorted(x)[50]
-    lo, hi = loop_ci(lambda b: sorted(x[i] for i in b)[50], boot)
-    assert (md.lo, md.hi) == pytest.approx((lo, hi))
+    # n = 101: P(Bin(101, ½) ≤ 40) = 0.0240 ≤ 0.025 < P(≤ 41) = 0.0352, so l = 41: [x_(41), x_(61)]
+    from math import comb
+    cdf = lambda k: sum(comb(101, i) for i in range(k + 1)) / 2 ** 101
+    assert cdf(40) <= 0.025 < cdf(41)
+    assert (md.lo, md.hi) == (sorted(x)[40], sorted(x)[60])
     assert md.lo < md.value < md.hi
+    assert math.isnan(median_ci(x[:5]).lo)           # no 95% order-statistic interval from 5 values
     with pytest.raises(HarnessError):
         mean_ci(x[:-1], boot)
 
@@ -110,8 +114,8 @@ def test_paired_difference_and_delta_ce():
     boot = bootstrap_indices(4, 200, seed=4)
     d = paired_difference(a, b, boot)
     assert d["mean"].value == 3.5 and d["median"].value == 2.5
-    lo, hi = loop_ci(lambda r: float(np.median([a[i] - b[i] for i in r])), boot)
-    assert (d["median"].lo, d["median"].hi) == pytest.approx((lo, hi))
+    lo, hi = loop_ci(lambda r: float(np.mean([a[i] - b[i] for i in r])), boot)
+    assert (d["mean"].lo, d["mean"].hi) == pytest.approx((lo, hi))
     assert delta_ce(a, b, boot)["mean"] == d["mean"]
     # pairing matters: a constant shift has a zero-width CI even though a and b vary a lot
     rng = np.random.default_rng(5)
@@ -277,3 +281,20 @@ def test_detection_thresholds_match_firing_rate_on_any_scale():
     for j in range(3):
         y = np.r_[np.ones(20), np.zeros(30)]
         assert bal[j] == pytest.approx(balanced_accuracy_score(y, np.r_[pos[j], neg[j]] >= t[j]))
+
+
+def test_bootstrap_indices_chunked_equal_one_draw():
+    n, B = 37, 1300                                   # more rows than one chunk
+    want = np.random.Generator(np.random.PCG64(9)).integers(0, n, size=(B, n), dtype=np.int64)
+    np.testing.assert_array_equal(bootstrap_indices(n, B, 9), want)
+
+
+def test_median_order_statistic_coverage():
+    """Coverage of the 95% median interval on skewed data, by simulation: at least 95%, not far above."""
+    rng = np.random.default_rng(10)
+    hits = 0
+    for _ in range(2000):
+        x = rng.lognormal(0.0, 1.5, 60)
+        e = median_ci(x)
+        hits += e.lo <= 1.0 <= e.hi                   # the lognormal(0, σ) median is 1
+    assert 0.945 <= hits / 2000 <= 0.985
