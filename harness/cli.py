@@ -222,6 +222,20 @@ def cmd_verify_result(args) -> int:
     return worst
 
 
+def cmd_gaming(args) -> int:
+    from .gaming import run_gaming
+
+    task_id = Path(args.task).name if Path(args.task).exists() else args.task
+    entries, text = run_gaming(
+        args.task, Path(args.submissions or f"submissions/gaming/{task_id}"), Path(args.results),
+        Path(args.report) if args.report else None, backend=args.backend, device=args.device,
+        overrides=args.override, endpoints=[e for e in (args.endpoints or "").split(",") if e],
+        served_model=args.served_model)
+    sys.stdout.write(text + "\n")
+    # Non-zero when an adversarial submission beats the control: usable as a CI gate.
+    return 1 if any(e.above_control for e in entries if e.method.startswith("gaming-")) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -294,6 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--control", default="shuffled-top-tokens", help="method of its shuffled control")
     s.add_argument("--results", default="results")
     s.set_defaults(fn=cmd_findings)
+
+    s = sub.add_parser("gaming", help="adversarial submissions vs the shuffled control (exit 1 if one beats it)")
+    s.add_argument("--task", required=True)
+    s.add_argument("--submissions", help="where the suite's submissions are written (default submissions/gaming/<task>)")
+    s.add_argument("--results", default="results/gaming")
+    s.add_argument("--report", help="also write the Markdown report here, e.g. docs/gaming-<task>.md")
+    s.add_argument("--backend", default="auto")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--endpoints", help="http backend: comma-separated OpenAI-compatible server URLs")
+    s.add_argument("--served-model", default="")
+    _overrides(s)
+    s.set_defaults(fn=cmd_gaming)
 
     s = sub.add_parser("verify-result", help="recompute every number of result files from their side files "
                        "(exit 0 all match, 1 a number differs, 3 side file too old to recompute some)")

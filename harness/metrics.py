@@ -110,8 +110,8 @@ def _check_boot(boot_idx: np.ndarray, n: int) -> np.ndarray:
     return boot_idx
 
 
-def _percentile_ci(stats: np.ndarray) -> tuple[float, float]:
-    alpha = (1.0 - CI_LEVEL) / 2.0
+def _percentile_ci(stats: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    alpha = (1.0 - level) / 2.0
     lo, hi = np.percentile(stats, [100.0 * alpha, 100.0 * (1.0 - alpha)])
     return float(lo), float(hi)
 
@@ -342,7 +342,7 @@ def ranking_auroc(pred: np.ndarray, active: np.ndarray) -> np.ndarray:
 
 
 def paired_ranking_auroc(pred_a: np.ndarray, pred_b: np.ndarray, active: np.ndarray,
-                         boot_idx: np.ndarray) -> dict[str, Estimate]:
+                         boot_idx: np.ndarray, level: float = CI_LEVEL) -> dict[str, Estimate]:
     """Mean over latents of `ranking_auroc` for two prediction sets on the same cells, and a minus b, with
     percentile CIs from resampling the rows (contexts) together. In a resample a latent counts only where it
     has both positives and negatives; the mean is over those latents, the same for a and b."""
@@ -360,7 +360,7 @@ def paired_ranking_auroc(pred_a: np.ndarray, pred_b: np.ndarray, active: np.ndar
     bs = np.array([stat(r) for r in boot_idx])
     out = {}
     for name, v, col in (("a", va, bs[:, 0]), ("b", vb, bs[:, 1]), ("difference", va - vb, bs[:, 0] - bs[:, 1])):
-        lo, hi = _percentile_ci(col[np.isfinite(col)]) if np.isfinite(col).any() else (math.nan, math.nan)
+        lo, hi = _percentile_ci(col[np.isfinite(col)], level) if np.isfinite(col).any() else (math.nan, math.nan)
         out[name] = Estimate(float(v), lo, hi)
     return out
 

@@ -208,3 +208,27 @@ def test_verify_result_recomputes_tiny_results(tiny, capsys):
     bad.write_text(json.dumps(tampered))
     assert main(["verify-result", str(bad)]) == 1
     assert "MISMATCH headline.detection_auroc" in capsys.readouterr().out
+
+
+def test_gaming_suite_on_tiny_task(tiny, tmp_path, capsys):
+    """The adversarial suite runs end to end; none beats the shuffled control; degenerate ones are flagged."""
+    task = str(tiny / "task")
+    rc = main(["gaming", "--task", task, "--submissions", str(tmp_path / "subs"), "--results",
+               str(tmp_path / "res"), "--report", str(tmp_path / "gaming.md")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    report = (tmp_path / "gaming.md").read_text()
+    for name in ("copied", "instruct-digit", "instruct-yes", "markers", "frequent-tokens", "empty"):
+        assert f"| gaming-{name} |" in report
+        sub = json.loads((tmp_path / "subs" / f"{name}.json").read_text())
+        assert len(set(sub["explanations"].values())) == 1          # one text for every latent
+    rows = [line for line in report.splitlines() if line.startswith("| gaming-")]
+    assert len(rows) == 6 and all("| no |" in line for line in rows)
+    assert "identical-across-latents" in next(line for line in rows if line.startswith("| gaming-copied |"))
+    # a copied explanation gives every latent the same predictions: eval says so
+    copied = next(p for p in (tmp_path / "res" / "tiny-llama-transcoder").glob("gaming-copied-*.json")
+                  if not p.name.endswith(".per_context.npz"))
+    kinds = {w["kind"] for w in json.loads(copied.read_text())["warnings"]}
+    assert "identical-across-latents" in kinds
+    for p in (tmp_path / "res" / "tiny-llama-transcoder").glob("*.json"):
+        assert main(["verify-result", str(p)]) == 0
