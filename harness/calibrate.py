@@ -1,4 +1,4 @@
-"""Quantile normalisation of simulator predictions onto true latent activations (PROTOCOL §4).
+"""Quantile normalisation of simulator predictions onto true latent activations (docs/protocol.md §4).
 
 The simulator answers on a 0–9 digit scale; the coder's latents live on their own scale and are
 zero almost everywhere. `q_j = F_true,j⁻¹ ∘ F_pred,j` maps one onto the other per latent, where
@@ -474,7 +474,7 @@ def calibrate(mode: str, pred_calib: np.ndarray | None, pred_test: np.ndarray,
               table: ActivationTable | None, latents: np.ndarray) -> np.ndarray:
     """Latent values to patch in for each (test context, latent) under a calibration mode.
 
-    * `quantile` (default): normaliser fit on the calibration split, PROTOCOL §4.
+    * `quantile` (default): normaliser fit on the calibration split, docs/protocol.md §4.
     * `none`: the raw expected digit values, unchanged (the paper's uncalibrated condition).
     * `prompt-fit`: the normaliser fit on the test predictions themselves, as the paper did.
       It lets test data leak into the map, so it is only a labelled diagnostic.

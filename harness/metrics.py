@@ -1,4 +1,4 @@
-"""Scores of a run (PROTOCOL §6): ΔCE, recovery, paired differences, sensitivity/specificity,
+"""Scores of a run (docs/protocol.md §6): ΔCE, recovery, paired differences, sensitivity/specificity,
 detection AUROC, latent selection for the partial-rewriting curve. Pure numpy.
 
 Every bootstrap statistic takes the resample indices as an argument instead of a seed, so that

@@ -1,4 +1,4 @@
-"""PROTOCOL §2: the four splits, true latent activations, activation tables and baseline CE, cached.
+"""docs/protocol.md §2: the four splits, true latent activations, activation tables and baseline CE, cached.
 
 Everything is computed once per task hash under `task_cache_dir(spec)`, one file per step, each
 written atomically, so an interrupted `harness prepare` resumes at the first missing step.

@@ -1,4 +1,4 @@
-"""Result files: every number of one submission × task × simulator run (PROTOCOL §6, §7).
+"""Result files: every number of one submission × task × simulator run (docs/protocol.md §6, §7).
 
 Shape (``{...}`` below is an Estimate ``{"value", "lo", "hi"}``, a point value and its 95% CI)::
 
