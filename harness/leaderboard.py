@@ -85,6 +85,7 @@ class Row:
     balanced_accuracy: float = NAN
     side_file: str = ""                        # per-context side file, for the paired test with the row above
     boot: tuple[int, int] = (1000, 0)          # (draws, seed) the result's intervals used
+    legacy: bool = False                       # written before results named their interval methods
     rank: str = ""                             # "3", or "=2" when tied with the row above, "?2" when untested
     vs_above: dict[str, float] | None = None   # mean paired difference with the row above, with CI
 
@@ -127,6 +128,7 @@ def row_from_result(res: Result, path: str) -> Row:
     side = ((res.side_files or {}).get("per_context") or {}).get("path", "")
     rec = h.get("recovery")
     return Row(
+        legacy=not res.methods,
         recovery_note=str(rec.get("note", "")) if isinstance(rec, dict) else "",
         balanced_accuracy=_num(h.get("detection_balanced_accuracy")),
         side_file=str(Path(path).parent / side) if side else "",
@@ -346,6 +348,13 @@ def render(rows: list[Row], fmt: str = "md") -> str:
     raise HarnessError(f"leaderboard format {fmt!r} is not one of md, csv, html")
 
 
+LEGACY_HELP = (
+    "Rows from results written before results named their interval methods (no `methods` section) carry "
+    "that harness's intervals: percentile bootstrap with 1000 draws for the medians, and no recovery CI "
+    "where a resample's denominator reached 0; rerun `harness eval` to get the intervals described above."
+)
+
+
 def render_page(task_id: str, task_hash: str, rows: list[Row]) -> str:
     lines = [
         f"# Leaderboard: {task_id}",
@@ -354,6 +363,7 @@ def render_page(task_id: str, task_hash: str, rows: list[Row]) -> str:
         "",
         COLUMNS_HELP,
         "",
+        *([LEGACY_HELP, ""] if any(r.legacy for r in rows) else []),
         render(rows, "md") if rows else "_No results for this task yet._",
         "",
     ]
