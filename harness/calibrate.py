@@ -346,6 +346,24 @@ def _numpy_method(method: str):
     return _QuantileMethods[method]
 
 
+def _order_positions(n_tokens: int, u: np.ndarray, method: str):
+    """The 0-based positions numpy's `method` reads from a sorted sample of n_tokens values at levels u:
+    (previous, next, gamma), the answer being the lerp of the two by gamma (gamma None: `previous` only)."""
+    N = int(n_tokens)
+    rules = _numpy_method(method)
+    vi = np.asanyarray(rules["get_virtual_index"](N, np.asarray(u, dtype=np.float64)))
+    if np.issubdtype(vi.dtype, np.integer):
+        pos = np.clip(vi, 0, N - 1).astype(np.intp)
+        return pos, pos, None
+    vi = vi.astype(np.float64)
+    prev = np.floor(vi).astype(np.intp)
+    nxt = prev + 1
+    above, below = vi >= N - 1, vi < 0
+    prev[above], nxt[above] = N - 1, N - 1
+    prev[below], nxt[below] = 0, 0
+    return prev, nxt, np.asanyarray(rules["fix_gamma"](vi - prev, vi), dtype=np.float64)
+
+
 def mixture_quantile(nz_sorted: np.ndarray, n_tokens: int, u: np.ndarray, method: str) -> np.ndarray:
     """`np.quantile(x, u, method)` for x = (n_tokens − c) zeros followed by the c sorted non-zero values.
 
@@ -355,31 +373,33 @@ def mixture_quantile(nz_sorted: np.ndarray, n_tokens: int, u: np.ndarray, method
     """
     u = np.asarray(u, dtype=np.float64)
     vals = np.asarray(nz_sorted, dtype=np.float64)
-    c, N = vals.shape[0], int(n_tokens)
-    z = N - c
-    rules = _numpy_method(method)
-    vi = np.asanyarray(rules["get_virtual_index"](N, u))
+    z = int(n_tokens) - vals.shape[0]
 
     def at(pos):
-        pos = np.asarray(pos, dtype=np.intp)
         out = np.zeros(pos.shape, dtype=np.float64)
         nz = pos >= z
         out[nz] = vals[pos[nz] - z]
         return out
 
-    if np.issubdtype(vi.dtype, np.integer):
-        return at(np.clip(vi, 0, N - 1)).reshape(u.shape)
-    vi = vi.astype(np.float64)
-    prev = np.floor(vi).astype(np.intp)
-    nxt = prev + 1
-    above, below = vi >= N - 1, vi < 0
-    prev[above], nxt[above] = N - 1, N - 1
-    prev[below], nxt[below] = 0, 0
-    gamma = np.asanyarray(rules["fix_gamma"](vi - prev, vi), dtype=np.float64)
+    prev, nxt, gamma = _order_positions(n_tokens, u, method)
+    if gamma is None:
+        return at(prev).reshape(u.shape)
     a, b = at(prev), at(nxt)
     diff = b - a
     # numpy's _lerp: interpolate from the nearer end, so gamma = 1 returns b exactly.
     return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma).reshape(u.shape)
+
+
+def needed_nonzero_ranks(nz_count: int, n_tokens: int, u: np.ndarray, method: str) -> np.ndarray:
+    """Ranks (0-based, among a latent's sorted non-zero values) that the map reads at levels u.
+
+    A result's side file ships only these values: at paper scale (10M tokens) that is ~2% of a latent's
+    non-zero activations, and `harness verify-result` can still rebuild np.quantile's answer exactly.
+    """
+    prev, nxt, _ = _order_positions(n_tokens, u, method)
+    pos = np.unique(np.concatenate([prev.ravel(), nxt.ravel()]))
+    ranks = pos - (int(n_tokens) - int(nz_count))
+    return ranks[ranks >= 0].astype(np.int64)
 
 
 def fit_normaliser(pred_calib: np.ndarray) -> np.ndarray:

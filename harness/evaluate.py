@@ -348,7 +348,7 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
     out_dir = Path(cfg.results_dir) / spec.id
     out_dir.mkdir(parents=True, exist_ok=True)
     side = out_dir / f"{tag}.per_context.npz"
-    nz_values = [prep.table.nonzero_values(int(j)) for j in latents] if prep.table.exact else []
+    nz_stored, nz_ranks, nz_values = table_excerpt(prep.table, latents, pred_cal, pred_tst)
     # Everything `harness verify-result` needs to recompute the result's numbers (docs/protocol.md §7).
     save_npz(side, test_targets=prep.splits["test"][:, -1], **{f"ce_{k}": v for k, v in base.items()},
              **{f"ce_{k.replace('|', '__')}": v for k, v in ce.items()}, latents=latents,
@@ -359,8 +359,8 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
              **{f"active_sim__{mode}": a for mode, a in active_sim.items()},
              **{f"sim_values__{mode}": v.astype(np.float32) for mode, v in sims.items()},
              table_n_tokens=np.int64(prep.table.n_tokens), table_method=np.str_(prep.table.method),
-             table_nz_count=prep.table.nz_count[latents],
-             table_nz_values=(np.concatenate(nz_values) if nz_values else np.zeros(0, np.float32)),
+             table_nz_count=prep.table.nz_count[latents], table_nz_stored=nz_stored, table_nz_ranks=nz_ranks,
+             table_nz_values=nz_values,
              selection_scores=sel_scores.astype(np.float64),
              **{f"subset__{name}": S for name, S in subsets.items() if name != "all"})
     from .tiny import sha256_file
@@ -415,6 +415,25 @@ def _figures(result, out_dir: Path, tag: str, prep: Prepared, latents, pred_tst,
     plot_activation_distributions(np.asarray(true), pred_tst.ravel(), calibrated[calibrated > 0], paths[1])
     plot_sens_spec_by_bin(result["sens_spec_by_detection_bin"], paths[2])
     return [p.name for p in paths]
+
+
+def table_excerpt(table, latents: np.ndarray, pred_cal: np.ndarray, pred_tst: np.ndarray):
+    """The activation-table values the quantile map read for this run (both fitted modes), per latent:
+    (how many stored per latent, ranks among the latent's sorted non-zero values, values), concatenated
+    in `latents` order."""
+    from .calibrate import ecdf_midrank, fit_normaliser, needed_nonzero_ranks
+
+    if not table.exact:
+        return np.zeros(len(latents), np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    u = np.concatenate([ecdf_midrank(fit_normaliser(pred_cal), pred_tst),
+                        ecdf_midrank(fit_normaliser(pred_tst), pred_tst)])
+    ranks, values = [], []
+    for col, j in enumerate(latents):
+        r = needed_nonzero_ranks(int(table.nz_count[j]), table.n_tokens, u[:, col], table.method)
+        ranks.append(r)
+        values.append(table.nonzero_values(int(j))[r])
+    return (np.array([len(r) for r in ranks], np.int64), np.concatenate(ranks),
+            np.concatenate(values).astype(np.float32))
 
 
 def true_values(test_latents, latents: np.ndarray) -> np.ndarray:

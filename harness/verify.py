@@ -137,9 +137,15 @@ def _legacy_recovery(z, s, c, boot) -> tuple:
     return value, float(lo), float(hi)
 
 
-def _true_quantile(nz_values: np.ndarray, n_tokens: int, u: np.ndarray, method: str) -> np.ndarray:
+def _true_quantile(ranks: np.ndarray, values: np.ndarray, nz_count: int, n_tokens: int, u: np.ndarray,
+                   method: str) -> np.ndarray:
+    """np.quantile on the activation sample rebuilt from the shipped order statistics: zeros, then the
+    non-zero values at their ranks, every other position filled with the nearest known value below
+    (a monotone stand-in numpy never reads if the shipped ranks are the ones the map needed)."""
+    nz = np.zeros(nz_count, np.float32)
+    nz[ranks] = values
     full = np.zeros(n_tokens, np.float32)
-    full[n_tokens - len(nz_values):] = nz_values
+    full[n_tokens - nz_count:] = np.maximum.accumulate(nz) if nz_count else nz
     return np.quantile(full, u, method=method)
 
 
@@ -312,19 +318,21 @@ def _verify_detection(side, res, chk: _Checker, rep: Report) -> np.ndarray | Non
 
 
 def _verify_calibration(side, chk: _Checker, rep: Report) -> None:
-    if "table_nz_values" not in side or "sim_values__quantile" not in side:
-        rep.missing["quantile-normalised values"] = "table_nz_values, table_nz_count, sim_values__quantile"
+    if "table_nz_ranks" not in side or "sim_values__quantile" not in side:
+        rep.missing["quantile-normalised values"] = "table_nz_ranks, table_nz_values, sim_values__quantile"
         return
     cal, tst = side["pred_calibration"].astype(np.float64), side["pred_test"].astype(np.float64)
     N, method = int(side["table_n_tokens"]), str(side["table_method"])
     counts = side["table_nz_count"]
-    starts = np.concatenate([[0], np.cumsum(counts)])
+    starts = np.concatenate([[0], np.cumsum(side["table_nz_stored"])])
     bad = 0
     for mode, fit in (("quantile", cal), ("prompt-fit", tst)):
         got_all = side[f"sim_values__{mode}"]
         for j in range(tst.shape[1]):
             u = _midrank_ecdf(fit[:, j], tst[:, j])
-            want = _true_quantile(side["table_nz_values"][starts[j]:starts[j + 1]], N, u, method)
+            sl = slice(starts[j], starts[j + 1])
+            want = _true_quantile(side["table_nz_ranks"][sl], side["table_nz_values"][sl], int(counts[j]), N, u,
+                                  method)
             rep.checked += len(want)
             bad += int((np.abs(got_all[:, j] - want) > 1e-6 * np.maximum(1.0, np.abs(want))).sum())
     rep.checked += tst.size

@@ -299,3 +299,22 @@ def test_exact_table_survives_save_load(tmp_path):
         full = dense(values, indices, 7)[:, j]
         u = np.linspace(0, 1, 333)
         np.testing.assert_array_equal(true_quantile(back, j, u), np.quantile(full, u, method="inverted_cdf"))
+
+
+@pytest.mark.parametrize("method", ["inverted_cdf", "linear", "hazen", "nearest", "averaged_inverted_cdf"])
+def test_needed_ranks_suffice_for_np_quantile(method):
+    """The side file's excerpt of the activation sample: np.quantile on a stand-in that keeps only the
+    needed order statistics (others filled monotonically) answers exactly as on the full sample."""
+    from harness.calibrate import needed_nonzero_ranks
+
+    rng = np.random.default_rng(12)
+    N, c = 200_000, 3_000
+    nz = np.sort((rng.pareto(1.2, size=c) + 1).astype(np.float32))
+    full = np.concatenate([np.zeros(N - c, np.float32), nz])
+    u = (np.arange(1, 1000) / 1000)                       # mid-rank levels of 500 calibration predictions
+    ranks = needed_nonzero_ranks(c, N, u, method)
+    assert 0 < len(ranks) < c / 10                        # a small excerpt of the latent's values
+    stand = np.zeros(c, np.float32)
+    stand[ranks] = nz[ranks]
+    rebuilt = np.concatenate([np.zeros(N - c, np.float32), np.maximum.accumulate(stand)])
+    np.testing.assert_array_equal(np.quantile(rebuilt, u, method=method), np.quantile(full, u, method=method))
