@@ -93,6 +93,9 @@ def _num(x) -> str:
 def _fmt(e) -> str:
     if e is None:
         return "n/a"
+    if e.get("value") is not None and (e.get("lo") is None or e.get("hi") is None):
+        # An interval is never dropped silently: say why it is missing.
+        return f"{_num(e['value'])} ({'unbounded' if 'unbounded' in e.get('note', '') else 'no CI'})"
     return f"{_num(e['value'])} [{_num(e['lo'])}, {_num(e['hi'])}]"
 
 

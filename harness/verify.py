@@ -296,6 +296,10 @@ def _verify_detection(side, res, chk: _Checker, rep: Report) -> np.ndarray | Non
             want = -np.sort(-cal[:, j])[k - 1] if k > 0 else math.inf
             chk.num(f"detection_threshold[{j}]", want if math.isfinite(want) else None,
                     float(thr[j]) if math.isfinite(thr[j]) else None)
+    for key, arr in (("detection_threshold", thr), ("fire_rate", side.get("fire_rate"))):
+        if key in pl and arr is not None:
+            for j, v in enumerate(arr):
+                chk.num(f"per_latent.{key}[{j}]", float(v) if math.isfinite(v) else None, pl[key][j])
     aurocs, baccs = [], []
     for j in range(pos.shape[0]):
         p, q = pos[j][~np.isnan(pos[j])].astype(np.float64), neg[j][~np.isnan(neg[j])].astype(np.float64)
