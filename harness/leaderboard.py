@@ -394,7 +394,7 @@ def print_rich(rows: list[Row], console=None, *, title: str | None = None) -> No
         # A narrow terminal squeezes every cell to an ellipsis: keep the scores, drop the bookkeeping.
         drop = ("simulator", "date") if console.width >= 120 else (
             "simulator", "date", "ΔCE median (simulated)", "ΔCE median (latent zero)", "sensitivity",
-            "specificity", "coverage")
+            "specificity", "coverage", "balanced accuracy")
         keep = [i for i, h in enumerate(headers) if h not in drop]
         headers = [headers[i] for i in keep]
         body = [[cells[i] for i in keep] for cells in body]
