@@ -1,4 +1,4 @@
-"""Quantile normalisation of simulator predictions onto true latent activations (PROTOCOL §4).
+"""Quantile normalisation of simulator predictions onto true latent activations (docs/protocol.md §4).
 
 The simulator answers on a 0–9 digit scale; the coder's latents live on their own scale and are
 zero almost everywhere. `q_j = F_true,j⁻¹ ∘ F_pred,j` maps one onto the other per latent, where
@@ -52,7 +52,9 @@ QUANTILE_METHODS = ("inverted_cdf", "averaged_inverted_cdf", "closest_observatio
 
 CALIBRATION_MODES = ("quantile", "none", "prompt-fit")
 
-_TABLE_FORMAT = 1
+# Format 2 adds `nz_sorted`, every non-zero value of every latent: the quantile map is then exact at any
+# sample size instead of only up to Q - 1 non-zero values per latent (docs/protocol.md, calibration).
+_TABLE_FORMAT = 2
 
 
 def _check_method(method: str) -> None:
@@ -90,6 +92,10 @@ class ActivationTable:
     nz_count: np.ndarray      # [L] int64
     n_tokens: int
     method: str = "inverted_cdf"
+    # Every non-zero value, sorted within each latent, latents in index order (latent j's slice starts at
+    # nz_count[:j].sum()). With it `true_quantile` is numpy's estimator on the full sample, exactly; without
+    # it (tables built by hand from a grid) it falls back to the Q-point grid.
+    nz_sorted: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.fire_rate = np.asarray(self.fire_rate, dtype=np.float64)
@@ -108,6 +114,23 @@ class ActivationTable:
         if self.n_tokens <= 0 or np.any(self.nz_count < 0) or np.any(self.nz_count > self.n_tokens):
             raise HarnessError(f"activation table counts are invalid (n_tokens={self.n_tokens}); "
                                "rebuild it with `harness prepare`")
+        if self.nz_sorted is not None:
+            self.nz_sorted = np.asarray(self.nz_sorted, dtype=np.float32)
+            if self.nz_sorted.shape != (int(self.nz_count.sum()),):
+                raise HarnessError(f"activation table holds {self.nz_sorted.shape} non-zero values for "
+                                   f"{int(self.nz_count.sum())} counted; rebuild it with `harness prepare`")
+        self._starts = np.concatenate([[0], np.cumsum(self.nz_count)])
+
+    @property
+    def exact(self) -> bool:
+        """True when the table keeps every non-zero value, so quantiles are numpy's on the full sample."""
+        return self.nz_sorted is not None
+
+    def nonzero_values(self, j: int) -> np.ndarray:
+        """Latent j's non-zero activations over the activation sample, sorted (needs an exact table)."""
+        if self.nz_sorted is None:
+            raise HarnessError("this activation table keeps only a quantile grid; rebuild it with `harness prepare`")
+        return self.nz_sorted[self._starts[j]:self._starts[j + 1]]
 
     @property
     def num_latents(self) -> int:
@@ -127,9 +150,10 @@ class ActivationTable:
         path.parent.mkdir(parents=True, exist_ok=True)
         # np.savez appends ".npz" to names without it; write to a handle so `path` is exact.
         with open(path, "wb") as fh:
+            extra = {} if self.nz_sorted is None else {"nz_sorted": self.nz_sorted}
             np.savez(fh, format=np.int64(_TABLE_FORMAT), fire_rate=self.fire_rate,
                      nz_quantiles=self.nz_quantiles, nz_count=self.nz_count,
-                     n_tokens=np.int64(self.n_tokens), method=np.str_(self.method))
+                     n_tokens=np.int64(self.n_tokens), method=np.str_(self.method), **extra)
 
     @classmethod
     def load(cls, path: str | Path) -> "ActivationTable":
@@ -147,12 +171,12 @@ class ActivationTable:
         if missing:
             raise HarnessError(f"activation table {path} lacks {', '.join(missing)}; delete it "
                                "and run `harness prepare` again")
-        if int(data["format"]) != _TABLE_FORMAT:
+        if int(data["format"]) not in (1, _TABLE_FORMAT):
             raise HarnessError(f"activation table {path} has format {int(data['format'])}, this "
                                f"harness reads {_TABLE_FORMAT}; run `harness prepare` again")
         return cls(fire_rate=data["fire_rate"], nz_quantiles=data["nz_quantiles"],
                    nz_count=data["nz_count"], n_tokens=int(data["n_tokens"]),
-                   method=str(data["method"]))
+                   method=str(data["method"]), nz_sorted=data.get("nz_sorted"))
 
 
 def _check_topk(values: np.ndarray, indices: np.ndarray, num_latents: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,7 +268,7 @@ def _table_from_firing(values: np.ndarray, latents: np.ndarray, n_tokens: int, n
             nz_quantiles[j] = np.quantile(sorted_vals[starts[j]:starts[j + 1]], probs,
                                           method=method)
     return ActivationTable(fire_rate=counts / float(n_tokens), nz_quantiles=nz_quantiles,
-                           nz_count=counts, n_tokens=n_tokens, method=method)
+                           nz_count=counts, n_tokens=n_tokens, method=method, nz_sorted=sorted_vals)
 
 
 def build_activation_table(values: np.ndarray, indices: np.ndarray, num_latents: int,
@@ -263,6 +287,9 @@ def true_quantile(table: ActivationTable, j: int, u: np.ndarray) -> np.ndarray:
 
     For u ≤ 1 − fire_rate the answer is exactly 0.0. Above it, u maps to the conditional level
     v = (u − (1 − r)) / r within the non-zero values:
+
+    With an exact table (every table `harness prepare` builds) this is `mixture_quantile`: numpy's
+    estimator on the full sample, for any number of values. Tables holding only the Q-point grid use:
 
     * `inverted_cdf` (default): the order statistic numpy would pick from the *full* sample
       (zeros included) is turned into a rank among the non-zero values, and the first grid point
@@ -285,6 +312,8 @@ def true_quantile(table: ActivationTable, j: int, u: np.ndarray) -> np.ndarray:
     out = np.zeros(u.shape, dtype=np.float64)
     if c == 0:
         return out
+    if table.exact:
+        return mixture_quantile(table.nonzero_values(j), N, u, table.method)
     grid = table.nz_quantiles[j].astype(np.float64)
     Q = grid.shape[0]
     if table.method == "inverted_cdf":
@@ -303,6 +332,74 @@ def true_quantile(table: ActivationTable, j: int, u: np.ndarray) -> np.ndarray:
     else:
         out[fires] = np.interp(v, np.linspace(0.0, 1.0, Q), grid)
     return out
+
+
+def _numpy_method(method: str):
+    # numpy's own virtual-index and gamma rules for each Hyndman & Fan estimator: reusing them (rather than
+    # retyping 13 formulas) keeps the map bit-compatible with np.quantile. They are private, so a numpy that
+    # moves them fails here with one clear line, and tests/test_calibrate.py compares against np.quantile.
+    try:
+        from numpy.lib._function_base_impl import _QuantileMethods
+    except ImportError:  # pragma: no cover - numpy < 2 or a future layout
+        raise HarnessError(f"this numpy ({np.__version__}) does not expose its quantile rules; "
+                           "install numpy 2.x") from None
+    return _QuantileMethods[method]
+
+
+def _order_positions(n_tokens: int, u: np.ndarray, method: str):
+    """The 0-based positions numpy's `method` reads from a sorted sample of n_tokens values at levels u:
+    (previous, next, gamma), the answer being the lerp of the two by gamma (gamma None: `previous` only)."""
+    N = int(n_tokens)
+    rules = _numpy_method(method)
+    vi = np.asanyarray(rules["get_virtual_index"](N, np.asarray(u, dtype=np.float64)))
+    if np.issubdtype(vi.dtype, np.integer):
+        pos = np.clip(vi, 0, N - 1).astype(np.intp)
+        return pos, pos, None
+    vi = vi.astype(np.float64)
+    prev = np.floor(vi).astype(np.intp)
+    nxt = prev + 1
+    above, below = vi >= N - 1, vi < 0
+    prev[above], nxt[above] = N - 1, N - 1
+    prev[below], nxt[below] = 0, 0
+    return prev, nxt, np.asanyarray(rules["fix_gamma"](vi - prev, vi), dtype=np.float64)
+
+
+def mixture_quantile(nz_sorted: np.ndarray, n_tokens: int, u: np.ndarray, method: str) -> np.ndarray:
+    """`np.quantile(x, u, method)` for x = (n_tokens − c) zeros followed by the c sorted non-zero values.
+
+    The zeros are never materialised: numpy's virtual index is computed for the full sample size, and an
+    order-statistic position below n_tokens − c reads 0. Exact for any sample size (no grid), so the
+    top 0.1% of a latent maps to its top 0.1% of values, not to its maximum.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    vals = np.asarray(nz_sorted, dtype=np.float64)
+    z = int(n_tokens) - vals.shape[0]
+
+    def at(pos):
+        out = np.zeros(pos.shape, dtype=np.float64)
+        nz = pos >= z
+        out[nz] = vals[pos[nz] - z]
+        return out
+
+    prev, nxt, gamma = _order_positions(n_tokens, u, method)
+    if gamma is None:
+        return at(prev).reshape(u.shape)
+    a, b = at(prev), at(nxt)
+    diff = b - a
+    # numpy's _lerp: interpolate from the nearer end, so gamma = 1 returns b exactly.
+    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma).reshape(u.shape)
+
+
+def needed_nonzero_ranks(nz_count: int, n_tokens: int, u: np.ndarray, method: str) -> np.ndarray:
+    """Ranks (0-based, among a latent's sorted non-zero values) that the map reads at levels u.
+
+    A result's side file ships only these values: at paper scale (10M tokens) that is ~2% of a latent's
+    non-zero activations, and `harness verify-result` can still rebuild np.quantile's answer exactly.
+    """
+    prev, nxt, _ = _order_positions(n_tokens, u, method)
+    pos = np.unique(np.concatenate([prev.ravel(), nxt.ravel()]))
+    ranks = pos - (int(n_tokens) - int(nz_count))
+    return ranks[ranks >= 0].astype(np.int64)
 
 
 def fit_normaliser(pred_calib: np.ndarray) -> np.ndarray:
@@ -397,7 +494,7 @@ def calibrate(mode: str, pred_calib: np.ndarray | None, pred_test: np.ndarray,
               table: ActivationTable | None, latents: np.ndarray) -> np.ndarray:
     """Latent values to patch in for each (test context, latent) under a calibration mode.
 
-    * `quantile` (default): normaliser fit on the calibration split, PROTOCOL §4.
+    * `quantile` (default): normaliser fit on the calibration split, docs/protocol.md §4.
     * `none`: the raw expected digit values, unchanged (the paper's uncalibrated condition).
     * `prompt-fit`: the normaliser fit on the test predictions themselves, as the paper did.
       It lets test data leak into the map, so it is only a labelled diagnostic.

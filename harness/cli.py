@@ -100,6 +100,9 @@ def _num(x) -> str:
 def _fmt(e) -> str:
     if e is None:
         return "n/a"
+    if e.get("value") is not None and (e.get("lo") is None or e.get("hi") is None):
+        # An interval is never dropped silently: say why it is missing.
+        return f"{_num(e['value'])} ({'unbounded' if 'unbounded' in e.get('note', '') else 'no CI'})"
     return f"{_num(e['value'])} [{_num(e['lo'])}, {_num(e['hi'])}]"
 
 
@@ -113,7 +116,8 @@ def _print_summary(r: dict) -> None:
     t.add_row("ΔCE median latent_zero", _fmt(h["latent_zero_delta_ce_median"]))
     t.add_row("simulated − latent_zero (mean)", _fmt(h["sim_minus_zero_mean"]))
     t.add_row("sensitivity / specificity", f"{_num(h['sensitivity'])} / {_num(h['specificity'])}")
-    t.add_row("detection AUROC", _num(h["detection_auroc"]))
+    t.add_row("detection AUROC / balanced accuracy",
+              f"{_num(h['detection_auroc'])} / {_num(h.get('detection_balanced_accuracy'))}")
     ce = r["ce_means"]
     t.add_row("mean CE clean / coder / zero_output",
               f"{_num(ce['clean'])} / {_num(ce['coder'])} / {_num(ce['zero_output'])}")
@@ -122,6 +126,9 @@ def _print_summary(r: dict) -> None:
                  and c["selection"] == "all")
         t.add_row(f"recovery, calibration={mode}", _fmt(c["recovery"]))
     console.print(t)
+    for w in r.get("warnings", []):
+        # Degenerate predictions (constant, saturated, copied): scored as they are, but said out loud.
+        Console(stderr=True).print(f"[yellow]warning:[/] {w['message']}", highlight=False, soft_wrap=True)
 
 
 def _leaderboard_rows(results: Path, task_id: str | None, known: dict[str, str] | None = None):
@@ -218,6 +225,32 @@ def cmd_estimate(args) -> int:
     return 0
 
 
+def cmd_verify_result(args) -> int:
+    from .verify import verify_result
+
+    worst = 0
+    for path in args.results:
+        rep = verify_result(path)
+        for line in rep.lines():
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        worst = max(worst, rep.status)
+    return worst
+
+
+def cmd_gaming(args) -> int:
+    from .gaming import run_gaming
+
+    task_id = Path(args.task).name if Path(args.task).exists() else args.task
+    entries, text = run_gaming(
+        args.task, Path(args.submissions or f"submissions/gaming/{task_id}"), Path(args.results),
+        Path(args.report) if args.report else None, backend=args.backend, device=args.device,
+        overrides=args.override, endpoints=[e for e in (args.endpoints or "").split(",") if e],
+        served_model=args.served_model)
+    sys.stdout.write(text + "\n")
+    # Non-zero when an adversarial submission beats the control: usable as a CI gate.
+    return 1 if any(e.above_control for e in entries if e.method.startswith("gaming-")) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -290,6 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--control", default="shuffled-top-tokens", help="method of its shuffled control")
     s.add_argument("--results", default="results")
     s.set_defaults(fn=cmd_findings)
+
+    s = sub.add_parser("gaming", help="adversarial submissions vs the shuffled control (exit 1 if one beats it)")
+    s.add_argument("--task", required=True)
+    s.add_argument("--submissions", help="where the suite's submissions are written (default submissions/gaming/<task>)")
+    s.add_argument("--results", default="results/gaming")
+    s.add_argument("--report", help="also write the Markdown report here, e.g. docs/gaming-<task>.md")
+    s.add_argument("--backend", default="auto")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--endpoints", help="http backend: comma-separated OpenAI-compatible server URLs")
+    s.add_argument("--served-model", default="")
+    _overrides(s)
+    s.set_defaults(fn=cmd_gaming)
+
+    s = sub.add_parser("verify-result", help="recompute every number of result files from their side files "
+                       "(exit 0 all match, 1 a number differs, 3 side file too old to recompute some)")
+    s.add_argument("results", nargs="+", metavar="RESULT.json")
+    s.set_defaults(fn=cmd_verify_result)
 
     s = sub.add_parser("make-tiny-task", help="build a tiny random task (for smoke runs and tests)")
     s.add_argument("--out", required=True)

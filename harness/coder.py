@@ -1,4 +1,4 @@
-"""Sparse coders in sparsify's on-disk format (PROTOCOL §1).
+"""Sparse coders in sparsify's on-disk format (docs/protocol.md §1).
 
 The maths mirror `sparsify.SparseCoder` (ReLU, then an unsorted top-k) so that the latents the harness
 computes are the ones the checkpoint's authors trained; the tests compare against sparsify itself.

@@ -22,8 +22,9 @@ from . import __version__
 from .calibrate import calibrate
 from .coder import SparseCoder, topk_dense
 from .errors import HarnessError
-from .metrics import (bin_by_score, bootstrap_indices, detection_scores, mean_ci, median_ci, paired_difference,
-                      recovery, select_latents, sensitivity_specificity)
+from .metrics import (CI_LEVEL, bin_by_score, bootstrap_indices, detection_scores, detection_thresholds, mean_ci,
+                      median_ci, paired_difference, recovery, recovery_denominator, select_latents,
+                      sensitivity_specificity)
 from .prepare import BATCH, Prepared, coder_num_latents, load_coder, prepare, progress, save_npz
 from .submissions import coverage, load_submission
 from .tasks import TaskSpec, cache_root
@@ -138,14 +139,52 @@ def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latent
     return pred_cal, pred_tst, pos_pred, neg_pred, stats
 
 
-def detection_table(pos_pred, neg_pred, threshold: float):
+def detection_table(pos_pred, neg_pred, threshold):
+    """AUROC and balanced accuracy per latent; `threshold` is a scalar or one value per latent."""
+    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(pos_pred),))
     auroc = np.full(len(pos_pred), np.nan)
     bacc = np.full(len(pos_pred), np.nan)
     for e, (p, q) in enumerate(zip(pos_pred, neg_pred)):
         if len(p) and len(q):
-            a, b = detection_scores(p[None, :], q[None, :], threshold=threshold)
+            a, b = detection_scores(p[None, :], q[None, :], threshold=thr[e])
             auroc[e], bacc[e] = a[0], b[0]
     return auroc, bacc
+
+
+def padded(rows: list[np.ndarray]) -> np.ndarray:
+    """Ragged per-latent detection predictions as one [m, max_len] float32 array, NaN-padded."""
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), width), np.nan, np.float32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def detection_threshold_values(spec: TaskSpec, pred_cal: np.ndarray, fire_rate: np.ndarray) -> np.ndarray:
+    if spec.scoring.detection_rule == "fixed":
+        return np.full(pred_cal.shape[1], float(spec.scoring.detection_threshold))
+    return detection_thresholds(pred_cal, fire_rate)
+
+
+def method_notes(spec: TaskSpec, table) -> dict:
+    """How every number was computed, so a result explains itself (docs/protocol.md §6)."""
+    sc = spec.scoring
+    rule = ("fire-rate: per latent, the ceil(r*n_cal)-th largest calibration prediction, r = the latent's "
+            "firing rate on the activation sample; predicted firing iff prediction >= threshold"
+            if sc.detection_rule == "fire-rate" else f"fixed: predicted firing iff prediction >= {sc.detection_threshold:g}")
+    return {
+        "intervals": {"level": CI_LEVEL,
+                      "bootstrap": {"method": "percentile", "draws": sc.bootstrap, "seed": sc.seed,
+                                    "generator": "numpy PCG64(seed).integers(0, n, (draws, n))",
+                                    "resampled": "test contexts, the same resamples for every condition (paired)"},
+                      "recovery": "fieller (inverted one-sample t-test on n-1 df; unbounded when the denominator "
+                                  "is not significantly different from 0)"},
+        "quantile_estimator": {"numpy_method": table.method, "exact": bool(table.exact),
+                               "table": ("every non-zero activation of each latent" if table.exact
+                                         else f"{table.n_quantiles}-point grid of non-zero quantiles")},
+        "ecdf": "mid-rank empirical CDF of the calibration predictions, clipped to their range",
+        "detection_threshold": {"rule": sc.detection_rule, "description": rule},
+    }
 
 
 @torch.inference_mode()
@@ -238,7 +277,13 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
                                       "store" if not sim_stats["n_computed"] else "mixed")
 
     sc = spec.scoring
-    auroc, bacc = detection_table(pos_pred, neg_pred, sc.detection_threshold)
+    fire_rate = prep.table.fire_rate[latents]
+    det_thr = detection_threshold_values(spec, pred_cal, fire_rate)
+    auroc, bacc = detection_table(pos_pred, neg_pred, det_thr)
+    from .degenerate import degenerate_predictions
+
+    warnings = [w.to_dict() for w in degenerate_predictions(np.vstack([pred_cal, pred_tst]), latents,
+                                                            spec.simulator.prompt_version)]
     if sub.scores and all(int(j) in sub.scores for j in latents):
         sel_scores, score_source = np.asarray([sub.scores[int(j)] for j in latents]), "submission"
     else:
@@ -296,6 +341,8 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
         "sensitivity": float(np.nanmean(sens)) if np.isfinite(sens).any() else float("nan"),
         "specificity": float(np.nanmean(spec_)) if np.isfinite(spec_).any() else float("nan"),
         "detection_auroc": float(np.nanmean(auroc)) if np.isfinite(auroc).any() else float("nan"),
+        "detection_balanced_accuracy": float(np.nanmean(bacc)) if np.isfinite(bacc).any() else float("nan"),
+        "recovery_denominator": est(recovery_denominator(ce["latent_zero|all"], base["coder"], boot)),
         "coder_delta_ce_median": est(median_ci(base["coder"] - clean, boot)),
         "zero_output_delta_ce_median": (est(median_ci(base["zero_output"] - clean, boot))
                                         if np.isfinite(base["zero_output"]).all() else None),
@@ -309,10 +356,21 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
     out_dir = Path(cfg.results_dir) / spec.id
     out_dir.mkdir(parents=True, exist_ok=True)
     side = out_dir / f"{tag}.per_context.npz"
+    nz_stored, nz_ranks, nz_values = table_excerpt(prep.table, latents, pred_cal, pred_tst)
+    # Everything `harness verify-result` needs to recompute the result's numbers (docs/protocol.md §7).
     save_npz(side, test_targets=prep.splits["test"][:, -1], **{f"ce_{k}": v for k, v in base.items()},
              **{f"ce_{k.replace('|', '__')}": v for k, v in ce.items()}, latents=latents,
              pred_calibration=pred_cal.astype(np.float32), pred_test=pred_tst.astype(np.float32),
-             true_test=true_values(prep.test_latents, latents))
+             true_test=true_values(prep.test_latents, latents),
+             det_pred_pos=padded(pos_pred), det_pred_neg=padded(neg_pred), detection_threshold=det_thr,
+             fire_rate=fire_rate, active_true=active_true,
+             **{f"active_sim__{mode}": a for mode, a in active_sim.items()},
+             **{f"sim_values__{mode}": v.astype(np.float32) for mode, v in sims.items()},
+             table_n_tokens=np.int64(prep.table.n_tokens), table_method=np.str_(prep.table.method),
+             table_nz_count=prep.table.nz_count[latents], table_nz_stored=nz_stored, table_nz_ranks=nz_ranks,
+             table_nz_values=nz_values,
+             selection_scores=sel_scores.astype(np.float64),
+             **{f"subset__{name}": S for name, S in subsets.items() if name != "all"})
     from .tiny import sha256_file
 
     result = {
@@ -333,10 +391,13 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
         "conditions": conditions,
         "per_latent": {"latent": latents.tolist(), "auroc": auroc.tolist(), "balanced_accuracy": bacc.tolist(),
                        "sensitivity": sens.tolist(), "specificity": spec_.tolist(),
-                       "score": [float(x) for x in sel_scores]},
+                       "score": [float(x) for x in sel_scores], "detection_threshold": det_thr.tolist(),
+                       "fire_rate": fire_rate.tolist()},
         "sens_spec_by_detection_bin": bins,
         "side_files": {"per_context": {"path": side.name, "sha256": sha256_file(side)}},
         "figures": [],
+        "methods": method_notes(spec, prep.table),
+        "warnings": warnings,
     }
     figures = _figures(result, out_dir, tag, prep, latents, pred_tst, sims, active_true)
     result["figures"] = figures
@@ -362,6 +423,25 @@ def _figures(result, out_dir: Path, tag: str, prep: Prepared, latents, pred_tst,
     plot_activation_distributions(np.asarray(true), pred_tst.ravel(), calibrated[calibrated > 0], paths[1])
     plot_sens_spec_by_bin(result["sens_spec_by_detection_bin"], paths[2])
     return [p.name for p in paths]
+
+
+def table_excerpt(table, latents: np.ndarray, pred_cal: np.ndarray, pred_tst: np.ndarray):
+    """The activation-table values the quantile map read for this run (both fitted modes), per latent:
+    (how many stored per latent, ranks among the latent's sorted non-zero values, values), concatenated
+    in `latents` order."""
+    from .calibrate import ecdf_midrank, fit_normaliser, needed_nonzero_ranks
+
+    if not table.exact:
+        return np.zeros(len(latents), np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    u = np.concatenate([ecdf_midrank(fit_normaliser(pred_cal), pred_tst),
+                        ecdf_midrank(fit_normaliser(pred_tst), pred_tst)])
+    ranks, values = [], []
+    for col, j in enumerate(latents):
+        r = needed_nonzero_ranks(int(table.nz_count[j]), table.n_tokens, u[:, col], table.method)
+        ranks.append(r)
+        values.append(table.nonzero_values(int(j))[r])
+    return (np.array([len(r) for r in ranks], np.int64), np.concatenate(ranks),
+            np.concatenate(values).astype(np.float32))
 
 
 def true_values(test_latents, latents: np.ndarray) -> np.ndarray:

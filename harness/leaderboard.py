@@ -1,4 +1,10 @@
-"""Leaderboards built from result files (PROTOCOL §7).
+"""Leaderboards built from result files (docs/protocol.md §7).
+
+Rows are ranked by the headline paired difference "simulated − latent zero" (mean CE, nats; lower is
+better), which always has a bootstrap CI, not by recovery, whose denominator can sit at 0. Each row is
+compared with the row above on the same test contexts (paired per-context difference of their
+"simulated − latent zero", from the side files): when that difference's CI contains 0 the row shares the
+rank of the row above and is marked "=" — the data do not order the two.
 
 Only results whose task hash equals the task's current hash are ranked: a result computed under an
 older task definition (other model, splits, prompt...) measured something else. Those, and files
@@ -26,26 +32,35 @@ from harness.results import Result, atomic_write_text, load_result
 
 NAN = math.nan
 
+RANK_METRIC = "simulated − latent zero (mean)"
+
 COLUMNS = (
+    "rank",
     "method",
+    RANK_METRIC,
     "recovery",
     "ΔCE median (simulated)",
     "ΔCE median (latent zero)",
-    "simulated − latent zero (mean)",
     "sensitivity",
     "specificity",
     "detection AUROC",
+    "balanced accuracy",
     "coverage",
     "simulator",
     "date",
 )
 
 COLUMNS_HELP = (
-    "recovery = (CE(latent zero) − CE(simulated)) / (CE(latent zero) − CE(coder)): 1 is as good as the true latents, "
-    "0 no better than deleting them; ΔCE are medians over test contexts in nats vs the clean model; "
-    "simulated − latent zero is the mean paired CE difference (negative is better); "
-    "sensitivity/specificity are macro-averaged over latents; brackets are 95% bootstrap CIs; "
-    "coverage is the fraction of rewritten latents the submission explains."
+    "Rows are ranked by simulated − latent zero, the mean paired CE difference in nats over test contexts "
+    "(negative: the simulated latents do better than deleting them), with its 95% percentile-bootstrap CI. "
+    "A rank marked = means the paired difference with the row above has a 95% CI containing 0: the data do "
+    "not order those two rows (? : could not be tested, side file missing). "
+    "recovery = (CE(latent zero) − CE(simulated)) / (CE(latent zero) − CE(coder)), 1 as good as the true "
+    "latents, 0 no better than deleting them, with Fieller's 95% CI; 'unbounded' when the denominator is not "
+    "significantly different from 0 (then recovery orders nothing). ΔCE are medians over test contexts in nats "
+    "vs the clean model, with distribution-free order-statistic 95% CIs. Sensitivity, specificity, detection "
+    "AUROC and balanced accuracy are macro-averages over latents, shown without interval (point values; the "
+    "per-latent tables are in the result files). Coverage is the fraction of rewritten latents the submission explains."
 )
 
 
@@ -67,6 +82,13 @@ class Row:
     date: str
     submission_sha256: str
     path: str
+    recovery_note: str = ""
+    balanced_accuracy: float = NAN
+    side_file: str = ""                        # per-context side file, for the paired test with the row above
+    boot: tuple[int, int] = (1000, 0)          # (draws, seed) the result's intervals used
+    legacy: bool = False                       # written before results named their interval methods
+    rank: str = ""                             # "3", or "=2" when tied with the row above, "?2" when untested
+    vs_above: dict[str, float] | None = None   # mean paired difference with the row above, with CI
 
     @property
     def simulator(self) -> str:
@@ -103,7 +125,15 @@ def _parse_date(s: str) -> _dt.datetime:
 
 def row_from_result(res: Result, path: str) -> Row:
     h = res.headline
+    boot = ((res.methods or {}).get("intervals") or {}).get("bootstrap") or {}
+    side = ((res.side_files or {}).get("per_context") or {}).get("path", "")
+    rec = h.get("recovery")
     return Row(
+        legacy=not res.methods,
+        recovery_note=str(rec.get("note", "")) if isinstance(rec, dict) else "",
+        balanced_accuracy=_num(h.get("detection_balanced_accuracy")),
+        side_file=str(Path(path).parent / side) if side else "",
+        boot=(int(boot.get("draws", 1000)), int(boot.get("seed", res.provenance.get("seed", 0) or 0))),
         task_id=res.task["id"],
         task_hash=res.task["hash"],
         # Stored text is whatever a submitter wrote: one printable line, so no table or terminal can break.
@@ -168,16 +198,58 @@ def collect_results(
         old = newest.get(key)
         if old is None or _parse_date(row.date) >= _parse_date(old.date):
             newest[key] = row
-    rows = sort_rows(list(newest.values()))
+    rows = mark_ties(sort_rows(list(newest.values())))
     return rows, rejected
 
 
 def sort_rows(rows: list[Row]) -> list[Row]:
+    """Best first by the ranking metric (lower simulated − latent zero); recovery, then name, break exact ties."""
     def key(r: Row):
-        v = r.recovery["value"]
-        return (math.isnan(v), -v if not math.isnan(v) else 0.0, r.method)
+        v = r.sim_minus_zero_mean["value"]
+        rec = r.recovery["value"]
+        return (r.task_id, math.isnan(v), v if not math.isnan(v) else 0.0,
+                -rec if not math.isnan(rec) else math.inf, r.method)
 
     return sorted(rows, key=key)
+
+
+def _rank_series(path: str) -> "np.ndarray | None":
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["ce_simulated__quantile__all"] - z["ce_latent_zero__all"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def mark_ties(rows: list[Row]) -> list[Row]:
+    """Fill `rank` and `vs_above`: each row against the row above (same task), paired over test contexts."""
+    from harness.metrics import bootstrap_indices, mean_ci
+
+    prev: Row | None = None
+    pos = 0
+    group = 0
+    for r in rows:
+        if prev is None or prev.task_id != r.task_id:
+            pos, group, prev = 1, 1, r
+            r.rank, r.vs_above = "1", None
+            continue
+        pos += 1
+        a, b = _rank_series(r.side_file) if r.side_file else None, _rank_series(prev.side_file) if prev.side_file else None
+        if a is None or b is None or a.shape != b.shape or math.isnan(r.sim_minus_zero_mean["value"]):
+            r.rank, r.vs_above = f"?{group}", None   # untested: keep the group, say so
+        else:
+            draws, seed = r.boot
+            e = mean_ci(a - b, bootstrap_indices(len(a), draws, seed))
+            r.vs_above = {"value": e.value, "lo": e.lo, "hi": e.hi}
+            if e.lo <= 0.0 <= e.hi:
+                r.rank = f"={group}"
+            else:
+                group = pos
+                r.rank = str(group)
+        prev = r
+    return rows
 
 
 def _short_model_key(k: str) -> str:
@@ -192,24 +264,28 @@ def fmt_num(x: float, digits: int = 2) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
 
-def fmt_est(e: dict[str, float], digits: int = 2) -> str:
+def fmt_est(e: dict[str, float], digits: int = 2, note: str = "") -> str:
+    """value [lo, hi]; a missing interval is never dropped silently: it says why (from the note)."""
     if math.isnan(e["value"]):
-        return "n/a"
-    if math.isnan(e["lo"]) or math.isnan(e["hi"]):
-        return fmt_num(e["value"], digits)
+        return "n/a" + (" (undefined)" if note else "")
+    if math.isnan(e["lo"]) or math.isnan(e["hi"]) or math.isinf(e["lo"]) or math.isinf(e["hi"]):
+        why = "unbounded" if "unbounded" in note else "no CI"
+        return f"{fmt_num(e['value'], digits)} ({why})"
     return f"{e['value']:.{digits}f} [{e['lo']:.{digits}f}, {e['hi']:.{digits}f}]"
 
 
 def _display_cells(r: Row) -> list[str]:
     return [
+        r.rank,
         r.method,
-        fmt_est(r.recovery, 2),
+        fmt_est(r.sim_minus_zero_mean, 4),
+        fmt_est(r.recovery, 2, r.recovery_note),
         fmt_est(r.delta_ce_median_simulated, 3),
         fmt_est(r.delta_ce_median_latent_zero, 3),
-        fmt_est(r.sim_minus_zero_mean, 3),
         fmt_num(r.sensitivity, 2),
         fmt_num(r.specificity, 2),
         fmt_num(r.detection_auroc, 2),
+        fmt_num(r.balanced_accuracy, 2),
         "n/a" if math.isnan(r.coverage) else f"{100 * r.coverage:.0f}%",
         r.simulator,
         r.date[:10],
@@ -238,6 +314,7 @@ CSV_COLUMNS = (
     "sim_minus_zero_mean", "sim_minus_zero_mean_lo", "sim_minus_zero_mean_hi",
     "sensitivity", "specificity", "detection_auroc", "coverage",
     "simulator_model_key", "prompt_version", "date", "submission_sha256",
+    "rank", "vs_above_mean", "vs_above_lo", "vs_above_hi", "balanced_accuracy", "recovery_note",
 )  # fmt: skip
 
 
@@ -251,6 +328,9 @@ def _csv_row(r: Row) -> list[str]:
         out += [_csv_num(e["value"]), _csv_num(e["lo"]), _csv_num(e["hi"])]
     out += [_csv_num(x) for x in (r.sensitivity, r.specificity, r.detection_auroc, r.coverage)]
     out += [r.model_key, r.prompt_version, r.date, r.submission_sha256]
+    v = r.vs_above or {}
+    out += [r.rank] + [_csv_num(v.get(k, NAN)) for k in ("value", "lo", "hi")]
+    out += [_csv_num(r.balanced_accuracy), r.recovery_note]
     return out
 
 
@@ -276,6 +356,13 @@ def render(rows: list[Row], fmt: str = "md") -> str:
     raise HarnessError(f"leaderboard format {fmt!r} is not one of md, csv, html")
 
 
+LEGACY_HELP = (
+    "Rows from results written before results named their interval methods (no `methods` section) carry "
+    "that harness's intervals: percentile bootstrap with 1000 draws for the medians, and no recovery CI "
+    "where a resample's denominator reached 0; rerun `harness eval` to get the intervals described above."
+)
+
+
 def render_page(task_id: str, task_hash: str, rows: list[Row]) -> str:
     lines = [
         f"# Leaderboard: {task_id}",
@@ -284,6 +371,7 @@ def render_page(task_id: str, task_hash: str, rows: list[Row]) -> str:
         "",
         COLUMNS_HELP,
         "",
+        *([LEGACY_HELP, ""] if any(r.legacy for r in rows) else []),
         render(rows, "md") if rows else "_No results for this task yet._",
         "",
     ]
@@ -312,12 +400,17 @@ def print_rich(rows: list[Row], console=None, *, title: str | None = None) -> No
     headers, body = _display_table(rows)
     if console.width < 160:
         # A narrow terminal squeezes every cell to an ellipsis: keep the scores, drop the bookkeeping.
-        keep = [i for i, h in enumerate(headers) if h not in ("simulator", "date")]
+        drop = ("simulator", "date") if console.width >= 120 else (
+            "simulator", "date", "ΔCE median (simulated)", "ΔCE median (latent zero)", "sensitivity",
+            "specificity", "coverage", "balanced accuracy")
+        keep = [i for i, h in enumerate(headers) if h not in drop]
         headers = [headers[i] for i in keep]
         body = [[cells[i] for i in keep] for cells in body]
-    table = Table(title=title, show_lines=False)
+    table = Table(title=title, show_lines=False,
+                  caption="= : not significantly different from the row above (paired 95% CI contains 0)")
     for h in headers:
-        table.add_column(h, justify="left" if h in ("task", "method", "simulator", "date") else "right")
+        table.add_column(h, justify="left" if h in ("task", "method", "simulator", "date") else "right",
+                         no_wrap=h in ("method", "rank"))
     for cells in body:
         table.add_row(*cells)
     console.print(table)

@@ -1,4 +1,4 @@
-"""Scores of a run (PROTOCOL §6): ΔCE, recovery, paired differences, sensitivity/specificity,
+"""Scores of a run (docs/protocol.md §6): ΔCE, recovery, paired differences, sensitivity/specificity,
 detection AUROC, latent selection for the partial-rewriting curve. Pure numpy.
 
 Every bootstrap statistic takes the resample indices as an argument instead of a seed, so that
@@ -25,6 +25,8 @@ __all__ = [
     "paired_difference",
     "delta_ce",
     "recovery",
+    "recovery_denominator",
+    "detection_thresholds",
     "sensitivity_specificity",
     "macro",
     "detection_scores",
@@ -61,17 +63,30 @@ class Estimate:
         return d
 
 
+# Rows of resamples handled at once: bounds the [rows, n] float64 temporaries at paper scale (n = 10^4).
+_CHUNK = 512
+
+
 def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     """[n_boot, n] indices of test contexts drawn with replacement (PCG64 seeded with `seed`).
 
-    PROTOCOL §6 asks for at least 1000 draws; that is the caller's (evaluate's) policy, so tests
-    can use fewer here.
+    The draws are `PCG64(seed).integers(0, n, (n_boot, n), dtype=int64)`, generated in row chunks
+    (numpy yields the same stream either way) and stored as int32 when n allows: 10^4 draws over
+    10^4 contexts take 400 MB instead of 800 MB. docs/protocol.md §6 asks for at least 1000 draws;
+    that is the task's policy, so tests can use fewer here.
     """
     if n < 1 or n_boot < 1:
         raise HarnessError(f"bootstrap needs n >= 1 contexts and n_boot >= 1 draws, got n={n}, "
                            f"n_boot={n_boot}")
     rng = np.random.Generator(np.random.PCG64(seed))
-    return rng.integers(0, n, size=(n_boot, n), dtype=np.int64)
+    out = np.empty((n_boot, n), dtype=np.int32 if n < 2**31 else np.int64)
+    for lo in range(0, n_boot, _CHUNK):
+        out[lo:lo + _CHUNK] = rng.integers(0, n, size=(min(_CHUNK, n_boot - lo), n), dtype=np.int64)
+    return out
+
+
+def _resampled(x: np.ndarray, boot_idx: np.ndarray, stat) -> np.ndarray:
+    return np.concatenate([stat(x[boot_idx[lo:lo + _CHUNK]]) for lo in range(0, boot_idx.shape[0], _CHUNK)])
 
 
 def _vector(x: np.ndarray, name: str) -> np.ndarray:
@@ -95,8 +110,8 @@ def _check_boot(boot_idx: np.ndarray, n: int) -> np.ndarray:
     return boot_idx
 
 
-def _percentile_ci(stats: np.ndarray) -> tuple[float, float]:
-    alpha = (1.0 - CI_LEVEL) / 2.0
+def _percentile_ci(stats: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    alpha = (1.0 - level) / 2.0
     lo, hi = np.percentile(stats, [100.0 * alpha, 100.0 * (1.0 - alpha)])
     return float(lo), float(hi)
 
@@ -104,17 +119,43 @@ def _percentile_ci(stats: np.ndarray) -> tuple[float, float]:
 def mean_ci(x: np.ndarray, boot_idx: np.ndarray) -> Estimate:
     x = _vector(x, "values")
     boot_idx = _check_boot(boot_idx, x.shape[0])
-    return Estimate(float(x.mean()), *_percentile_ci(x[boot_idx].mean(axis=1)))
+    return Estimate(float(x.mean()), *_percentile_ci(_resampled(x, boot_idx, lambda b: b.mean(axis=1))))
 
 
-def median_ci(x: np.ndarray, boot_idx: np.ndarray) -> Estimate:
+def median_order_statistics(n: int, level: float = CI_LEVEL) -> tuple[int, int] | None:
+    """1-based ranks (l, n + 1 − l) of the distribution-free CI for a median: the largest l with
+    P(Binomial(n, ½) ≤ l − 1) ≤ (1 − level)/2. None when n is too small for any such l (n < 6 at 95%)."""
+    from scipy.stats import binom
+
+    alpha = (1.0 - level) / 2.0
+    l = int(binom.ppf(alpha, n, 0.5))        # smallest k with P(B ≤ k) ≥ alpha, so P(B ≤ k − 1) < alpha
+    if l >= 1 and binom.cdf(l, n, 0.5) <= alpha:
+        l += 1
+    return (l, n + 1 - l) if l >= 1 else None
+
+
+def median_ci(x: np.ndarray, boot_idx: np.ndarray | None = None, level: float = CI_LEVEL) -> Estimate:
+    """Median with its distribution-free order-statistic interval [x_(l), x_(n+1−l)].
+
+    Not a bootstrap: the bootstrap distribution of a median is lumpy (every resample's median is
+    one or two order statistics), so its percentile endpoints jump between neighbouring order
+    statistics from seed to seed — on the mini task by half a CI width at 1000 draws and still
+    0.15 at 20 000 (benchmarks/bootstrap_draws.py). The binomial interval needs no seed and covers
+    the median with probability ≥ `level` for any continuous distribution. `boot_idx` is accepted
+    for symmetry with the other statistics and not used.
+    """
     x = _vector(x, "values")
-    boot_idx = _check_boot(boot_idx, x.shape[0])
-    return Estimate(float(np.median(x)), *_percentile_ci(np.median(x[boot_idx], axis=1)))
+    ranks = median_order_statistics(x.shape[0], level)
+    med = float(np.median(x))
+    if ranks is None:
+        return Estimate(med, math.nan, math.nan, note=f"CI undefined: {x.shape[0]} values are too few for "
+                                                      f"a {level:.0%} median interval")
+    srt = np.sort(x)
+    return Estimate(med, float(srt[ranks[0] - 1]), float(srt[ranks[1] - 1]))
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, boot_idx: np.ndarray) -> dict[str, Estimate]:
-    """Mean and median of a − b per context, with CIs from the shared resamples."""
+    """Mean (paired bootstrap CI from the shared resamples) and median (order-statistic CI) of a − b."""
     a = _vector(a, "first condition")
     b = _vector(b, "second condition")
     if a.shape != b.shape:
@@ -130,39 +171,85 @@ def delta_ce(ce_cond: np.ndarray, ce_clean: np.ndarray, boot_idx: np.ndarray) ->
 
 
 def recovery(ce_zero: np.ndarray, ce_sim: np.ndarray, ce_coder: np.ndarray,
-             boot_idx: np.ndarray) -> Estimate:
-    """R = (CE̅(latent_zero) − CE̅(simulated)) / (CE̅(latent_zero) − CE̅(coder)), paired CI.
+             boot_idx: np.ndarray | None = None, level: float = CI_LEVEL) -> Estimate:
+    """R = (CE̅(latent_zero) − CE̅(simulated)) / (CE̅(latent_zero) − CE̅(coder)) with Fieller's interval.
 
-    Undefined cases are NaN with a note rather than a huge number:
-    * the point denominator is ~0 (deleting S does not change the mean CE relative to the coder,
-      so there is nothing to recover): value, lo and hi are NaN;
-    * some resample's denominator is ~0 or has the other sign than the full-sample one: the ratio
-      is unbounded over the resamples (the denominator's own CI straddles 0), so a percentile
-      interval would be meaningless: lo and hi are NaN, the value is kept.
+    R is a ratio of two paired means, a = mean(z − s) and b = mean(z − c). When deleting the latents
+    barely moves CE, b's own CI contains 0 and R is unbounded: a percentile bootstrap of a/b then only
+    reports how often a resample's denominator happens to land near 0. Fieller's interval is the set
+    of ρ for which the per-context values (z − s) − ρ(z − c) have a mean not significantly different
+    from 0 (a one-sample t-test at `level`), so it is exact under normality of the means, needs no
+    seed, and says "unbounded" exactly when b is not significantly different from 0:
+
+        (b² − t²·v_bb) ρ² − 2 (a·b − t²·v_ab) ρ + (a² − t²·v_aa) ≤ 0
+
+    with v the (co)variances of the two means (ddof = 1) and t the Student quantile on n − 1 df.
+    If the leading coefficient is > 0 the interval is [lo, hi]; otherwise it is the whole line or the
+    complement of an interval, and lo = −inf, hi = +inf with a note saying so (JSON writes null).
+    `boot_idx` is accepted for symmetry with the other statistics and not used.
     """
+    from scipy.stats import t as student_t
+
     z = _vector(ce_zero, "CE(latent_zero)")
     s = _vector(ce_sim, "CE(simulated)")
     c = _vector(ce_coder, "CE(coder)")
     if not (z.shape == s.shape == c.shape):
         raise HarnessError(f"recovery needs the three conditions on the same contexts, got "
                            f"{z.shape[0]}, {s.shape[0]}, {c.shape[0]}")
-    boot_idx = _check_boot(boot_idx, z.shape[0])
+    n = z.shape[0]
     # "~0" relative to the size of the CEs: differences below float64 noise on summing n CEs.
     tol = 1e-12 * max(1.0, float(np.abs(z).max()), float(np.abs(c).max()))
-    den = z.mean() - c.mean()
-    if abs(den) <= tol:
+    da, db = z - s, z - c
+    a, b = float(da.mean()), float(db.mean())
+    if abs(b) <= tol:
         return Estimate(math.nan, math.nan, math.nan,
                         note="undefined: CE(latent_zero) and CE(coder) have the same mean, so "
                              "deleting the latents loses nothing to recover")
-    value = float((z.mean() - s.mean()) / den)
-    # Resample the per-context differences: one gather per statistic instead of three.
-    num_b = (z - s)[boot_idx].mean(axis=1)
-    den_b = (z - c)[boot_idx].mean(axis=1)
-    if np.any(np.abs(den_b) <= tol) or np.any(np.sign(den_b) != np.sign(den)):
-        return Estimate(value, math.nan, math.nan,
-                        note="CI undefined: the denominator CE(latent_zero) - CE(coder) reaches 0 "
-                             "in some bootstrap resamples")
-    return Estimate(value, *_percentile_ci(num_b / den_b))
+    value = a / b
+    if n < 2:
+        return Estimate(value, math.nan, math.nan, note="CI undefined: one test context")
+    cov = np.cov(np.stack([da, db]), ddof=1) / n
+    v_aa, v_ab, v_bb = float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1])
+    t2 = float(student_t.ppf(0.5 + level / 2.0, n - 1)) ** 2
+    A = b * b - t2 * v_bb
+    B = a * b - t2 * v_ab
+    C = a * a - t2 * v_aa
+    disc = B * B - A * C
+    if A <= 0:
+        return Estimate(value, -math.inf, math.inf,
+                        note=f"CI unbounded (Fieller): the denominator CE(latent_zero) - CE(coder) = "
+                             f"{b:+.4g} nats is not significantly different from 0 "
+                             f"(t = {b / math.sqrt(v_bb) if v_bb > 0 else math.inf:.2f})")
+    root = math.sqrt(max(disc, 0.0))
+    return Estimate(value, (B - root) / A, (B + root) / A)
+
+
+def recovery_denominator(ce_zero: np.ndarray, ce_coder: np.ndarray, boot_idx: np.ndarray) -> Estimate:
+    """CE̅(latent_zero) − CE̅(coder), the nats there are to recover, with its percentile CI."""
+    return paired_difference(ce_zero, ce_coder, boot_idx)["mean"]
+
+
+def detection_thresholds(pred_calib: np.ndarray, fire_rate: np.ndarray) -> np.ndarray:
+    """Per latent j: the ⌈r_j·n⌉-th largest calibration prediction, r_j = the latent's true firing rate.
+
+    "Predicted firing" (p ≥ t_j) then marks the same share of calibration contexts as the latent
+    really fires on, whatever scale the simulator answers on (expected digits, log-odds, raw scores):
+    the threshold is fit on the calibration split and the activation sample, never on the detection
+    labels. It is the prediction-scale twin of the quantile map, which sends exactly the calibration
+    predictions above the (1 − r_j) quantile to non-zero activations. r_j = 0 gives +inf (never firing).
+    """
+    x = np.asarray(pred_calib, dtype=np.float64)
+    r = np.asarray(fire_rate, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0 or r.shape != (x.shape[1],):
+        raise HarnessError(f"detection thresholds need calibration predictions [n, m] and m firing rates, got "
+                           f"{x.shape} and {r.shape}")
+    n = x.shape[0]
+    k = np.ceil(np.clip(r, 0.0, 1.0) * n - 1e-9).astype(np.int64)  # 1e-9: r·n integral up to float error
+    srt = np.sort(x, axis=0)
+    out = np.full(x.shape[1], math.inf)
+    fires = k > 0
+    out[fires] = srt[n - k[fires], np.flatnonzero(fires)]
+    return out
 
 
 def sensitivity_specificity(true_active: np.ndarray, sim_active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -198,13 +285,14 @@ def macro(x: np.ndarray) -> float:
 
 
 def detection_scores(pred_pos: np.ndarray, pred_neg: np.ndarray,
-                     threshold: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                     threshold: float | np.ndarray = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Per latent: AUROC and balanced accuracy of predictions separating positives from negatives.
 
     AUROC is the Mann–Whitney statistic from mid-ranks, so a tie between a positive and a
-    negative counts ½. Balanced accuracy uses a fixed rule, "predicted active iff expected digit
-    ≥ threshold" (default 1.0: at least digit 1 on average), not a threshold tuned on these
-    labels, which would inflate it on 100 + 100 contexts.
+    negative counts ½. Balanced accuracy calls a prediction active iff it is ≥ `threshold`, a
+    scalar or one value per latent (`evaluate` passes `detection_thresholds`, fit on the
+    calibration split), never a threshold tuned on these labels, which would inflate it on
+    100 + 100 contexts.
 
     pred_pos is [m, P], pred_neg [m, N]; NaN entries are missing (padding for latents with fewer
     detection contexts). A latent without positives or negatives gets NaN.
@@ -217,6 +305,7 @@ def detection_scores(pred_pos: np.ndarray, pred_neg: np.ndarray,
     if np.any(np.isinf(pos)) or np.any(np.isinf(neg)):
         raise HarnessError("detection predictions contain inf")
     m, P = pos.shape
+    threshold = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (m,))[:, None]
     n_pos = np.sum(~np.isnan(pos), axis=1)
     n_neg = np.sum(~np.isnan(neg), axis=1)
     both = np.concatenate([pos, neg], axis=1)
@@ -253,7 +342,7 @@ def ranking_auroc(pred: np.ndarray, active: np.ndarray) -> np.ndarray:
 
 
 def paired_ranking_auroc(pred_a: np.ndarray, pred_b: np.ndarray, active: np.ndarray,
-                         boot_idx: np.ndarray) -> dict[str, Estimate]:
+                         boot_idx: np.ndarray, level: float = CI_LEVEL) -> dict[str, Estimate]:
     """Mean over latents of `ranking_auroc` for two prediction sets on the same cells, and a minus b, with
     percentile CIs from resampling the rows (contexts) together. In a resample a latent counts only where it
     has both positives and negatives; the mean is over those latents, the same for a and b."""
@@ -271,7 +360,7 @@ def paired_ranking_auroc(pred_a: np.ndarray, pred_b: np.ndarray, active: np.ndar
     bs = np.array([stat(r) for r in boot_idx])
     out = {}
     for name, v, col in (("a", va, bs[:, 0]), ("b", vb, bs[:, 1]), ("difference", va - vb, bs[:, 0] - bs[:, 1])):
-        lo, hi = _percentile_ci(col[np.isfinite(col)]) if np.isfinite(col).any() else (math.nan, math.nan)
+        lo, hi = _percentile_ci(col[np.isfinite(col)], level) if np.isfinite(col).any() else (math.nan, math.nan)
         out[name] = Estimate(float(v), lo, hi)
     return out
 

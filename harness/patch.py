@@ -1,4 +1,4 @@
-"""Last-position patching (PROTOCOL §5).
+"""Last-position patching (docs/protocol.md §5).
 
 Every condition differs from the clean run only at the window's last position, and a causal model's
 earlier positions cannot see it. So the prefix (positions 0..T-2) is run once into a KV cache and each

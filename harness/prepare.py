@@ -1,4 +1,4 @@
-"""PROTOCOL §2: the four splits, true latent activations, activation tables and baseline CE, cached.
+"""docs/protocol.md §2: the four splits, true latent activations, activation tables and baseline CE, cached.
 
 Everything is computed once per task hash under `task_cache_dir(spec)`, one file per step, each
 written atomically, so an interrupted `harness prepare` resumes at the first missing step.
@@ -370,7 +370,8 @@ def prepare(spec: TaskSpec, device: str | torch.device = "cpu", model=None, toke
     f_table, f_stats = cache / "activation_table.npz", cache / "latent_stats.npz"
     table = load_cached(f_table, ActivationTable.load)
     stats = load_cached(f_stats, keys=("top_token_share", "top_token"))
-    if table is None or stats is None:
+    # A format-1 table keeps only a quantile grid (inexact above Q - 1 non-zero values): rebuild it once.
+    if table is None or stats is None or not table.exact:
         m, _ = subject()
         v, i = encode_positions(m, hook_module(m, spec), coder, spec.coder.kind, splits["activation"], lo, T,
                                 "activation sample", device)

@@ -1,4 +1,4 @@
-"""Result files: every number of one submission × task × simulator run (PROTOCOL §6, §7).
+"""Result files: every number of one submission × task × simulator run (docs/protocol.md §6, §7).
 
 Shape (``{...}`` below is an Estimate ``{"value", "lo", "hi"}``, a point value and its 95% CI)::
 
@@ -17,7 +17,14 @@ Shape (``{...}`` below is an Estimate ``{"value", "lo", "hi"}``, a point value a
      "per_latent": {"latent": [int], "auroc", "balanced_accuracy", "sensitivity", "specificity", "score": [float]},
      "sens_spec_by_detection_bin": [{"lo", "hi", "n", "sensitivity", "specificity"}],
      "side_files": {"per_context": {"path", "sha256"}},
-     "figures": [str]}
+     "figures": [str],
+     "methods": {"intervals", "quantile_estimator", "ecdf", "detection_threshold"},   (optional)
+     "warnings": [{"kind", "latents", "message"}]}                                   (optional)
+
+`methods` names how each number was computed (bootstrap method, draws and seed; Fieller for recovery;
+numpy's quantile estimator; the detection threshold rule). It and `warnings` are optional so that results
+written before they existed still load; `harness verify-result` says which numbers such a file cannot
+support. The side file's arrays are listed in docs/protocol.md §7.
 
 JSON has no NaN: non-finite floats (NaN, ±inf) are written as ``null`` and read back as NaN
 wherever the shape above expects a float. A ``null`` that means "absent" (``ce_means.zero_output``,
@@ -47,6 +54,7 @@ SCHEMA = "harness-result/1"
 
 _SECTIONS_DICT = ("task", "submission", "simulator", "provenance", "headline", "ce_means", "per_latent", "side_files")
 _SECTIONS_LIST = ("conditions", "sens_spec_by_detection_bin", "figures")
+_OPTIONAL_SECTIONS = ("methods", "warnings")
 
 _ESTIMATE_KEYS = ("value", "lo", "hi")
 _HEADLINE_ESTIMATES = (
@@ -55,10 +63,12 @@ _HEADLINE_ESTIMATES = (
     "delta_ce_mean",
     "latent_zero_delta_ce_median",
     "sim_minus_zero_mean",
+    "recovery_denominator",
 )
-_HEADLINE_FLOATS = ("sensitivity", "specificity", "detection_auroc")
+_HEADLINE_FLOATS = ("sensitivity", "specificity", "detection_auroc", "detection_balanced_accuracy")
 _CONDITION_ESTIMATES = ("delta_ce_mean", "delta_ce_median", "recovery", "diff_vs_latent_zero")
-_PER_LATENT_FLOAT_LISTS = ("auroc", "balanced_accuracy", "sensitivity", "specificity", "score")
+_PER_LATENT_FLOAT_LISTS = ("auroc", "balanced_accuracy", "sensitivity", "specificity", "score",
+                           "detection_threshold", "fire_rate")
 
 
 def estimate(value: float, lo: float, hi: float) -> dict[str, float]:
@@ -80,6 +90,8 @@ class Result:
     sens_spec_by_detection_bin: list[dict[str, Any]] = field(default_factory=list)
     side_files: dict[str, Any] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
+    methods: dict[str, Any] = field(default_factory=dict)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
     schema: str = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,7 +101,7 @@ class Result:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Result":
-        return cls(**{k: d[k] for k in (*_SECTIONS_DICT, *_SECTIONS_LIST, "schema") if k in d})
+        return cls(**{k: d[k] for k in (*_SECTIONS_DICT, *_SECTIONS_LIST, *_OPTIONAL_SECTIONS, "schema") if k in d})
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write atomically: the old file stays intact if anything fails before the final rename."""

@@ -1,4 +1,4 @@
-"""Submissions: one natural-language explanation per latent, validated against a task (PROTOCOL §7).
+"""Submissions: one natural-language explanation per latent, validated against a task (docs/protocol.md §7).
 
 A submission is one UTF-8 JSON file::
 

@@ -92,8 +92,12 @@ class ScoringSpec:
     quantile_method: str = "inverted_cdf"
     n_quantiles: int = 1001
     fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-    bootstrap: int = 1000
+    bootstrap: int = 10000   # measured: benchmarks/bootstrap_draws.py, docs/protocol.md §6
     seed: int = 0
+    # Balanced accuracy of detection: "fire-rate" fits one threshold per latent on the calibration split
+    # (metrics.detection_thresholds), on whatever scale the simulator answers; "fixed" compares against
+    # `detection_threshold`, which only means something for one answer scale (docs/protocol.md, Metrics).
+    detection_rule: str = "fire-rate"
     detection_threshold: float = 1.0
 
 
@@ -345,8 +349,10 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
             raise HarnessError(f"{w}: `fractions` must be a list of numbers in (0, 1]")
         sc = {**sc, "fractions": tuple(float(f) for f in fr)}
     scoring = ScoringSpec(**sc)
+    if scoring.detection_rule not in ("fire-rate", "fixed"):
+        raise HarnessError(f"{w}: `detection_rule` must be fire-rate or fixed, got {scoring.detection_rule!r}")
     if scoring.bootstrap < 1000:
-        raise HarnessError(f"{w}: `bootstrap` must be at least 1000 draws (PROTOCOL §6)")
+        raise HarnessError(f"{w}: `bootstrap` must be at least 1000 draws (docs/protocol.md §6)")
 
     arts = _table(raw, "artifacts", where)
     if not all(isinstance(v, str) and len(v) == 64 for v in arts.values()):

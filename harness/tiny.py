@@ -235,7 +235,7 @@ max_explanation_chars = 400
 [scoring]
 quantile_method = "inverted_cdf"
 n_quantiles = 257
-bootstrap = 1000
+bootstrap = 10000
 seed = {opts.seed}
 
 [artifacts]

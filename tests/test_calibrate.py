@@ -156,8 +156,11 @@ def test_true_quantile_vs_full_sample(Q):
     where = rng.choice(N, size=c, replace=False)
     col[where] = rng.exponential(size=c).astype(np.float32)
     col[where[:5]] = col[where[5]]  # ties among the non-zero values
-    t = column_table(col, Q=Q)
+    exact = column_table(col, Q=Q)
+    # The grid-only fallback (tables without every value), as format-1 caches were.
+    t = ActivationTable(exact.fire_rate, exact.nz_quantiles, exact.nz_count, exact.n_tokens, exact.method)
     u = np.concatenate([np.linspace(0, 1, 4001), rng.random(2000), [1 - c / N, 1 - c / N + 1e-9]])
+    np.testing.assert_array_equal(true_quantile(exact, 0, u), np.quantile(col, u, method="inverted_cdf"))
     got = true_quantile(t, 0, u)
     want = np.quantile(col, u, method="inverted_cdf")
     zero_zone = u <= 1 - c / N
@@ -177,8 +180,13 @@ def test_true_quantile_vs_full_sample(Q):
 
 
 def test_true_quantile_linear_keeps_zero_mass():
-    t = column_table([0, 0, 0, 0, 0, 0, 1, 2, 3, 4], Q=4, method="linear")
-    got = true_quantile(t, 0, np.array([0.5, 0.6, 0.65, 0.8, 1.0]))
+    exact = column_table([0, 0, 0, 0, 0, 0, 1, 2, 3, 4], Q=4, method="linear")
+    u = np.array([0.5, 0.6, 0.65, 0.8, 1.0])
+    # The exact table is numpy's linear estimator on the full sample: it interpolates 0 → 1 too.
+    np.testing.assert_allclose(true_quantile(exact, 0, u),
+                               np.quantile([0, 0, 0, 0, 0, 0, 1, 2, 3, 4], u, method="linear"))
+    t = ActivationTable(exact.fire_rate, exact.nz_quantiles, exact.nz_count, exact.n_tokens, exact.method)
+    got = true_quantile(t, 0, u)
     # non-zero quantiles at 0, 1/3, 2/3, 1 are 1, 2, 3, 4; v = (u - 0.6) / 0.4
     np.testing.assert_allclose(got, [0, 0, 1.375, 2.5, 4.0])
     with pytest.raises(HarnessError):
@@ -254,3 +262,59 @@ def test_calibrate_modes():
         calibrate("quantile", calib[:, :1], test, table, latents)
     with pytest.raises(HarnessError):
         calibrate("quantile", calib, test, table, np.array([0, 4]))
+
+
+@pytest.mark.parametrize("method", ["inverted_cdf", "averaged_inverted_cdf", "closest_observation",
+                                    "interpolated_inverted_cdf", "hazen", "weibull", "linear",
+                                    "median_unbiased", "normal_unbiased", "lower", "higher", "midpoint",
+                                    "nearest"])
+def test_true_quantile_exact_at_1e5_heavy_tail(method):
+    """10^5 non-zero values (Pareto tail) among 4·10^5 tokens: the map is np.quantile on the full sample,
+    also in the top 0.1% where a 1001-point grid would return the latent's maximum."""
+    rng = np.random.default_rng(11)
+    N, c = 400_000, 100_000
+    col = np.zeros(N, dtype=np.float32)
+    col[rng.choice(N, size=c, replace=False)] = (rng.pareto(1.5, size=c) + 1).astype(np.float32)
+    values = col[:, None]
+    t = build_activation_table(values, np.zeros((N, 1), np.int64), 1, method=method)
+    assert t.exact and t.nz_count[0] == c
+    # the levels the normaliser asks for (mid-ranks of 10^4 calibration predictions), the upper tail, random ones
+    u = np.concatenate([(np.arange(1, 20_000) / 20_000), 1 - np.logspace(-6, -3, 50), rng.random(1000), [0, 1]])
+    got = true_quantile(t, 0, u)
+    want = np.quantile(col, u, method=method)
+    np.testing.assert_allclose(got, want, rtol=2e-7, atol=0)
+    top = u > 1 - 1e-3
+    assert np.unique(got[top]).size > 10          # the top 0.1% is resolved, not one maximum
+    assert true_quantile(t, 0, np.array([1 - 5e-4]))[0] < col.max()
+
+
+def test_exact_table_survives_save_load(tmp_path):
+    rng = np.random.default_rng(5)
+    values, indices = random_topk(rng, n=400, k=3, L=7)
+    t = build_activation_table(values, indices, 7, n_quantiles=5)
+    t.save(tmp_path / "t.npz")
+    back = ActivationTable.load(tmp_path / "t.npz")
+    assert back.exact
+    for j in range(7):
+        full = dense(values, indices, 7)[:, j]
+        u = np.linspace(0, 1, 333)
+        np.testing.assert_array_equal(true_quantile(back, j, u), np.quantile(full, u, method="inverted_cdf"))
+
+
+@pytest.mark.parametrize("method", ["inverted_cdf", "linear", "hazen", "nearest", "averaged_inverted_cdf"])
+def test_needed_ranks_suffice_for_np_quantile(method):
+    """The side file's excerpt of the activation sample: np.quantile on a stand-in that keeps only the
+    needed order statistics (others filled monotonically) answers exactly as on the full sample."""
+    from harness.calibrate import needed_nonzero_ranks
+
+    rng = np.random.default_rng(12)
+    N, c = 200_000, 3_000
+    nz = np.sort((rng.pareto(1.2, size=c) + 1).astype(np.float32))
+    full = np.concatenate([np.zeros(N - c, np.float32), nz])
+    u = (np.arange(1, 1000) / 1000)                       # mid-rank levels of 500 calibration predictions
+    ranks = needed_nonzero_ranks(c, N, u, method)
+    assert 0 < len(ranks) < c / 10                        # a small excerpt of the latent's values
+    stand = np.zeros(c, np.float32)
+    stand[ranks] = nz[ranks]
+    rebuilt = np.concatenate([np.zeros(N - c, np.float32), np.maximum.accumulate(stand)])
+    np.testing.assert_array_equal(np.quantile(rebuilt, u, method=method), np.quantile(full, u, method=method))

@@ -175,3 +175,60 @@ def test_top_examples_cache_follows_top_n(tiny, monkeypatch):
     # the first three are the same examples, by activation, descending
     np.testing.assert_array_equal(big["block"][:, :3], small["block"])
     assert np.all(np.diff(big["value"], axis=1)[big["block"][:, 1:] >= 0] <= 0)
+
+
+def test_verify_result_recomputes_tiny_results(tiny, capsys):
+    """Every number of fresh tiny-task results is recomputed from the side file; a tampered number fails."""
+    task = str(tiny / "task")
+    out = tiny / "verify"
+    out.mkdir(exist_ok=True)
+    assert main(["explain", "--task", task, "--method", "top-tokens", "-o", str(out / "top.json")]) == 0
+    res = out / "results"
+    assert main(["eval", "--task", task, "--explanations", str(out / "top.json"), "--results", str(res),
+                 "--no-leaderboard"]) == 0
+    path = next((res / "tiny-llama-transcoder").glob("*.json"))
+    capsys.readouterr()
+    assert main(["verify-result", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert ", 0 differ" in text and "cannot recompute" not in text
+    n_checked = int(text.split(": ")[1].split()[0])
+    assert n_checked > 500
+
+    r = json.loads(path.read_text())
+    assert r["methods"]["intervals"]["bootstrap"]["method"] == "percentile"
+    assert r["methods"]["quantile_estimator"] == {"numpy_method": "inverted_cdf", "exact": True,
+                                                  "table": "every non-zero activation of each latent"}
+    # the detection threshold rule calls firing the share of calibration contexts the latent truly fires on
+    with np.load(path.parent / r["side_files"]["per_context"]["path"]) as z:
+        cal, thr, rate = z["pred_calibration"], z["detection_threshold"], z["fire_rate"]
+        assert np.all((cal >= thr).sum(0) >= np.ceil(rate * len(cal) - 1e-9))
+    tampered = dict(r)
+    tampered["headline"] = {**r["headline"], "detection_auroc": r["headline"]["detection_auroc"] + 1e-6}
+    bad = path.parent / "tampered.json"
+    bad.write_text(json.dumps(tampered))
+    assert main(["verify-result", str(bad)]) == 1
+    assert "MISMATCH headline.detection_auroc" in capsys.readouterr().out
+
+
+def test_gaming_suite_on_tiny_task(tiny, tmp_path, capsys):
+    """The adversarial suite runs end to end; none beats the shuffled control; degenerate ones are flagged."""
+    task = str(tiny / "task")
+    rc = main(["gaming", "--task", task, "--submissions", str(tmp_path / "subs"), "--results",
+               str(tmp_path / "res"), "--report", str(tmp_path / "gaming.md")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    report = (tmp_path / "gaming.md").read_text()
+    for name in ("copied", "instruct-digit", "instruct-yes", "markers", "frequent-tokens", "empty"):
+        assert f"| gaming-{name} |" in report
+        sub = json.loads((tmp_path / "subs" / f"{name}.json").read_text())
+        assert len(set(sub["explanations"].values())) == 1          # one text for every latent
+    rows = [line for line in report.splitlines() if line.startswith("| gaming-")]
+    assert len(rows) == 6 and all("| no |" in line for line in rows)
+    assert "identical-across-latents" in next(line for line in rows if line.startswith("| gaming-copied |"))
+    # a copied explanation gives every latent the same predictions: eval says so
+    copied = next(p for p in (tmp_path / "res" / "tiny-llama-transcoder").glob("gaming-copied-*.json")
+                  if not p.name.endswith(".per_context.npz"))
+    kinds = {w["kind"] for w in json.loads(copied.read_text())["warnings"]}
+    assert "identical-across-latents" in kinds
+    for p in (tmp_path / "res" / "tiny-llama-transcoder").glob("*.json"):
+        assert main(["verify-result", str(p)]) == 0

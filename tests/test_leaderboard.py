@@ -195,7 +195,7 @@ def test_render_md_csv_html(results_dir):
     rows, _ = collect_results(results_dir, "tiny-task", task_hashes={"tiny-task": HASH})
     md = render(rows, "md")
     assert "0.12 [0.05, 0.20]" in md and "0.45 [0.05, 0.20]" in md
-    assert "0.031 [0.021, 0.041]" in md and "0.052 [0.042, 0.062]" in md and "-0.123 [-0.200, -0.050]" in md
+    assert "0.031 [0.021, 0.041]" in md and "0.052 [0.042, 0.062]" in md and "-0.1230 [-0.2000, -0.0500]" in md
     assert "0.61" in md and "0.97" in md and "0.74" in md and "80%" in md
     assert "hub:org/sim@fffffff (v1)" in md and "2025-03-01" in md
     assert md.splitlines()[1].startswith("|--")  # github table
@@ -274,3 +274,53 @@ def test_plots_write_png(tmp_path):
 
     assert _is_png(plot_sens_spec_by_bin(res["sens_spec_by_detection_bin"], tmp_path / "bins.png"))
     assert _is_png(plot_sens_spec_by_bin([], tmp_path / "bins2.png"))
+
+
+# --- ranking and ties ------------------------------------------------------------------------------
+
+
+def _with_side(d, method, sha, sim_minus_zero, seed=0):
+    """A result whose side file holds per-context CE arrays with the given simulated − latent zero."""
+    n = len(sim_minus_zero)
+    rng = np.random.default_rng(seed)
+    zero = 3.0 + rng.gamma(2.0, 0.5, n)
+    res = make_result(method, sha=sha)
+    res.headline["sim_minus_zero_mean"] = E(float(np.mean(sim_minus_zero)), NAN, NAN)
+    side = d / f"{method}.per_context.npz"
+    d.mkdir(parents=True, exist_ok=True)
+    np.savez(side, ce_latent_zero__all=zero, ce_simulated__quantile__all=zero + sim_minus_zero)
+    res.side_files = {"per_context": {"path": side.name, "sha256": "0" * 64}}
+    res.methods = {"intervals": {"bootstrap": {"method": "percentile", "draws": 2000, "seed": 0}}}
+    res.to_json(d / f"{method}.json")
+
+
+def test_rank_by_paired_metric_and_mark_ties(tmp_path):
+    from harness.metrics import bootstrap_indices
+
+    rng = np.random.default_rng(0)
+    n = 300
+    base = rng.normal(0.0, 0.05, n)
+    d = tmp_path / "t"
+    _with_side(d, "good", "1" * 64, base - 0.05)           # clearly better than the rest
+    _with_side(d, "near", "2" * 64, base + rng.normal(0.0, 0.05, n))
+    _with_side(d, "near-too", "3" * 64, base + rng.normal(0.002, 0.05, n))
+    rows, _ = collect_results(tmp_path, "tiny-task", task_hashes={"tiny-task": HASH})
+    assert rows[0].method == "good" and {r.method for r in rows[1:]} == {"near", "near-too"}
+    means = [r.sim_minus_zero_mean["value"] for r in rows]
+    assert means == sorted(means)                          # lower (better) first
+    assert rows[0].rank == "1" and rows[1].rank == "2"     # good vs the next: significant
+    assert rows[2].rank == "=2"                           # the last two are not ordered by the data
+    # the tie test is the paired bootstrap CI of the per-context difference, recomputed here by hand
+    with np.load(d / f"{rows[2].method}.per_context.npz") as a, np.load(d / f"{rows[1].method}.per_context.npz") as b:
+        diff = (a["ce_simulated__quantile__all"] - a["ce_latent_zero__all"]) - (
+            b["ce_simulated__quantile__all"] - b["ce_latent_zero__all"])
+    stats = diff[bootstrap_indices(n, 2000, 0)].mean(1)
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    assert rows[2].vs_above["lo"] == pytest.approx(lo) and rows[2].vs_above["hi"] == pytest.approx(hi)
+    assert lo < 0 < hi
+    md = render(rows, "md")
+    assert "| =2 " in md
+    console = Console(record=True, width=80, file=io.StringIO())
+    print_rich(rows, console)
+    out = console.export_text()
+    assert "near-too" in out and "not significantly different" in out   # ids whole at 80 columns

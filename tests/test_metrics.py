@@ -19,6 +19,7 @@ from harness.metrics import (
     mean_ci,
     median_ci,
     paired_difference,
+    detection_thresholds,
     recovery,
     select_latents,
     sensitivity_specificity,
@@ -52,9 +53,13 @@ def test_mean_and_median_ci_match_loop():
     assert (m.lo, m.hi) == pytest.approx((lo, hi))
     md = median_ci(x, boot)
     assert md.value == sorted(x)[50]
-    lo, hi = loop_ci(lambda b: sorted(x[i] for i in b)[50], boot)
-    assert (md.lo, md.hi) == pytest.approx((lo, hi))
+    # n = 101: P(Bin(101, ½) ≤ 40) = 0.0240 ≤ 0.025 < P(≤ 41) = 0.0352, so l = 41: [x_(41), x_(61)]
+    from math import comb
+    cdf = lambda k: sum(comb(101, i) for i in range(k + 1)) / 2 ** 101
+    assert cdf(40) <= 0.025 < cdf(41)
+    assert (md.lo, md.hi) == (sorted(x)[40], sorted(x)[60])
     assert md.lo < md.value < md.hi
+    assert math.isnan(median_ci(x[:5]).lo)           # no 95% order-statistic interval from 5 values
     with pytest.raises(HarnessError):
         mean_ci(x[:-1], boot)
 
@@ -62,40 +67,45 @@ def test_mean_and_median_ci_match_loop():
 def test_recovery_hand_example():
     boot = bootstrap_indices(2, 50, seed=0)
     r = recovery(np.array([3.0, 3.0]), np.array([2.0, 2.0]), np.array([1.0, 1.0]), boot)
+    # no per-context variation: Fieller's quadratic is (4ρ² − 4ρ + 1) ≤ 0, the single point ρ = ½
     assert (r.value, r.lo, r.hi) == (0.5, 0.5, 0.5)
     # simulated worse than deleting: negative
     r = recovery(np.array([3.0, 3.0]), np.array([4.0, 5.0]), np.array([1.0, 1.0]), boot)
     assert r.value == pytest.approx(-0.75)
 
 
-def test_recovery_ci_matches_loop():
+def test_recovery_fieller_is_the_inverted_t_test():
+    """Fieller's interval = the ρ whose per-context (z − s) − ρ(z − c) passes scipy's one-sample t-test."""
+    from scipy.stats import ttest_1samp
+
     rng = np.random.default_rng(2)
     n = 80
     coder = rng.gamma(2.0, 1.0, n)
     zero = coder + rng.gamma(3.0, 0.5, n)
     sim = coder + rng.gamma(1.5, 0.5, n)
-    boot = bootstrap_indices(n, 400, seed=3)
-    r = recovery(zero, sim, coder, boot)
+    r = recovery(zero, sim, coder)
     assert r.value == pytest.approx((zero.mean() - sim.mean()) / (zero.mean() - coder.mean()))
-
-    def ratio(b):
-        z = sum(zero[i] for i in b) / n
-        s = sum(sim[i] for i in b) / n
-        c = sum(coder[i] for i in b) / n
-        return (z - s) / (z - c)
-
-    assert (r.lo, r.hi) == pytest.approx(loop_ci(ratio, boot))
     assert r.lo < r.value < r.hi and r.note == ""
+    for rho in np.linspace(r.lo - 0.2, r.hi + 0.2, 201):
+        p = ttest_1samp((zero - sim) - rho * (zero - coder), 0.0).pvalue
+        inside = r.lo <= rho <= r.hi
+        if abs(p - 0.05) > 1e-6:
+            assert inside == (p > 0.05), (rho, p)
+    # at the endpoints the test sits exactly at p = 0.05
+    for end in (r.lo, r.hi):
+        assert ttest_1samp((zero - sim) - end * (zero - coder), 0.0).pvalue == pytest.approx(0.05, abs=1e-9)
 
 
-def test_recovery_undefined_cases():
-    boot = bootstrap_indices(2, 50, seed=0)
-    r = recovery(np.array([2.0, 2.0]), np.array([1.0, 3.0]), np.array([2.0, 2.0]), boot)
-    assert math.isnan(r.value) and math.isnan(r.lo) and r.note
-    assert r.to_dict()["value"] is None and "note" in r.to_dict()
-    # means 3, 2.5, 2 → 0.5; but the resample [1, 1] has denominator 0 → CI undefined
-    r = recovery(np.array([4.0, 2.0]), np.array([3.0, 2.0]), np.array([2.0, 2.0]), boot)
-    assert r.value == 0.5 and math.isnan(r.lo) and math.isnan(r.hi) and "resample" in r.note
+def test_recovery_unbounded_when_denominator_not_significant():
+    rng = np.random.default_rng(7)
+    n = 250
+    coder = rng.gamma(2.0, 1.0, n)
+    zero = coder + rng.normal(0.001, 0.05, n)      # deleting S barely moves CE
+    sim = zero + rng.normal(0.0, 0.05, n)
+    r = recovery(zero, sim, coder)
+    assert math.isfinite(r.value) and r.lo == -math.inf and r.hi == math.inf
+    assert "unbounded" in r.note
+    assert r.to_dict()["lo"] is None and r.to_dict()["hi"] is None
 
 
 def test_paired_difference_and_delta_ce():
@@ -104,8 +114,8 @@ def test_paired_difference_and_delta_ce():
     boot = bootstrap_indices(4, 200, seed=4)
     d = paired_difference(a, b, boot)
     assert d["mean"].value == 3.5 and d["median"].value == 2.5
-    lo, hi = loop_ci(lambda r: float(np.median([a[i] - b[i] for i in r])), boot)
-    assert (d["median"].lo, d["median"].hi) == pytest.approx((lo, hi))
+    lo, hi = loop_ci(lambda r: float(np.mean([a[i] - b[i] for i in r])), boot)
+    assert (d["mean"].lo, d["mean"].hi) == pytest.approx((lo, hi))
     assert delta_ce(a, b, boot)["mean"] == d["mean"]
     # pairing matters: a constant shift has a zero-width CI even though a and b vary a lot
     rng = np.random.default_rng(5)
@@ -250,3 +260,41 @@ def test_paired_ranking_auroc_difference_and_perfect_ranker():
     assert out["difference"].lo > 0                        # a perfect ranker beats noise on 80 contexts
     same = paired_ranking_auroc(noise, noise, active, bootstrap_indices(80, 300, 0))["difference"]
     assert same.value == 0 and same.lo == 0 and same.hi == 0
+
+
+def test_detection_thresholds_match_firing_rate_on_any_scale():
+    rng = np.random.default_rng(8)
+    n = 200
+    digits = rng.uniform(1.5, 3.0, (n, 3))           # an expected-digit simulator that never goes below 1.5
+    logodds = rng.normal(-4.0, 3.0, (n, 3))           # a binary simulator's log P(yes) - log P(no)
+    rate = np.array([0.05, 0.013, 0.0])
+    for pred in (digits, logodds):
+        t = detection_thresholds(pred, rate)
+        # ⌈0.05·200⌉ = 10 and ⌈0.013·200⌉ = 3 calibration contexts called firing; a dead latent never fires
+        assert (pred[:, 0] >= t[0]).sum() == 10 and (pred[:, 1] >= t[1]).sum() == 3
+        assert t[0] == np.sort(pred[:, 0])[-10] and t[2] == math.inf
+        # the same thresholds are invariant to any increasing rescaling of the simulator's answers
+        np.testing.assert_array_equal(detection_thresholds(np.exp(pred), rate)[:2], np.exp(t[:2]))
+    pos, neg = rng.normal(2.0, 1.0, (3, 20)), rng.normal(0.0, 1.0, (3, 30))
+    t = np.array([1.0, 0.5, 3.0])
+    _, bal = detection_scores(pos, neg, threshold=t)
+    for j in range(3):
+        y = np.r_[np.ones(20), np.zeros(30)]
+        assert bal[j] == pytest.approx(balanced_accuracy_score(y, np.r_[pos[j], neg[j]] >= t[j]))
+
+
+def test_bootstrap_indices_chunked_equal_one_draw():
+    n, B = 37, 1300                                   # more rows than one chunk
+    want = np.random.Generator(np.random.PCG64(9)).integers(0, n, size=(B, n), dtype=np.int64)
+    np.testing.assert_array_equal(bootstrap_indices(n, B, 9), want)
+
+
+def test_median_order_statistic_coverage():
+    """Coverage of the 95% median interval on skewed data, by simulation: at least 95%, not far above."""
+    rng = np.random.default_rng(10)
+    hits = 0
+    for _ in range(2000):
+        x = rng.lognormal(0.0, 1.5, 60)
+        e = median_ci(x)
+        hits += e.lo <= 1.0 <= e.hi                   # the lognormal(0, σ) median is 1
+    assert 0.945 <= hits / 2000 <= 0.985
