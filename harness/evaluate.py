@@ -304,7 +304,8 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
     save_npz(side, test_targets=prep.splits["test"][:, -1], **{f"ce_{k}": v for k, v in base.items()},
              **{f"ce_{k.replace('|', '__')}": v for k, v in ce.items()}, latents=latents,
              pred_calibration=pred_cal.astype(np.float32), pred_test=pred_tst.astype(np.float32),
-             true_test=true_values(prep.test_latents, latents))
+             true_test=true_values(prep.test_latents, latents),
+             test_windows=prep.splits["test"].astype(np.int32), sim_test_quantile=sims["quantile"].astype(np.float32))
     from .tiny import sha256_file
 
     result = {
