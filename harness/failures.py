@@ -330,7 +330,7 @@ def print_report(rep: LatentReport, loaded: Loaded, console=None) -> None:
         t.add_column("true", justify="right", no_wrap=True)
         t.add_column("sim", justify="right", no_wrap=True)
         t.add_column("raw", justify="right", no_wrap=True)
-        t.add_column("context … [scored token]", overflow="fold", ratio=1)
+        t.add_column(Text("context … [scored token]"), overflow="fold", ratio=1)
         for c in cases:
             t.add_row(str(c.row), _num(c.true, 2), _num(c.sim, 2), _num(c.pred, 2), _context_text(c))
         if not cases:

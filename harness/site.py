@@ -26,7 +26,7 @@ import numpy as np
 from . import __version__
 from .errors import HarnessError
 from .failures import (Loaded, explanations_of, failure_counts, latent_report, load_decoder, load_with_side,
-                       task_spec, test_windows)
+                       test_windows)
 from .leaderboard import COLUMNS_HELP, Row, collect_results
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -82,6 +82,7 @@ nav.crumbs{font-size:13px;color:var(--mut);margin:4px 0 8px;overflow-wrap:anywhe
 a{color:var(--acc)}
 h1{font-size:22px;margin:6px 0 8px;overflow-wrap:anywhere}
 h2{font-size:18px;margin:26px 0 8px;border-bottom:1px solid var(--line);padding-bottom:4px}
+p,li,dd,figcaption{overflow-wrap:anywhere}
 p.help,.mut{color:var(--mut);font-size:13px}
 .wrap{overflow-x:auto;-webkit-overflow-scrolling:touch;border:1px solid var(--line);border-radius:6px}
 table{border-collapse:collapse;width:100%;font-size:13px}
@@ -399,10 +400,9 @@ def build_site(out_dir: str | os.PathLike, results_dir: str | os.PathLike = "res
 
     out = Path(out_dir)
     if task is not None:
-        spec, why = task_spec(task, None)
-        if spec is None:
-            raise HarnessError(why)
-        specs = [spec]
+        from .tasks import load_task
+
+        specs = [load_task(task)]
     else:
         specs = list_tasks()
     if not Path(results_dir).is_dir():
