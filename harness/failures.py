@@ -218,7 +218,9 @@ def _sim_mask(side: dict[str, np.ndarray], col: int) -> tuple[np.ndarray | None,
         if k in side and side[k].ndim == 2:
             return side[k][:, col].astype(bool), "active in the patched TopK code (side file mask)"
     if "sim_test_quantile" in side:
-        return side["sim_test_quantile"][:, col] > 0, "quantile-calibrated prediction > 0"
+        # Before TopK re-sparsification: the per-latent sensitivity/specificity (after TopK) can differ slightly.
+        return side["sim_test_quantile"][:, col] > 0, ("quantile-calibrated prediction > 0 (before TopK; "
+                                                       "sensitivity/specificity count the patched TopK code)")
     return None, ""
 
 

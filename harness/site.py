@@ -134,7 +134,8 @@ function sortBy(t,i,th){var asc=th.getAttribute('aria-sort')!=='ascending';
 Array.prototype.forEach.call(document.querySelectorAll('table.sortable'),function(t){
  Array.prototype.forEach.call(t.tHead.rows[0].cells,function(th,i){th.tabIndex=0;
   th.addEventListener('click',function(){sortBy(t,i,th);});
-  th.addEventListener('keydown',function(e){if(e.key==='Enter'||e.key===' '){e.preventDefault();sortBy(t,i,th);}});});});
+  th.addEventListener('keydown',function(e){
+   if(e.key==='Enter'||e.key===' '){e.preventDefault();sortBy(t,i,th);}});});});
 })();
 """
 
@@ -327,7 +328,8 @@ def ci_strip(e: dict, dom: tuple[float, float]) -> Raw:
 
     parts = []
     if lo_d <= 0 <= hi_d:
-        parts.append(f'<line x1="{X(0):.1f}" x2="{X(0):.1f}" y1="1" y2="{h - 1}" stroke="#999" stroke-dasharray="2 2"/>')
+        parts.append(f'<line x1="{X(0):.1f}" x2="{X(0):.1f}" y1="1" y2="{h - 1}" stroke="#999" '
+                     'stroke-dasharray="2 2"/>')
     if math.isfinite(lo) and math.isfinite(hi):
         parts.append(f'<line x1="{X(lo):.1f}" x2="{X(hi):.1f}" y1="8" y2="8" stroke="#1f77b4" stroke-width="2"/>'
                      f'<line x1="{X(lo):.1f}" x2="{X(lo):.1f}" y1="4" y2="12" stroke="#1f77b4"/>'
@@ -450,8 +452,9 @@ def _index_page(summary) -> str:
                el("td", spec.description, class_="t"), el("td", str(n), data_v=n),
                el("td", f"{fmt(best, 3)} ({method})" if n else "—", data_v=_dv(best)))
             for spec, n, best, method in summary]
-    table = el("div", el("table", el("thead", el("tr", el("th", "task", class_="t"), el("th", "description", class_="t"),
-                                                    el("th", "methods"), el("th", "best recovery"))),
+    hdr = el("tr", el("th", "task", class_="t"), el("th", "description", class_="t"), el("th", "methods"),
+             el("th", "best recovery"))
+    table = el("div", el("table", el("thead", hdr),
                          el("tbody", rows), class_="sortable", id="tasks"), class_="wrap")
     body = join(el("h1", "harness leaderboards"),
                 el("p", "Faithfulness of natural-language explanations of sparse-coder latents, measured by partial "
@@ -617,12 +620,11 @@ def _write_method(tdir: Path, spec, e: MethodEntry, decode, dnote: str, n_cases:
         ("sensitivity / specificity", f"{fmt(r.sensitivity, 3)} / {fmt(r.specificity, 3)}"),
         ("detection AUROC", fmt(r.detection_auroc, 3)), ("date", r.date), ("result file", loaded.path.name))],
         class_="kv")
-    table = el("div", el("table", el("thead", el("tr", el("th", "latent"), el("th", "explanation", class_="t"),
-                                                  el("th", "det. AUROC"), el("th", "bal. acc."), el("th", "sens."),
-                                                  el("th", "spec."), el("th", "selection score"),
-                                                  el("th", "# FP", title="test contexts: simulator fired, latent not"),
-                                                  el("th", "# FN", title="test contexts: latent fired, simulator not"))),
-                         el("tbody", rows), class_="sortable", id="latents"), class_="wrap")
+    hdr = el("tr", el("th", "latent"), el("th", "explanation", class_="t"), el("th", "det. AUROC"),
+             el("th", "bal. acc."), el("th", "sens."), el("th", "spec."), el("th", "selection score"),
+             el("th", "# FP", title="test contexts: simulator fired, latent not"),
+             el("th", "# FN", title="test contexts: latent fired, simulator not"))
+    table = el("div", el("table", el("thead", hdr), el("tbody", rows), class_="sortable", id="latents"), class_="wrap")
     notes = [el("p", f"Explanations unavailable: {enote}", class_="mut") if enote else None,
              el("p", loaded.side_note, class_="mut") if loaded.side_note else None]
     body = join(el("h1", r.method), kv, notes, el("h2", "Latents"),
@@ -674,12 +676,11 @@ def _latent_body(rep, method: str) -> Raw:
                    el("td", fmt(c.pred, 3), data_v=_dv(c.pred))) for c in cases]
         if not rows:
             rows = [el("tr", el("td", "none", colspan=5, class_="t"))]
+        hdr = el("tr", el("th", "test ctx"), el("th", "context · scored token marked", class_="t"),
+                 el("th", "true act."), el("th", "simulated (calibrated)"), el("th", "raw score"))
         sections += [el("h2", f"{title} ({len(cases)} shown)"), el("p", help_, class_="help"),
-                     el("div", el("table", el("thead", el("tr", el("th", "test ctx"), el("th", "context · scored "
-                                                                                              "token marked", class_="t"),
-                                                              el("th", "true act."), el("th", "simulated (calibrated)"),
-                                                              el("th", "raw score"))),
-                                  el("tbody", rows), class_="sortable", id=tid), class_="wrap")]
+                     el("div", el("table", el("thead", hdr), el("tbody", rows), class_="sortable", id=tid),
+                        class_="wrap")]
     return join(*sections)
 
 
