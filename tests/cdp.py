@@ -11,11 +11,13 @@ import base64
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -118,7 +120,9 @@ class Browser:
         deadline = time.time() + timeout
         ws_url = None
         while ws_url is None and time.time() < deadline:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
+            # No proxy: a CI's HTTP_PROXY must not capture requests to the local browser.
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
                 pages = [t for t in json.load(r) if t.get("type") == "page"]
             ws_url = pages[0]["webSocketDebuggerUrl"] if pages else None
             if ws_url is None:
@@ -136,6 +140,11 @@ class Browser:
         deadline = time.time() + self.timeout
         seen = []
         while time.time() < deadline:
+            # select first: a browser that hangs silently must time out, not block readline forever
+            if not select.select([self.proc.stderr], [], [], 0.5)[0]:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"Chromium exited with {self.proc.returncode}: {''.join(seen)[-500:]}")
+                continue
             line = self.proc.stderr.readline()
             if not line:
                 if self.proc.poll() is not None:
@@ -144,6 +153,8 @@ class Browser:
             seen.append(line)
             m = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
             if m:
+                # Keep draining stderr: a full pipe would block the browser mid-test.
+                threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
                 return int(m.group(1))
         raise TimeoutError("Chromium did not report its DevTools port")
 
