@@ -115,7 +115,7 @@ class Browser:
             [self.binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
              "--remote-debugging-port=0", f"--user-data-dir={self.profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         port = self._port()
         deadline = time.time() + timeout
         ws_url = None
@@ -136,27 +136,33 @@ class Browser:
             self.call(f"{domain}.enable")
 
     def _port(self) -> int:
-        # Chromium prints "DevTools listening on ws://127.0.0.1:PORT/..." on stderr once it is ready.
+        # Chromium prints "DevTools listening on ws://127.0.0.1:PORT/..." on stderr once it is ready. Raw reads
+        # after select: a buffered readline could hold that line in Python's buffer while select waits on the fd.
         deadline = time.time() + self.timeout
-        seen = []
+        fd, seen = self.proc.stderr.fileno(), b""
         while time.time() < deadline:
-            # select first: a browser that hangs silently must time out, not block readline forever
-            if not select.select([self.proc.stderr], [], [], 0.5)[0]:
+            if not select.select([fd], [], [], 0.5)[0]:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"Chromium exited with {self.proc.returncode}: {''.join(seen)[-500:]}")
+                    raise RuntimeError(f"Chromium exited with {self.proc.returncode}: {seen[-500:]!r}")
                 continue
-            line = self.proc.stderr.readline()
-            if not line:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"Chromium exited with {self.proc.returncode}: {''.join(seen)[-500:]}")
-                continue
-            seen.append(line)
-            m = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
+            chunk = os.read(fd, 65536)
+            if not chunk and self.proc.poll() is not None:
+                raise RuntimeError(f"Chromium exited with {self.proc.returncode}: {seen[-500:]!r}")
+            seen += chunk
+            m = re.search(rb"DevTools listening on ws://[^:]+:(\d+)/", seen)
             if m:
                 # Keep draining stderr: a full pipe would block the browser mid-test.
-                threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+                threading.Thread(target=self._drain, args=(fd,), daemon=True).start()
                 return int(m.group(1))
         raise TimeoutError("Chromium did not report its DevTools port")
+
+    @staticmethod
+    def _drain(fd: int) -> None:
+        try:
+            while os.read(fd, 65536):
+                pass
+        except OSError:
+            pass
 
     def call(self, method: str, **params) -> dict:
         self.next_id += 1
