@@ -282,6 +282,14 @@ def latent_report(loaded: Loaded, latent: int, *, explanations: dict[int, str] |
     )
 
 
+def case_titles(rep: LatentReport) -> tuple[str, str]:
+    """What the two lists hold, in words, for the rule the report could apply."""
+    if rep.n_sim_active is None:
+        return ("latent silent, highest simulator scores first", "latent fired, lowest simulator scores first")
+    return ("simulator fired, latent did not (highest score first)",
+            "latent fired, simulator did not (strongest activation first)")
+
+
 def _at(d: dict, k: str, i: int):
     v = d.get(k)
     return v[i] if isinstance(v, list) and i < len(v) else None
@@ -325,8 +333,9 @@ def print_report(rep: LatentReport, loaded: Loaded, console=None) -> None:
     console.print(Text(f"simulator fired = {rep.fired_rule}", style="dim"))
     if rep.text_note:
         console.print(Text(f"context text unavailable: {rep.text_note}", style="yellow"))
-    for title, cases in (("false positives: simulator fired, latent did not", rep.false_positives),
-                         ("false negatives: latent fired, simulator did not", rep.false_negatives)):
+    fp_t, fn_t = case_titles(rep)
+    for title, cases in ((f"false positives: {fp_t}", rep.false_positives),
+                         (f"false negatives: {fn_t}", rep.false_negatives)):
         t = Table(title=title, title_justify="left", expand=False, pad_edge=False)
         t.add_column("ctx", justify="right", no_wrap=True)
         t.add_column("true", justify="right", no_wrap=True)

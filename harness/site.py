@@ -25,7 +25,7 @@ import numpy as np
 
 from . import __version__
 from .errors import HarnessError
-from .failures import (Loaded, explanations_of, failure_counts, latent_report, load_decoder, load_with_side,
+from .failures import (Loaded, case_titles, explanations_of, failure_counts, latent_report, load_decoder, load_with_side,
                        test_windows)
 from .leaderboard import COLUMNS_HELP, Row, collect_results
 
@@ -668,9 +668,9 @@ def _latent_body(rep, method: str) -> Raw:
     sections = [el("h1", f"Latent {rep.latent} · {method}"), expl, kv]
     if rep.text_note:
         sections.append(el("p", f"Context text unavailable: {rep.text_note}", class_="mut"))
-    for title, tid, cases, help_ in (
-            ("False positives", "fp", rep.false_positives, "simulator fired, latent did not (most confident first)"),
-            ("False negatives", "fn", rep.false_negatives, "latent fired, simulator did not (strongest first)")):
+    fp_t, fn_t = case_titles(rep)
+    for title, tid, cases, help_ in (("False positives", "fp", rep.false_positives, fp_t),
+                                     ("False negatives", "fn", rep.false_negatives, fn_t)):
         rows = [el("tr", el("td", str(c.row), data_v=c.row), el("td", _context(c), class_="ctx"),
                    el("td", fmt(c.true, 3), data_v=_dv(c.true)), el("td", fmt(c.sim, 3), data_v=_dv(c.sim)),
                    el("td", fmt(c.pred, 3), data_v=_dv(c.pred))) for c in cases]
