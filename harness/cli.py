@@ -251,6 +251,32 @@ def cmd_gaming(args) -> int:
     return 1 if any(e.above_control for e in entries if e.method.startswith("gaming-")) else 0
 
 
+def cmd_site(args) -> int:
+    from .site import build_site
+
+    index = build_site(Path(args.output), Path(args.results), args.task, console=console)
+    console.print(f"site: {index.resolve()}")
+    return 0
+
+
+def cmd_failures(args) -> int:
+    from .failures import (explanations_of, latent_report, load_decoder, load_with_side, print_report, task_spec,
+                           test_windows)
+
+    loaded = load_with_side(args.result)
+    if args.latent not in loaded.latents:
+        # Checked before the tokenizer loads: a wrong latent number answers at once.
+        latent_report(loaded, args.latent)
+    spec, why = task_spec(loaded.result.task["id"], args.task)
+    expl, enote = explanations_of(loaded.result, spec) if spec is not None else (None, why)
+    decode, dnote = load_decoder(spec) if spec is not None else (None, why)
+    windows, wnote = test_windows(loaded, spec)
+    rep = latent_report(loaded, args.latent, explanations=expl, explanation_note=enote, windows=windows,
+                        decode=decode, text_note=wnote or dnote, n=args.n)
+    print_report(rep, loaded, console)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -340,6 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "(exit 0 all match, 1 a number differs, 3 side file too old to recompute some)")
     s.add_argument("results", nargs="+", metavar="RESULT.json")
     s.set_defaults(fn=cmd_verify_result)
+
+    s = sub.add_parser("site", help="build the static leaderboard site with per-latent failure pages")
+    s.add_argument("--task", help="one task (id or folder); default: every registered task")
+    s.add_argument("--results", default="results")
+    s.add_argument("-o", "--output", required=True, help="folder to write the site into")
+    s.set_defaults(fn=cmd_site)
+
+    s = sub.add_parser("failures", help="a latent's top false-positive and false-negative test contexts")
+    s.add_argument("result", help="a result file, results/<task>/<tag>.json")
+    s.add_argument("--latent", type=int, required=True)
+    s.add_argument("--task", help="the task folder, for a task that is not registered under tasks/")
+    s.add_argument("-n", type=int, default=5, help="contexts per table (default 5)")
+    s.set_defaults(fn=cmd_failures)
 
     s = sub.add_parser("make-tiny-task", help="build a tiny random task (for smoke runs and tests)")
     s.add_argument("--out", required=True)

@@ -370,7 +370,8 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
              table_nz_count=prep.table.nz_count[latents], table_nz_stored=nz_stored, table_nz_ranks=nz_ranks,
              table_nz_values=nz_values,
              selection_scores=sel_scores.astype(np.float64),
-             **{f"subset__{name}": S for name, S in subsets.items() if name != "all"})
+             **{f"subset__{name}": S for name, S in subsets.items() if name != "all"},
+             test_windows=prep.splits["test"].astype(np.int32))
     from .tiny import sha256_file
 
     result = {
