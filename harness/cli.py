@@ -251,6 +251,24 @@ def cmd_gaming(args) -> int:
     return 1 if any(e.above_control for e in entries if e.method.startswith("gaming-")) else 0
 
 
+def cmd_check_simulator(args) -> int:
+    from .simulate.check import run_check
+
+    only = tuple(args.only.split(",")) if args.only else ("hand-written", "named-token", "real-vs-shuffled")
+    results = run_check(args.task, args.override, backend=args.backend, device=resolve_device(args.device),
+                        submission=args.submission, only=only, seed=args.seed)
+    for r in results:
+        console.print(f"{'PASS' if r.passed else 'FAIL'}  {r.name}: {r.summary}  (pass: {r.threshold})",
+                      highlight=False, soft_wrap=True)
+        if args.verbose:
+            for line in r.detail:
+                console.print(f"      {line}", highlight=False, soft_wrap=True)
+    ok = all(r.passed for r in results)
+    console.print(f"simulator check: {'passed' if ok else 'FAILED'} ({sum(r.passed for r in results)}/{len(results)})")
+    # Non-zero when a check fails, so a script can gate a simulator on it.
+    return 0 if ok else 1
+
+
 def cmd_site(args) -> int:
     from .site import build_site
 
@@ -366,6 +384,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "(exit 0 all match, 1 a number differs, 3 side file too old to recompute some)")
     s.add_argument("results", nargs="+", metavar="RESULT.json")
     s.set_defaults(fn=cmd_verify_result)
+
+    s = sub.add_parser("check-simulator", help="does the task's simulator read explanations? three tests, "
+                       "pass/fail (exit 1 if one fails)")
+    s.add_argument("--task", required=True)
+    s.add_argument("--submission", help="explanations for real-vs-shuffled (default submissions/<task>/top-tokens.json)")
+    s.add_argument("--only", help="comma-separated subset of hand-written,named-token,real-vs-shuffled")
+    s.add_argument("--backend", default="auto")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-v", "--verbose", action="store_true", help="one line per case, token and latent")
+    _overrides(s)
+    s.set_defaults(fn=cmd_check_simulator)
 
     s = sub.add_parser("site", help="build the static leaderboard site with per-latent failure pages")
     s.add_argument("--task", help="one task (id or folder); default: every registered task")

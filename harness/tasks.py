@@ -225,11 +225,23 @@ def _model_dict(d: Any, where: str) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
-    """`section.key=value` edits of the parsed TOML, e.g. `subject.path=/models/pythia` (values parsed as TOML)."""
+    """`section.key=value` edits of the parsed TOML, e.g. `subject.path=/models/pythia` (values parsed as TOML).
+
+    `section.key=` (nothing after the `=`) removes the key: switching a model to another source must drop the
+    keys the old source needed (e.g. a multi-part GGUF's `parts` and `sha256`).
+    """
     for ov in overrides:
         if "=" not in ov or not ov.split("=", 1)[0].strip():
             raise HarnessError(f"override {ov!r}: write it as section.key=value, e.g. subject.path=/data/model")
         key, value = ov.split("=", 1)
+        if not value.strip():
+            *path, last = key.strip().split(".")
+            node = raw
+            for p in path:
+                node = node.get(p) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(last, None)
+            continue
         try:
             parsed = tomllib.loads(f"v = {value}")["v"]
         except (tomllib.TOMLDecodeError, RecursionError, KeyError):
