@@ -341,6 +341,11 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
         "sensitivity": float(np.nanmean(sens)) if np.isfinite(sens).any() else float("nan"),
         "specificity": float(np.nanmean(spec_)) if np.isfinite(spec_).any() else float("nan"),
         "detection_auroc": float(np.nanmean(auroc)) if np.isfinite(auroc).any() else float("nan"),
+        # Over latents (each latent's AUROC is one observation): what orders methods where CE cannot.
+        "detection_auroc_ci": (est(mean_ci(auroc[np.isfinite(auroc)],
+                                           bootstrap_indices(int(np.isfinite(auroc).sum()), sc.bootstrap, sc.seed)))
+                               if np.isfinite(auroc).sum() >= 2 else None),
+        "rank_by": sc.rank_by,
         "detection_balanced_accuracy": float(np.nanmean(bacc)) if np.isfinite(bacc).any() else float("nan"),
         "recovery_denominator": est(recovery_denominator(ce["latent_zero|all"], base["coder"], boot)),
         "coder_delta_ce_median": est(median_ci(base["coder"] - clean, boot)),

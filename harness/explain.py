@@ -83,13 +83,17 @@ def top_tokens_explanations(prep: Prepared, tokenizer, ex: dict) -> dict[int, st
 
 
 EXPLAINER_SYSTEM = (
-    "You study one feature of a language model. You are shown text snippets where the feature is active; "
-    "the tokens where it fires are wrapped in [[ ]]. Describe in one short phrase which tokens or patterns "
-    "make the feature fire. Answer with the phrase only."
+    "You study one feature of a language model. You are shown text snippets; in each, the token where the feature "
+    "is active is marked with [[ and ]]. Say what the marked tokens have in common: which words or symbols they "
+    "are, or what kind of word. Answer with one short phrase and do not mention the brackets."
 )
 
 
-ANSWER_CUE = "The feature fires on"
+# The answer's opening is written for the model. Asked "what does the feature fire on?" under the cue "The feature
+# fires on", Qwen2.5-Coder-1.5B described the markup ("tokens that are wrapped in [[ ]]") for 13 of 16 latents of
+# the mini task; asked what the marked tokens have in common under this cue, it named a class for 7 of 8
+# ("punctuation marks", "numbers", "verbs").
+ANSWER_CUE = "The marked tokens are"
 
 
 def llm_explanations(prep: Prepared, subject_tok, tokenizer, ex: dict, model, device, max_new_tokens: int = 24,
@@ -110,9 +114,7 @@ def llm_explanations(prep: Prepared, subject_tok, tokenizer, ex: dict, model, de
             lines.append(f"{len(lines) + 1}. {before}[[{subject_tok.decode([int(blocks[b, p])])}]]")
         if lines:
             msgs = [{"role": "system", "content": EXPLAINER_SYSTEM},
-                    {"role": "user", "content": "Examples:\n" + "\n".join(lines) + "\n\nWhat does the feature fire on?"}]
-            # The answer's opening is written for the model: a small explainer otherwise tends to echo the
-            # question instead of answering it.
+                    {"role": "user", "content": "Examples:\n" + "\n".join(lines) + "\n\nWhat do the marked tokens have in common?"}]
             prompts[int(j)] = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + ANSWER_CUE
     out = {int(j): "" for j in prep.rewritten}
     items = list(prompts.items())
@@ -132,7 +134,8 @@ def llm_explanations(prep: Prepared, subject_tok, tokenizer, ex: dict, model, de
                 for (j, _), row in zip(chunk, gen[:, enc["input_ids"].shape[1]:]):
                     text = tokenizer.decode(row, skip_special_tokens=True).strip().splitlines()
                     answer = (text[0] if text else "").strip().rstrip(".")
-                    out[j] = (f"{ANSWER_CUE.strip()} {answer}" if answer else "")[: prep.spec.simulator.max_explanation_chars]
+                    answer = answer[4:] if answer.startswith("all ") else answer
+                    out[j] = (f"tokens that are {answer}" if answer else "")[: prep.spec.simulator.max_explanation_chars]
                 prog.advance(t, len(chunk))
     finally:
         tokenizer.padding_side = pad_side

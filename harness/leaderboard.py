@@ -4,7 +4,9 @@ Rows are ranked by the headline paired difference "simulated − latent zero" (m
 better), which always has a bootstrap CI, not by recovery, whose denominator can sit at 0. Each row is
 compared with the row above on the same test contexts (paired per-context difference of their
 "simulated − latent zero", from the side files): when that difference's CI contains 0 the row shares the
-rank of the row above and is marked "=" — the data do not order the two.
+rank of the row above and is marked "=" — the data do not order the two. A task whose `scoring.rank_by`
+is "detection_auroc" (one too small for CE to order anything) ranks by mean detection AUROC instead,
+higher first, paired per latent over the latents both rows scored.
 
 Only results whose task hash equals the task's current hash are ranked: a result computed under an
 older task definition (other model, splits, prompt...) measured something else. Those, and files
@@ -87,6 +89,9 @@ class Row:
     side_file: str = ""                        # per-context side file, for the paired test with the row above
     boot: tuple[int, int] = (1000, 0)          # (draws, seed) the result's intervals used
     legacy: bool = False                       # written before results named their interval methods
+    detection_auroc_ci: dict[str, float] | None = None   # over latents, when the result has it
+    per_latent_auroc: dict[int, float] | None = None
+    rank_by: str = "sim_minus_zero"
     rank: str = ""                             # "3", or "=2" when tied with the row above, "?2" when untested
     vs_above: dict[str, float] | None = None   # mean paired difference with the row above, with CI
 
@@ -128,7 +133,13 @@ def row_from_result(res: Result, path: str) -> Row:
     boot = ((res.methods or {}).get("intervals") or {}).get("bootstrap") or {}
     side = ((res.side_files or {}).get("per_context") or {}).get("path", "")
     rec = h.get("recovery")
+    pl = res.per_latent or {}
+    per_latent = ({int(j): _num(a) for j, a in zip(pl.get("latent", []), pl.get("auroc", []))}
+                  if isinstance(pl, dict) else None)
     return Row(
+        detection_auroc_ci=_est(h["detection_auroc_ci"]) if isinstance(h.get("detection_auroc_ci"), dict) else None,
+        per_latent_auroc=per_latent,
+        rank_by=str(h.get("rank_by", "sim_minus_zero")),
         legacy=not res.methods,
         recovery_note=str(rec.get("note", "")) if isinstance(rec, dict) else "",
         balanced_accuracy=_num(h.get("detection_balanced_accuracy")),
@@ -205,7 +216,7 @@ def collect_results(
 def sort_rows(rows: list[Row]) -> list[Row]:
     """Best first by the ranking metric (lower simulated − latent zero); recovery, then name, break exact ties."""
     def key(r: Row):
-        v = r.sim_minus_zero_mean["value"]
+        v = r.sim_minus_zero_mean["value"] if r.rank_by != "detection_auroc" else -r.detection_auroc
         rec = r.recovery["value"]
         return (r.task_id, math.isnan(v), v if not math.isnan(v) else 0.0,
                 -rec if not math.isnan(rec) else math.inf, r.method)
@@ -224,7 +235,10 @@ def _rank_series(path: str) -> "np.ndarray | None":
 
 
 def mark_ties(rows: list[Row]) -> list[Row]:
-    """Fill `rank` and `vs_above`: each row against the row above (same task), paired over test contexts."""
+    """Fill `rank` and `vs_above`: each row against the row above (same task), paired over test contexts
+    (or over latents, for a task ranked by detection AUROC)."""
+    import numpy as np
+
     from harness.metrics import bootstrap_indices, mean_ci
 
     prev: Row | None = None
@@ -236,7 +250,15 @@ def mark_ties(rows: list[Row]) -> list[Row]:
             r.rank, r.vs_above = "1", None
             continue
         pos += 1
-        a, b = _rank_series(r.side_file) if r.side_file else None, _rank_series(prev.side_file) if prev.side_file else None
+        if r.rank_by == "detection_auroc":
+            # Per latent (higher is better): prev − r over the latents both scored with a finite AUROC.
+            pa, pb = prev.per_latent_auroc or {}, r.per_latent_auroc or {}
+            both = [j for j in pa if j in pb and math.isfinite(pa[j]) and math.isfinite(pb[j])]
+            a = np.asarray([pa[j] for j in both]) if len(both) >= 2 else None
+            b = np.asarray([pb[j] for j in both]) if len(both) >= 2 else None
+        else:
+            a = _rank_series(r.side_file) if r.side_file else None
+            b = _rank_series(prev.side_file) if prev.side_file else None
         if a is None or b is None or a.shape != b.shape or math.isnan(r.sim_minus_zero_mean["value"]):
             r.rank, r.vs_above = f"?{group}", None   # untested: keep the group, say so
         else:
@@ -284,7 +306,7 @@ def _display_cells(r: Row) -> list[str]:
         fmt_est(r.delta_ce_median_latent_zero, 3),
         fmt_num(r.sensitivity, 2),
         fmt_num(r.specificity, 2),
-        fmt_num(r.detection_auroc, 2),
+        fmt_est(r.detection_auroc_ci, 2) if r.detection_auroc_ci else fmt_num(r.detection_auroc, 2),
         fmt_num(r.balanced_accuracy, 2),
         "n/a" if math.isnan(r.coverage) else f"{100 * r.coverage:.0f}%",
         r.simulator,
@@ -363,6 +385,14 @@ LEGACY_HELP = (
 )
 
 
+RANK_BY_AUROC_HELP = (
+    "**This task ranks by detection AUROC** (`scoring.rank_by = \"detection_auroc\"`): at its size no CE "
+    "quantity separates methods, so rows are ordered by mean per-latent detection AUROC, higher first, with a "
+    "95% percentile-bootstrap CI over latents; a rank marked = means the paired per-latent difference with the "
+    "row above has a 95% CI containing 0."
+)
+
+
 def render_page(task_id: str, task_hash: str, rows: list[Row]) -> str:
     lines = [
         f"# Leaderboard: {task_id}",
@@ -371,6 +401,7 @@ def render_page(task_id: str, task_hash: str, rows: list[Row]) -> str:
         "",
         COLUMNS_HELP,
         "",
+        *([RANK_BY_AUROC_HELP, ""] if any(r.rank_by == "detection_auroc" for r in rows) else []),
         *([LEGACY_HELP, ""] if any(r.legacy for r in rows) else []),
         render(rows, "md") if rows else "_No results for this task yet._",
         "",

@@ -24,6 +24,7 @@ KNOWN_SECTIONS = {"id", "description", "notes", "subject", "coder", "corpus", "c
                   "simulator", "scoring", "artifacts"}
 MODEL_KEYS = {"source", "id", "revision", "path", "package", "file", "dtype", "parts", "sha256", "version"}
 CORPUS_SOURCES = {"local-tokens", "local-text", "hub"}
+RANK_METRICS = ("sim_minus_zero", "detection_auroc")
 SELECTION_RULES = {"random-alive", "most-frequent", "stratified", "lexical"}
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -99,6 +100,10 @@ class ScoringSpec:
     # `detection_threshold`, which only means something for one answer scale (docs/protocol.md, Metrics).
     detection_rule: str = "fire-rate"
     detection_threshold: float = 1.0
+    # What the leaderboard ranks by: "sim_minus_zero" (mean paired CE difference, the paper's quantity) or
+    # "detection_auroc" (mean per-latent detection AUROC, bootstrap over latents), for tasks too small for CE to
+    # order methods (the offline mini task: docs/findings.md).
+    rank_by: str = "sim_minus_zero"
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,8 @@ def _canonical(spec: TaskSpec) -> dict:
     if d["simulator"]["model"].get("source") != "local":
         d["simulator"]["model"].pop("path", None)
     d["simulator"].pop("batch_size", None)  # speed only
+    if d["scoring"].get("rank_by") == "sim_minus_zero":
+        d["scoring"].pop("rank_by")  # added later: specs that keep the default keep their hash
     if not d["latents"].get("min_fire_rate"):
         d["latents"].pop("min_fire_rate", None)  # added later: specs without it keep their hash
     d["coder"].pop("path", None) if d["coder"]["source"] == "hub" else None
@@ -361,6 +368,8 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
             raise HarnessError(f"{w}: `fractions` must be a list of numbers in (0, 1]")
         sc = {**sc, "fractions": tuple(float(f) for f in fr)}
     scoring = ScoringSpec(**sc)
+    if scoring.rank_by not in RANK_METRICS:
+        raise HarnessError(f"{w}: `rank_by` must be one of {', '.join(RANK_METRICS)}, got {scoring.rank_by!r}")
     if scoring.detection_rule not in ("fire-rate", "fixed"):
         raise HarnessError(f"{w}: `detection_rule` must be fire-rate or fixed, got {scoring.detection_rule!r}")
     if scoring.bootstrap < 1000:

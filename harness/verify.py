@@ -315,6 +315,12 @@ def _verify_detection(side, res, chk: _Checker, rep: Report) -> np.ndarray | Non
         chk.num(f"per_latent.balanced_accuracy[{j}]", baccs[-1], pl["balanced_accuracy"][j])
     chk.num("headline.detection_auroc", np.nanmean(aurocs) if np.isfinite(aurocs).any() else None,
             h["detection_auroc"])
+    if h.get("detection_auroc_ci"):
+        a = np.asarray(aurocs)[np.isfinite(aurocs)]
+        boot_cfg = ((res.get("methods") or {}).get("intervals") or {}).get("bootstrap") or {}
+        chk.est("headline.detection_auroc_ci", _mean_est(a, _boot(len(a), int(boot_cfg.get("draws", 1000)),
+                                                                    int(boot_cfg.get("seed", 0)))),
+                h["detection_auroc_ci"])
     if "detection_balanced_accuracy" in h:
         chk.num("headline.detection_balanced_accuracy", np.nanmean(baccs) if np.isfinite(baccs).any() else None,
                 h["detection_balanced_accuracy"])

@@ -324,3 +324,36 @@ def test_rank_by_paired_metric_and_mark_ties(tmp_path):
     print_rich(rows, console)
     out = console.export_text()
     assert "near-too" in out and "not significantly different" in out   # ids whole at 80 columns
+
+
+def test_rank_by_detection_auroc_paired_over_latents(tmp_path):
+    """A task with scoring.rank_by = "detection_auroc": higher mean AUROC first, ties by the paired per-latent
+    bootstrap over the latents both rows scored (recomputed here with numpy)."""
+    d = tmp_path / "t"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    latents = list(range(20))
+    real = np.clip(0.75 + rng.normal(0, 0.08, 20), 0, 1)
+    noisy = np.clip(0.5 + rng.normal(0, 0.08, 20), 0, 1)
+    close = np.clip(noisy + rng.normal(0.005, 0.03, 20), 0, 1)
+    for method, sha, auc in (("shuffled", "1" * 64, noisy), ("real", "2" * 64, real), ("empty", "3" * 64, close)):
+        res = make_result(method, sha=sha)
+        res.headline["detection_auroc"] = float(auc.mean())
+        res.headline["detection_auroc_ci"] = E(float(auc.mean()), float(auc.mean()) - 0.05, float(auc.mean()) + 0.05)
+        res.headline["rank_by"] = "detection_auroc"
+        res.per_latent = {**res.per_latent, "latent": latents, "auroc": auc.tolist()}
+        res.methods = {"intervals": {"bootstrap": {"method": "percentile", "draws": 4000, "seed": 3}}}
+        res.to_json(d / f"{method}.json")
+    rows, _ = collect_results(tmp_path, "tiny-task", task_hashes={"tiny-task": HASH})
+    assert [r.method for r in rows][0] == "real"
+    assert [r.detection_auroc for r in rows] == sorted((r.detection_auroc for r in rows), reverse=True)
+    assert rows[1].rank == "2"
+    idx = np.random.Generator(np.random.PCG64(3)).integers(0, 20, size=(4000, 20))
+    for above, row in zip(rows, rows[1:]):
+        diff = np.asarray([above.per_latent_auroc[j] - row.per_latent_auroc[j] for j in latents])
+        lo, hi = np.percentile(diff[idx].mean(1), [2.5, 97.5])
+        assert row.vs_above["lo"] == pytest.approx(lo) and row.vs_above["hi"] == pytest.approx(hi)
+        assert row.rank.startswith("=") == (lo <= 0 <= hi)
+    assert "ranks by detection AUROC" in write_leaderboard("tiny-task", rows, tmp_path / "lb").read_text()
+    m = float(real.mean())
+    assert f"| {m:.2f} [{m - 0.05:.2f}, {m + 0.05:.2f}] |" in render(rows, "md")   # the AUROC cell shows its CI
