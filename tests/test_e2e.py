@@ -145,6 +145,13 @@ def test_baselines_and_findings(tiny, capsys):
     table = capsys.readouterr().out
     assert table.count("\n| ") >= 7 and "Quantile normalisation helps" in table
     assert "ranks test contexts better than its shuffled control" in table
+    # The detection row: mean of per-latent AUROC differences, recomputed from the two result files.
+    rt = json.loads(next(p for p in (res / "tiny-llama-transcoder").glob("top*.json")).read_text())["per_latent"]
+    a_real, a_ctrl = dict(zip(rt["latent"], rt["auroc"])), dict(zip(r["per_latent"]["latent"], r["per_latent"]["auroc"]))
+    both = [j for j in a_real if j in a_ctrl and np.isfinite(a_real[j]) and np.isfinite(a_ctrl[j])]
+    diff = np.mean([a_real[j] - a_ctrl[j] for j in both])
+    row = next(ln for ln in table.splitlines() if "detects its latents better" in ln)
+    assert f"| {diff:+.3f} [" in row and f"{len(both)} latents" in row
     # The side file holds each scored latent's true activation on each test context, from the prepare cache.
     side = next((res / "tiny-llama-transcoder").glob("shuffled*.per_context.npz"))
     with np.load(side) as z:
