@@ -109,7 +109,10 @@ def _fieller(z: np.ndarray, s: np.ndarray, c: np.ndarray) -> tuple:
     from scipy.stats import t as student_t
 
     n = len(z)
-    a, b = (z - s).mean(), (z - c).mean()
+    a, b = float((z - s).mean()), float((z - c).mean())
+    if b == 0.0:
+        # Deleting these latents changed nothing (a subset that never fires on the test contexts): undefined.
+        return math.nan, None, None
     r = a / b
     C = np.cov(z - s, z - c) / n
     vaa, vab, vbb = C[0, 0], C[0, 1], C[1, 1]
