@@ -27,7 +27,7 @@ from . import __version__
 from .errors import HarnessError
 from .failures import (Loaded, case_titles, explanations_of, failure_counts, latent_report, load_decoder, load_with_side,
                        test_windows)
-from .leaderboard import COLUMNS_HELP, Row, collect_results
+from .leaderboard import COLUMNS_HELP, RANK_BY_AUROC_HELP, Row, collect_results
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
@@ -345,38 +345,22 @@ def legend(items: list[tuple[str, str, bool]]) -> Raw:
 
 # ---------------------------------------------------------------- orderings
 
-def _paired_ci(above: Loaded, below: Loaded) -> tuple[float, float] | None:
-    """95% CI of (above − below) in the ranking metric, when a result file records it; None otherwise.
-
-    Results record no between-method comparison yet (the Markdown leaderboard's rule is being added in
-    parallel); this reads the layout ``paired_differences: [{"vs_submission_sha256", "recovery": {lo, hi}}]``
-    when present. After that lands, call the leaderboard's own function here so both tables share one rule.
-    """
-    for d in (above.result.to_dict().get("paired_differences") or []):
-        if isinstance(d, dict) and d.get("vs_submission_sha256") == below.result.submission.get("sha256"):
-            e = d.get("recovery") or {}
-            lo, hi = _f(e.get("lo")), _f(e.get("hi"))
-            if math.isfinite(lo) and math.isfinite(hi):
-                return lo, hi
-    return None
-
-
-def ordering_marks(ranked: list[Loaded]) -> list[tuple[str, str]]:
+def ordering_marks(rows: list[Row]) -> list[tuple[str, str]]:
     """For each row, how its place above the next row is supported: (mark, explanation).
 
-    The same rule as the Markdown leaderboard: an ordering counts only when the paired-difference CI
-    excludes 0; without a recorded paired difference every ordering is marked unsupported.
+    The Markdown leaderboard's own rule (`leaderboard.mark_ties`, which filled each row's `rank` and
+    `vs_above`): an ordering counts only when the paired-difference CI with the next row excludes 0.
     """
     out = []
-    for a, b in zip(ranked, ranked[1:]):
-        ci = _paired_ci(a, b)
-        if ci is None:
-            out.append(("?", "no paired-difference CI recorded: this ordering is not supported by a test"))
-        elif ci[0] > 0 or ci[1] < 0:
-            out.append((">", f"paired difference CI [{ci[0]:.3f}, {ci[1]:.3f}] excludes 0"))
+    for nxt in rows[1:]:
+        v = nxt.vs_above
+        if nxt.rank.startswith("?") or v is None:
+            out.append(("?", "no paired test was possible (side file missing): this ordering is not supported"))
+        elif nxt.rank.startswith("="):
+            out.append(("≈", f"paired difference CI [{v['lo']:.3f}, {v['hi']:.3f}] includes 0: not significant"))
         else:
-            out.append(("≈", f"paired difference CI [{ci[0]:.3f}, {ci[1]:.3f}] includes 0: not significant"))
-    if ranked:
+            out.append((">", f"paired difference CI [{v['lo']:.3f}, {v['hi']:.3f}] excludes 0"))
+    if rows:
         out.append(("", "last row"))
     return out
 
@@ -480,32 +464,37 @@ def _task_page(spec, entries: list[MethodEntry], rejected) -> str:
     for key, *_ in _INTERVALS:
         vals = [v for e in entries for v in (getattr(e.row, key)[k] for k in ("value", "lo", "hi"))]
         doms[key] = _domain(vals, 0.05, include=(0.0,))
-    marks = ordering_marks([e.loaded for e in entries])
+    marks = ordering_marks([e.row for e in entries])
     hdr = el("tr", el("th", "rank"), el("th", "method", class_="t"),
              [el("th", label, title=tip) for _, label, _, tip in _INTERVALS],
              el("th", "sens."), el("th", "spec."), el("th", "det. AUROC"), el("th", "coverage"),
              el("th", "vs next", title="is this row's place above the next supported by a paired test?"),
              el("th", "simulator", class_="t"), el("th", "date"))
     body = []
-    for rank, (e, (mark, why)) in enumerate(zip(entries, marks), 1):
+    for pos, (e, (mark, why)) in enumerate(zip(entries, marks), 1):
         r = e.row
-        cells = [el("td", str(rank), data_v=rank),
+        cells = [el("td", r.rank, data_v=pos),
                  el("td", el("a", r.method, href=f"{e.slug}/index.html"), class_="t", data_v=r.method)]
         for key, _, d, _ in _INTERVALS:
             est = getattr(r, key)
             txt = fmt(est["value"], d) + (f" [{fmt(est['lo'], d)}, {fmt(est['hi'], d)}]"
                                           if math.isfinite(est["lo"]) and math.isfinite(est["hi"]) else "")
             cells.append(el("td", ci_strip(est, doms[key]), el("span", txt, class_="v"), data_v=_dv(est["value"])))
-        cells += [el("td", fmt(x, 2), data_v=_dv(x)) for x in (r.sensitivity, r.specificity, r.detection_auroc)]
+        cells += [el("td", fmt(x, 2), data_v=_dv(x)) for x in (r.sensitivity, r.specificity)]
+        ci = r.detection_auroc_ci
+        cells.append(el("td", fmt(r.detection_auroc, 2) + (f" [{fmt(ci['lo'], 2)}, {fmt(ci['hi'], 2)}]" if ci else ""),
+                        data_v=_dv(r.detection_auroc)))
         cells.append(el("td", "n/a" if math.isnan(r.coverage) else f"{100 * r.coverage:.0f}%", data_v=_dv(r.coverage)))
         cells.append(el("td", mark, class_="ns" if mark in ("≈", "?") else None, title=why, data_v=mark))
         cells += [el("td", r.simulator, class_="t sim"), el("td", r.date[:10])]
         body.append(el("tr", cells, data_method=r.method))
     table = el("div", el("table", el("thead", hdr), el("tbody", body), class_="sortable", id="leaderboard"),
                class_="wrap")
-    help_ = el("p", COLUMNS_HELP, " Bars: point estimate and 95% CI on each column's shared scale (dashed: 0). "
-               "“vs next” (by the recovery ranking): “>” the paired-difference CI excludes 0, “≈” it includes 0, "
-               "“?” no paired difference recorded, so the ordering is not supported. Click a header to sort.",
+    help_ = el("p", COLUMNS_HELP, *((" " + RANK_BY_AUROC_HELP.replace("**", ""),)
+                                    if any(e.row.rank_by == "detection_auroc" for e in entries) else ()), " Bars: point estimate and 95% CI on each column's shared scale (dashed: 0). "
+               "Rank and “vs next” follow the leaderboard's rule (ties marked “=” in the rank): “>” the paired-"
+               "difference CI with the next row excludes 0, “≈” it includes 0, “?” no paired test was possible. "
+               "Click a header to sort.",
                class_="help")
     rej = (el("details", el("summary", f"{len(rejected)} result file(s) not ranked"),
               el("ul", [el("li", f"{rj.path}: {rj.reason}") for rj in rejected])) if rejected else None)

@@ -81,16 +81,22 @@ def test_site_layout_and_numbers_come_from_results(built):
     assert (site / "index.html").is_file()
     task_page = (site / TASK_ID / "index.html").read_text()
     results = [json.loads(p.read_text()) for p in _results(built)]
-    # Rows in recovery order, each showing its result's recovery unrounded in data-v.
+    # Rows in the leaderboard's order, each showing its result's recovery unrounded in data-v.
+    from harness.leaderboard import collect_results
+    from harness.tasks import load_task
+
+    spec = load_task(str(built / "task"))
+    rows, _ = collect_results(built / "results", spec.id, task_hashes={spec.id: spec.hash})
     order = re.findall(r'<tr data-method="([^"]*)">.*?<td data-v="([^"]*)"><svg class="ci"', task_page)
     assert len(order) == 3
     by_method = {r["submission"]["method"]: r for r in results}
     shown = [(html.unescape(m), float(v)) for m, v in order]
+    assert [m for m, _ in shown] == [r.method for r in rows]
     for method, v in shown:
         assert v == by_method[method]["headline"]["recovery"]["value"]
-    assert shown[0][1] >= shown[1][1] >= shown[2][1]
-    # Every ordering unsupported: results record no paired differences between methods yet.
-    assert task_page.count('title="no paired-difference CI recorded') == 2
+    # The "vs next" marks are the leaderboard's tie test: one per adjacent pair.
+    n_marks = sum(task_page.count(f'title="{t}') for t in ("paired difference CI", "no paired test was possible"))
+    assert n_marks == 2
     from harness.site import _safe
 
     for r, p in zip(results, _results(built)):
@@ -197,23 +203,21 @@ def test_failures_cli_bad_input(built, capsys, tmp_path):
     assert "results folder not found" in _one_error(capsys)
 
 
-def test_ordering_marks_read_paired_differences(built):
-    from harness.failures import load_with_side
+def test_ordering_marks_follow_the_leaderboard_ranks(built):
+    """The site's "vs next" marks are the Markdown leaderboard's tie test, read from the ranked rows."""
+    from harness.leaderboard import collect_results
     from harness.site import ordering_marks
+    from harness.tasks import load_task
 
-    a, b = (load_with_side(p) for p in _results(built)[:2])
-    assert [m for m, _ in ordering_marks([a, b])] == ["?", ""]
-    sha_b = b.result.submission["sha256"]
-    # A result that records its paired difference to the next row decides the mark.
-    for lo, hi, want in ((0.01, 0.2, ">"), (-0.1, 0.2, "≈")):
-        orig = a.result.to_dict
-
-        def to_dict(lo=lo, hi=hi, orig=orig):
-            return {**orig(), "paired_differences": [{"vs_submission_sha256": sha_b, "recovery": {"lo": lo, "hi": hi}}]}
-
-        a.result.to_dict = to_dict
-        assert ordering_marks([a, b])[0][0] == want
-        a.result.to_dict = orig
+    spec = load_task(str(built / "task"))
+    rows, _ = collect_results(built / "results", spec.id, task_hashes={spec.id: spec.hash})
+    marks = ordering_marks(rows)
+    assert len(marks) == len(rows) and marks[-1][0] == ""
+    for mark, nxt in zip(marks, rows[1:]):
+        want = "≈" if nxt.rank.startswith("=") else ("?" if nxt.rank.startswith("?") else ">")
+        assert mark[0] == want
+        if nxt.vs_above is not None:
+            assert f"[{nxt.vs_above['lo']:.3f}, {nxt.vs_above['hi']:.3f}]" in mark[1]
 
 
 # ---------------------------------------------------------------- in a real browser
