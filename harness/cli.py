@@ -43,7 +43,8 @@ def cmd_tasks(args) -> int:
         subj = s.subject.get("id") or s.subject.get("file") or s.subject.get("path")
         rw = s.latents.rewritten if s.latents.rewritten in ("all",) else (
             f"{s.latents.count} ({s.latents.rule})" if s.latents.rewritten == "rule" else f"{len(s.latents.rewritten)} listed")
-        sim = s.simulator.model.get("id") or s.simulator.model.get("file") or s.simulator.model.get("path")
+        sim = (s.simulator.model.get("id") or s.simulator.model.get("file") or s.simulator.model.get("path")
+               if s.simulator.model.get("source") != "gguf-parts" else s.simulator_ref().describe())
         table.add_row(s.id, s.hash[:12], str(subj), f"{s.coder.kind} @ {s.coder.hookpoint}", str(s.contexts.T),
                       f"{s.contexts.calibration}/{s.contexts.test}", str(rw), str(sim))
     console.print(table)
@@ -371,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("gaming", help="adversarial submissions vs the shuffled control (exit 1 if one beats it)")
     s.add_argument("--task", required=True)
     s.add_argument("--submissions", help="where the suite's submissions are written (default submissions/gaming/<task>)")
-    s.add_argument("--results", default="results/gaming")
+    s.add_argument("--results", default="gaming-results")
     s.add_argument("--report", help="also write the Markdown report here, e.g. docs/gaming-<task>.md")
     s.add_argument("--backend", default="auto")
     s.add_argument("--device", default="auto")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The gaming suite on one task (docs/protocol.md §8): adversarial submissions, the top-tokens baseline and
 # its shuffled control are written, evaluated and compared; the report goes to docs/gaming-<task>.md and the
-# results to results/gaming/<task>/. Exit 1 if an adversarial submission scores above the control.
+# results to gaming-results/<task>/ (outside results/, so the adversarial rows stay off the task leaderboard). Exit 1 if an adversarial submission scores above the control.
 #   scripts/gaming_suite.sh smollm2-135m-l8-offline-mini [extra `harness gaming` options, e.g. --backend prefix]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,4 +9,4 @@ task="${1:?usage: scripts/gaming_suite.sh TASK [harness gaming options]}"
 shift
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HARNESS_THREADS="${HARNESS_THREADS:-1}"
 exec python -m harness.cli gaming --task "$task" --submissions "submissions/gaming/$task" \
-  --results results/gaming --report "docs/gaming-$task.md" "$@"
+  --results gaming-results --report "docs/gaming-$task.md" "$@"

@@ -100,7 +100,7 @@ def named_token(prep, subject_tok, sim, store_sim, words: int = 6, per_word: int
     s = prompt_score(sim.prompt_version, probs).reshape(len(sel), len(explanations))
     aurocs = [_auroc([last[i] == w for i in sel], s[:, e]) for e, w in enumerate(chosen)]
     mean = float(np.nanmean(aurocs))
-    detail = [f"named token {w!r:>12}: AUROC {a:.3f}" for w, a in zip(chosen, aurocs)]
+    detail = [f"named token {w!r:>12}: AUROC {a:.3f}" for w, a in zip(chosen, aurocs, strict=True)]
     return CheckResult("named token", mean >= NAMED_TOKEN_AUROC,
                        f"mean AUROC {mean:.3f} over {len(chosen)} named tokens, {len(sel)} contexts",
                        f"mean AUROC >= {NAMED_TOKEN_AUROC}", detail)
@@ -148,7 +148,7 @@ def real_vs_shuffled(prep, subject_tok, sim, store_sim, explanations: dict[int, 
     d = (a_real - a_shuf)[ok]
     boot = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
     lo, hi = np.percentile(d[boot].mean(axis=1), [2.5, 97.5])
-    detail = [f"latent {j:>6}: AUROC real {a:.3f}  shuffled {b:.3f}" for j, a, b in zip(latents, a_real, a_shuf)]
+    detail = [f"latent {j:>6}: AUROC real {a:.3f}  shuffled {b:.3f}" for j, a, b in zip(latents, a_real, a_shuf, strict=True)]
     return CheckResult("real vs shuffled", bool(lo > 0),
                        f"detection AUROC real {np.nanmean(a_real):.3f}, shuffled {np.nanmean(a_shuf):.3f}, "
                        f"difference {d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] over {int(ok.sum())} latents",
