@@ -374,7 +374,7 @@ def run_vllm(py: str, args, model_dir: Path, contexts, warm_contexts, explanatio
     spec = {
         "model_dir": str(model_dir), "threads": args.threads, "dtype": args.vllm_dtype,
         "kv_cache_gib": args.kv_cache_gib, "block_size": args.vllm_block_size, "max_model_len": args.max_model_len,
-        "prompt_version": "v1", "max_chars": args.max_chars, "repeats": args.repeats,
+        "prompt_version": args.prompt, "max_chars": args.max_chars, "repeats": args.repeats,
         "contexts": [[c.context_id, c.text, c.last_token] for c in contexts],
         "warm_contexts": [[c.context_id, c.text, c.last_token] for c in warm_contexts],
         "explanations": explanations, "pairs": pairs, "warm_pairs": warm_pairs, "prompts": prompts,
@@ -547,6 +547,9 @@ def parse_args(argv=None):
                         "which pairs; agreement is checked on that subset). Default 0: all pairs")
     p.add_argument("--engines", default="plain,prefix,vllm", help="comma-separated subset of plain,prefix,vllm")
     p.add_argument("--max-chars", type=int, default=400)
+    p.add_argument("--corpus-tokenizer", help="tokenizer folder that made the corpus, when it is not the model's "
+                   "(e.g. the converted SmolLM2 folder, for another simulator on the default corpus)")
+    p.add_argument("--prompt", default="v1", help="prompt version: v1 (digits, the paper's) or yn1 (yes/no log-odds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vllm-python", help="python of an environment with vLLM (default: this one, else .venv-vllm/bin/python)")
     p.add_argument("--no-vllm", action="store_true", help="skip vLLM")
@@ -658,7 +661,10 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.simulate import expected_value, make_simulator
+    from harness.simulate import make_simulator, prompt_score
+
+    def expected_value(probs):   # the prompt's own score: Σ d·P(d) for v1, log-odds for yn1
+        return prompt_score(args.prompt, probs)
     from harness.simulate.prompt import get_builder
 
     torch.set_num_threads(args.threads)
@@ -666,13 +672,18 @@ def main(argv=None) -> int:
     pauser = Pauser(args.pause)
 
     model, tok, model_dir, model_name = load_model(args)
-    tokens, corpus_desc = corpus_tokens(tok, args.corpus, args.tiny, args.seed)
+    # The corpus is token ids of the tokenizer that made it (SmolLM2's for the default): decode with that one.
+    ctok = tok
+    if args.corpus_tokenizer:
+        from transformers import AutoTokenizer
+        ctok = AutoTokenizer.from_pretrained(args.corpus_tokenizer)
+    tokens, corpus_desc = corpus_tokens(ctok, args.corpus, args.tiny, args.seed)
     explanations, expl_desc = load_explanations(args.explanations, args.explanations_n)
-    ctx_all = make_contexts(tok, tokens, args.contexts + args.warm_contexts, args.window, args.seed, "bench")
+    ctx_all = make_contexts(ctok, tokens, args.contexts + args.warm_contexts, args.window, args.seed, "bench")
     contexts, warm_contexts = ctx_all[:args.contexts], ctx_all[args.contexts:]
     pairs = [(c, e) for c in range(len(contexts)) for e in range(len(explanations))]
     warm_pairs = [(c, e) for c in range(len(warm_contexts)) for e in range(min(len(explanations), 8))]
-    builder = get_builder(tok, "v1", args.max_chars)
+    builder = get_builder(tok, args.prompt, args.max_chars)
     prompts = [builder.prefix(contexts[c].text, contexts[c].last_token) + builder.suffix(explanations[e]) for c, e in pairs]
     plen = np.array([len(p) for p in prompts])
     pre = np.array([len(builder.prefix(c.text, c.last_token)) for c in contexts])
@@ -695,13 +706,13 @@ def main(argv=None) -> int:
 
     results: dict[str, dict] = {}
     for name in [e for e in ("plain", "prefix") if e in args.engines]:
-        sim = make_simulator(name, model, tok, "v1", args.max_chars, "bench", batch_size=args.batch_size)
+        sim = make_simulator(name, model, tok, args.prompt, args.max_chars, "bench", batch_size=args.batch_size)
         run_pairs = [pairs[i] for i in sub] if name == "plain" else pairs
         log(f"{name}: warm-up, then {len(run_pairs)} predictions")
         secs, others, (p, m) = time_torch_engine(sim, contexts, warm_contexts, explanations, run_pairs, warm_pairs,
                                          args.repeats, pauser)
         if name == "plain":
-            full_p = np.full((len(pairs), 10), np.nan, np.float32)
+            full_p = np.full((len(pairs), p.shape[1]), np.nan, np.float32)
             full_m = np.full(len(pairs), np.nan, np.float32)
             full_p[sub], full_m[sub] = p, m
             p, m = full_p, full_m
