@@ -13,7 +13,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from .errors import HarnessError
-from .metrics import bootstrap_indices, paired_difference, paired_ranking_auroc
+from .metrics import bootstrap_indices, mean_ci, paired_difference, paired_ranking_auroc
 from .results import load_result
 
 
@@ -142,8 +142,8 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
     both = [j for j in ar if j in ac and np.isfinite(ar[j]) and np.isfinite(ac[j])]
     if len(both) >= 2:
         dd = np.asarray([ar[j] - ac[j] for j in both])
-        stats = dd[bootstrap_indices(len(dd), n_boot, seed)].mean(1)
-        lo, hi = np.percentile(stats, [2.5, 97.5])
+        e = mean_ci(dd, bootstrap_indices(len(dd), n_boot, seed))
+        lo, hi = e.lo, e.hi
         out.append(Finding(f"A real method ({real}) detects its latents better than its shuffled control ({control}) "
                            "(mean per-latent detection AUROC, real − control > 0, bootstrap over latents)",
                            f"{dd.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] (AUROC {np.mean([ar[j] for j in both]):.3f} vs "

@@ -109,6 +109,7 @@ def named_token(prep, subject_tok, sim, store_sim, words: int = 6, per_word: int
 def real_vs_shuffled(prep, subject_tok, sim, store_sim, explanations: dict[int, str], seed: int = 0,
                      max_latents: int = 16, n_boot: int = 10000) -> CheckResult:
     from harness.evaluate import sim_contexts
+    from harness.metrics import bootstrap_indices, mean_ci
     from harness.simulate.prompt import prompt_score
 
     rows_of = {int(j): r for r, j in enumerate(prep.rewritten)}
@@ -146,8 +147,8 @@ def real_vs_shuffled(prep, subject_tok, sim, store_sim, explanations: dict[int, 
         a_real[e], a_shuf[e] = _auroc(lab[m, 1], s[m, 0]), _auroc(lab[m, 1], s[m, 1])
     ok = np.isfinite(a_real) & np.isfinite(a_shuf)
     d = (a_real - a_shuf)[ok]
-    boot = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
-    lo, hi = np.percentile(d[boot].mean(axis=1), [2.5, 97.5])
+    e = mean_ci(d, bootstrap_indices(len(d), n_boot, seed))
+    lo, hi = e.lo, e.hi
     detail = [f"latent {j:>6}: AUROC real {a:.3f}  shuffled {b:.3f}" for j, a, b in zip(latents, a_real, a_shuf, strict=True)]
     return CheckResult("real vs shuffled", bool(lo > 0),
                        f"detection AUROC real {np.nanmean(a_real):.3f}, shuffled {np.nanmean(a_shuf):.3f}, "

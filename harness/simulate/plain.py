@@ -9,7 +9,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-
 from torch import nn
 
 from harness.simulate.base import Progress, SimContext, answers_from_logits, check_pairs
