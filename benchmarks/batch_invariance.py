@@ -30,9 +30,9 @@ from harness.simulate import expected_value, make_simulator  # noqa: E402
 
 
 def run(n_ctx: int, n_expl: int) -> list[dict]:
-    from harness.models import load_model
-    from harness.prepare import prepare
-    from harness.tasks import cache_root, load_task
+    from harness.model.load import load_model
+    from harness.data.prepare import prepare
+    from harness.task.spec import cache_root, load_task
 
     tmp = Path(tempfile.mkdtemp(prefix="batch-inv-"))
     os.environ["HARNESS_CACHE"] = str(tmp / "cache")

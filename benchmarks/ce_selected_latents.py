@@ -32,10 +32,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from harness.metrics import bootstrap_indices, mean_ci
-    from harness.patch import Patcher
-    from harness.prepare import BATCH, load_coder, load_subject, prepare
-    from harness.tasks import load_task
+    from harness.score.metrics import bootstrap_indices, mean_ci
+    from harness.model.patch import Patcher
+    from harness.data.prepare import BATCH, load_coder, load_subject, prepare
+    from harness.task.spec import load_task
 
     spec = load_task(args.task)
     prep = prepare(spec)

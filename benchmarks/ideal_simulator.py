@@ -47,11 +47,11 @@ def main(argv=None) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from harness.calibrate import calibrate
+    from harness.score.calibrate import calibrate
     from harness.evaluate import run_conditions, true_values
-    from harness.metrics import bootstrap_indices, paired_difference, paired_ranking_auroc
-    from harness.prepare import encode_positions, hook_module, load_coder, load_subject, prepare
-    from harness.tasks import load_task
+    from harness.score.metrics import bootstrap_indices, paired_difference, paired_ranking_auroc
+    from harness.data.prepare import encode_positions, hook_module, load_coder, load_subject, prepare
+    from harness.task.spec import load_task
 
     spec = load_task(args.task, args.override)
     prep = prepare(spec)

@@ -28,11 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.failures import load_with_side  # noqa: E402
-from harness.leaderboard import collect_results  # noqa: E402
-from harness.plots import _series  # noqa: E402
-from harness.site import PALETTE, Series, line_chart, page  # noqa: E402
-from harness.tasks import load_task  # noqa: E402
+from harness.report.failures import load_with_side  # noqa: E402
+from harness.report.leaderboard import collect_results  # noqa: E402
+from harness.report.plots import _series  # noqa: E402
+from harness.report.site import PALETTE, Series, line_chart, page  # noqa: E402
+from harness.task.spec import load_task  # noqa: E402
 from tests.cdp import Browser  # noqa: E402
 
 DRAWN = "<script>requestAnimationFrame(function(){window.__drawn=performance.now();});</script>"

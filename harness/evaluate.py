@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .calibrate import calibrate
-from .coder import SparseCoder, topk_dense
-from .errors import HarnessError
-from .metrics import (CI_LEVEL, bin_by_score, bootstrap_indices, detection_scores, detection_thresholds, mean_ci,
+from harness import __version__
+from harness.score.calibrate import calibrate
+from harness.model.coder import SparseCoder, topk_dense
+from harness.errors import HarnessError
+from harness.score.metrics import (CI_LEVEL, bin_by_score, bootstrap_indices, detection_scores, detection_thresholds, mean_ci,
                       median_ci, paired_difference, recovery, recovery_denominator, select_latents,
                       sensitivity_specificity)
-from .prepare import BATCH, Prepared, coder_num_latents, load_coder, prepare, progress, save_npz
-from .submissions import coverage, load_submission
-from .tasks import TaskSpec, cache_root
+from harness.data.prepare import BATCH, Prepared, coder_num_latents, load_coder, prepare, progress, save_npz
+from harness.task.submission import coverage, load_submission
+from harness.task.spec import TaskSpec, cache_root
 
 CALIBRATIONS = ("quantile", "none", "prompt-fit")
 RULES = ("top-scoring", "random")
@@ -53,7 +53,7 @@ def context_id(text: str, last: str) -> str:
 
 
 def sim_contexts(tokenizer, rows: list[np.ndarray]):
-    from .simulate.base import SimContext
+    from harness.simulate.base import SimContext
 
     out = []
     for ids in rows:
@@ -64,15 +64,15 @@ def sim_contexts(tokenizer, rows: list[np.ndarray]):
 
 
 def _resolve_device(name: str) -> torch.device:
-    from .checks import resolve_device
+    from harness.io import resolve_device
 
     return resolve_device(name)
 
 
 def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, subject_tok=None,
                    endpoints=(), served_model: str = ""):
-    from .models import load_model, resolve_source_folder
-    from .simulate import make_simulator
+    from harness.model.load import load_model, resolve_source_folder
+    from harness.simulate import make_simulator
 
     ref = spec.simulator_ref()
     sim_kw = dict(prompt_version=spec.simulator.prompt_version, max_chars=spec.simulator.max_explanation_chars,
@@ -99,8 +99,8 @@ def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, sub
 
 def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latents: np.ndarray, console=None):
     """Every prediction the metrics need, through the persistent store: calibration, test, detection."""
-    from .simulate.prompt import prompt_score
-    from .simulate.store import CachedSimulator, PredictionStore
+    from harness.simulate.prompt import prompt_score
+    from harness.simulate.store import CachedSimulator, PredictionStore
 
     T = prep.spec.contexts.T
     cal = sim_contexts(tokenizer, list(prep.splits["calibration"][:, :T]))
@@ -195,7 +195,7 @@ def run_conditions(prep: Prepared, model, coder: SparseCoder, latents: np.ndarra
     Returns ce[name] arrays and, for the full set, the true/simulated active masks for sensitivity and
     specificity. One prefix pass per batch; each condition recomputes only the last position.
     """
-    from .patch import Patcher
+    from harness.model.patch import Patcher
 
     spec = prep.spec
     windows = prep.splits["test"]
@@ -242,17 +242,17 @@ def run_conditions(prep: Prepared, model, coder: SparseCoder, latents: np.ndarra
 
 
 def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
-    from .results import Result
+    from harness.report.result import Result
 
     t0 = time.time()
-    from .tasks import load_task
+    from harness.task.spec import load_task
 
     spec = load_task(cfg.task, cfg.overrides)
-    from .hub import require_hub_inputs
+    from harness.hub import require_hub_inputs
 
     require_hub_inputs(spec, simulator=True)
     device = _resolve_device(cfg.device)
-    from .checks import writable_dir
+    from harness.io import writable_dir
 
     # Before any work: a read-only or misnamed output folder must not cost a whole evaluation.
     writable_dir(Path(cfg.results_dir) / spec.id, "results")
@@ -265,7 +265,7 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
     latents = np.asarray(latents, dtype=np.int64)
     model, tok = prep.model, prep.tokenizer
     if model is None:
-        from .prepare import load_subject
+        from harness.data.prepare import load_subject
         model, tok = load_subject(spec, device)
     coder = load_coder(spec).to(device)
     sim, sim_ref = load_simulator(spec, cfg.backend, device, model, tok, cfg.endpoints, cfg.served_model)
@@ -280,7 +280,7 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
     fire_rate = prep.table.fire_rate[latents]
     det_thr = detection_threshold_values(spec, pred_cal, fire_rate)
     auroc, bacc = detection_table(pos_pred, neg_pred, det_thr)
-    from .degenerate import degenerate_predictions
+    from harness.score.degenerate import degenerate_predictions
 
     warnings = [w.to_dict() for w in degenerate_predictions(np.vstack([pred_cal, pred_tst]), latents,
                                                             spec.simulator.prompt_version)]
@@ -377,7 +377,7 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
              selection_scores=sel_scores.astype(np.float64),
              **{f"subset__{name}": S for name, S in subsets.items() if name != "all"},
              test_windows=prep.splits["test"].astype(np.int32))
-    from .tiny import sha256_file
+    from harness.testing.tiny import sha256_file
 
     result = {
         "schema": "harness-result/1",
@@ -413,7 +413,7 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
 
 
 def _figures(result, out_dir: Path, tag: str, prep: Prepared, latents, pred_tst, sims, active_true) -> list[str]:
-    from .plots import plot_activation_distributions, plot_partial_rewriting, plot_sens_spec_by_bin
+    from harness.report.plots import plot_activation_distributions, plot_partial_rewriting, plot_sens_spec_by_bin
 
     col = {int(j): c for c, j in enumerate(latents)}
     vals, inds = prep.test_latents
@@ -435,7 +435,7 @@ def table_excerpt(table, latents: np.ndarray, pred_cal: np.ndarray, pred_tst: np
     """The activation-table values the quantile map read for this run (both fitted modes), per latent:
     (how many stored per latent, ranks among the latent's sorted non-zero values, values), concatenated
     in `latents` order."""
-    from .calibrate import ecdf_midrank, fit_normaliser, needed_nonzero_ranks
+    from harness.score.calibrate import ecdf_midrank, fit_normaliser, needed_nonzero_ranks
 
     if not table.exact:
         return np.zeros(len(latents), np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)

@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import HarnessError
-from .tasks import TaskSpec
-from .tiny import sha256_file
+from harness.errors import HarnessError
+from harness.task.spec import TaskSpec
+from harness.testing.tiny import sha256_file
 
 CODER_FILES = ("cfg.json", "sae.safetensors")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -108,7 +108,7 @@ def _model_cached(repo: str, revision: str) -> bool:
 
 
 def _corpus_already_tokenized(spec: TaskSpec) -> bool:
-    from .tasks import cache_root
+    from harness.task.spec import cache_root
 
     d = cache_root() / "tasks" / f"{spec.id}-{spec.hash[:12]}"
     return (d / "splits.npz").is_file() or (d / "corpus_tokens.npy").is_file()
@@ -179,7 +179,7 @@ def _check_and_record(spec: TaskSpec, folder: Path, sub: str, resolved: str = ""
         new[f"revision:{c.repo}@{c.revision}"] = resolved
     if not new:
         return
-    from .tasks import task_cache_dir
+    from harness.task.spec import task_cache_dir
 
     path = task_cache_dir(spec) / "hub_pins.json"
     old = json.loads(path.read_text()) if path.is_file() else {}

@@ -1,11 +1,11 @@
-"""Tests of harness.calibrate against independent references (numpy on the full sample, scipy
+"""Tests of harness.score.calibrate against independent references (numpy on the full sample, scipy
 ranks, hand-derived numbers)."""
 
 import numpy as np
 import pytest
 from scipy.stats import rankdata
 
-from harness.calibrate import (
+from harness.score.calibrate import (
     ActivationTable,
     ActivationTableBuilder,
     _inverted_cdf_index,
@@ -305,7 +305,7 @@ def test_exact_table_survives_save_load(tmp_path):
 def test_needed_ranks_suffice_for_np_quantile(method):
     """The side file's excerpt of the activation sample: np.quantile on a stand-in that keeps only the
     needed order statistics (others filled monotonically) answers exactly as on the full sample."""
-    from harness.calibrate import needed_nonzero_ranks
+    from harness.score.calibrate import needed_nonzero_ranks
 
     rng = np.random.default_rng(12)
     N, c = 200_000, 3_000

@@ -31,8 +31,8 @@ def _submission(path: Path, task_id: str, latents, text="the tokens \"the\", \"a
 
 
 def _rewritten(tiny):
-    from harness.prepare import prepare
-    from harness.tasks import load_task
+    from harness.data.prepare import prepare
+    from harness.task.spec import load_task
 
     return prepare(load_task(str(tiny / "task"))).rewritten
 
@@ -156,8 +156,8 @@ def test_baselines_and_findings(tiny, capsys):
     side = next((res / "tiny-llama-transcoder").glob("shuffled*.per_context.npz"))
     with np.load(side) as z:
         true, lat = z["true_test"], z["latents"]
-    from harness.prepare import prepare
-    from harness.tasks import load_task
+    from harness.data.prepare import prepare
+    from harness.task.spec import load_task
 
     vals, inds = prepare(load_task(task)).test_latents
     for c, j in enumerate(lat):
@@ -166,9 +166,9 @@ def test_baselines_and_findings(tiny, capsys):
 
 def test_top_examples_cache_follows_top_n(tiny, monkeypatch):
     """A cached top-examples file made with another TOP_N (an older harness) is rebuilt, not reused."""
-    from harness import explain
-    from harness.prepare import load_subject, prepare
-    from harness.tasks import load_task
+    from harness.baselines import explain
+    from harness.data.prepare import load_subject, prepare
+    from harness.task.spec import load_task
 
     spec = load_task(str(tiny / "task"))
     prep = prepare(spec)

@@ -10,9 +10,9 @@ import pytest
 from rich.console import Console
 
 from harness.errors import HarnessError
-from harness.leaderboard import collect_results, print_rich, render, write_leaderboard
-from harness.plots import plot_activation_distributions, plot_partial_rewriting, plot_sens_spec_by_bin
-from harness.results import SCHEMA, Result, load_result, make_provenance, result_path
+from harness.report.leaderboard import collect_results, print_rich, render, write_leaderboard
+from harness.report.plots import plot_activation_distributions, plot_partial_rewriting, plot_sens_spec_by_bin
+from harness.report.result import SCHEMA, Result, load_result, make_provenance, result_path
 
 NAN = float("nan")
 HASH = "a" * 64
@@ -295,7 +295,7 @@ def _with_side(d, method, sha, sim_minus_zero, seed=0):
 
 
 def test_rank_by_paired_metric_and_mark_ties(tmp_path):
-    from harness.metrics import bootstrap_indices
+    from harness.score.metrics import bootstrap_indices
 
     rng = np.random.default_rng(0)
     n = 300

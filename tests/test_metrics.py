@@ -1,4 +1,4 @@
-"""Tests of harness.metrics against hand-derived numbers, plain Python loops over the same
+"""Tests of harness.score.metrics against hand-derived numbers, plain Python loops over the same
 resamples, and scikit-learn."""
 
 import math
@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from harness.errors import HarnessError
-from harness.metrics import (
+from harness.score.metrics import (
     Estimate,
     bin_by_score,
     bootstrap_indices,
@@ -233,7 +233,7 @@ def test_default_fractions():
 def test_ranking_auroc_matches_sklearn_and_handles_one_class():
     from sklearn.metrics import roc_auc_score
 
-    from harness.metrics import ranking_auroc
+    from harness.score.metrics import ranking_auroc
 
     rng = np.random.default_rng(3)
     active = rng.random((60, 4)) < 0.25
@@ -248,7 +248,7 @@ def test_ranking_auroc_matches_sklearn_and_handles_one_class():
 
 
 def test_paired_ranking_auroc_difference_and_perfect_ranker():
-    from harness.metrics import bootstrap_indices, paired_ranking_auroc
+    from harness.score.metrics import bootstrap_indices, paired_ranking_auroc
 
     rng = np.random.default_rng(4)
     active = rng.random((80, 3)) < 0.3

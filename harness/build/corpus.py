@@ -517,7 +517,7 @@ def assemble_corpus(work_dir: Path, cfg: CorpusConfig, out_path: Path) -> dict:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_savez(out_path, tokens=tokens, eval_start=np.asarray(eval_start, dtype=np.int64))
-    from harness.tiny import sha256_file
+    from harness.testing.tiny import sha256_file
 
     return {
         "tokens": int(len(tokens)),

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness.build.smollm2_task import load_subject
     from harness.build.train_transcoder import patched_last_ce
-    from harness.prepare import progress
+    from harness.data.prepare import progress
 
     console = Console(stderr=True, highlight=False)
     model, _ = load_subject(args.cache, console)

@@ -109,7 +109,7 @@ def named_token(prep, subject_tok, sim, store_sim, words: int = 6, per_word: int
 def real_vs_shuffled(prep, subject_tok, sim, store_sim, explanations: dict[int, str], seed: int = 0,
                      max_latents: int = 16, n_boot: int = 10000) -> CheckResult:
     from harness.evaluate import sim_contexts
-    from harness.metrics import bootstrap_indices, mean_ci
+    from harness.score.metrics import bootstrap_indices, mean_ci
     from harness.simulate.prompt import prompt_score
 
     rows_of = {int(j): r for r, j in enumerate(prep.rewritten)}
@@ -165,10 +165,10 @@ def run_check(task: str, overrides=(), backend: str = "auto", device: str = "cpu
               only: tuple[str, ...] = ("hand-written", "named-token", "real-vs-shuffled"), seed: int = 0,
               console=None) -> list[CheckResult]:
     from harness.evaluate import load_simulator
-    from harness.prepare import load_subject, prepare
+    from harness.data.prepare import load_subject, prepare
     from harness.simulate.store import CachedSimulator, PredictionStore
-    from harness.submissions import load_submission
-    from harness.tasks import cache_root, load_task
+    from harness.task.submission import load_submission
+    from harness.task.spec import cache_root, load_task
 
     spec = load_task(task, list(overrides))
     out: list[CheckResult] = []

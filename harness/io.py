@@ -11,7 +11,7 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 # Categories that would break "one line" or the terminal: controls (\n, \r, ESC...), line/paragraph
 # separators (str.splitlines splits on them) and lone surrogates (not encodable as UTF-8).

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 KNOWN_SECTIONS = {"id", "description", "notes", "subject", "coder", "corpus", "contexts", "latents",
                   "simulator", "scoring", "artifacts"}
@@ -127,11 +127,11 @@ class TaskSpec:
         return task_hash(self)
 
     def subject_ref(self):
-        from .models import ModelRef
+        from harness.model.load import ModelRef
         return ModelRef.from_dict(self.subject, f"{self.toml_path} [subject]", base_dir=self.folder)
 
     def simulator_ref(self):
-        from .models import ModelRef
+        from harness.model.load import ModelRef
         return ModelRef.from_dict(self.simulator.model, f"{self.toml_path} [simulator]", base_dir=self.folder)
 
     def resolve(self, rel: str) -> Path:
@@ -400,7 +400,7 @@ def tasks_dir() -> Path:
     env = os.environ.get("HARNESS_TASKS_DIR")
     if env:
         return Path(env)
-    repo = Path(__file__).resolve().parent.parent / "tasks"
+    repo = Path(__file__).resolve().parents[2] / "tasks"
     return repo if repo.is_dir() else Path.cwd() / "tasks"
 
 
@@ -436,7 +436,7 @@ def cache_root() -> Path:
 
 
 def task_cache_dir(spec: TaskSpec) -> Path:
-    from .checks import writable_dir
+    from harness.io import writable_dir
 
     return writable_dir(cache_root() / "tasks" / f"{spec.id}-{spec.hash[:12]}", "cache",
                         fix="set HARNESS_CACHE to a writable folder", create=True)
@@ -444,7 +444,7 @@ def task_cache_dir(spec: TaskSpec) -> Path:
 
 def verify_artifacts(spec: TaskSpec) -> None:
     """Check the sha256 of every pinned local artifact; a mismatch is fatal (numbers would not be the task's)."""
-    from .tiny import sha256_file
+    from harness.testing.tiny import sha256_file
 
     for rel, want in spec.artifacts.items():
         path = spec.resolve(rel)

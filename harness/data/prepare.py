@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .calibrate import ActivationTable, build_activation_table
-from .checks import env_int, one_line
-from .coder import SparseCoder
-from .errors import HarnessError
-from .results import atomic_write
-from .tasks import TaskSpec, task_cache_dir, verify_artifacts
+from harness.score.calibrate import ActivationTable, build_activation_table
+from harness.io import env_int, one_line
+from harness.model.coder import SparseCoder
+from harness.errors import HarnessError
+from harness.report.result import atomic_write
+from harness.task.spec import TaskSpec, task_cache_dir, verify_artifacts
 
 BATCH = env_int("HARNESS_BATCH", 32)
 
@@ -122,7 +122,7 @@ class _Stop(Exception):
 
 
 def hook_module(model, spec: TaskSpec):
-    from .patch import resolve_hookpoint
+    from harness.model.patch import resolve_hookpoint
 
     return resolve_hookpoint(model, spec.coder.hookpoint)
 
@@ -282,7 +282,7 @@ def choose_detection(vals: np.ndarray, inds: np.ndarray, rewritten: np.ndarray, 
 @torch.inference_mode()
 def baseline_ce(model, spec: TaskSpec, coder: SparseCoder, windows: np.ndarray, device, desc: str):
     """CE of clean / coder / zero_output and the true latents at the last position of each window."""
-    from .patch import Patcher
+    from harness.model.patch import Patcher
 
     kind = spec.coder.kind
     n, k = len(windows), coder.k
@@ -313,8 +313,8 @@ def baseline_ce(model, spec: TaskSpec, coder: SparseCoder, windows: np.ndarray, 
 # ---------------------------------------------------------------- the step runner
 
 def load_subject(spec: TaskSpec, device):
-    from .models import load_model
-    from .tasks import cache_root
+    from harness.model.load import load_model
+    from harness.task.spec import cache_root
 
     return load_model(spec.subject_ref(), spec.folder, cache_root(), device=device)
 
@@ -323,14 +323,14 @@ def coder_num_latents(spec: TaskSpec) -> int:
     """The coder's width without loading its weights: declared in the spec, else read from its cfg.json."""
     if spec.coder.num_latents:
         return spec.coder.num_latents
-    from .coder import read_cfg
-    from .hub import fetch_coder_folder
+    from harness.model.coder import read_cfg
+    from harness.hub import fetch_coder_folder
 
     return read_cfg(fetch_coder_folder(spec))[1]
 
 
 def load_coder(spec: TaskSpec) -> SparseCoder:
-    from .hub import fetch_coder_folder
+    from harness.hub import fetch_coder_folder
 
     coder = SparseCoder.load(fetch_coder_folder(spec), kind=spec.coder.kind)
     for name, declared, actual in (("num_latents", spec.coder.num_latents, coder.num_latents), ("k", spec.coder.k, coder.k)):
@@ -342,7 +342,7 @@ def load_coder(spec: TaskSpec) -> SparseCoder:
 
 def prepare(spec: TaskSpec, device: str | torch.device = "cpu", model=None, tokenizer=None,
             console=None) -> Prepared:
-    from .hub import require_hub_inputs
+    from harness.hub import require_hub_inputs
 
     require_hub_inputs(spec)  # offline with missing inputs: one line now, not a traceback later
     verify_artifacts(spec)
@@ -360,7 +360,7 @@ def prepare(spec: TaskSpec, device: str | torch.device = "cpu", model=None, toke
     f_splits = cache / "splits.npz"
     splits = load_cached(f_splits, keys=("calibration", "test", "detection", "activation"))
     if splits is None:
-        from .corpus import load_token_stream
+        from harness.data.corpus import load_token_stream
 
         m, tok = subject()
         need = sum(split_sizes(spec).values()) * (T + 1)

@@ -98,7 +98,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
             pass
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / "SOURCE.txt").write_text(
-        f"converted from {gguf.name} (sha256 {_sha256(gguf)}) by harness.gguf_cache\n"
+        f"converted from {gguf.name} (sha256 {_sha256(gguf)}) by harness.model.gguf\n"
     )
 
 

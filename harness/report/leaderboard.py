@@ -28,9 +28,9 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.checks import one_line
+from harness.io import one_line
 from harness.errors import HarnessError
-from harness.results import Result, atomic_write_text, load_result
+from harness.report.result import Result, atomic_write_text, load_result
 
 NAN = math.nan
 
@@ -239,7 +239,7 @@ def mark_ties(rows: list[Row]) -> list[Row]:
     (or over latents, for a task ranked by detection AUROC)."""
     import numpy as np
 
-    from harness.metrics import bootstrap_indices, mean_ci
+    from harness.score.metrics import bootstrap_indices, mean_ci
 
     prev: Row | None = None
     pos = 0

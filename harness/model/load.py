@@ -131,7 +131,7 @@ class ModelRef:
                 }.get(self.source, self.source)
 
     def gguf_parts(self):
-        from harness.gguf_cache import GGUFParts
+        from harness.model.gguf import GGUFParts
 
         return GGUFParts(self.package, self.file, self.parts, self.sha256, self.version)
 
@@ -280,13 +280,13 @@ def resolve_source_folder(ref: ModelRef, base_dir: Path, cache_dir: Path) -> Pat
         _check_local_folder(folder)
         return folder
     if ref.source == "gguf-package":
-        from harness.gguf_cache import converted_folder
+        from harness.model.gguf import converted_folder
 
         folder = Path(converted_folder(ref.package, ref.file, Path(cache_dir)))
         _check_local_folder(folder)
         return folder
     if ref.source == "gguf-parts":
-        from harness.gguf_cache import converted_parts_folder
+        from harness.model.gguf import converted_parts_folder
 
         folder = Path(converted_parts_folder(ref.gguf_parts(), Path(cache_dir)))
         _check_local_folder(folder)

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checks import resolve_device, writable_file
-from .errors import HarnessError
-from .prepare import (Prepared, encode_positions, hook_module, load_cached, load_coder, load_npz, load_subject, prepare,
+from harness.io import resolve_device, writable_file
+from harness.errors import HarnessError
+from harness.data.prepare import (Prepared, encode_positions, hook_module, load_cached, load_coder, load_npz, load_subject, prepare,
                       progress, save_npz)
-from .submissions import save_submission
-from .tasks import load_task
+from harness.task.submission import save_submission
+from harness.task.spec import load_task
 
 TOP_N = 100  # top-activating examples kept per latent (top-tokens counts them all; llm shows the first few)
 
@@ -145,7 +145,7 @@ def llm_explanations(prep: Prepared, subject_tok, tokenizer, ex: dict, model, de
 def shuffled_explanations(source: Path, latents: np.ndarray, seed: int, task_id: str, num_latents: int,
                           max_chars: int) -> tuple[dict[int, str], str]:
     """A real method's explanations permuted across latents: same texts, broken link to the latent."""
-    from .submissions import load_submission
+    from harness.task.submission import load_submission
 
     sub = load_submission(source, task_id=task_id, num_latents=num_latents, max_chars=max_chars)
     keys = [int(j) for j in latents if int(j) in sub.explanations]
@@ -184,8 +184,8 @@ def run_explain(task: str, method: str, output: Path, overrides=(), seed: int = 
             expl = top_tokens_explanations(prep, tok, ex)
             desc = f"the 5 tokens each latent fires on most (activation-weighted, top {TOP_N} examples of the activation sample)"
         elif method == "llm":
-            from .models import load_model
-            from .tasks import cache_root
+            from harness.model.load import load_model
+            from harness.task.spec import cache_root
 
             ref = spec.simulator_ref()  # the task's default LLM doubles as the explainer
             emodel, etok = (model, tok) if ref == spec.subject_ref() else load_model(ref, spec.folder, cache_root(), device=dev)

@@ -23,11 +23,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import __version__
-from .errors import HarnessError
-from .failures import (Loaded, case_titles, explanations_of, failure_counts, latent_report, load_decoder, load_with_side,
+from harness import __version__
+from harness.errors import HarnessError
+from harness.report.failures import (Loaded, case_titles, explanations_of, failure_counts, latent_report, load_decoder, load_with_side,
                        test_windows)
-from .leaderboard import COLUMNS_HELP, RANK_BY_AUROC_HELP, Row, collect_results
+from harness.report.leaderboard import COLUMNS_HELP, RANK_BY_AUROC_HELP, Row, collect_results
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
@@ -382,11 +382,11 @@ class MethodEntry:
 def build_site(out_dir: str | os.PathLike, results_dir: str | os.PathLike = "results", task: str | None = None,
                *, console=None, n_cases: int = 5) -> Path:
     """Write the site under ``out_dir`` and return its index.html."""
-    from .tasks import list_tasks
+    from harness.task.spec import list_tasks
 
     out = Path(out_dir)
     if task is not None:
-        from .tasks import load_task
+        from harness.task.spec import load_task
 
         specs = [load_task(task)]
     else:
@@ -406,7 +406,7 @@ def build_site(out_dir: str | os.PathLike, results_dir: str | os.PathLike = "res
         per_task.append((spec, entries, rejected))
     n_pages = sum(len(e.loaded.latents) for _, es, _ in per_task for e in es)
 
-    from .prepare import progress
+    from harness.data.prepare import progress
 
     with progress() as prog:
         bar = prog.add_task("site: latent pages", total=n_pages)
@@ -503,7 +503,7 @@ def _task_page(spec, entries: list[MethodEntry], rejected) -> str:
 
 
 def _curves(entries: list[MethodEntry]) -> Raw:
-    from .plots import _series
+    from harness.report.plots import _series
 
     figs = []
     for key, ylabel, title in (("recovery", "recovery", "Recovery vs fraction rewritten"),

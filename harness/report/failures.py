@@ -17,8 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import HarnessError
-from .results import Result, file_sha256, load_result
+from harness.errors import HarnessError
+from harness.report.result import Result, file_sha256, load_result
 
 TOP_N = 5
 
@@ -108,8 +108,8 @@ Decoder = Callable[[list[int]], str]
 
 def load_decoder(spec) -> tuple[Decoder | None, str]:
     """The subject's tokenizer's decode (tokenizer only, never the model), or None and the reason."""
-    from .models import resolve_source_folder
-    from .tasks import cache_root
+    from harness.model.load import resolve_source_folder
+    from harness.task.spec import cache_root
 
     try:
         ref = spec.subject_ref()
@@ -137,7 +137,7 @@ def test_windows(loaded: Loaded, spec=None) -> tuple[np.ndarray | None, str]:
     side = loaded.side or {}
     if "test_windows" in side:
         return side["test_windows"], ""
-    from .tasks import cache_root
+    from harness.task.spec import cache_root
 
     tid, thash = loaded.result.task["id"], loaded.result.task["hash"]
     f = cache_root() / "tasks" / f"{tid}-{thash[:12]}" / "splits.npz"
@@ -146,8 +146,8 @@ def test_windows(loaded: Loaded, spec=None) -> tuple[np.ndarray | None, str]:
         with np.load(f, allow_pickle=False) as z:
             win = z["test"] if "test" in z.files else None
     elif spec is not None and spec.hash == thash and spec.corpus.source == "local-tokens":
-        from .corpus import load_token_stream
-        from .prepare import make_splits
+        from harness.data.corpus import load_token_stream
+        from harness.data.prepare import make_splits
 
         try:
             win = make_splits(load_token_stream(spec, None, 0, f.parent), spec)["test"]
@@ -170,8 +170,8 @@ def explanations_of(res: Result, spec=None) -> tuple[dict[int, str] | None, str]
     Result files do not hold explanation texts; the submission's sha256 does pin them, so a changed or
     replaced submission file is refused rather than shown next to numbers it did not produce.
     """
-    from .prepare import coder_num_latents
-    from .submissions import load_submission
+    from harness.data.prepare import coder_num_latents
+    from harness.task.submission import load_submission
 
     sub = res.submission
     raw = str(sub.get("path", ""))
@@ -193,7 +193,7 @@ def explanations_of(res: Result, spec=None) -> tuple[dict[int, str] | None, str]
 
 def task_spec(task_id: str, task: str | None = None):
     """The spec of a result's task (a registered id, or the folder passed as --task), or None and why."""
-    from .tasks import load_task
+    from harness.task.spec import load_task
 
     try:
         spec = load_task(task or task_id)

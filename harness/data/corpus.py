@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HarnessError
-from .tasks import TaskSpec
+from harness.errors import HarnessError
+from harness.task.spec import TaskSpec
 
 
 def _tokenize_docs(docs, tokenizer, need_tokens: int) -> np.ndarray:
@@ -69,7 +69,7 @@ def _local_text_docs(path: Path, field: str):
 
 def _hub_docs(spec: TaskSpec):
     c = spec.corpus
-    from .hub import cached_file, hub_offline, hub_reachable, short_revision
+    from harness.hub import cached_file, hub_offline, hub_reachable, short_revision
 
     local = cached_file(c.dataset, c.data_files, c.revision, "dataset") if c.data_files else None
     if local is not None:

@@ -25,7 +25,7 @@ _SERIES = (
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    from .results import atomic_write
+    from harness.report.result import atomic_write
 
     FigureCanvasAgg(fig)
     return atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))

@@ -1,7 +1,7 @@
 """`harness estimate`: how many simulator predictions a task costs and how long that takes, before running.
 
 Counts come from the task spec alone (so they work offline, even for hub tasks); time comes from the
-throughput that `benchmarks/simulate.py` measured and recorded in `benchmarks/throughput.json`.
+throughput that `benchmarks/simulate.py` measured and recorded in `harness/simulate/throughput.json`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .errors import HarnessError
-from .tasks import TaskSpec, load_task
+from harness.errors import HarnessError
+from harness.task.spec import TaskSpec, load_task
 
-THROUGHPUT_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.json"
+# Package data (not a repo path), so a wheel install can estimate too.
+THROUGHPUT_FILE = Path(__file__).resolve().parent / "throughput.json"
 
 
 @dataclass
@@ -36,7 +37,7 @@ def rewritten_count(spec: TaskSpec) -> int:
         return lat.count
     if lat.rewritten != "all":
         return len(lat.rewritten)
-    from .prepare import coder_num_latents
+    from harness.data.prepare import coder_num_latents
 
     return coder_num_latents(spec)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from .errors import HarnessError
-from .metrics import bootstrap_indices, mean_ci, paired_difference, paired_ranking_auroc
-from .results import load_result
+from harness.errors import HarnessError
+from harness.score.metrics import bootstrap_indices, mean_ci, paired_difference, paired_ranking_auroc
+from harness.report.result import load_result
 
 
 @dataclass
