@@ -13,12 +13,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.io import resolve_device, writable_file
+from harness.data.prepare import (
+    Prepared,
+    encode_positions,
+    hook_module,
+    load_cached,
+    load_coder,
+    load_npz,
+    load_subject,
+    prepare,
+    progress,
+    save_npz,
+)
 from harness.errors import HarnessError
-from harness.data.prepare import (Prepared, encode_positions, hook_module, load_cached, load_coder, load_npz, load_subject, prepare,
-                      progress, save_npz)
-from harness.task.submission import save_submission
+from harness.io import resolve_device, writable_file
 from harness.task.spec import load_task
+from harness.task.submission import save_submission
 
 TOP_N = 100  # top-activating examples kept per latent (top-tokens counts them all; llm shows the first few)
 
@@ -47,7 +57,7 @@ def top_examples(prep: Prepared, model, device) -> dict[str, np.ndarray]:
     value = np.zeros((m, TOP_N), np.float32)
     starts = np.searchsorted(flat_i, prep.rewritten, side="left")
     ends = np.searchsorted(flat_i, prep.rewritten, side="right")
-    for r, (a, b) in enumerate(zip(starts, ends)):
+    for r, (a, b) in enumerate(zip(starts, ends, strict=True)):
         take = min(TOP_N, b - a)
         c = ctx[a:a + take]
         block[r, :take], pos[r, :take] = c // span, c % span + lo
@@ -70,7 +80,7 @@ def top_tokens_explanations(prep: Prepared, tokenizer, ex: dict) -> dict[int, st
     blocks = prep.splits["activation"]
     for r, j in enumerate(prep.rewritten):
         fire = Counter()
-        for b, p, v in zip(ex["block"][r], ex["pos"][r], ex["value"][r]):
+        for b, p, v in zip(ex["block"][r], ex["pos"][r], ex["value"][r], strict=True):
             if b < 0:
                 continue
             # Keyed by the quoted form: " of" and "of" read the same in an explanation.
@@ -106,7 +116,7 @@ def llm_explanations(prep: Prepared, subject_tok, tokenizer, ex: dict, model, de
     prompts = {}
     for r, j in enumerate(prep.rewritten):
         lines = []
-        for b, p in zip(ex["block"][r][:n_examples], ex["pos"][r][:n_examples]):
+        for b, p in zip(ex["block"][r][:n_examples], ex["pos"][r][:n_examples], strict=True):
             if b < 0:
                 continue
             start = max(0, p - 12)
@@ -131,7 +141,7 @@ def llm_explanations(prep: Prepared, subject_tok, tokenizer, ex: dict, model, de
                 with torch.inference_mode():
                     gen = model.generate(**{k: v.to(device) for k, v in enc.items()}, max_new_tokens=max_new_tokens,
                                          do_sample=False, pad_token_id=tokenizer.pad_token_id)
-                for (j, _), row in zip(chunk, gen[:, enc["input_ids"].shape[1]:]):
+                for (j, _), row in zip(chunk, gen[:, enc["input_ids"].shape[1]:], strict=True):
                     text = tokenizer.decode(row, skip_special_tokens=True).strip().splitlines()
                     answer = (text[0] if text else "").strip().rstrip(".")
                     answer = answer[4:] if answer.startswith("all ") else answer

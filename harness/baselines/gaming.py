@@ -140,11 +140,11 @@ def run_gaming(task: str, submissions_dir: Path, results_dir: Path, report: Path
                device: str = "auto", overrides=(), endpoints=(), served_model: str = "") -> tuple[list[Entry], str]:
     import torch
 
-    from harness.evaluate import EvalConfig, evaluate
     from harness.baselines.explain import run_explain
     from harness.data.prepare import load_subject, prepare
-    from harness.task.submission import save_submission
+    from harness.evaluate import EvalConfig, evaluate
     from harness.task.spec import load_task
+    from harness.task.submission import save_submission
 
     spec = load_task(task, list(overrides))
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -136,7 +137,7 @@ def plot_activation_distributions(
     axes = fig.subplots(1, 2)
     panels = ((pred_raw, "simulator prediction (raw 0–9 expected value)"),
               (pred_calibrated, "after quantile normalisation"))  # fmt: skip
-    for ax, (pred, title) in zip(axes, panels):
+    for ax, (pred, title) in zip(axes, panels, strict=True):
         both = np.concatenate([true_nonzero, pred])
         # shared bins so the two histograms are comparable bar for bar
         bins = np.linspace(both.min(), both.max(), 50) if both.size and both.min() < both.max() else 10

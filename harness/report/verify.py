@@ -72,7 +72,7 @@ class _Checker:
         if want is None:
             self.r.mismatches.append(f"{name}: missing in the result")
             return
-        for key, g in zip(("value", "lo", "hi"), got):
+        for key, g in zip(("value", "lo", "hi"), got, strict=True):
             self.num(f"{name}.{key}", g, want.get(key), rel, abs_)
 
 

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from harness.errors import HarnessError
 from harness.simulate.base import SimContext, Simulator, expected_value, explanation_sha
-from harness.simulate.prompt import (PROMPT_VERSIONS, PromptBuilder, PromptParts, answer_token_ids, build_prompt,
-                                     digit_token_ids, prompt_score)
+from harness.simulate.prompt import (
+    PROMPT_VERSIONS,
+    PromptBuilder,
+    PromptParts,
+    answer_token_ids,
+    build_prompt,
+    digit_token_ids,
+    prompt_score,
+)
 from harness.simulate.store import CachedSimulator, PredictionStore
 
 BACKENDS = ("auto", "plain", "prefix", "vllm", "http")

@@ -164,11 +164,11 @@ def default_explanations(spec) -> Path | None:
 def run_check(task: str, overrides=(), backend: str = "auto", device: str = "cpu", submission: str | None = None,
               only: tuple[str, ...] = ("hand-written", "named-token", "real-vs-shuffled"), seed: int = 0,
               console=None) -> list[CheckResult]:
-    from harness.evaluate import load_simulator
     from harness.data.prepare import load_subject, prepare
+    from harness.evaluate import load_simulator
     from harness.simulate.store import CachedSimulator, PredictionStore
-    from harness.task.submission import load_submission
     from harness.task.spec import cache_root, load_task
+    from harness.task.submission import load_submission
 
     spec = load_task(task, list(overrides))
     out: list[CheckResult] = []

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.simulate.base import Progress, SimContext, check_pairs, answers_from_logprobs
+from harness.simulate.base import Progress, SimContext, answers_from_logprobs, check_pairs
 from harness.simulate.prompt import answer_token_ids, get_builder
 
 _RETRY_STATUS = {408, 409, 425, 429}

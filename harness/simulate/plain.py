@@ -5,7 +5,7 @@ Slow but simple; the prefix engine and the vLLM backend are checked against it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

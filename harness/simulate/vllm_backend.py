@@ -12,13 +12,13 @@ requested: it disables prefix-cache reads.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.simulate.base import Progress, SimContext, check_pairs, answers_from_logprobs
+from harness.simulate.base import Progress, SimContext, answers_from_logprobs, check_pairs
 from harness.simulate.prompt import answer_token_ids, get_builder
 
 
