@@ -7,7 +7,7 @@ contexts, so a baseline cannot have seen what it is scored on.
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +79,7 @@ def top_tokens_explanations(prep: Prepared, tokenizer, ex: dict) -> dict[int, st
     out = {}
     blocks = prep.splits["activation"]
     for r, j in enumerate(prep.rewritten):
-        fire = Counter()
+        fire: defaultdict[str, float] = defaultdict(float)  # summed activation per quoted token
         for b, p, v in zip(ex["block"][r], ex["pos"][r], ex["value"][r], strict=True):
             if b < 0:
                 continue
@@ -88,7 +88,8 @@ def top_tokens_explanations(prep: Prepared, tokenizer, ex: dict) -> dict[int, st
         if not fire:
             out[int(j)] = ""
             continue
-        out[int(j)] = "the tokens " + ", ".join(t for t, _ in fire.most_common(5))
+        # Stable sort: ties keep first-seen order, as Counter.most_common does.
+        out[int(j)] = "the tokens " + ", ".join(sorted(fire, key=fire.__getitem__, reverse=True)[:5])
     return out
 
 

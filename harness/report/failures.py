@@ -352,7 +352,7 @@ def print_report(rep: LatentReport, loaded: Loaded, console=None) -> None:
 def _context_text(c: Case, tail: int = 90):
     from rich.text import Text
 
-    if c.prefix is None:
+    if c.prefix is None or c.token is None:  # set together
         return Text("(text unavailable)", style="dim")
     prefix = c.prefix.replace("\n", "⏎")
     if len(prefix) > tail:

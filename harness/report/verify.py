@@ -62,7 +62,7 @@ class _Checker:
     def __init__(self, report: Report):
         self.r = report
 
-    def num(self, name: str, got: float | None, want, rel=1e-9, abs_=1e-12):
+    def num(self, name: str, got: float | np.floating | None, want, rel=1e-9, abs_=1e-12):
         self.r.checked += 1
         g = None if got is None or (isinstance(got, float) and math.isnan(got)) else float(got)
         if not _close(g, want, rel, abs_):
@@ -265,8 +265,10 @@ def _verify_masks(side, res, chk: _Checker, rep: Report) -> None:
         rep.mismatches.append("active_true differs from true_test > 0")
     sens, spec = [], []
     for j in range(t.shape[1]):
-        sens.append(recall_score(t[:, j], s[:, j], pos_label=True, zero_division=np.nan) if t[:, j].any() else np.nan)
-        spec.append(recall_score(t[:, j], s[:, j], pos_label=False, zero_division=np.nan)
+        # sklearn is unannotated: pyright infers zero_division's type (str) from its default, "warn".
+        sens.append(recall_score(t[:, j], s[:, j], pos_label=True, zero_division=np.nan)  # pyright: ignore[reportArgumentType]
+                    if t[:, j].any() else np.nan)
+        spec.append(recall_score(t[:, j], s[:, j], pos_label=False, zero_division=np.nan)  # pyright: ignore[reportArgumentType]
                     if (~t[:, j]).any() else np.nan)
         chk.num(f"per_latent.sensitivity[{j}]", sens[-1], pl["sensitivity"][j])
         chk.num(f"per_latent.specificity[{j}]", spec[-1], pl["specificity"][j])

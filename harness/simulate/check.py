@@ -184,6 +184,7 @@ def run_check(task: str, overrides=(), backend: str = "auto", device: str = "cpu
     if "named-token" in only:
         out.append(named_token(prep, subject_tok, sim, store_sim, seed=seed))
     if "real-vs-shuffled" in only:
+        assert prep is not None  # needs_task is true here
         path = Path(submission) if submission else default_explanations(spec)
         if path is None:
             raise HarnessError(f"no explanations to test real-vs-shuffled on for {spec.id}: pass --submission FILE "

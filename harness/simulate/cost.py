@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
 from rich.table import Table
 
 from harness.errors import HarnessError
@@ -55,7 +56,9 @@ def load_throughputs(path: Path | None = None) -> list[dict]:
     return json.loads(path.read_text()).get("measurements", [])
 
 
-def print_estimate(task: str, backend: str = "auto", overrides=(), console=None) -> Cost:
+def print_estimate(task: str, backend: str = "auto", overrides=(), console: Console | None = None) -> Cost:
+    if console is None:
+        console = Console()
     spec = load_task(task, list(overrides))
     cost = prediction_cost(spec)
     t = Table(title=f"{spec.id} ({spec.hash[:12]}): simulator predictions")
