@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = windows(tokens, eval_start, args.contexts, args.T, args.seed)
     layers = len(model.model.layers)
     zero = lambda x, output: torch.zeros_like(output)  # noqa: E731
-    conditions = {"clean": None, **{layer: (layer, zero) for layer in range(layers)}}
+    conditions = {"clean": None, **{f"layer {layer}": (layer, zero) for layer in range(layers)}}
     with progress() as prog:
         t = prog.add_task(f"{len(ids)} windows x {len(conditions)} conditions", total=len(ids))
         ce = patched_last_ce(model, ids, conditions, batch_size=100, progress=lambda n: prog.update(t, completed=n))
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in ("layer", "mean ΔCE", "s.e.", "median ΔCE"):
         table.add_column(c, justify="right")
     for layer in range(layers):
-        d = ce[layer] - clean
+        d = ce[f"layer {layer}"] - clean
         table.add_row(str(layer), f"{d.mean():+.4f}", f"{d.std() / np.sqrt(len(d)):.4f}", f"{np.median(d):+.4f}")
     console.print(f"clean mean CE {clean.mean():.4f}")
     Console().print(table)

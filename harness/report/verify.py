@@ -149,7 +149,8 @@ def _true_quantile(ranks: np.ndarray, values: np.ndarray, nz_count: int, n_token
     nz[ranks] = values
     full = np.zeros(n_tokens, np.float32)
     full[n_tokens - nz_count:] = np.maximum.accumulate(nz) if nz_count else nz
-    return np.quantile(full, u, method=method)
+    # numpy's stubs take only a Literal method name; this one is read from the side file (numpy rejects unknown ones).
+    return np.quantile(full, u, method=method)  # pyright: ignore[reportCallIssue, reportArgumentType]
 
 
 def _midrank_ecdf(calib: np.ndarray, x: np.ndarray) -> np.ndarray:
