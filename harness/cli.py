@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.io import env_int, one_line, resolve_device, writable_dir, writable_file
+from harness.io import env_int, one_line, writable_dir, writable_file
 from harness.errors import HarnessError
 
 # No markup, no emoji codes: method names, task ids and paths come from users, and "[/b]" or ":x:" in
@@ -56,7 +56,7 @@ def cmd_prepare(args) -> int:
     from harness.task.spec import load_task
 
     spec = load_task(args.task, args.override)
-    prep = prepare(spec, resolve_device(args.device))
+    prep = prepare(spec, args.device)
     b = prep.ce_base
     table = Table(title=f"{spec.id} ({spec.hash[:12]}): prepared in {prep.cache_dir}")
     table.add_column("condition")
@@ -75,7 +75,7 @@ def cmd_eval(args) -> int:
 
     if not args.no_leaderboard:
         writable_dir(args.leaderboard, "leaderboard")
-    cfg = EvalConfig(task=args.task, explanations=Path(args.explanations), backend=args.backend, device=args.device,
+    cfg = EvalConfig(task=args.task, submission=Path(args.explanations), backend=args.backend, device=args.device,
                      results_dir=Path(args.results), overrides=args.override,
                      endpoints=[e for e in (args.endpoints or "").split(",") if e], served_model=args.served_model,
                      command="harness " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -169,12 +169,12 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from harness.data.prepare import coder_num_latents
+    from harness.task.inputs import TaskInputs
     from harness.task.submission import load_submission
     from harness.task.spec import load_task
 
     spec = load_task(args.task, args.override)
-    sub = load_submission(args.file, task_id=spec.id, num_latents=coder_num_latents(spec),
+    sub = load_submission(args.file, task_id=spec.id, num_latents=TaskInputs(spec).num_latents(),
                           max_chars=spec.simulator.max_explanation_chars)
     console.print(f"ok: {one_line(args.file)}: {len(sub.explanations)} explanations for task {spec.id} "
                   f"(method {sub.method!r}, sha256 {sub.sha256[:12]})")
@@ -256,7 +256,7 @@ def cmd_check_simulator(args) -> int:
     from harness.simulate.check import run_check
 
     only = tuple(args.only.split(",")) if args.only else ("hand-written", "named-token", "real-vs-shuffled")
-    results = run_check(args.task, args.override, backend=args.backend, device=resolve_device(args.device),
+    results = run_check(args.task, args.override, backend=args.backend, device=args.device,
                         submission=args.submission, only=only, seed=args.seed)
     for r in results:
         console.print(f"{'PASS' if r.passed else 'FAIL'}  {r.name}: {r.summary}  (pass: {r.threshold})",
