@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -291,7 +291,7 @@ def case_titles(rep: LatentReport) -> tuple[str, str]:
             "latent fired, simulator did not (strongest activation first)")
 
 
-def _at(d: dict, k: str, i: int):
+def _at(d: Mapping, k: str, i: int):
     v = d.get(k)
     return v[i] if isinstance(v, list) and i < len(v) else None
 

@@ -52,7 +52,7 @@ def _yerr(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.vstack([below, above])
 
 
-def _series(conditions: list[dict], name: str, selection: str, key: str):
+def _series(conditions: Sequence[Mapping], name: str, selection: str, key: str):
     pts = []
     for c in conditions:
         if c.get("name") != name or c.get("selection") != selection:

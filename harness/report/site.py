@@ -17,7 +17,7 @@ import html
 import math
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -643,7 +643,7 @@ def _write_method(tdir: Path, spec, e: MethodEntry, decode, dnote: str, n_cases:
         tick()
 
 
-def _at(d: dict, k: str, i: int):
+def _at(d: Mapping, k: str, i: int):
     v = d.get(k)
     return v[i] if isinstance(v, list) and i < len(v) else None
 
