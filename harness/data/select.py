@@ -13,7 +13,6 @@ from harness.data.table import ActivationTable
 from harness.errors import HarnessError
 from harness.task.spec import TaskSpec
 
-
 # ---------------------------------------------------------------- splits
 
 def split_sizes(spec: TaskSpec) -> dict[str, int]:
@@ -78,7 +77,7 @@ def choose_rewritten(spec: TaskSpec, table: ActivationTable, num_latents: int,
     lat = spec.latents
     if lat.rewritten == "all":
         return np.arange(num_latents)
-    if lat.rewritten != "rule":
+    if not isinstance(lat.rewritten, str):     # an explicit list of latents
         bad = [j for j in lat.rewritten if j >= num_latents]
         if bad:
             raise HarnessError(f"{spec.toml_path} [latents]: latent {bad[0]} is out of range (coder has {num_latents})")
@@ -112,7 +111,7 @@ def choose_rewritten(spec: TaskSpec, table: ActivationTable, num_latents: int,
         ranked = alive[np.argsort(table.fire_rate[alive], kind="stable")]
         strata = np.array_split(ranked, 4)
         per = [lat.count // 4 + (i < lat.count % 4) for i in range(4)]
-        pick = np.concatenate([rng.choice(s, p, replace=False) for s, p in zip(strata, per)])
+        pick = np.concatenate([rng.choice(s, p, replace=False) for s, p in zip(strata, per, strict=True)])
     return np.sort(pick.astype(np.int64))
 
 
@@ -130,7 +129,7 @@ def choose_detection(vals: np.ndarray, inds: np.ndarray, rewritten: np.ndarray, 
     lookup = {int(j): r for r, j in enumerate(rewritten)}
     rows_of: dict[int, list[int]] = {int(j): [] for j in rewritten}
     hit_rows, hit_cols = np.nonzero(fires)
-    for row, lat in zip(hit_rows, flat_i[hit_rows, hit_cols]):
+    for row, lat in zip(hit_rows, flat_i[hit_rows, hit_cols], strict=True):
         if int(lat) in lookup:
             rows_of[int(lat)].append(int(row))
     for j, r in lookup.items():

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def resolve_hookpoint(model: nn.Module, hookpoint: str) -> nn.Module:
         ) from None
 
 
-def _cache_kwarg(model: nn.Module) -> str:
+def cache_kwarg(model: nn.Module) -> str:
     # transformers 5.x renamed past_key_values to cache (the old name warns, then goes away)
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
@@ -83,6 +84,7 @@ def _hooked(module: nn.Module, kind: str, capture: dict | None, replacement: Ten
 
     def replace_hook(_mod, _args, output):
         # Registered after the capture's hook, so the capture sees the module's own output.
+        assert replacement is not None
         out = _last(output)
         if replacement.shape != (out.shape[0], out.shape[-1]):
             raise ValueError(f"replacement has shape {tuple(replacement.shape)}, "
@@ -95,7 +97,7 @@ def _hooked(module: nn.Module, kind: str, capture: dict | None, replacement: Ten
     try:
         yield
     finally:
-        if cap is not None:
+        if cap is not None and capture is not None:
             cap.remove()
             capture["y"] = cap.y
             capture["x"] = cap.x if kind == "transcoder" else cap.y
@@ -137,11 +139,11 @@ def _crop_to(cache, length: int) -> None:
 class PrefixHandle:
     """Positions 0..T-2 of a batch, computed once; each call recomputes only position T-1."""
 
-    def __init__(self, patcher: "Patcher", input_ids: Tensor):
+    def __init__(self, patcher: Patcher, input_ids: Tensor):
         from transformers import DynamicCache
 
         self.patcher = patcher
-        model = patcher.model
+        model: Any = patcher.model
         ids = _as_ids(input_ids, _model_device(model))
         self.batch_size, self.T = ids.shape
         self.last_ids = ids[:, -1:]
@@ -194,7 +196,8 @@ class PrefixHandle:
             chunk = replacements[start:start + group]
             g = len(chunk)
             # Row r*B + b is replacement r on context b; the tiled cache is a throwaway copy.
-            tiled = DynamicCache([(layer.keys.repeat(g, 1, 1, 1), layer.values.repeat(g, 1, 1, 1))
+            # Full-attention layers: every model this engine patches (transformers types layers more widely).
+            tiled = DynamicCache([(layer.keys.repeat(g, 1, 1, 1), layer.values.repeat(g, 1, 1, 1))  # pyright: ignore
                                   for layer in self.cache.layers], config=self.patcher.model.config)
             rep = torch.cat([r.reshape(B, -1) for r in chunk], dim=0)
             logits = self._run_last(self.last_ids.repeat(g, 1), tiled, None, rep)
@@ -205,9 +208,11 @@ class PrefixHandle:
 class Patcher:
     def __init__(self, model: nn.Module, hookpoint: str, kind: str):
         _check_kind(kind)
-        self.model, self.hookpoint, self.kind = model, hookpoint, kind
+        # A transformers model: `config` and `base_model` are attributes nn.Module's types do not know.
+        self.model: Any = model
+        self.hookpoint, self.kind = hookpoint, kind
         self.module = resolve_hookpoint(model, hookpoint)
-        self.cache_kw = _cache_kwarg(model)
+        self.cache_kw = cache_kwarg(model)
 
     @contextmanager
     def prefix(self, input_ids: Tensor) -> Iterator[PrefixHandle]:

@@ -13,7 +13,7 @@ import numpy as np
 from harness.data.prepare import Prepared
 from harness.io import cache_root, progress
 from harness.model.load import ModelRef
-from harness.simulate.base import SimContext
+from harness.simulate.base import SimContext, Simulator
 from harness.task.spec import TaskSpec
 
 
@@ -33,7 +33,7 @@ def sim_contexts(tokenizer, rows: list[np.ndarray]) -> list[SimContext]:
 
 
 def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, subject_tok=None,
-                   endpoints=(), served_model: str = "") -> tuple[object, ModelRef]:
+                   endpoints=(), served_model: str = "") -> tuple[Simulator, ModelRef]:
     """The task's simulator on `backend`; the subject's weights are reused when the simulator is the subject."""
     from harness.model.load import load_model, resolve_source_folder
     from harness.simulate import make_simulator
