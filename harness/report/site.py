@@ -523,7 +523,8 @@ def _curves(entries: list[MethodEntry]) -> Raw:
             for sel, dash in (("top-scoring", False), ("random", True)):
                 x, v, lo, hi = _series(conds, "simulated", sel, key)
                 if x.size:
-                    series.append(Series(f"{e.row.method} · {sel}", e.colour, list(zip(x, v, lo, hi, strict=True)), dash))
+                    series.append(Series(f"{e.row.method} · {sel}", e.colour,
+                                         list(zip(x, v, lo, hi, strict=True)), dash))
         if key == "recovery":
             hl = [(1.0, "#2ca02c", "true latents (1)"), (0.0, "#d62728", "latents deleted (0)")]
         else:

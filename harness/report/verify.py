@@ -149,7 +149,7 @@ def _true_quantile(ranks: np.ndarray, values: np.ndarray, nz_count: int, n_token
     nz[ranks] = values
     full = np.zeros(n_tokens, np.float32)
     full[n_tokens - nz_count:] = np.maximum.accumulate(nz) if nz_count else nz
-    # numpy's stubs take only a Literal method name; this one is read from the side file (numpy rejects unknown ones).
+    # numpy's stubs accept only a Literal method name; this one comes from the side file (numpy rejects bad ones).
     return np.quantile(full, u, method=method)  # pyright: ignore[reportCallIssue, reportArgumentType]
 
 
@@ -267,9 +267,11 @@ def _verify_masks(side, res, chk: _Checker, rep: Report) -> None:
     sens, spec = [], []
     for j in range(t.shape[1]):
         # sklearn is unannotated: pyright infers zero_division's type (str) from its default, "warn".
-        sens.append(recall_score(t[:, j], s[:, j], pos_label=True, zero_division=np.nan)  # pyright: ignore[reportArgumentType]
+        sens.append(recall_score(t[:, j], s[:, j], pos_label=True,
+                                 zero_division=np.nan)  # pyright: ignore[reportArgumentType]
                     if t[:, j].any() else np.nan)
-        spec.append(recall_score(t[:, j], s[:, j], pos_label=False, zero_division=np.nan)  # pyright: ignore[reportArgumentType]
+        spec.append(recall_score(t[:, j], s[:, j], pos_label=False,
+                                 zero_division=np.nan)  # pyright: ignore[reportArgumentType]
                     if (~t[:, j]).any() else np.nan)
         chk.num(f"per_latent.sensitivity[{j}]", sens[-1], pl["sensitivity"][j])
         chk.num(f"per_latent.specificity[{j}]", spec[-1], pl["specificity"][j])
