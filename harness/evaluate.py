@@ -36,7 +36,7 @@ RULES = ("top-scoring", "random")
 @dataclass
 class EvalConfig:
     task: str
-    explanations: Path
+    submission: Path
     backend: str = "auto"
     device: str = "auto"
     results_dir: Path = Path("results")
@@ -256,12 +256,12 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
 
     # Before any work: a read-only or misnamed output folder must not cost a whole evaluation.
     writable_dir(Path(cfg.results_dir) / spec.id, "results")
-    sub = load_submission(cfg.explanations, task_id=spec.id, num_latents=coder_num_latents(spec),
+    sub = load_submission(cfg.submission, task_id=spec.id, num_latents=coder_num_latents(spec),
                           max_chars=spec.simulator.max_explanation_chars)
     prep = prepare(spec, device)
     latents, cov = coverage(sub, prep.rewritten)
     if len(latents) == 0:
-        raise HarnessError(f"{cfg.explanations}: explains none of the task's {len(prep.rewritten)} rewritten latents")
+        raise HarnessError(f"{cfg.submission}: explains none of the task's {len(prep.rewritten)} rewritten latents")
     latents = np.asarray(latents, dtype=np.int64)
     model, tok = prep.model, prep.tokenizer
     if model is None:
@@ -383,7 +383,7 @@ def evaluate(cfg: EvalConfig, console=None) -> tuple[dict, Path]:
         "schema": "harness-result/1",
         "task": {"id": spec.id, "hash": spec.hash},
         "submission": {"method": sub.method, "description": sub.description, "sha256": sub.sha256,
-                       "path": str(cfg.explanations), "n_explanations": len(sub.explanations), "coverage": cov},
+                       "path": str(cfg.submission), "n_explanations": len(sub.explanations), "coverage": cov},
         "simulator": {"model_key": sim_key, "prompt_version": spec.simulator.prompt_version, "backend": sim.name},
         "provenance": {"harness_version": __version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        "seed": sc.seed, "command": cfg.command, "python": sys.version.split()[0],

@@ -163,7 +163,7 @@ def run_gaming(task: str, submissions_dir: Path, results_dir: Path, report: Path
         paths[f"gaming-{name}"] = save_submission(sub, subs / f"{name}.json")
     results = {}
     for method, path in paths.items():
-        cfg = EvalConfig(task=task, explanations=path, backend=backend, device=device, results_dir=Path(results_dir),
+        cfg = EvalConfig(task=task, submission=path, backend=backend, device=device, results_dir=Path(results_dir),
                          leaderboard_dir=None, overrides=list(overrides), endpoints=list(endpoints),
                          served_model=served_model, command=f"harness gaming --task {task}")
         _, results[method] = evaluate(cfg)
