@@ -514,6 +514,7 @@ RENAMED = {
 }
 # verb -> the flag its old positional argument became.
 POSITIONAL = {"validate": "--submission", "import-delphi": "--delphi", "failures": "--result"}
+OLD_FLAGS = {old for names in RENAMED.values() for old in names} | {"--no-leaderboard", "--write", "--out"}
 
 
 def _deprecated(old: str, new: str) -> None:

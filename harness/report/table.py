@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from rich.cells import cell_len
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 from tabulate import tabulate
@@ -72,15 +73,17 @@ def rich_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], *, titl
 
 
 def records(console: Console, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> None:
-    """One block per row: the identifiers on the first line, then `name  value` lines (values wrap)."""
+    """One block per row: the identifiers on the first line, then `name  value` lines (values wrap, indented)."""
     keys = [i for i, c in enumerate(columns) if c.key] or [0]
-    pad = max(len(c.name) for i, c in enumerate(columns) if i not in keys) if len(keys) < len(columns) else 0
     for r in rows:
         console.print(Text("  ".join(str(r[i]) for i in keys), style="bold"), soft_wrap=True)
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold")
         for i, c in enumerate(columns):
             if i not in keys:
-                console.print(Text(f"  {c.name:<{pad}}  {r[i]}"))
-        console.print()
+                grid.add_row(Text(c.name), Text(str(r[i])))
+        console.print(Padding(grid, (0, 0, 1, 2)))
 
 
 def print_table(console: Console, columns: Sequence[Column], rows: Sequence[Sequence[str]], *,
