@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+
 from harness.errors import HarnessError
 from harness.report.table import Column, print_table
 from harness.task.spec import TaskSpec, load_task
@@ -57,6 +59,7 @@ def load_throughputs(path: Path | None = None) -> list[dict]:
 def print_estimate(task: str, backend: str = "auto", overrides=(), console=None) -> Cost:
     spec = load_task(task, list(overrides))
     cost = prediction_cost(spec)
+    console = console or Console(markup=False, emoji=False)
     counts = [["calibration", f"{cost.calibration:,}"], ["test", f"{cost.test:,}"],
               ["detection", f"{cost.detection:,}"], ["total", f"{cost.total:,}  ({cost.latents:,} latents)"]]
     print_table(console, (Column("split"), Column("predictions", numeric=True)), counts,
