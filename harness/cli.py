@@ -152,7 +152,9 @@ def cmd_leaderboard(args) -> int:
 
     if args.leaderboard:
         writable_dir(args.leaderboard, "leaderboard")
-    specs = [load_task(args.task)] if args.task else list_tasks()
+    registered = list_tasks()
+    specs = registered if not args.task else (
+        [s for s in registered if s.id == args.task] or [load_task(args.task)])   # an id, else a folder
     boards = [(s, _task_rows(Path(args.results), s)) for s in specs]
     if args.format in ("json", "csv"):
         # One document for every task: the rows carry their task.
@@ -518,7 +520,8 @@ OLD_FLAGS = {old for names in RENAMED.values() for old in names} | {"--no-leader
 
 
 def _deprecated(old: str, new: str) -> None:
-    _note(f"warning: {old} is deprecated: use {new} (the old spelling is removed in the next release)")
+    _note(f"warning: {one_line(old)} is deprecated: use {one_line(new)} (the old spelling is removed in the next "
+          "release)")
 
 
 def upgrade_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:

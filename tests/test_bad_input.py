@@ -123,7 +123,7 @@ def test_markup_in_error_messages_is_text(tiny, tmp_path, capsys, where):
 
 
 def test_task_file_sections_survive_in_messages(tiny, capsys):
-    assert main(["validate", "x.json", "--task", str(tiny / "task"), "--override", "contexts.T=0"]) == 2
+    assert main(["validate", "--submission", "x.json", "--task", str(tiny / "task"), "--override", "contexts.T=0"]) == 2
     assert "task.toml [contexts]: `T` must be a positive integer" in one_error_line(capsys)
 
 
@@ -155,7 +155,7 @@ def test_odd_method_stored_then_eval_and_leaderboard(tiny, capsys, monkeypatch):
     assert main(["leaderboard", "--task", TASK_ID, "--results", str(res), "--format", "md"]) == 0
     out = capsys.readouterr().out
     assert "\\[/b\\] x $^$ :smile: a\\|b" in out  # markdown: the pipe is not a column, the brackets not a link
-    assert main(["leaderboard", "--task", TASK_ID, "--results", str(res)]) == 0
+    assert main(["leaderboard", "--task", TASK_ID, "--results", str(res), "--format", "rich"]) == 0
     out = capsys.readouterr().out
     assert "[/b]" in out and "$^$" in out and "\N{SMILING FACE WITH OPEN MOUTH AND SMILING EYES}" not in out
 
@@ -165,10 +165,10 @@ def test_odd_method_stored_then_eval_and_leaderboard(tiny, capsys, monkeypatch):
     (res / TASK_ID / "surrogate.json").write_text(
         json.dumps({**second, "submission": {**second["submission"], "method": "@", "sha256": "0" * 64}})
         .replace('"method": "@"', '"method": "\\ud800"'))
-    for fmt in ("rich", "md", "csv", "html"):
+    for fmt in ("auto", "rich", "md", "csv", "html", "json"):
         assert main(["leaderboard", "--task", TASK_ID, "--results", str(res), "--format", fmt]) == 0
-        out = capsys.readouterr().out
-        assert "deep.json" in out and "nested too deep" in out.replace("\n", " ")
+        out, err = capsys.readouterr()
+        assert "deep.json" in err and "nested too deep" in err.replace("\n", " ")   # stderr: stdout stays the table
         assert "\\ud800" in out
 
     # Every file eval wrote is readable by others under umask 022, like any tool's output.
