@@ -249,7 +249,18 @@ def test_every_flag_a_message_names_exists():
         for line, text in _strings(path):
             bad += [f"{path.relative_to(REPO)}:{line}: {f}" for f in FLAG.findall(text)
                     if f not in ALL_FLAGS | FOREIGN | cli.OLD_FLAGS]
+            bad += [f"{path.relative_to(REPO)}:{line}: harness {verb} {f}" for verb, f in _verb_flags(text)]
     assert not bad, bad
+
+
+def _verb_flags(text: str):
+    """(verb, flag) for every flag a `harness VERB ...` command in `text` passes that VERB does not have."""
+    verbs = _subparsers()
+    for verb, args in _commands(text):
+        if verb in verbs:
+            for f in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", args):
+                if f not in _options(verbs[verb]):
+                    yield verb, f
 
 
 def _commands(text: str):
@@ -260,7 +271,7 @@ def _commands(text: str):
         yield m.group(1), m.group(2)
 
 
-DOCS = ["README.md", "docs/*.md", "tasks/*/README.md", "scripts/*.sh", ".ci/run"]
+DOCS = ["README.md", "docs/*.md", "tasks/*/README.md", "scripts/*.sh", ".ci/run", "benchmarks/*.md"]
 
 
 def test_every_flag_the_docs_pass_to_a_verb_exists():
@@ -268,13 +279,9 @@ def test_every_flag_the_docs_pass_to_a_verb_exists():
     bad, seen = [], 0
     for pattern in DOCS:
         for path in sorted(REPO.glob(pattern)):
-            for verb, args in _commands(path.read_text()):
-                if verb not in verbs:
-                    continue   # "harness leaderboards" in prose, a folder name...
-                seen += 1
-                flags = re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", args)
-                bad += [f"{path.relative_to(REPO)}: harness {verb} {f}" for f in flags
-                        if f not in _options(verbs[verb])]
+            text = path.read_text()
+            seen += sum(verb in verbs for verb, _ in _commands(text))
+            bad += [f"{path.relative_to(REPO)}: harness {verb} {f}" for verb, f in _verb_flags(text)]
     assert seen > 20 and not bad, bad
 
 
@@ -296,6 +303,13 @@ def _script_flags() -> set[str]:
     for path in [*REPO.glob("benchmarks/*.py"), *REPO.glob("harness/build/*.py"), *REPO.glob("scripts/*.py")]:
         out |= set(re.findall(r"add_argument\(\s*(?:\"-\w\",\s*)?\"(--[a-z][a-z0-9-]*)\"", path.read_text()))
     return out
+
+
+def test_every_verb_has_help():
+    for verb in _subparsers():
+        with pytest.raises(SystemExit) as e:
+            main([verb, "--help"])
+        assert e.value.code == 0
 
 
 def test_backend_help_is_true():

@@ -180,7 +180,7 @@ def collect_results(
     """
     root = Path(results_dir)
     if not root.is_dir():
-        raise HarnessError(f"{root}: results folder not found — run `harness eval` first or pass the right folder")
+        raise HarnessError(f"{root}: results folder not found — run `harness eval` first or pass --results DIR")
     rejected: list[Rejected] = []
     newest: dict[tuple[str, str, str, str], Row] = {}
     for p in sorted(root.rglob("*.json")):
@@ -325,7 +325,7 @@ def _display_table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     body = [_display_cells(r) for r in rows]
     if _multi_task(rows):
         headers = ["task", *headers]
-        body = [[r.task_id, *cells] for r, cells in zip(rows, body)]
+        body = [[r.task_id, *cells] for r, cells in zip(rows, body, strict=True)]
     return headers, body
 
 
@@ -485,7 +485,12 @@ def print_leaderboard(rows: list[Row], console=None, *, title: str | None = None
     bookkeeping columns give way to a narrow width (rank, method and the scores stay), every id whole."""
     from rich.console import Console
 
+    from rich.text import Text
+
     console = console or Console(markup=False, emoji=False)
+    if not rows:
+        console.print(Text(f"{title + ': ' if title else ''}no results yet (`harness eval` writes them)"), soft_wrap=True)
+        return
     headers, body = _display_table(rows)
     if fmt in ("rich", "auto") and (fmt == "rich" or console.is_terminal):
         for name in _BOOKKEEPING:
@@ -493,4 +498,4 @@ def print_leaderboard(rows: list[Row], console=None, *, title: str | None = None
                 break
             keep = [i for i, h in enumerate(headers) if h != name]
             headers, body = [headers[i] for i in keep], [[cells[i] for i in keep] for cells in body]
-    print_table(console, _columns(headers), body, title=title, caption=CAPTION if rows else None, fmt=fmt)
+    print_table(console, _columns(headers), body, title=title, caption=CAPTION, fmt=fmt)
