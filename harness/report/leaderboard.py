@@ -484,7 +484,6 @@ def print_leaderboard(rows: list[Row], console=None, *, title: str | None = None
     """The leaderboard by the rule of `harness.report.table`: Markdown when piped, a terminal table whose
     bookkeeping columns give way to a narrow width (rank, method and the scores stay), every id whole."""
     from rich.console import Console
-
     from rich.text import Text
 
     console = console or Console(markup=False, emoji=False)
