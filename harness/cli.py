@@ -16,7 +16,7 @@ from harness.io import env_int, one_line, resolve_device, writable_dir, writable
 
 # No markup, no emoji codes: method names, task ids and paths come from users, and "[/b]" or ":x:" in
 # them is text ("[/b]" as markup raises MarkupError, "[coder]" would vanish from a message).
-console = Console(stderr=False, markup=False, emoji=False, soft_wrap=True)
+console = Console(stderr=False, markup=False, emoji=False)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +45,11 @@ def cmd_tasks(args) -> int:
     return 0
 
 
+def _say(msg: str) -> None:
+    """A one-line message (paths, ids): never folded at the terminal width, so it can be copied whole."""
+    console.print(msg, soft_wrap=True)
+
+
 def _print_json(obj) -> None:
     import json
 
@@ -63,7 +68,7 @@ def cmd_prepare(args) -> int:
           for k in ("clean", "coder", "zero_output")]
     print_table(console, (Column("condition"), Column("mean CE (test)", numeric=True)), ce,
                 title=f"{spec.id} ({spec.hash[:12]}): prepared in {prep.cache_dir}")
-    console.print(f"rewritten latents: {len(prep.rewritten)}  alive in activation sample: "
+    _say(f"rewritten latents: {len(prep.rewritten)}  alive in activation sample: "
                   f"{int((prep.table.fire_rate > 0).sum())}/{prep.num_latents}")
     return 0
 
@@ -80,13 +85,13 @@ def cmd_eval(args) -> int:
                      command="harness " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     result, path = evaluate(cfg)
     _print_summary(result)
-    console.print(f"result: {one_line(str(path))}")
+    _say(f"result: {one_line(str(path))}")
     # The spec just evaluated defines the hash, whether or not it is registered under tasks/.
     tid, thash = result["task"]["id"], result["task"]["hash"]
     rows, _ = _leaderboard_rows(Path(args.results), tid, {tid: thash})
     print_leaderboard(rows, console, title=f"leaderboard: {tid}")
     if args.leaderboard:
-        console.print(f"leaderboard: {one_line(str(write_leaderboard(tid, rows, args.leaderboard, task_hash=thash)))}")
+        _say(f"leaderboard: {one_line(str(write_leaderboard(tid, rows, args.leaderboard, task_hash=thash)))}")
     return 0
 
 
@@ -195,7 +200,7 @@ def cmd_validate(args) -> int:
     spec = load_task(args.task, args.override)
     sub = load_submission(args.submission, task_id=spec.id, num_latents=coder_num_latents(spec),
                           max_chars=spec.simulator.max_explanation_chars)
-    console.print(f"ok: {one_line(args.submission)}: {len(sub.explanations)} explanations for task {spec.id} "
+    _say(f"ok: {one_line(args.submission)}: {len(sub.explanations)} explanations for task {spec.id} "
                   f"(method {sub.method!r}, sha256 {sub.sha256[:12]})")
     return 0
 
@@ -207,7 +212,7 @@ def cmd_import_delphi(args) -> int:
     d = import_delphi(args.delphi, task_id=args.task, method=args.method, description=args.description,
                       hookpoint=args.hookpoint)
     path = save_submission(d, args.output)
-    console.print(f"wrote {one_line(str(path))}: {len(d['explanations'])} explanations")
+    _say(f"wrote {one_line(str(path))}: {len(d['explanations'])} explanations")
     return 0
 
 
@@ -217,7 +222,7 @@ def cmd_make_tiny_task(args) -> int:
     writable_dir(args.output, "output")
     opts = TinyTaskOptions(task_id=args.task, arch=args.arch, kind=args.kind, seed=args.seed)
     path = make_tiny_task(Path(args.output), opts)
-    console.print(f"wrote {one_line(str(path))}")
+    _say(f"wrote {one_line(str(path))}")
     return 0
 
 
@@ -226,7 +231,7 @@ def cmd_explain(args) -> int:
 
     path = run_explain(args.task, args.method, Path(args.output), overrides=args.override, seed=args.seed,
                        source=args.submission, device=args.device)
-    console.print(f"wrote {one_line(str(path))}")
+    _say(f"wrote {one_line(str(path))}")
     return 0
 
 
@@ -284,7 +289,7 @@ def cmd_check_simulator(args) -> int:
             for line in r.detail:
                 console.print(f"      {line}", highlight=False, soft_wrap=True)
     ok = all(r.passed for r in results)
-    console.print(f"simulator check: {'passed' if ok else 'FAILED'} ({sum(r.passed for r in results)}/{len(results)})")
+    _say(f"simulator check: {'passed' if ok else 'FAILED'} ({sum(r.passed for r in results)}/{len(results)})")
     # Non-zero when a check fails, so a script can gate a simulator on it.
     return 0 if ok else 1
 
@@ -293,7 +298,7 @@ def cmd_site(args) -> int:
     from harness.report.site import build_site
 
     index = build_site(Path(args.output), Path(args.results), args.task, console=console)
-    console.print(f"site: {index.resolve()}")
+    _say(f"site: {index.resolve()}")
     return 0
 
 

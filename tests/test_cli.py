@@ -25,7 +25,7 @@ def _terminal(monkeypatch, width: int) -> io.StringIO:
     """Point the CLI's console at a fake terminal of `width` columns; returns what it prints."""
     buf = io.StringIO()
     monkeypatch.setattr(cli, "console", Console(file=buf, width=width, force_terminal=True, color_system=None,
-                                                markup=False, emoji=False, soft_wrap=True))
+                                                markup=False, emoji=False))
     return buf
 
 

@@ -83,7 +83,8 @@ def records(console: Console, columns: Sequence[Column], rows: Sequence[Sequence
         for i, c in enumerate(columns):
             if i not in keys:
                 grid.add_row(Text(c.name), Text(str(r[i])))
-        console.print(Padding(grid, (0, 0, 1, 2)))
+        console.print(Padding(grid, (0, 0, 0, 2), expand=False))
+        console.print()
 
 
 def print_table(console: Console, columns: Sequence[Column], rows: Sequence[Sequence[str]], *,
