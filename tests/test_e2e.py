@@ -195,8 +195,7 @@ def test_verify_result_recomputes_tiny_results(tiny, capsys):
     out.mkdir(exist_ok=True)
     assert main(["explain", "--task", task, "--method", "top-tokens", "-o", str(out / "top.json")]) == 0
     res = out / "results"
-    assert main(["eval", "--task", task, "--submission", str(out / "top.json"), "--results", str(res),
-                 "--no-leaderboard"]) == 0
+    assert main(["eval", "--task", task, "--submission", str(out / "top.json"), "--results", str(res)]) == 0
     path = next((res / "tiny-llama-transcoder").glob("*.json"))
     capsys.readouterr()
     assert main(["verify-result", str(path)]) == 0
