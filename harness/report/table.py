@@ -22,8 +22,6 @@ from rich.table import Table
 from rich.text import Text
 from tabulate import tabulate
 
-FORMATS = ("auto", "rich", "md", "json")
-
 # Below this many characters per non-identifier column a rich table is mostly wrapped fragments.
 _MIN_OTHER = 12
 
