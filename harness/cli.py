@@ -6,13 +6,15 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.text import Text
 
 from harness.errors import HarnessError
-from harness.io import env_int, one_line, resolve_device, writable_dir, writable_file
+from harness.io import env_int, one_line, writable_dir, writable_file
 
 # No markup, no emoji codes: method names, task ids and paths come from users, and "[/b]" or ":x:" in
 # them is text ("[/b]" as markup raises MarkupError, "[coder]" would vanish from a message).
@@ -62,7 +64,7 @@ def cmd_prepare(args) -> int:
     from harness.task.spec import load_task
 
     spec = load_task(args.task, args.override)
-    prep = prepare(spec, resolve_device(args.device))
+    prep = prepare(spec, args.device)
     b = prep.ce_base
     ce = [[k, f"{b[k].mean():.4f}" if k != "zero_output" or spec.coder.kind == "transcoder" else "n/a (SAE)"]
           for k in ("clean", "coder", "zero_output")]
@@ -108,7 +110,7 @@ def _fmt(e) -> str:
     return f"{_num(e['value'])} [{_num(e['lo'])}, {_num(e['hi'])}]"
 
 
-def _print_summary(r: dict) -> None:
+def _print_summary(r: Mapping[str, Any]) -> None:
     from harness.report.table import Column, print_table
 
     h, ce = r["headline"], r["ce_means"]
@@ -193,12 +195,12 @@ def _note(msg) -> None:
 
 
 def cmd_validate(args) -> int:
-    from harness.data.prepare import coder_num_latents
+    from harness.task.inputs import TaskInputs
     from harness.task.spec import load_task
     from harness.task.submission import load_submission
 
     spec = load_task(args.task, args.override)
-    sub = load_submission(args.submission, task_id=spec.id, num_latents=coder_num_latents(spec),
+    sub = load_submission(args.submission, task_id=spec.id, num_latents=TaskInputs(spec).num_latents(),
                           max_chars=spec.simulator.max_explanation_chars)
     _say(f"ok: {one_line(args.submission)}: {len(sub.explanations)} explanations for task {spec.id} "
                   f"(method {sub.method!r}, sha256 {sub.sha256[:12]})")
@@ -280,7 +282,7 @@ def cmd_check_simulator(args) -> int:
     from harness.simulate.check import run_check
 
     only = tuple(args.only.split(",")) if args.only else ("hand-written", "named-token", "real-vs-shuffled")
-    results = run_check(args.task, args.override, backend=args.backend, device=resolve_device(args.device),
+    results = run_check(args.task, args.override, backend=args.backend, device=args.device,
                         submission=args.submission, only=only, seed=args.seed)
     for r in results:
         console.print(f"{'PASS' if r.passed else 'FAIL'}  {r.name}: {r.summary}  (pass: {r.threshold})",

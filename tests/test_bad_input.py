@@ -245,7 +245,7 @@ def test_usage_mistake_is_one_line(capsys):
 
 @pytest.mark.parametrize("step", ["splits.npz", "activation_table.npz", "latents_test.npz"])
 def test_truncated_cache_step_is_recomputed(tiny, tmp_path, monkeypatch, capsys, step):
-    from harness.data.prepare import load_npz
+    from harness.io import load_npz
 
     cache = tmp_path / "cache"
     shutil.copytree(tiny / "cache", cache)

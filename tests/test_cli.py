@@ -241,14 +241,15 @@ def _strings(path: Path):
 
 
 def test_every_flag_a_message_names_exists():
-    """Error messages and help in harness/ name only flags some verb has (harness/build/ has its own CLIs)."""
+    """Error messages and help in harness/ name only flags some verb has; a module with a command line of its
+    own (`python -m harness.build...`) may name its own flags, but `harness VERB` commands are checked in all."""
     bad = []
     for path in sorted((REPO / "harness").rglob("*.py")):
-        if "build" in path.parts:
-            continue
+        src = path.read_text()
+        own_cli = path.name != "cli.py" and ("sys.argv" in src or "ArgumentParser(" in src)
         for line, text in _strings(path):
             bad += [f"{path.relative_to(REPO)}:{line}: {f}" for f in FLAG.findall(text)
-                    if f not in ALL_FLAGS | FOREIGN | cli.OLD_FLAGS]
+                    if not own_cli and f not in ALL_FLAGS | FOREIGN | cli.OLD_FLAGS]
             bad += [f"{path.relative_to(REPO)}:{line}: harness {verb} {f}" for verb, f in _verb_flags(text)]
     assert not bad, bad
 

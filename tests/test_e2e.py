@@ -171,17 +171,19 @@ def test_baselines_and_findings(tiny, capsys):
 def test_top_examples_cache_follows_top_n(tiny, monkeypatch):
     """A cached top-examples file made with another TOP_N (an older harness) is rebuilt, not reused."""
     from harness.baselines import explain
-    from harness.data.prepare import load_subject, prepare
+    from harness.data.prepare import prepare
+    from harness.task.inputs import TaskInputs
     from harness.task.spec import load_task
 
     spec = load_task(str(tiny / "task"))
     prep = prepare(spec)
-    model, _ = load_subject(spec, "cpu")
+    inputs = TaskInputs(spec, "cpu")
+    model, _ = inputs.subject()
     monkeypatch.setattr(explain, "TOP_N", 3)
-    small = explain.top_examples(prep, model, "cpu")
+    small = explain.top_examples(prep, model, inputs.coder(), "cpu")
     assert small["block"].shape == (len(prep.rewritten), 3)
     monkeypatch.setattr(explain, "TOP_N", 5)
-    big = explain.top_examples(prep, model, "cpu")
+    big = explain.top_examples(prep, model, inputs.coder(), "cpu")
     assert big["block"].shape == (len(prep.rewritten), 5)
     # the first three are the same examples, by activation, descending
     np.testing.assert_array_equal(big["block"][:, :3], small["block"])

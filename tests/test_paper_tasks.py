@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from harness import hub
+from harness.task import inputs
 from harness.errors import HarnessError
 from harness.task.spec import list_tasks, load_task
 from harness.testing.tiny import build_coder_tensors, build_model, build_tokenizer, save_sparsify_coder, synthetic_texts
@@ -303,7 +304,9 @@ def _ce_with_last_replaced(model, module, ids, targets, replacement):
 
 def _check_against_reference(prep, coder_folder: Path, layer: int):
     """True latents and coder/zero CE of the test split, recomputed from the files with plain hooks."""
-    model, kind = prep.model, prep.spec.coder.kind
+    from harness.task.inputs import TaskInputs
+
+    model, kind = TaskInputs(prep.spec).subject()[0], prep.spec.coder.kind
     windows = torch.from_numpy(prep.splits["test"])
     ids, targets = windows[:, :-1], windows[:, -1]
     block_in, block_out = _block_input_and_output(model, layer, ids)
@@ -409,7 +412,7 @@ def test_sae_lite_from_a_filled_hf_cache_offline(standins, cache_env, monkeypatc
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     spec = load_task(str(task_toml("pythia160m-l6-sae-lite")), SMALL + FEW_FREQUENT + [
         f"subject.path={json.dumps(str(standins / 'pythia'))}"])
-    assert [w for w, _ in hub.missing_hub_inputs(spec)] == []  # coder and corpus come from the cache
+    assert [w for w, _ in inputs.missing_hub_inputs(spec)] == []  # coder and corpus come from the cache
     prep = prepare(spec)
     assert len(prep.rewritten) == 4
     snap = standins / "hf_home" / "hub" / f"models--{SAE_REPO[0].replace('/', '--')}" / "snapshots" / SAE_REPO[1]
@@ -435,7 +438,7 @@ def test_smollm2_pin_refuses_a_different_file(standins, cache_env, monkeypatch):
     spec = load_task(str(task_toml("smollm2-135m-l8-skip-transcoder")),
                      [f"subject.path={json.dumps(str(standins / 'smollm2'))}"])
     with pytest.raises(HarnessError, match="sha256 of .* the task pins 07f811a32b7c0deb"):
-        hub.fetch_coder_folder(spec)
+        inputs.fetch_coder_folder(spec)
 
 
 def test_smollm2_task_copy_on_standins(standins, cache_env, monkeypatch, tmp_path):
@@ -465,7 +468,7 @@ def test_missing_coder_file_is_named(standins, cache_env, tmp_path):
     (broken / "cfg.json").write_text((standins / "sst" / "layers.6.mlp" / "cfg.json").read_text())
     spec = load_task(str(task_toml("pythia160m-l6-transcoder")), [f"coder.path={json.dumps(str(broken))}"])
     with pytest.raises(HarnessError, match=r"sae\.safetensors is missing.*coder\.path"):
-        hub.fetch_coder_folder(spec)
+        inputs.fetch_coder_folder(spec)
 
 
 def test_missing_corpus_copy_is_named(standins, cache_env, tmp_path):

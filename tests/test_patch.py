@@ -178,12 +178,12 @@ def test_hub_offline_fails_fast(monkeypatch, tmp_path):
 
 
 def test_hub_unreachable_fails_fast_without_retries(monkeypatch, tmp_path):
-    import harness.model.load as models
+    import harness.hub as hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "_offline", lambda: False)
-    monkeypatch.setattr(models, "_unreachable_reason", lambda: "cannot reach the probe host")
+    monkeypatch.setattr(hub, "hub_offline", lambda: False)
+    monkeypatch.setattr(hub, "unreachable_reason", lambda: "cannot reach the probe host")
     with pytest.raises(HarnessError, match=r"harness-tests/absent@main .*cannot reach the probe host"):
         load_model(ModelRef(source="hub", id="harness-tests/absent"), base_dir=tmp_path, cache_dir=tmp_path)
 

@@ -180,7 +180,7 @@ def test_answers_must_be_single_tokens():
 # ---------------------------------------------------------------- the lexical latent rule
 
 def test_token_concentration_against_a_loop():
-    from harness.data.prepare import token_concentration
+    from harness.data.select import token_concentration
 
     rng = np.random.default_rng(0)
     n, span, k, L, V = 40, 6, 3, 12, 9
@@ -204,8 +204,8 @@ def test_token_concentration_against_a_loop():
 
 
 def test_lexical_rule_picks_concentrated_latents_with_distinct_top_tokens(tmp_path):
-    from harness.score.calibrate import build_activation_table
-    from harness.data.prepare import choose_rewritten
+    from harness.data.table import build_activation_table
+    from harness.data.select import choose_rewritten
     from harness.task.spec import load_task
     from harness.testing.tiny import TinyTaskOptions, make_tiny_task
 

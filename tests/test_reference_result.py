@@ -66,3 +66,23 @@ def test_tiny_result_matches_committed_reference(tmp_path, monkeypatch):
     assert sorted(got) == sorted(want)
     for key in want:
         assert got[key] == want[key], f"result section {key!r} differs from the committed reference"
+
+
+def test_committed_schema_is_generated_from_the_types():
+    from harness.report.result import SCHEMA_FILE, schema_text
+
+    assert SCHEMA_FILE.read_text() == schema_text(), "regenerate: python -m harness.report.result --schema"
+
+
+def test_reference_result_validates_against_the_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    from harness.report.result import json_schema
+
+    doc = json.loads(REFERENCE.read_text())
+    doc["side_files"]["per_context"]["sha256"] = "0" * 64     # the reference keeps array digests instead
+    doc["side_files"]["per_context"].pop("arrays")
+    doc["submission"]["path"] = "x.json"
+    jsonschema.validate(doc, json_schema())
+    doc["headline"]["recovery"] = "high"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, json_schema())

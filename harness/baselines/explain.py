@@ -13,17 +13,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.io import resolve_device, writable_file
+from harness.data.prepare import Prepared, encode_positions, prepare
 from harness.errors import HarnessError
-from harness.data.prepare import (Prepared, encode_positions, hook_module, load_cached, load_coder, load_npz, load_subject, prepare,
-                      progress, save_npz)
-from harness.task.submission import save_submission
+from harness.io import cache_root, load_cached, load_npz, progress, save_npz, writable_file
+from harness.model.patch import resolve_hookpoint
+from harness.task.inputs import TaskInputs
 from harness.task.spec import load_task
+from harness.task.submission import save_submission
 
 TOP_N = 100  # top-activating examples kept per latent (top-tokens counts them all; llm shows the first few)
 
 
-def top_examples(prep: Prepared, model, device) -> dict[str, np.ndarray]:
+def top_examples(prep: Prepared, model, coder, device) -> dict[str, np.ndarray]:
     """Per rewritten latent, the TOP_N (block, position, value) of the activation sample, cached."""
     f = prep.cache_dir / "top_examples.npz"
     cached = load_cached(f, keys=("block", "pos", "value", "rewritten"))
@@ -31,8 +32,7 @@ def top_examples(prep: Prepared, model, device) -> dict[str, np.ndarray]:
         return cached
     spec = prep.spec
     lo, T = spec.min_position(), spec.contexts.T
-    coder = load_coder(spec)
-    vals, inds = encode_positions(model, hook_module(model, spec), coder, spec.coder.kind, prep.splits["activation"],
+    vals, inds = encode_positions(model, resolve_hookpoint(model, spec.coder.hookpoint), coder, spec.coder.kind, prep.splits["activation"],
                                   lo, T, "top-activating examples", device)
     n, span, k = vals.shape
     flat_v, flat_i = vals.reshape(-1), inds.reshape(-1).astype(np.int64)
@@ -163,9 +163,10 @@ def shuffled_explanations(source: Path, latents: np.ndarray, seed: int, task_id:
 def run_explain(task: str, method: str, output: Path, overrides=(), seed: int = 0, source: str | None = None,
                 device: str = "auto") -> Path:
     spec = load_task(task, list(overrides))
-    dev = resolve_device(device)
     writable_file(output, "output")
-    prep = prepare(spec, dev)
+    inputs = TaskInputs(spec, device)
+    prep = prepare(spec, inputs=inputs)
+    dev = inputs.device
     desc = ""
     if method == "empty":
         expl = {int(j): "" for j in prep.rewritten}
@@ -178,14 +179,13 @@ def run_explain(task: str, method: str, output: Path, overrides=(), seed: int = 
         desc = f"control: the explanations of {src_method} ({Path(source).name}) permuted across latents, seed {seed}"
         method = f"shuffled-{src_method}"
     else:
-        model, tok = (prep.model, prep.tokenizer) if prep.model is not None else load_subject(spec, dev)
-        ex = top_examples(prep, model, dev)
+        model, tok = inputs.subject()
+        ex = top_examples(prep, model, inputs.coder(), dev)
         if method == "top-tokens":
             expl = top_tokens_explanations(prep, tok, ex)
             desc = f"the 5 tokens each latent fires on most (activation-weighted, top {TOP_N} examples of the activation sample)"
         elif method == "llm":
             from harness.model.load import load_model
-            from harness.task.spec import cache_root
 
             ref = spec.simulator_ref()  # the task's default LLM doubles as the explainer
             emodel, etok = (model, tok) if ref == spec.subject_ref() else load_model(ref, spec.folder, cache_root(), device=dev)

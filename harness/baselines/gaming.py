@@ -142,14 +142,15 @@ def run_gaming(task: str, submissions_dir: Path, results_dir: Path, report: Path
 
     from harness.evaluate import EvalConfig, evaluate
     from harness.baselines.explain import run_explain
-    from harness.data.prepare import load_subject, prepare
+    from harness.data.prepare import prepare
+    from harness.task.inputs import TaskInputs
     from harness.task.submission import save_submission
     from harness.task.spec import load_task
 
     spec = load_task(task, list(overrides))
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    prep = prepare(spec, dev)
-    tok = prep.tokenizer if prep.tokenizer is not None else load_subject(spec, dev)[1]
+    inputs = TaskInputs(spec, device)
+    prep = prepare(spec, inputs=inputs)
+    tok = inputs.subject()[1]
     subs = Path(submissions_dir)
     subs.mkdir(parents=True, exist_ok=True)
     top = run_explain(task, "top-tokens", subs / "top-tokens.json", overrides=overrides, device=device)
@@ -164,7 +165,7 @@ def run_gaming(task: str, submissions_dir: Path, results_dir: Path, report: Path
     results = {}
     for method, path in paths.items():
         cfg = EvalConfig(task=task, submission=path, backend=backend, device=device, results_dir=Path(results_dir),
-                         leaderboard_dir=None, overrides=list(overrides), endpoints=list(endpoints),
+                         overrides=list(overrides), endpoints=list(endpoints),
                          served_model=served_model, command=f"harness gaming --task {task}")
         _, results[method] = evaluate(cfg)
     control = _side(results["shuffled-top-tokens"])
@@ -177,7 +178,7 @@ def run_gaming(task: str, submissions_dir: Path, results_dir: Path, report: Path
                              compare(side, control, level)))
     text = render_report(spec, entries, level, Path(results_dir))
     if report is not None:
-        from harness.report.result import atomic_write_text
+        from harness.io import atomic_write_text
 
         atomic_write_text(Path(report), text)
     return entries, text

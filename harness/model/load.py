@@ -12,11 +12,13 @@ import hashlib
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
 from harness.errors import HarnessError
+from harness.hub import short_reason
 
 SOURCES = ("hub", "local", "gguf-package", "gguf-parts")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -167,56 +169,27 @@ def _check_local_folder(folder: Path) -> None:
 
 
 def pick_device(requested: str | torch.device = "auto") -> torch.device:
-    if isinstance(requested, torch.device):
-        requested = str(requested)
-    requested = (requested or "auto").strip().lower()
-    if requested == "auto":
+    """`auto`, `cpu`, `cuda`, `cuda:1`, `mps`... as a torch.device that exists on this machine.
+
+    The one device choice of the package: every command's --device goes through here.
+    """
+    name = (str(requested) or "auto").strip().lower()
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise HarnessError(f"device {requested!r} was asked for but CUDA is not available here: use --device cpu")
-        try:
-            dev = torch.device(requested)
-        except RuntimeError:
-            raise HarnessError(f"device {requested!r} is not a valid torch device: use cuda, cuda:N, cpu or auto") from None
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise HarnessError(f"device {requested!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
-        return dev
-    if requested in ("cpu", "mps"):
-        if requested == "mps" and not torch.backends.mps.is_available():
-            raise HarnessError("device 'mps' was asked for but is not available here: use --device cpu")
-        return torch.device(requested)
-    raise HarnessError(f"device {requested!r} is not supported: use auto, cpu, cuda or cuda:N")
-
-
-def _hub_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [OSError, ConnectionError, TimeoutError]
     try:
-        from huggingface_hub.errors import (
-            HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-        )
-        errs += [HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled]
-    except ImportError:  # older huggingface_hub: these all derive from OSError/ValueError there
-        pass
-    for mod, name in (("httpx", "HTTPError"), ("requests", "RequestException")):
-        try:
-            errs.append(getattr(__import__(mod), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errs)
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return bool(constants.HF_HUB_OFFLINE) or env.strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _short_reason(e: BaseException) -> str:
-    first = (str(e).strip().splitlines() or [""])[0]
-    first = first if len(first) <= 160 else first[:157] + "..."
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise HarnessError(f"--device {name!r} is not a torch device — use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch.backends, dev.type, None) if dev.type == "mps" else getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise HarnessError(f"--device {name!r}: this machine has no usable {dev.type} device — use auto or cpu")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and count is not None and dev.index >= count():
+        raise HarnessError(f"--device {name!r}: this machine has {count()} {dev.type} device(s) — use an index below that")
+    return dev
 
 
 def _hub_failure(ref: ModelRef, reason: str) -> HarnessError:
@@ -228,43 +201,10 @@ def _hub_failure(ref: ModelRef, reason: str) -> HarnessError:
     )
 
 
-def _unreachable_reason() -> str | None:
-    """Why the Hub endpoint cannot be reached, or None; huggingface_hub itself retries ~25 s before giving up."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # a direct probe says nothing about a proxied route
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=min(10.0, float(constants.HF_HUB_ETAG_TIMEOUT))):
-            return None
-    except OSError as e:
-        return f"cannot reach {host}:{port}: {e}"
-
-
 def _from_hub(loader: Callable[..., Any], ref: ModelRef, **kwargs: Any) -> Any:
-    """Cache first, so an offline machine fails in milliseconds instead of retrying the network."""
-    errors = _hub_errors()
-    kwargs["revision"] = ref.revision or None
-    try:
-        return loader(ref.id, local_files_only=True, **kwargs)
-    except errors as e:
-        cached_error = e
-    if _offline():
-        raise _hub_failure(ref, f"not in the local cache and HF_HUB_OFFLINE is set; {_short_reason(cached_error)}") \
-            from None
-    reason = _unreachable_reason()
-    if reason is not None:
-        raise _hub_failure(ref, f"not in the local cache and {reason}") from None
-    # huggingface_hub reads HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT at import (default 10 s each)
-    try:
-        return loader(ref.id, **kwargs)
-    except errors as e:
-        raise _hub_failure(ref, _short_reason(e)) from None
+    from harness.hub import cache_first
+
+    return cache_first(loader, ref.id, ref.revision, lambda reason: _hub_failure(ref, reason), **kwargs)
 
 
 def _torch_dtype(name: str):
@@ -315,6 +255,6 @@ def load_model(ref: ModelRef, base_dir: Path, cache_dir: Path, device: str | tor
             model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as e:
-            raise HarnessError(f"cannot load the model in {folder} ({_short_reason(e)}): it must be a transformers "
+            raise HarnessError(f"cannot load the model in {folder} ({short_reason(e)}): it must be a transformers "
                                "save_pretrained folder with weights and tokenizer files") from None
     return model.to(dev).eval(), tokenizer

@@ -17,12 +17,14 @@ import inspect
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from harness.errors import HarnessError
+from harness.model.hooks import Capture
 
 KINDS = ("transcoder", "sae")
 
@@ -70,25 +72,18 @@ def _last(output):
     return output[0] if isinstance(output, tuple) else output
 
 
+def _last_row(h: Tensor) -> Tensor:
+    return h[:, -1, :].detach().float().clone()
+
+
 @contextmanager
 def _hooked(module: nn.Module, kind: str, capture: dict | None, replacement: Tensor | None) -> Iterator[None]:
     """Record x/y at the last position of this forward into `capture`, and/or overwrite it with `replacement`."""
-    handles = []
-    if capture is not None and kind == "transcoder":
-        def pre_hook(_mod, args, kwargs):
-            h = args[0] if args else kwargs["hidden_states"]
-            capture["x"] = h[:, -1, :].detach().float().clone()
+    cap = Capture(module, inputs=kind == "transcoder", select=_last_row) if capture is not None else None
 
-        handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-
-    def post_hook(_mod, _args, output):
+    def replace_hook(_mod, _args, output):
+        # Registered after the capture's hook, so the capture sees the module's own output.
         out = _last(output)
-        if capture is not None:
-            capture["y"] = out[:, -1, :].detach().float().clone()
-            if kind == "sae":
-                capture["x"] = capture["y"]
-        if replacement is None:
-            return None
         if replacement.shape != (out.shape[0], out.shape[-1]):
             raise ValueError(f"replacement has shape {tuple(replacement.shape)}, "
                              f"expected {(out.shape[0], out.shape[-1])}")
@@ -96,12 +91,16 @@ def _hooked(module: nn.Module, kind: str, capture: dict | None, replacement: Ten
         new = torch.cat([out[:, :-1, :], rep], dim=1)
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
-    handles.append(module.register_forward_hook(post_hook))
+    handle = module.register_forward_hook(replace_hook) if replacement is not None else None
     try:
         yield
     finally:
-        for h in handles:
-            h.remove()
+        if cap is not None:
+            cap.remove()
+            capture["y"] = cap.y
+            capture["x"] = cap.x if kind == "transcoder" else cap.y
+        if handle is not None:
+            handle.remove()
 
 
 def _ce(logits_last: Tensor, targets: Tensor) -> Tensor:
@@ -154,10 +153,11 @@ class PrefixHandle:
                 # The base model only: the prefix's logits are never needed.
                 model.base_model(input_ids=ids[:, :-1], use_cache=True, **{patcher.cache_kw: self.cache})
 
-    def _run_last(self, ids: Tensor, cache, capture: dict | None, replacement: Tensor | None) -> Tensor:
-        p = self.patcher
+    def _run_last(self, ids: Tensor, cache, capture: dict | None, replacement: Tensor | None,
+                  at: Patcher | None = None) -> Tensor:
+        p, where = self.patcher, at or self.patcher
         kw = {p.cache_kw: cache, "use_cache": True} if cache is not None else {"use_cache": False}
-        with torch.inference_mode(), _hooked(p.module, p.kind, capture, replacement):
+        with torch.inference_mode(), _hooked(where.module, where.kind, capture, replacement):
             try:
                 out = p.model(input_ids=ids, **kw)
             finally:
@@ -165,15 +165,17 @@ class PrefixHandle:
                     _crop_to(cache, self.n_prefix)
         return out.logits[:, -1, :]
 
-    def capture(self, targets: Tensor | None = None) -> LastPosition:
-        """Coder input/target at the last position and, given targets, the clean CE."""
+    def capture(self, targets: Tensor | None = None, at: Patcher | None = None) -> LastPosition:
+        """Coder input/target at the last position (of `at`'s module, default this patcher's) and, given
+        targets, the clean CE."""
         cap: dict = {}
-        logits = self._run_last(self.last_ids, self.cache, cap, None)
+        logits = self._run_last(self.last_ids, self.cache, cap, None, at)
         return LastPosition(cap["x"], cap["y"], None if targets is None else _ce(logits, targets))
 
-    def ce(self, replacement: Tensor | None, targets: Tensor) -> Tensor:
-        """CE [B] (float64) with the hookpoint's last-position output replaced (None: clean)."""
-        return _ce(self._run_last(self.last_ids, self.cache, None, replacement), targets)
+    def ce(self, replacement: Tensor | None, targets: Tensor, at: Patcher | None = None) -> Tensor:
+        """CE [B] (float64) with the hookpoint's last-position output replaced (None: clean). `at`: another
+        patcher on the same model, whose module is replaced instead (the prefix is shared)."""
+        return _ce(self._run_last(self.last_ids, self.cache, None, replacement, at), targets)
 
     def ce_batch(self, replacements: Sequence[Tensor], targets: Tensor, max_rows: int = 256) -> Tensor:
         """CE [R, B] for R replacements, several per forward on a tiled copy of the cache."""
@@ -243,3 +245,42 @@ def last_position_full(model: nn.Module, hookpoint: str, kind: str, input_ids: T
     with torch.inference_mode(), _hooked(module, kind, cap, None):
         logits = model(input_ids=ids, use_cache=False).logits[:, -1, :]
     return LastPosition(cap["x"], cap["y"], None if targets is None else _ce(logits, targets))
+
+
+# ---------------------------------------------------------------- named conditions over many windows
+
+Replace = Callable[[LastPosition], Tensor]
+
+
+@torch.inference_mode()
+def last_position_ce(model: nn.Module, windows: np.ndarray, conditions: Mapping[str, tuple[str, Replace] | None],
+                     kind: str = "transcoder", batch_size: int = 16,
+                     progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """CE of each window's last token under named conditions, one prefix pass per batch.
+
+    A condition is None (clean) or (hookpoint, replace): `replace(last)` gets that module's last-position
+    input/output (`LastPosition`) and returns the output to patch in. For the build scripts (the transcoder's
+    report, the layer sweep): the same engine as scoring.
+    """
+    hookpoints = list(dict.fromkeys(c[0] for c in conditions.values() if c is not None))
+    if not hookpoints:
+        raise ValueError("last_position_ce needs at least one patched condition")
+    patchers = {hp: Patcher(model, hp, kind) for hp in hookpoints}
+    first = patchers[hookpoints[0]]
+    out: dict[str, list[np.ndarray]] = {name: [] for name in conditions}
+    for s in range(0, len(windows), batch_size):
+        ids = torch.as_tensor(np.asarray(windows[s:s + batch_size], dtype=np.int64), device=_model_device(model))
+        targets = ids[:, -1]
+        with first.prefix(ids[:, :-1]) as h:
+            lasts = {hp: h.capture(targets, at=pt) for hp, pt in patchers.items()}
+            for name, cond in conditions.items():
+                if cond is None:
+                    ce = lasts[hookpoints[0]].ce_clean  # the capture's own forward is the clean run
+                else:
+                    hp, replace = cond
+                    ce = h.ce(replace(lasts[hp]), targets, at=patchers[hp])
+                assert ce is not None
+                out[name].append(ce.cpu().numpy())
+        if progress is not None:
+            progress(min(s + batch_size, len(windows)))
+    return {name: np.concatenate(v) if v else np.zeros(0) for name, v in out.items()}

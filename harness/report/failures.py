@@ -18,7 +18,8 @@ from typing import Callable
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.report.result import Result, file_sha256, load_result
+from harness.io import sha256_file
+from harness.report.result import Result, load_result
 
 TOP_N = 5
 
@@ -83,7 +84,7 @@ def load_with_side(path: str | os.PathLike, *, require_side: bool = True) -> Loa
     note = ""
     if not side_path.is_file():
         note = f"{side_path}: side file not found — it must sit next to {p.name}; re-run `harness eval`"
-    elif info.get("sha256") and file_sha256(side_path) != info["sha256"]:
+    elif info.get("sha256") and sha256_file(side_path) != info["sha256"]:
         # A side file from another run would produce contexts that disagree with the result's numbers.
         note = f"{side_path}: sha256 differs from the one {p.name} records — the side file belongs to another run"
     if note:
@@ -109,7 +110,7 @@ Decoder = Callable[[list[int]], str]
 def load_decoder(spec) -> tuple[Decoder | None, str]:
     """The subject's tokenizer's decode (tokenizer only, never the model), or None and the reason."""
     from harness.model.load import resolve_source_folder
-    from harness.task.spec import cache_root
+    from harness.io import cache_root
 
     try:
         ref = spec.subject_ref()
@@ -137,7 +138,7 @@ def test_windows(loaded: Loaded, spec=None) -> tuple[np.ndarray | None, str]:
     side = loaded.side or {}
     if "test_windows" in side:
         return side["test_windows"], ""
-    from harness.task.spec import cache_root
+    from harness.io import cache_root
 
     tid, thash = loaded.result.task["id"], loaded.result.task["hash"]
     f = cache_root() / "tasks" / f"{tid}-{thash[:12]}" / "splits.npz"
@@ -147,7 +148,7 @@ def test_windows(loaded: Loaded, spec=None) -> tuple[np.ndarray | None, str]:
             win = z["test"] if "test" in z.files else None
     elif spec is not None and spec.hash == thash and spec.corpus.source == "local-tokens":
         from harness.data.corpus import load_token_stream
-        from harness.data.prepare import make_splits
+        from harness.data.select import make_splits
 
         try:
             win = make_splits(load_token_stream(spec, None, 0, f.parent), spec)["test"]
@@ -170,7 +171,7 @@ def explanations_of(res: Result, spec=None) -> tuple[dict[int, str] | None, str]
     Result files do not hold explanation texts; the submission's sha256 does pin them, so a changed or
     replaced submission file is refused rather than shown next to numbers it did not produce.
     """
-    from harness.data.prepare import coder_num_latents
+    from harness.task.inputs import TaskInputs
     from harness.task.submission import load_submission
 
     sub = res.submission
@@ -182,7 +183,7 @@ def explanations_of(res: Result, spec=None) -> tuple[dict[int, str] | None, str]
         return None, f"submission file {raw} not found (explanations are read from it)"
     try:
         s = load_submission(p, task_id=res.task["id"],
-                            num_latents=coder_num_latents(spec) if spec is not None else 1 << 31,
+                            num_latents=TaskInputs(spec).num_latents() if spec is not None else 1 << 31,
                             max_chars=spec.simulator.max_explanation_chars if spec is not None else 1 << 31)
     except HarnessError as e:
         return None, str(e)

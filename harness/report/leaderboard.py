@@ -17,6 +17,8 @@ result.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import csv
 import datetime as _dt
 import io
@@ -31,7 +33,8 @@ from tabulate import tabulate
 
 from harness.io import one_line
 from harness.errors import HarnessError
-from harness.report.result import Result, atomic_write_text, load_result
+from harness.io import atomic_write_text
+from harness.report.result import Result, load_result
 from harness.report.table import Column, fits, markdown, print_table
 
 NAN = math.nan
@@ -109,7 +112,7 @@ class Rejected:
 
 
 def _est(d: Any) -> dict[str, float]:
-    if not isinstance(d, dict):
+    if not isinstance(d, Mapping):
         return {"value": NAN, "lo": NAN, "hi": NAN}
     return {k: _num(d.get(k)) for k in ("value", "lo", "hi")}
 
@@ -137,13 +140,13 @@ def row_from_result(res: Result, path: str) -> Row:
     rec = h.get("recovery")
     pl = res.per_latent or {}
     per_latent = ({int(j): _num(a) for j, a in zip(pl.get("latent", []), pl.get("auroc", []))}
-                  if isinstance(pl, dict) else None)
+                  if isinstance(pl, Mapping) else None)
     return Row(
-        detection_auroc_ci=_est(h["detection_auroc_ci"]) if isinstance(h.get("detection_auroc_ci"), dict) else None,
+        detection_auroc_ci=_est(h["detection_auroc_ci"]) if isinstance(h.get("detection_auroc_ci"), Mapping) else None,
         per_latent_auroc=per_latent,
         rank_by=str(h.get("rank_by", "sim_minus_zero")),
         legacy=not res.methods,
-        recovery_note=str(rec.get("note", "")) if isinstance(rec, dict) else "",
+        recovery_note=str(rec.get("note", "")) if isinstance(rec, Mapping) else "",
         balanced_accuracy=_num(h.get("detection_balanced_accuracy")),
         side_file=str(Path(path).parent / side) if side else "",
         boot=(int(boot.get("draws", 1000)), int(boot.get("seed", res.provenance.get("seed", 0) or 0))),

@@ -6,6 +6,8 @@ global figure state, no GUI backend, safe to call from any thread or a headless 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import math
 import os
 from pathlib import Path
@@ -25,7 +27,7 @@ _SERIES = (
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    from harness.report.result import atomic_write
+    from harness.io import atomic_write
 
     FigureCanvasAgg(fig)
     return atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
@@ -60,7 +62,7 @@ def _series(conditions: list[dict], name: str, selection: str, key: str):
         if name == "simulated" and c.get("calibration") != "quantile":
             continue
         e = c.get(key)
-        if not isinstance(e, dict):
+        if not isinstance(e, Mapping):
             continue
         pts.append((_f(c.get("fraction")), _f(e.get("value")), _f(e.get("lo")), _f(e.get("hi"))))
     # one point per fraction: a duplicate (e.g. latent_zero stored per calibration) would zigzag
@@ -75,7 +77,7 @@ def _reference_delta(result: dict, which: str) -> tuple[float, str]:
     """ΔCE of the coder / zero-output baseline: its median when the result has one, else the mean."""
     h = result.get("headline", {}) or {}
     e = h.get(f"{which}_delta_ce_median")
-    if isinstance(e, dict) and not math.isnan(_f(e.get("value"))):
+    if isinstance(e, Mapping) and not math.isnan(_f(e.get("value"))):
         return _f(e.get("value")), "median"
     ce = result.get("ce_means", {}) or {}
     return _f(ce.get(which)) - _f(ce.get("clean")), "mean"

@@ -406,7 +406,7 @@ def build_site(out_dir: str | os.PathLike, results_dir: str | os.PathLike = "res
         per_task.append((spec, entries, rejected))
     n_pages = sum(len(e.loaded.latents) for _, es, _ in per_task for e in es)
 
-    from harness.data.prepare import progress
+    from harness.io import progress
 
     with progress() as prog:
         bar = prog.add_task("site: latent pages", total=n_pages)

@@ -38,9 +38,9 @@ def rewritten_count(spec: TaskSpec) -> int:
         return lat.count
     if lat.rewritten != "all":
         return len(lat.rewritten)
-    from harness.data.prepare import coder_num_latents
+    from harness.task.inputs import TaskInputs
 
-    return coder_num_latents(spec)
+    return TaskInputs(spec).num_latents()
 
 
 def prediction_cost(spec: TaskSpec) -> Cost:

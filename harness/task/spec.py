@@ -25,7 +25,7 @@ KNOWN_SECTIONS = {"id", "description", "notes", "subject", "coder", "corpus", "c
 MODEL_KEYS = {"source", "id", "revision", "path", "package", "file", "dtype", "parts", "sha256", "version"}
 CORPUS_SOURCES = {"local-tokens", "local-text", "hub"}
 RANK_METRICS = ("sim_minus_zero", "detection_auroc")
-SELECTION_RULES = {"random-alive", "most-frequent", "stratified", "lexical"}
+LATENT_RULES = {"random-alive", "most-frequent", "stratified", "lexical"}
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -332,8 +332,8 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
     elif isinstance(rw, dict):
         _only(rw, {"count", "seed", "rule", "min_fire_rate"}, w + " rewritten")
         rule = rw.get("rule", "random-alive")
-        if not isinstance(rule, str) or rule not in SELECTION_RULES:
-            raise HarnessError(f"{w}: rewritten.rule must be one of {', '.join(sorted(SELECTION_RULES))}")
+        if not isinstance(rule, str) or rule not in LATENT_RULES:
+            raise HarnessError(f"{w}: rewritten.rule must be one of {', '.join(sorted(LATENT_RULES))}")
         mfr = rw.get("min_fire_rate", 0.0)
         if isinstance(mfr, bool) or not isinstance(mfr, (int, float)) or not 0 <= mfr < 1:
             raise HarnessError(f"{w}: rewritten.min_fire_rate must be a number in [0, 1), got {mfr!r}")
@@ -426,35 +426,8 @@ def load_task(name_or_path: str, overrides: list[str] | None = None) -> TaskSpec
     )
 
 
-def cache_root() -> Path:
-    env = os.environ.get("HARNESS_CACHE")
-    root = Path(env) if env else Path.home() / ".cache" / "harness"
-    if root.exists() and not root.is_dir():
-        where = f"HARNESS_CACHE={env}" if env else str(root)
-        raise HarnessError(f"{where} is a file, not a folder — point HARNESS_CACHE at a folder (or unset it)")
-    return root
-
-
 def task_cache_dir(spec: TaskSpec) -> Path:
-    from harness.io import writable_dir
+    from harness.io import cache_root, writable_dir
 
     return writable_dir(cache_root() / "tasks" / f"{spec.id}-{spec.hash[:12]}", "cache",
                         fix="set HARNESS_CACHE to a writable folder", create=True)
-
-
-def verify_artifacts(spec: TaskSpec) -> None:
-    """Check the sha256 of every pinned local artifact; a mismatch is fatal (numbers would not be the task's)."""
-    from harness.testing.tiny import sha256_file
-
-    for rel, want in spec.artifacts.items():
-        path = spec.resolve(rel)
-        if not path.is_file():
-            if rel.startswith(("hub:", "hf:")):
-                continue
-            raise HarnessError(f"{spec.toml_path} [artifacts]: {rel} is missing at {path}; rebuild or restore it")
-        got = sha256_file(path)
-        if got != want:
-            raise HarnessError(
-                f"{spec.toml_path} [artifacts]: sha256 of {rel} is {got[:16]}…, the task pins {want[:16]}…; "
-                "the file was modified — restore it (git checkout) or rebuild the task"
-            )

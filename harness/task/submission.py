@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.report.result import atomic_write_text
+from harness.io import atomic_write_text
 
 REQUIRED_KEYS = ("task", "method", "description", "explanations")
 OPTIONAL_KEYS = ("scores",)
