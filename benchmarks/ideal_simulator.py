@@ -67,11 +67,9 @@ def main(argv=None) -> int:
     lat = prep.rewritten
     sets = top_token_sets(v.reshape(-1, coder.k), i.reshape(-1, coder.k), act[:, lo:T].reshape(-1), lat)
     m = len(lat)
-    rng = np.random.default_rng(args.seed)
-    while True:  # a derangement: no latent keeps its own tokens
-        perm = rng.permutation(m)
-        if m < 2 or not np.any(perm == np.arange(m)):
-            break
+    from harness.baselines.explain import derangement
+
+    perm = derangement(np.random.default_rng(args.seed), m)
 
     def predict(split: str, order) -> np.ndarray:
         last = prep.splits[split][:, T - 1]

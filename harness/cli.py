@@ -34,9 +34,9 @@ def _overrides(p):
 
 
 def cmd_tasks(args) -> int:
-    from harness.report.table import print_table
     from harness.task.listing import COLUMNS, task_cells, task_json
     from harness.task.spec import list_tasks, tasks_dir
+    from harness.terminal import print_table
 
     tasks = [task_json(s) for s in list_tasks(Path(args.dir) if args.dir else None)]
     if args.format == "json":
@@ -60,8 +60,8 @@ def _print_json(obj) -> None:
 
 def cmd_prepare(args) -> int:
     from harness.data.prepare import prepare
-    from harness.report.table import Column, print_table
     from harness.task.spec import load_task
+    from harness.terminal import Column, print_table
 
     spec = load_task(args.task, args.override)
     prep = prepare(spec, args.device)
@@ -111,7 +111,7 @@ def _fmt(e) -> str:
 
 
 def _print_summary(r: Mapping[str, Any]) -> None:
-    from harness.report.table import Column, print_table
+    from harness.terminal import Column, print_table
 
     h, ce = r["headline"], r["ce_means"]
     rows = [

@@ -28,12 +28,29 @@ from harness.report.result import (
     SubmissionInfo,
     TaskRef,
 )
-from harness.report.write import draw_figures, method_notes, provenance, result_tag, write_side_file
+from harness.report.write import (
+    draw_figures,
+    method_notes,
+    provenance,
+    result_tag,
+    write_side_file,
+)
 from harness.score.calibrate import CALIBRATION_MODES, calibrate
-from harness.score.conditions import ALL, choose_subsets, condition_rows, headline, run_conditions, zero
+from harness.score.conditions import (
+    ALL,
+    choose_subsets,
+    condition_rows,
+    headline,
+    run_conditions,
+    zero,
+)
 from harness.score.degenerate import degenerate_predictions
 from harness.score.detection import detection_table, padded, threshold_values
-from harness.score.metrics import bin_by_score, bootstrap_indices, sensitivity_specificity
+from harness.score.metrics import (
+    bin_by_score,
+    bootstrap_indices,
+    sensitivity_specificity,
+)
 from harness.simulate.run import load_simulator, simulate_all
 from harness.task.inputs import TaskInputs
 from harness.task.spec import load_task

@@ -76,7 +76,7 @@ def test_leaderboard_on_a_terminal_prints_every_method_whole(monkeypatch, width)
 
 
 def test_a_method_name_too_wide_for_the_terminal_gets_one_block_per_row():
-    from harness.report.table import Column, print_table
+    from harness.terminal import Column, print_table
 
     buf = io.StringIO()
     long = "a-method-name-" + "x" * 70
@@ -87,7 +87,7 @@ def test_a_method_name_too_wide_for_the_terminal_gets_one_block_per_row():
 
 
 def test_piped_markdown_escapes_identifiers_but_keeps_them_whole():
-    from harness.report.table import Column, markdown
+    from harness.terminal import Column, markdown
 
     md = markdown((Column("method", key=True), Column("note")), [["a|b", "x | y"]])
     assert "a\\|b" in md and "x \\| y" in md and len(md.splitlines()) == 3

@@ -132,7 +132,11 @@ def test_baselines_and_findings(tiny, capsys):
     top = json.loads((out / "top.json").read_text())["explanations"]
     shuf = json.loads((out / "shuf.json").read_text())["explanations"]
     assert sorted(top.values()) == sorted(shuf.values())          # same texts...
-    assert all(top[k] != shuf[k] or top[k] == "" for k in top) or len(set(top.values())) < len(top)
+    # A derangement: every latent gets another latent's text (equal only where two latents share a text).
+    from collections import Counter
+
+    shared = {t for t, n in Counter(top.values()).items() if n > 1}
+    assert all(top[k] != shuf[k] for k in top if top[k] not in shared)
     assert any(top[k] != shuf[k] for k in top)                      # ...on other latents
     assert all(v == "" for v in json.loads((out / "empty.json").read_text())["explanations"].values())
     llm = json.loads((out / "llm.json").read_text())["explanations"]

@@ -142,6 +142,14 @@ def llm_explanations(prep: Prepared, subject_tok, tokenizer, ex: dict, model, de
     return out
 
 
+def derangement(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A seeded permutation that moves every item (none for n < 2), so no latent keeps its own text by chance."""
+    while True:
+        perm = rng.permutation(n)
+        if n < 2 or not np.any(perm == np.arange(n)):
+            return perm
+
+
 def shuffled_explanations(source: Path, latents: np.ndarray, seed: int, task_id: str, num_latents: int,
                           max_chars: int) -> tuple[dict[int, str], str]:
     """A real method's explanations permuted across latents: same texts, broken link to the latent."""
@@ -152,11 +160,7 @@ def shuffled_explanations(source: Path, latents: np.ndarray, seed: int, task_id:
     if len(keys) < 2:
         raise HarnessError(f"{source}: needs at least 2 explanations of rewritten latents to shuffle")
     rng = np.random.default_rng(seed)
-    # A derangement, so no latent keeps its own explanation by chance.
-    while True:
-        perm = rng.permutation(len(keys))
-        if not np.any(perm == np.arange(len(keys))):
-            break
+    perm = derangement(rng, len(keys))
     return {keys[i]: sub.explanations[keys[p]] for i, p in enumerate(perm)}, sub.method
 
 

@@ -360,7 +360,7 @@ def generate_samples(model, prompts: list[list[int]], *, cfg: CorpusConfig, seed
     finally:
         if cap is not None:
             cap.remove()
-    samples = [list(p) + g + [eos_id] for p, g in zip(prompts, generated)]
+    samples = [list(p) + g + [eos_id] for p, g in zip(prompts, generated, strict=True)]
     captured = None
     if cap is not None:
         # rows were captured step by step; reorder them sample by sample (each in token order)
@@ -494,7 +494,7 @@ def assemble_corpus(work_dir: Path, cfg: CorpusConfig, out_path: Path) -> dict:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_npz(out_path, tokens=tokens, eval_start=np.asarray(eval_start, dtype=np.int64))
-    from harness.testing.tiny import sha256_file
+    from harness.io import sha256_file
 
     return {
         "tokens": int(len(tokens)),

@@ -20,7 +20,6 @@ every `ckpt_every` steps; a rerun resumes from it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -309,7 +308,7 @@ def load_training_activations(work: Path, n_chunks: int, layer: int, load_subjec
 def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log, load_subject,
               train_tokens: int = 0, cfg: TrainConfig = TrainConfig(), eval_windows: int = 200,
               eval_T: int = 256, ce_contexts: int = 500, ce_T: int = 64, seed: int = 0) -> None:
-    from harness.testing.tiny import sha256_file
+    from harness.io import sha256_file
 
     summary = json.loads((work / "corpus_summary.json").read_text())
     coder_dir = task_dir / "coder" / f"layers.{layer}.mlp"

@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.data.select import choose_detection, choose_rewritten, make_splits, split_sizes, token_concentration
+from harness.data.select import (
+    choose_detection,
+    choose_rewritten,
+    make_splits,
+    split_sizes,
+    token_concentration,
+)
 from harness.data.table import ActivationTable, build_activation_table
 from harness.errors import HarnessError
 from harness.io import batch_size, load_cached, load_npz, progress, save_npz

@@ -13,7 +13,6 @@ from harness.data.table import ActivationTable
 from harness.errors import HarnessError
 from harness.task.spec import TaskSpec
 
-
 # ---------------------------------------------------------------- splits
 
 def split_sizes(spec: TaskSpec) -> dict[str, int]:
@@ -112,7 +111,7 @@ def choose_rewritten(spec: TaskSpec, table: ActivationTable, num_latents: int,
         ranked = alive[np.argsort(table.fire_rate[alive], kind="stable")]
         strata = np.array_split(ranked, 4)
         per = [lat.count // 4 + (i < lat.count % 4) for i in range(4)]
-        pick = np.concatenate([rng.choice(s, p, replace=False) for s, p in zip(strata, per)])
+        pick = np.concatenate([rng.choice(s, p, replace=False) for s, p in zip(strata, per, strict=True)])
     return np.sort(pick.astype(np.int64))
 
 
@@ -130,7 +129,7 @@ def choose_detection(vals: np.ndarray, inds: np.ndarray, rewritten: np.ndarray, 
     lookup = {int(j): r for r, j in enumerate(rewritten)}
     rows_of: dict[int, list[int]] = {int(j): [] for j in rewritten}
     hit_rows, hit_cols = np.nonzero(fires)
-    for row, lat in zip(hit_rows, flat_i[hit_rows, hit_cols]):
+    for row, lat in zip(hit_rows, flat_i[hit_rows, hit_cols], strict=True):
         if int(lat) in lookup:
             rows_of[int(lat)].append(int(row))
     for j, r in lookup.items():

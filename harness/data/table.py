@@ -132,7 +132,7 @@ class ActivationTable:
                      n_tokens=np.int64(self.n_tokens), method=np.str_(self.method), **extra)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ActivationTable":
+    def load(cls, path: str | Path) -> ActivationTable:
         path = Path(path)
         if not path.is_file():
             raise HarnessError(f"activation table {path} not found; run `harness prepare` first")

@@ -43,7 +43,7 @@ class SparseCoder:
     # ------------------------------------------------------------------ I/O
 
     @classmethod
-    def load(cls, folder: Path, kind: str | None = None) -> "SparseCoder":
+    def load(cls, folder: Path, kind: str | None = None) -> SparseCoder:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -120,7 +120,7 @@ class SparseCoder:
         save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(folder / "sae.safetensors"))
         (folder / "cfg.json").write_text(json.dumps(cfg))
 
-    def to(self, device: torch.device | str) -> "SparseCoder":
+    def to(self, device: torch.device | str) -> SparseCoder:
         """Moves the weights (in place) and returns self."""
         for name in ("W_enc", "b_enc", "W_dec", "b_dec", "W_skip"):
             t = getattr(self, name)

@@ -9,10 +9,9 @@ first and every way of not finding a model ends in one HarnessError that says ho
 from __future__ import annotations
 
 import hashlib
-import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -50,7 +49,7 @@ class ModelRef:
 
     @classmethod
     def from_dict(cls, d: Any, where: str, extra_keys: Iterable[str] = (),
-                  base_dir: Path | None = None) -> "ModelRef":
+                  base_dir: Path | None = None) -> ModelRef:
         """Validate a task-file table. `extra_keys` are keys the caller owns (e.g. prompt_version) and are ignored.
 
         A `path` next to a hub or gguf-package source replaces that source by the local folder: that is

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ def resolve_hookpoint(model: nn.Module, hookpoint: str) -> nn.Module:
         ) from None
 
 
-def _cache_kwarg(model: nn.Module) -> str:
+def cache_kwarg(model: nn.Module) -> str:
     # transformers 5.x renamed past_key_values to cache (the old name warns, then goes away)
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
@@ -137,7 +137,7 @@ def _crop_to(cache, length: int) -> None:
 class PrefixHandle:
     """Positions 0..T-2 of a batch, computed once; each call recomputes only position T-1."""
 
-    def __init__(self, patcher: "Patcher", input_ids: Tensor):
+    def __init__(self, patcher: Patcher, input_ids: Tensor):
         from transformers import DynamicCache
 
         self.patcher = patcher
@@ -207,7 +207,7 @@ class Patcher:
         _check_kind(kind)
         self.model, self.hookpoint, self.kind = model, hookpoint, kind
         self.module = resolve_hookpoint(model, hookpoint)
-        self.cache_kw = _cache_kwarg(model)
+        self.cache_kw = cache_kwarg(model)
 
     @contextmanager
     def prefix(self, input_ids: Tensor) -> Iterator[PrefixHandle]:

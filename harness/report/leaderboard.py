@@ -17,25 +17,23 @@ result.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import csv
 import datetime as _dt
 import io
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
-from harness.io import one_line
 from harness.errors import HarnessError
-from harness.io import atomic_write_text
+from harness.io import atomic_write_text, one_line
 from harness.report.result import Result, load_result
-from harness.report.table import Column, fits, markdown, print_table
+from harness.terminal import Column, fits, markdown, print_table
 
 NAN = math.nan
 
@@ -484,7 +482,7 @@ _BOOKKEEPING = ("date", "simulator", "coverage", "balanced accuracy", "specifici
 
 
 def print_leaderboard(rows: list[Row], console=None, *, title: str | None = None, fmt: str = "auto") -> None:
-    """The leaderboard by the rule of `harness.report.table`: Markdown when piped, a terminal table whose
+    """The leaderboard by the rule of `harness.terminal`: Markdown when piped, a terminal table whose
     bookkeeping columns give way to a narrow width (rank, method and the scores stay), every id whole."""
     from rich.console import Console
     from rich.text import Text

@@ -112,7 +112,11 @@ def method_notes(spec: TaskSpec, table: ActivationTable) -> dict[str, Any]:
 
 def draw_figures(result: Result, out_dir: Path, tag: str, prep: Prepared, latents: np.ndarray,
                  pred_tst: np.ndarray, quantile_values: np.ndarray) -> list[str]:
-    from harness.report.plots import plot_activation_distributions, plot_partial_rewriting, plot_sens_spec_by_bin
+    from harness.report.plots import (
+        plot_activation_distributions,
+        plot_partial_rewriting,
+        plot_sens_spec_by_bin,
+    )
 
     col = {int(j): c for c, j in enumerate(latents)}
     vals, inds = prep.test_latents

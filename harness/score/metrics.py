@@ -23,7 +23,6 @@ __all__ = [
     "mean_ci",
     "median_ci",
     "paired_difference",
-    "delta_ce",
     "recovery",
     "recovery_denominator",
     "detection_thresholds",
@@ -34,7 +33,6 @@ __all__ = [
     "bin_by_score",
     "SELECTION_RULES",
     "select_latents",
-    "default_fractions",
 ]
 
 CI_LEVEL = 0.95
@@ -163,11 +161,6 @@ def paired_difference(a: np.ndarray, b: np.ndarray, boot_idx: np.ndarray) -> dic
                            f"and {b.shape[0]}")
     d = a - b
     return {"mean": mean_ci(d, boot_idx), "median": median_ci(d, boot_idx)}
-
-
-def delta_ce(ce_cond: np.ndarray, ce_clean: np.ndarray, boot_idx: np.ndarray) -> dict[str, Estimate]:
-    """ΔCE = CE(cond) − CE(clean) per context; the median matters because ΔCE is heavy-tailed."""
-    return paired_difference(ce_cond, ce_clean, boot_idx)
 
 
 def recovery(ce_zero: np.ndarray, ce_sim: np.ndarray, ce_coder: np.ndarray,
@@ -445,8 +438,3 @@ def select_latents(rule: str, latents: np.ndarray, fraction: float,
     base = np.sort(latents)
     perm = np.random.Generator(np.random.PCG64(seed)).permutation(n)
     return base[perm[:count]]
-
-
-def default_fractions() -> list[float]:
-    """0.1, 0.2, …, 1.0 as exact decimals (0.1 * 3 would print as 0.30000000000000004)."""
-    return [round(0.1 * i, 10) for i in range(1, 11)]

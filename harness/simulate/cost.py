@@ -13,8 +13,8 @@ from pathlib import Path
 from rich.console import Console
 
 from harness.errors import HarnessError
-from harness.report.table import Column, print_table
 from harness.task.spec import TaskSpec, load_task
+from harness.terminal import Column, print_table
 
 # Package data (not a repo path), so a wheel install can estimate too.
 THROUGHPUT_FILE = Path(__file__).resolve().parent / "throughput.json"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.report.table import Column
 from harness.task.spec import TaskSpec
+from harness.terminal import Column
 
 COLUMNS = (
     Column("id", key=True),

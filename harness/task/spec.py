@@ -13,10 +13,11 @@ import json
 import math
 import os
 import re
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from harness.errors import HarnessError
 

@@ -1,4 +1,4 @@
-"""Tables on the terminal that never cut an identifier.
+"""Tables for the terminal and for pipes that never cut an identifier.
 
 One rule for every table the CLI prints (`--format auto`, the default):
 
