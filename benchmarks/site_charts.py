@@ -1,7 +1,7 @@
 """Which chart technology for `harness site`: page weight and load time of the same charts, three ways.
 
 The same two overlaid partial-rewriting charts (every method × top-scoring/random × fractions, with CI
-bars where they exist) of a task's results are drawn by (a) the SVG `harness/site.py` writes, (b) uPlot
+bars where they exist) of a task's results are drawn by (a) the SVG `harness/report/site.py` writes, (b) uPlot
 and (c) Chart.js, each library inlined into the page as the site would have to. Each page is loaded
 ``--runs`` times in headless Chromium from file://; "drawn" is the first animation frame after the
 charts exist (for the libraries, after their draw calls). Run:

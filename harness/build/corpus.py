@@ -325,6 +325,7 @@ def generate_samples(model, prompts: list[list[int]], *, cfg: CorpusConfig, seed
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                     **{cache_kw: cache})
         if cap is not None:
+            assert cap.x is not None and cap.y is not None
             sel = mask.bool()
             xs.append(cap.x[sel].float())
             ys.append(cap.y[sel].float())
@@ -352,6 +353,7 @@ def generate_samples(model, prompts: list[list[int]], *, cfg: CorpusConfig, seed
                         **{cache_kw: cache})
             next_pos = next_pos + 1
             if cap is not None:
+                assert cap.x is not None and cap.y is not None
                 xs.append(cap.x[:, 0][alive].float())
                 ys.append(cap.y[:, 0][alive].float())
                 owner.append(torch.nonzero(alive)[:, 0])
@@ -436,7 +438,8 @@ def generate_chunks(model, tokenizer, work_dir: Path, cfg: CorpusConfig, *, star
         name = chunk_name(split, index)
         path = work_dir / "chunks" / f"{name}.npz"
         want_acts = capture_layer is not None and split == "train"
-        acts_path = acts_dir(work_dir, capture_layer) / f"{name}.safetensors" if want_acts else None
+        acts_path = (acts_dir(work_dir, capture_layer) / f"{name}.safetensors"
+                     if want_acts and capture_layer is not None else None)
         if path.is_file():
             continue
         if deadline is not None and time.time() > deadline:
@@ -449,7 +452,7 @@ def generate_chunks(model, tokenizer, work_dir: Path, cfg: CorpusConfig, *, star
             pad_id=pad_id, capture_layer=capture_layer if want_acts else None)
         tokens = np.concatenate([np.asarray(s, dtype=np.uint16) for s in samples])
         lengths = np.asarray([len(s) for s in samples], dtype=np.int32)
-        if captured is not None:
+        if captured is not None and acts_path is not None:
             save_acts(acts_path, *captured)
         save_npz(path, tokens=tokens, lengths=lengths)
         dt = time.time() - t0

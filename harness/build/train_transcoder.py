@@ -24,11 +24,14 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from harness.io import save_npz  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -119,9 +122,10 @@ def fold_scales(coder, a: float, b: float):
     raw = SparseCoder(coder.d_in, cfg, device="cpu", dtype=coder.dtype)
     raw.encoder.weight.copy_(coder.encoder.weight * a)
     raw.encoder.bias.copy_(coder.encoder.bias)
+    assert raw.W_dec is not None and coder.W_dec is not None     # sparsify types them optional
     raw.W_dec.copy_(coder.W_dec / b)
     raw.b_dec.copy_(coder.b_dec / b)
-    if coder.W_skip is not None:
+    if coder.W_skip is not None and raw.W_skip is not None:
         raw.W_skip.copy_(coder.W_skip * (a / b))
     return raw
 
@@ -353,8 +357,8 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
         starts = rng.choice(len(tokens) - eval_start - ce_T, size=ce_contexts, replace=False) + eval_start
         ctx = np.stack([tokens[s:s + ce_T + 1] for s in np.sort(starts)]).astype(np.int64)
         ce = last_position_ce(model, layer, coder, ctx)
-        np.savez_compressed(lwork / "ce_heldout.npz", contexts=ctx, **ce)
-        ce_stats = {c: {"mean": float(v.mean()), "median": float(np.median(v))} for c, v in ce.items()}
+        save_npz(lwork / "ce_heldout.npz", contexts=ctx, **ce)
+        ce_stats: dict[str, Any] = {c: {"mean": float(v.mean()), "median": float(np.median(v))} for c, v in ce.items()}
         boot = np.random.default_rng(seed).integers(0, len(ctx), size=(2000, len(ctx)))
         for c in ("coder", "zero_output"):
             d = ce[c] - ce["clean"]

@@ -116,6 +116,7 @@ def baseline_ce(model, spec: TaskSpec, coder: SparseCoder, windows: np.ndarray, 
                 v, i = coder.encode(last.x)
                 recon = coder.decode_dense(coder.dense(v, i), last.x)
                 b = ids.shape[0]
+                assert last.ce_clean is not None   # targets were given
                 out["clean"][s:s + b] = last.ce_clean.double().cpu().numpy()
                 out["coder"][s:s + b] = h.ce(recon, targets).double().cpu().numpy()
                 if kind == "transcoder":
@@ -197,6 +198,7 @@ def prepare(spec: TaskSpec, device: str | torch.device = "cpu", inputs: TaskInpu
         if split == "test":
             ce_base = {k: z[f"ce_{k}"] for k in ("clean", "coder", "zero_output")}
 
+    assert ce_base is not None
     return Prepared(
         spec=spec, cache_dir=cache, splits=splits, rewritten=rewritten, table=table,
         calib_latents=latents["calibration"], test_latents=latents["test"],

@@ -77,7 +77,7 @@ def choose_rewritten(spec: TaskSpec, table: ActivationTable, num_latents: int,
     lat = spec.latents
     if lat.rewritten == "all":
         return np.arange(num_latents)
-    if lat.rewritten != "rule":
+    if not isinstance(lat.rewritten, str):     # an explicit list of latents
         bad = [j for j in lat.rewritten if j >= num_latents]
         if bad:
             raise HarnessError(f"{spec.toml_path} [latents]: latent {bad[0]} is out of range (coder has {num_latents})")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -126,10 +127,12 @@ class ActivationTable:
         path.parent.mkdir(parents=True, exist_ok=True)
         # np.savez appends ".npz" to names without it; write to a handle so `path` is exact.
         with open(path, "wb") as fh:
-            extra = {} if self.nz_sorted is None else {"nz_sorted": self.nz_sorted}
-            np.savez(fh, format=np.int64(_TABLE_FORMAT), fire_rate=self.fire_rate,
-                     nz_quantiles=self.nz_quantiles, nz_count=self.nz_count,
-                     n_tokens=np.int64(self.n_tokens), method=np.str_(self.method), **extra)
+            arrays: dict[str, Any] = dict(format=np.int64(_TABLE_FORMAT), fire_rate=self.fire_rate,
+                                          nz_quantiles=self.nz_quantiles, nz_count=self.nz_count,
+                                          n_tokens=np.int64(self.n_tokens), method=np.str_(self.method))
+            if self.nz_sorted is not None:
+                arrays["nz_sorted"] = self.nz_sorted
+            np.savez(fh, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> ActivationTable:
@@ -241,8 +244,9 @@ def _table_from_firing(values: np.ndarray, latents: np.ndarray, n_tokens: int, n
             nz_quantiles[j] = sorted_vals[starts[j] + _inverted_cdf_index(int(counts[j]), probs)]
     else:
         for j in np.flatnonzero(counts):
+            # `method` was checked against QUANTILE_METHODS; numpy types it as a Literal.
             nz_quantiles[j] = np.quantile(sorted_vals[starts[j]:starts[j + 1]], probs,
-                                          method=method)
+                                          method=method)  # pyright: ignore[reportCallIssue, reportArgumentType]
     return ActivationTable(fire_rate=counts / float(n_tokens), nz_quantiles=nz_quantiles,
                            nz_count=counts, n_tokens=n_tokens, method=method, nz_sorted=sorted_vals)
 
@@ -315,7 +319,7 @@ def _numpy_method(method: str):
     # retyping 13 formulas) keeps the map bit-compatible with np.quantile. They are private, so a numpy that
     # moves them fails here with one clear line, and tests/test_calibrate.py compares against np.quantile.
     try:
-        from numpy.lib._function_base_impl import _QuantileMethods
+        from numpy.lib._function_base_impl import _QuantileMethods  # pyright: ignore[reportAttributeAccessIssue]
     except ImportError:  # pragma: no cover - numpy < 2 or a future layout
         raise HarnessError(f"this numpy ({np.__version__}) does not expose its quantile rules; "
                            "install numpy 2.x") from None

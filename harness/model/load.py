@@ -256,4 +256,5 @@ def load_model(ref: ModelRef, base_dir: Path, cache_dir: Path, device: str | tor
         except (OSError, ValueError) as e:
             raise HarnessError(f"cannot load the model in {folder} ({short_reason(e)}): it must be a transformers "
                                "save_pretrained folder with weights and tokenizer files") from None
-    return model.to(dev).eval(), tokenizer
+    # transformers' stubs type `to` for generation mixins only.
+    return model.to(dev).eval(), tokenizer  # pyright: ignore[reportArgumentType, reportCallIssue]

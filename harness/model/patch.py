@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,6 +84,7 @@ def _hooked(module: nn.Module, kind: str, capture: dict | None, replacement: Ten
 
     def replace_hook(_mod, _args, output):
         # Registered after the capture's hook, so the capture sees the module's own output.
+        assert replacement is not None
         out = _last(output)
         if replacement.shape != (out.shape[0], out.shape[-1]):
             raise ValueError(f"replacement has shape {tuple(replacement.shape)}, "
@@ -95,7 +97,7 @@ def _hooked(module: nn.Module, kind: str, capture: dict | None, replacement: Ten
     try:
         yield
     finally:
-        if cap is not None:
+        if cap is not None and capture is not None:
             cap.remove()
             capture["y"] = cap.y
             capture["x"] = cap.x if kind == "transcoder" else cap.y
@@ -141,7 +143,7 @@ class PrefixHandle:
         from transformers import DynamicCache
 
         self.patcher = patcher
-        model = patcher.model
+        model: Any = patcher.model
         ids = _as_ids(input_ids, _model_device(model))
         self.batch_size, self.T = ids.shape
         self.last_ids = ids[:, -1:]
@@ -194,7 +196,8 @@ class PrefixHandle:
             chunk = replacements[start:start + group]
             g = len(chunk)
             # Row r*B + b is replacement r on context b; the tiled cache is a throwaway copy.
-            tiled = DynamicCache([(layer.keys.repeat(g, 1, 1, 1), layer.values.repeat(g, 1, 1, 1))
+            # Full-attention layers: every model this engine patches (transformers types layers more widely).
+            tiled = DynamicCache([(layer.keys.repeat(g, 1, 1, 1), layer.values.repeat(g, 1, 1, 1))  # pyright: ignore
                                   for layer in self.cache.layers], config=self.patcher.model.config)
             rep = torch.cat([r.reshape(B, -1) for r in chunk], dim=0)
             logits = self._run_last(self.last_ids.repeat(g, 1), tiled, None, rep)
@@ -205,7 +208,9 @@ class PrefixHandle:
 class Patcher:
     def __init__(self, model: nn.Module, hookpoint: str, kind: str):
         _check_kind(kind)
-        self.model, self.hookpoint, self.kind = model, hookpoint, kind
+        # A transformers model: `config` and `base_model` are attributes nn.Module's types do not know.
+        self.model: Any = model
+        self.hookpoint, self.kind = hookpoint, kind
         self.module = resolve_hookpoint(model, hookpoint)
         self.cache_kw = cache_kwarg(model)
 

@@ -335,7 +335,7 @@ def to_jsonable(obj: Any) -> Any:
 
 def _schema_of(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
     optional, inner = _is_optional(tp)
-    if dataclasses.is_dataclass(inner):
+    if isinstance(inner, type) and dataclasses.is_dataclass(inner):
         name = inner.__name__
         if name not in defs:
             defs[name] = {}

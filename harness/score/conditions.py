@@ -8,6 +8,7 @@ only the last position.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,7 +72,7 @@ def simulated(calibration: str, subset: Subset) -> Condition:
     return Condition("simulated", calibration, subset)
 
 
-def choose_subsets(latents: np.ndarray, fractions: list[float], scores: np.ndarray,
+def choose_subsets(latents: np.ndarray, fractions: Sequence[float], scores: np.ndarray,
                    seed: int) -> dict[Subset, np.ndarray]:
     """The full set and, for each rule and fraction below 1, the latents it keeps (sorted)."""
     out = {ALL: latents}

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from harness.data.prepare import Prepared
 from harness.io import cache_root, progress
 from harness.model.load import ModelRef
-from harness.simulate.base import SimContext
+from harness.simulate.base import SimContext, Simulator
 from harness.task.spec import TaskSpec
 
 
@@ -32,13 +33,13 @@ def sim_contexts(tokenizer, rows: list[np.ndarray]) -> list[SimContext]:
 
 
 def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, subject_tok=None,
-                   endpoints=(), served_model: str = "") -> tuple[object, ModelRef]:
+                   endpoints=(), served_model: str = "") -> tuple[Simulator, ModelRef]:
     """The task's simulator on `backend`; the subject's weights are reused when the simulator is the subject."""
     from harness.model.load import load_model, resolve_source_folder
     from harness.simulate import make_simulator
 
     ref = spec.simulator_ref()
-    sim_kw = dict(prompt_version=spec.simulator.prompt_version, max_chars=spec.simulator.max_explanation_chars,
+    sim_kw: dict[str, Any] = dict(prompt_version=spec.simulator.prompt_version, max_chars=spec.simulator.max_explanation_chars,
                   model_key=ref.key())
     if backend in ("vllm", "http"):
         # These engines hold the weights themselves (vLLM) or remotely (servers): only the tokenizer is local,

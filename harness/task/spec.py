@@ -293,7 +293,8 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
     if csrc == "local":
         _need(coder, "path", str, w)
     elif csrc == "hub":
-        _need(coder, "repo", str, w), _need(coder, "revision", str, w)
+        _need(coder, "repo", str, w)
+        _need(coder, "revision", str, w)
     else:
         raise HarnessError(f"{w}: source must be local or hub (got {csrc!r})")
     _need(coder, "hookpoint", str, w)
@@ -307,7 +308,8 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
     if _need(corpus, "source", str, w) not in CORPUS_SOURCES:
         raise HarnessError(f"{w}: source must be one of {', '.join(sorted(CORPUS_SOURCES))}")
     if corpus["source"] == "hub":
-        _need(corpus, "dataset", str, w), _need(corpus, "revision", str, w)
+        _need(corpus, "dataset", str, w)
+        _need(corpus, "revision", str, w)
     else:
         _need(corpus, "path", str, w)
 
