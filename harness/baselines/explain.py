@@ -178,7 +178,7 @@ def run_explain(task: str, method: str, output: Path, overrides=(), seed: int = 
         desc = "control: every explanation is empty"
     elif method == "shuffled":
         if not source:
-            raise HarnessError("explain --method shuffled needs --source FILE (the submission to permute)")
+            raise HarnessError("explain --method shuffled needs --submission FILE (the submission to permute)")
         expl, src_method = shuffled_explanations(Path(source), prep.rewritten, seed, spec.id, prep.num_latents,
                                                  spec.simulator.max_explanation_chars)
         desc = f"control: the explanations of {src_method} ({Path(source).name}) permuted across latents, seed {seed}"

