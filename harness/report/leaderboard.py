@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tabulate import tabulate
 
 from harness.errors import HarnessError
@@ -137,7 +138,7 @@ def row_from_result(res: Result, path: str) -> Row:
     side = ((res.side_files or {}).get("per_context") or {}).get("path", "")
     rec = h.get("recovery")
     pl = res.per_latent or {}
-    per_latent = ({int(j): _num(a) for j, a in zip(pl.get("latent", []), pl.get("auroc", []))}
+    per_latent = ({int(j): _num(a) for j, a in zip(pl.get("latent", []), pl.get("auroc", []), strict=True)}
                   if isinstance(pl, Mapping) else None)
     return Row(
         detection_auroc_ci=_est(h["detection_auroc_ci"]) if isinstance(h.get("detection_auroc_ci"), Mapping) else None,
@@ -227,9 +228,7 @@ def sort_rows(rows: list[Row]) -> list[Row]:
     return sorted(rows, key=key)
 
 
-def _rank_series(path: str) -> "np.ndarray | None":
-    import numpy as np
-
+def _rank_series(path: str) -> np.ndarray | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             return z["ce_simulated__quantile__all"] - z["ce_latent_zero__all"]
