@@ -69,7 +69,7 @@ def test_converts_once_into_a_named_folder(fake_package, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(gguf_cache, "convert_gguf", _fake_convert(calls))
     folder = gguf_cache.converted_folder(name, "tiny.gguf", tmp_path / "cache")
-    sha = gguf_cache._sha256(pkg / "tiny.gguf")
+    sha = gguf_cache.sha256_file(pkg / "tiny.gguf")
     assert folder == tmp_path / "cache" / "models" / f"fake_gguf_pkg-tiny-{sha[:12]}"
     assert (folder / "config.json").is_file()
     again = gguf_cache.converted_folder(name, "tiny.gguf", tmp_path / "cache")

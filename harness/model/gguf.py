@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.io import sha256_file
 
 # What to tell a user whose environment lacks a known GGUF package.
 _INSTALL_HINTS = {
@@ -54,14 +55,6 @@ def gguf_path(package: str, file: str) -> Path:
         if p.is_file():
             return p
     raise missing
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def folder_name(package: str, file: str, sha256: str) -> str:
@@ -98,7 +91,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
             pass
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / "SOURCE.txt").write_text(
-        f"converted from {gguf.name} (sha256 {_sha256(gguf)}) by harness.model.gguf\n"
+        f"converted from {gguf.name} (sha256 {sha256_file(gguf)}) by harness.model.gguf\n"
     )
 
 
@@ -135,7 +128,7 @@ def _convert_into(src: Path, final: Path, label: str, console=None) -> None:
 def converted_folder(package: str, file: str, cache_dir: Path, console=None) -> Path:
     """The converted folder for `package/file` under `cache_dir/models/`, converting it the first time."""
     src = gguf_path(package, file)
-    sha = _sha256(src)
+    sha = sha256_file(src)
     final = Path(cache_dir) / "models" / folder_name(package, file, sha)
     if not _is_converted(final):
         _convert_into(src, final, f"{package}/{file}", console)
