@@ -10,6 +10,7 @@ the timed prompts but the shared instruction head, as in a real run), then the t
     python benchmarks/simulate.py --threads 1
     python benchmarks/simulate.py --vllm-python .venv-vllm/bin/python
     python benchmarks/simulate.py --tiny --contexts 4 --explanations-n 6 --no-vllm   # smoke run, seconds
+    python benchmarks/simulate.py ... --profile      # + FLOPs per prediction, matmul peak, where the time goes
 
 vLLM runs in a subprocess (`--vllm-python`, default: this interpreter if it imports vllm, else
 `.venv-vllm/bin/python`), so it may live in its own virtual environment. Without it the vLLM row is
@@ -574,6 +575,10 @@ def parse_args(argv=None):
     p.add_argument("--json-out", help=f"throughput file to update (default {DEFAULT_THROUGHPUT.relative_to(ROOT)}; none with --tiny)")
     p.add_argument("--results-md", help=f"results file to update (default {DEFAULT_RESULTS.relative_to(ROOT)}; none with --tiny)")
     p.add_argument("--no-record", action="store_true", help="write neither file")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timed runs: the prefix engine's FLOPs per prediction against its measured rate and "
+                        "this CPU's torch matmul peak (same dtype and threads), and where its time goes "
+                        "(benchmarks/engine_limits.py); printed and added to the RESULTS.md section")
     p.add_argument("--vllm-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -705,8 +710,9 @@ def main(argv=None) -> int:
                       f"{plen[sub].mean():.0f} tokens); agreement is checked on those")
 
     results: dict[str, dict] = {}
+    sims = {}
     for name in [e for e in ("plain", "prefix") if e in args.engines]:
-        sim = make_simulator(name, model, tok, args.prompt, args.max_chars, "bench", batch_size=args.batch_size)
+        sim = sims[name] = make_simulator(name, model, tok, args.prompt, args.max_chars, "bench", batch_size=args.batch_size)
         run_pairs = [pairs[i] for i in sub] if name == "plain" else pairs
         log(f"{name}: warm-up, then {len(run_pairs)} predictions")
         secs, others, (p, m) = time_torch_engine(sim, contexts, warm_contexts, explanations, run_pairs, warm_pairs,
@@ -747,6 +753,30 @@ def main(argv=None) -> int:
                 vllm_msg = f"vLLM failed: {e}"
     if vllm_msg:
         console.print(vllm_msg)
+
+    limit_lines: list[str] = []
+    if args.profile and "prefix" in results:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from engine_limits import (
+            matmul_peak,
+            prefix_flops,
+            profile_prefix,
+            report_lines,
+        )
+
+        log("profile: FLOPs, matmul peak, phase timers and torch.profiler on the prefix engine")
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        rows = min(args.batch_size, len(explanations))
+        shapes = [(2048, 2048, 2048), (rows * int(round(suf.mean())), cfg.hidden_size, cfg.intermediate_size)]
+        with pauser:
+            peaks = matmul_peak(args.dtype, args.threads, shapes)
+            flops = prefix_flops(model, builder, contexts, explanations, pairs, args.batch_size)
+            prof = profile_prefix(sims["prefix"], contexts, explanations, pairs)
+        limit_lines = report_lines(len(pairs) / results["prefix"]["seconds"],
+                                   results["plain"]["n"] / results["plain"]["seconds"], flops, peaks, prof,
+                                   args.dtype, args.threads)
+        for line in limit_lines:
+            console.print(line)
 
     # ---- agreement and table
     ref = results["plain"]
@@ -821,7 +851,7 @@ def main(argv=None) -> int:
             console.print(f"recorded: {json_out}")
         if md_out:
             update_results_md(md_out, args, results, rate, model_name, device, cpu, date, workload, corpus_desc,
-                              expl_desc, versions, vllm_msg)
+                              expl_desc, versions, vllm_msg, limit_lines)
             console.print(f"recorded: {md_out}")
     if args.tiny:
         import shutil
@@ -847,7 +877,7 @@ def update_throughput(path: Path, results, rate, model, device, cpu, date, workl
 
 
 def update_results_md(path: Path, args, results, rate, model, device, cpu, date, workload, corpus_desc, expl_desc,
-                      versions, vllm_msg) -> None:
+                      versions, vllm_msg, extra_lines=()) -> None:
     key = f"{model} / {device}"
     lines = [f"<!-- simulate: {key} -->", f"## {model}, {device}", "",
              f"Measured {date} on {cpu}, {os.cpu_count()} cores ({platform.system()} {platform.machine()}), "
@@ -869,6 +899,8 @@ def update_results_md(path: Path, args, results, rate, model, device, cpu, date,
                      + ("-" if k == "plain" else f"{r['max_dp']:.1e}") + f" | {_share(r.get('others'))} | {r['note']} |")
     if vllm_msg:
         lines += ["", vllm_msg]
+    if extra_lines:
+        lines += ["", *extra_lines]
     lines += [f"<!-- /simulate: {key} -->"]
     block = "\n".join(lines)
     text = path.read_text() if path.is_file() else (
