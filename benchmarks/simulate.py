@@ -283,14 +283,15 @@ def cpu_model() -> str:
 
 
 def command_line(argv: list[str]) -> str:
-    """The benchmark's own arguments, without --pause (which names this machine's processes)."""
+    """The benchmark's own arguments, without --pause (which names this machine's processes) and the output files."""
+    drop = ("--pause", "--results-md", "--json-out")
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a == "--pause":
+        elif a in drop:
             skip = True
-        elif not a.startswith("--pause="):
+        elif not a.startswith(tuple(d + "=" for d in drop)):
             out.append(a)
     return " ".join(["python benchmarks/simulate.py", *out])
 
@@ -375,6 +376,7 @@ def run_vllm(py: str, args, model_dir: Path, contexts, warm_contexts, explanatio
     spec = {
         "model_dir": str(model_dir), "threads": args.threads, "dtype": args.vllm_dtype,
         "kv_cache_gib": args.kv_cache_gib, "block_size": args.vllm_block_size, "max_model_len": args.max_model_len,
+        "head_dtype": args.vllm_head_dtype,
         "prompt_version": args.prompt, "max_chars": args.max_chars, "repeats": args.repeats,
         "contexts": [[c.context_id, c.text, c.last_token] for c in contexts],
         "warm_contexts": [[c.context_id, c.text, c.last_token] for c in warm_contexts],
@@ -465,6 +467,8 @@ def vllm_worker(spec_path: str) -> int:
         from harness.simulate.vllm_backend import VLLMSimulator
 
         llm_kwargs = {}
+        if spec.get("head_dtype"):
+            llm_kwargs["hf_overrides"] = {"head_dtype": spec["head_dtype"]}
         if spec.get("block_size"):
             llm_kwargs["block_size"] = int(spec["block_size"])
         if spec.get("max_model_len"):
@@ -496,6 +500,7 @@ def vllm_worker(spec_path: str) -> int:
             cfg = sim.llm.llm_engine.vllm_config
             info = {"vllm_version": vllm.__version__, "dtype": str(cfg.model_config.dtype).replace("torch.", ""),
                     "block_size": cfg.cache_config.block_size,
+                    "head_dtype": str(cfg.model_config.head_dtype).replace("torch.", ""),
                     "prefix_caching": bool(cfg.cache_config.enable_prefix_caching)}
         except Exception as e:  # informative only
             info = {"info_error": f"{type(e).__name__}: {e}"}
@@ -562,6 +567,9 @@ def parse_args(argv=None):
                    help="weights and compute dtype of every engine (default float32)")
     p.add_argument("--vllm-dtype", default=None, help="vLLM's dtype if it should differ from --dtype")
     p.add_argument("--vllm-block-size", type=int, default=None, help="vLLM KV block size (default: vLLM's own, 128 on CPU)")
+    p.add_argument("--vllm-head-dtype", default=None,
+                   help="vLLM's LM-head dtype (hf_overrides head_dtype; default: the backend's, float32, as the torch "
+                        "engines read answer logits; 'model' for the model dtype)")
     p.add_argument("--vllm-preload", choices=("auto", "none"), default="auto",
                    help="auto (default): LD_PRELOAD tcmalloc and the vLLM environment's libiomp5 where found, as "
                         "vLLM's CPU docs advise for best speed; none: plain start")
@@ -737,7 +745,8 @@ def main(argv=None) -> int:
             try:
                 rep = run_vllm(vllm_py, args, model_dir, contexts, warm_contexts, explanations, pairs, warm_pairs,
                                prompts, pauser, workdir)
-                note = f"block {rep.get('block_size', '?')}, prefix caching {'on' if rep.get('prefix_caching', True) else 'OFF'}"
+                note = (f"block {rep.get('block_size', '?')}, LM head {rep.get('head_dtype', '?')}, "
+                        f"prefix caching {'on' if rep.get('prefix_caching', True) else 'OFF'}")
                 if rep.get("cached_tokens") is not None:
                     note += f" ({rep['cached_tokens']:.0f} of {plen.mean():.0f} prompt tokens cached on average)"
                 if rep.get("prompt_mismatches"):

@@ -381,6 +381,7 @@ def _fake_vllm(model, new_api: bool):
 
         def __init__(self, **kw):
             assert kw["enable_prefix_caching"] is True
+            assert kw["hf_overrides"] == {"head_dtype": "float32"}   # answer logits in float32
             LLM.kwargs = kw
 
         def generate(self, prompts, params, use_tqdm=True):
