@@ -25,14 +25,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.cli import main  # noqa: E402
-from harness.evaluate import sim_contexts  # noqa: E402
+from harness.simulate.run import sim_contexts  # noqa: E402
 from harness.simulate import expected_value, make_simulator  # noqa: E402
 
 
 def run(n_ctx: int, n_expl: int) -> list[dict]:
-    from harness.models import load_model
-    from harness.prepare import prepare
-    from harness.tasks import cache_root, load_task
+    from harness.model.load import load_model
+    from harness.data.prepare import prepare
+    from harness.io import cache_root
+    from harness.task.spec import load_task
 
     tmp = Path(tempfile.mkdtemp(prefix="batch-inv-"))
     os.environ["HARNESS_CACHE"] = str(tmp / "cache")

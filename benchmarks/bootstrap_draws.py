@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.metrics import Estimate, bootstrap_indices, mean_ci
+from harness.score.metrics import Estimate, bootstrap_indices, mean_ci
 
 
 def median_bootstrap(x, boot):

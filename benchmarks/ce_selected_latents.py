@@ -32,15 +32,19 @@ def main(argv=None) -> int:
 
     import torch
 
-    from harness.metrics import bootstrap_indices, mean_ci
-    from harness.patch import Patcher
-    from harness.prepare import BATCH, load_coder, load_subject, prepare
-    from harness.tasks import load_task
+    from harness.score.metrics import bootstrap_indices, mean_ci
+    from harness.model.patch import Patcher
+    from harness.data.prepare import prepare
+    from harness.io import batch_size
+    from harness.task.inputs import TaskInputs
+    from harness.task.spec import load_task
 
     spec = load_task(args.task)
-    prep = prepare(spec)
-    model, _ = load_subject(spec, "cpu")
-    coder = load_coder(spec)
+    inputs = TaskInputs(spec, "cpu")
+    prep = prepare(spec, inputs=inputs)
+    model, _ = inputs.subject()
+    coder = inputs.coder()
+    BATCH = batch_size()
     count = args.count or len(prep.rewritten)
     patcher = Patcher(model, spec.coder.hookpoint, spec.coder.kind)
 

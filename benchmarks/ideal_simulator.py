@@ -47,27 +47,29 @@ def main(argv=None) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from harness.calibrate import calibrate
-    from harness.evaluate import run_conditions, true_values
-    from harness.metrics import bootstrap_indices, paired_difference, paired_ranking_auroc
-    from harness.prepare import encode_positions, hook_module, load_coder, load_subject, prepare
-    from harness.tasks import load_task
+    from harness.score.calibrate import calibrate
+    from harness.report.write import true_values
+    from harness.score.conditions import ALL, run_conditions, simulated, zero
+    from harness.task.inputs import TaskInputs
+    from harness.score.metrics import bootstrap_indices, paired_difference, paired_ranking_auroc
+    from harness.data.prepare import encode_positions, prepare
+    from harness.model.patch import resolve_hookpoint
+    from harness.task.spec import load_task
 
     spec = load_task(args.task, args.override)
-    prep = prepare(spec)
-    model = prep.model if prep.model is not None else load_subject(spec, "cpu")[0]
-    coder = load_coder(spec)
+    inputs = TaskInputs(spec, "cpu")
+    prep = prepare(spec, inputs=inputs)
+    model = inputs.subject()[0]
+    coder = inputs.coder()
     T, lo = spec.contexts.T, spec.min_position()
     act = prep.splits["activation"]
-    v, i = encode_positions(model, hook_module(model, spec), coder, spec.coder.kind, act, lo, T, "activation sample", "cpu")
+    v, i = encode_positions(model, resolve_hookpoint(model, spec.coder.hookpoint), coder, spec.coder.kind, act, lo, T, "activation sample", "cpu")
     lat = prep.rewritten
     sets = top_token_sets(v.reshape(-1, coder.k), i.reshape(-1, coder.k), act[:, lo:T].reshape(-1), lat)
     m = len(lat)
-    rng = np.random.default_rng(args.seed)
-    while True:  # a derangement: no latent keeps its own tokens
-        perm = rng.permutation(m)
-        if m < 2 or not np.any(perm == np.arange(m)):
-            break
+    from harness.baselines.explain import derangement
+
+    perm = derangement(np.random.default_rng(args.seed), m)
 
     def predict(split: str, order) -> np.ndarray:
         last = prep.splits[split][:, T - 1]
@@ -76,7 +78,8 @@ def main(argv=None) -> int:
     orders = {"real": np.arange(m), "shuffled": perm}
     raw = {k: (predict("calibration", o), predict("test", o)) for k, o in orders.items()}
     sims = {k: calibrate("quantile", pc, pt, prep.table, lat) for k, (pc, pt) in raw.items()}
-    ce, _, _ = run_conditions(prep, model, coder, lat, sims, {"all": lat}, "cpu")
+    ce = run_conditions(model, coder, spec.coder.hookpoint, spec.coder.kind, prep.splits["test"], prep.k, lat, sims,
+                        {ALL: lat}, "cpu").ce
     base = prep.ce_base
     boot = bootstrap_indices(len(base["clean"]), spec.scoring.bootstrap, spec.scoring.seed)
     active = true_values(prep.test_latents, lat) > 0
@@ -91,9 +94,9 @@ def main(argv=None) -> int:
     for c in ("comparison", "mean", "95% CI"):
         t.add_column(c)
     rows = [("coder − clean", base["coder"], base["clean"]),
-            ("latent_zero − coder (what there is to recover)", ce["latent_zero|all"], base["coder"]),
-            ("simulated[real] − latent_zero", ce["simulated|real|all"], ce["latent_zero|all"]),
-            ("simulated[real] − simulated[shuffled]", ce["simulated|real|all"], ce["simulated|shuffled|all"])]
+            ("latent_zero − coder (what there is to recover)", ce[zero(ALL)], base["coder"]),
+            ("simulated[real] − latent_zero", ce[simulated("real", ALL)], ce[zero(ALL)]),
+            ("simulated[real] − simulated[shuffled]", ce[simulated("real", ALL)], ce[simulated("shuffled", ALL)])]
     for name, a, b in rows:
         d = paired_difference(a, b, boot)["mean"]
         t.add_row(escape(name), f"{d.value:+.4f}", escape(f"[{d.lo:+.4f}, {d.hi:+.4f}]"))

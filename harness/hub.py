@@ -1,36 +1,26 @@
-"""Downloads from the Hugging Face Hub, pinned and verified, failing fast and clearly when offline.
+"""The Hugging Face Hub, in one place: is it offline or unreachable, what is in the local cache, and the
+cache-first load that fails in one line instead of retrying the network for half a minute.
 
-Every Hub input of a task (coder files, subject model, corpus file) is first looked for in the local
-Hugging Face cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`, read when called, not at import). When something
-is missing and the Hub cannot be reached (HF_HUB_OFFLINE=1, or a 3-second connection probe fails),
-`require_hub_inputs` stops at once with one line listing everything missing and how to provide it,
-instead of letting huggingface_hub retry for half a minute.
-
-A `path` next to a hub source (`--override coder.path=DIR`, `subject.path=DIR`, `corpus.path=FILE`)
-replaces the download by a local copy of the same files; the task hash does not change (where a file
-lives is not what it is) and pinned sha256s ([artifacts] `hub:<repo>/<path in repo>`) are checked on
-local copies and downloads alike. sha256s and the commit a branch name resolved to, when the task does
-not pin them yet, are written to `<task cache>/hub_pins.json` on first use so they can be pinned.
+Every Hub input (coder files, models, corpus file) is first looked for in the local Hugging Face cache
+(`HF_HUB_CACHE`, else `$HF_HOME/hub`, read when called, not at import). Which inputs a task needs, and
+their pins, is `harness.task.inputs`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-from .errors import HarnessError
-from .tasks import TaskSpec
-from .tiny import sha256_file
+from harness.errors import HarnessError
 
-CODER_FILES = ("cfg.json", "sae.safetensors")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
-_reachable: dict[str, bool] = {}
+_reachable: dict[str, str | None] = {}
 
 
 def hf_cache_dir() -> Path:
@@ -55,27 +45,35 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def _endpoint() -> str:
+def hub_endpoint() -> str:
     from huggingface_hub import constants
 
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A TCP connection to the Hub endpoint within `timeout` (behind a proxy: assumed reachable)."""
-    endpoint = _endpoint()
+def unreachable_reason(timeout: float = 3.0) -> str | None:
+    """Why the Hub endpoint cannot be reached (no TCP connection within `timeout`), or None.
+
+    Behind a proxy a direct probe says nothing about the proxied route: assumed reachable. The answer is
+    kept per endpoint for the process, so a run probes at most once.
+    """
+    endpoint = hub_endpoint()
     if endpoint not in _reachable:
         if any(os.environ.get(v) for v in _PROXY_VARS):
-            _reachable[endpoint] = True
+            _reachable[endpoint] = None
         else:
             u = urlparse(endpoint)
-            port = u.port or (443 if u.scheme == "https" else 80)
+            host, port = u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
             try:
-                socket.create_connection((u.hostname or "", port), timeout=timeout).close()
-                _reachable[endpoint] = True
-            except OSError:
-                _reachable[endpoint] = False
+                socket.create_connection((host, port), timeout=timeout).close()
+                _reachable[endpoint] = None
+            except OSError as e:
+                _reachable[endpoint] = f"cannot reach {host}:{port}: {e}"
     return _reachable[endpoint]
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    return unreachable_reason(timeout) is None
 
 
 def offline_hint(what: str) -> str:
@@ -102,142 +100,58 @@ def cached_file(repo: str, filename: str, revision: str, repo_type: str = "model
     return Path(p) if isinstance(p, str) and Path(p).is_file() else None
 
 
-def _model_cached(repo: str, revision: str) -> bool:
+def model_cached(repo: str, revision: str) -> bool:
     return cached_file(repo, "config.json", revision) is not None and any(
         cached_file(repo, f, revision) is not None for f in _WEIGHT_FILES)
 
 
-def _corpus_already_tokenized(spec: TaskSpec) -> bool:
-    from .tasks import cache_root
-
-    d = cache_root() / "tasks" / f"{spec.id}-{spec.hash[:12]}"
-    return (d / "splits.npz").is_file() or (d / "corpus_tokens.npy").is_file()
-
-
-def missing_hub_inputs(spec: TaskSpec, simulator: bool = False) -> list[tuple[str, str]]:
-    """(what is missing from the local cache, the override that replaces it) for each Hub input of the task."""
-    out: list[tuple[str, str]] = []
-    c = spec.coder
-    if c.source == "hub" and not c.path:
-        sub = c.subfolder or c.hookpoint
-        if any(cached_file(c.repo, f"{sub}/{n}", c.revision) is None for n in CODER_FILES):
-            out.append((f"coder {c.repo}@{short_revision(c.revision)} {sub}/{{{','.join(CODER_FILES)}}}",
-                        "--override coder.path=DIR"))
-    refs = [("subject", spec.subject)] + ([("simulator", spec.simulator.model)] if simulator else [])
-    for name, m in refs:
-        if m.get("source") == "hub" and not m.get("path") and not _model_cached(m["id"], m.get("revision", "")):
-            out.append((f"{name} {m['id']}@{short_revision(m.get('revision', ''))}", f"--override {name}.path=DIR"))
-    k = spec.corpus
-    if k.source == "hub" and not k.path and not _corpus_already_tokenized(spec):
-        if not (k.data_files and cached_file(k.dataset, k.data_files, k.revision, "dataset")):
-            out.append((f"corpus {k.dataset}@{short_revision(k.revision)} {k.data_files or k.split}",
-                        "--override corpus.path=FILE"))
-    return out
-
-
-def require_hub_inputs(spec: TaskSpec, simulator: bool = False) -> None:
-    """Stop at once, in one line, when something the task needs is neither cached nor downloadable.
-
-    `fetch_coder_folder` calls it when the coder is not cached; `prepare` / `eval` may call it first thing
-    (eval with simulator=True) so that a cached coder with a missing subject also fails in one line.
-    """
-    missing = missing_hub_inputs(spec, simulator)
-    if not missing:
-        return
-    if hub_offline():
-        reason = "HF_HUB_OFFLINE is set"
-    elif not hub_reachable():
-        reason = f"the Hugging Face Hub ({_endpoint()}) cannot be reached"
-    else:
-        return  # online: they will be downloaded
-    readme = spec.folder / "README.md"
-    where = f"the commands in {readme}" if readme.is_file() else "`hf download REPO --revision REV`"
-    raise HarnessError(
-        f"task {spec.id}: {reason} and the local Hugging Face cache ({hf_cache_dir()}) lacks "
-        + "; ".join(w for w, _ in missing)
-        + f". Pre-download them into HF_HOME on a connected machine ({where}), or point the task at local "
-        "copies: " + " ".join(f for _, f in missing)
-    )
-
-
-def _check_and_record(spec: TaskSpec, folder: Path, sub: str, resolved: str = "") -> None:
-    """Refuse files whose sha256 differs from the task's pin; record the sha256s it does not pin yet."""
-    c = spec.coder
-    new: dict[str, str] = {}
-    for name in CODER_FILES:
-        key = f"hub:{c.repo}/{sub}/{name}"
-        got = sha256_file(folder / name)
-        want = spec.artifacts.get(key)
-        if want and got != want:
-            raise HarnessError(
-                f"{key}: sha256 of {folder / name} is {got[:16]}…, the task pins {want[:16]}…; this is not the "
-                "pinned file — delete it from the cache (or fix --override coder.path) and download it again"
-            )
-        if not want:
-            new[key] = got
-    if resolved and resolved != c.revision:
-        new[f"revision:{c.repo}@{c.revision}"] = resolved
-    if not new:
-        return
-    from .tasks import task_cache_dir
-
-    path = task_cache_dir(spec) / "hub_pins.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    if all(old.get(key) == v for key, v in new.items()):
-        return
-    path.write_text(json.dumps({**old, **new}, indent=1, sort_keys=True) + "\n")
-    sys.stderr.write(f"note: {spec.id}: recorded sha256s (and resolved commits) the task does not pin yet in {path}; "
-                     "copy them into the task's [artifacts] / revision to pin them\n")
-
-
-def fetch_coder_folder(spec: TaskSpec) -> Path:
-    """Local folder holding the coder's cfg.json + sae.safetensors (downloaded once for hub coders)."""
-    c = spec.coder
-    sub = c.subfolder or c.hookpoint
-    if c.source == "local" or c.path:
-        folder = spec.resolve(c.path)
-        if not folder.is_dir():
-            flag = "coder.path" if c.source == "hub" else "[coder] path"
-            raise HarnessError(f"{spec.toml_path} [coder]: coder folder {folder} does not exist; fix {flag} "
-                               f"(a folder holding {' + '.join(CODER_FILES)})")
-        if c.source == "hub":
-            for name in CODER_FILES:
-                if not (folder / name).is_file():
-                    raise HarnessError(f"{folder / name} is missing: --override coder.path must name a copy of "
-                                       f"{c.repo}/{sub}/ holding {' + '.join(CODER_FILES)}")
-            _check_and_record(spec, folder, sub)
-        return folder
-    if any(cached_file(c.repo, f"{sub}/{n}", c.revision) is None for n in CODER_FILES):
-        # About to need the network: offline, fail now and name everything else that is missing too.
-        # (Only then: `harness validate` needs the coder's cfg.json, not the subject or the corpus.)
-        require_hub_inputs(spec)
-    from huggingface_hub import snapshot_download
-
-    patterns = [f"{sub}/{n}" for n in CODER_FILES]
-    cache = str(hf_cache_dir())
+def hub_errors() -> tuple[type[BaseException], ...]:
+    """Every exception a Hub download can raise for a missing file or a network problem."""
+    errs: list[type[BaseException]] = [OSError, ConnectionError, TimeoutError]
     try:
-        # Local first: an offline machine with a filled HF_HOME must not wait on the network.
-        root = snapshot_download(c.repo, revision=c.revision or None, allow_patterns=patterns,
-                                 local_files_only=True, cache_dir=cache)
-        if not all((Path(root) / p).is_file() for p in patterns):
-            raise FileNotFoundError(sub)
-    except Exception:
-        if hub_offline() or not hub_reachable():
-            raise HarnessError(
-                f"coder {c.repo}@{short_revision(c.revision)} {sub}/ is not complete in the local cache ({cache}) and the Hub "
-                f"cannot be reached; " + offline_hint("it") + f", e.g. --override coder.path=/path/to/{sub}"
-            ) from None
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+            OfflineModeIsEnabled,
+        )
+        errs += [HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled]
+    except ImportError:  # older huggingface_hub: these all derive from OSError/ValueError there
+        pass
+    for mod, name in (("httpx", "HTTPError"), ("requests", "RequestException")):
         try:
-            root = snapshot_download(c.repo, revision=c.revision or None, allow_patterns=patterns,
-                                     etag_timeout=10, cache_dir=cache)
-        except Exception as e:
-            raise HarnessError(
-                f"cannot download coder {c.repo}@{short_revision(c.revision)} {sub}/ ({type(e).__name__}); " + offline_hint("it")
-            ) from None
-    folder = Path(root) / sub
-    for name in CODER_FILES:
-        if not (folder / name).is_file():
-            raise HarnessError(f"coder {c.repo}@{short_revision(c.revision)} has no {sub}/{name}: check [coder] subfolder "
-                               "(sparsify keeps one folder per hookpoint)")
-    _check_and_record(spec, folder, sub, resolved=Path(root).name)
-    return folder
+            errs.append(getattr(__import__(mod), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errs)
+
+
+def short_reason(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    first = first if len(first) <= 160 else first[:157] + "..."
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def cache_first(loader: Callable[..., Any], repo: str, revision: str, fail: Callable[[str], HarnessError],
+                **kwargs: Any) -> Any:
+    """`loader(repo, ...)` from the local cache, else from the Hub unless it is offline or unreachable.
+
+    Cache first, so an offline machine fails in milliseconds instead of retrying the network;
+    `fail(reason)` builds the one-line error.
+    """
+    errors = hub_errors()
+    kwargs["revision"] = revision or None
+    try:
+        return loader(repo, local_files_only=True, **kwargs)
+    except errors as e:
+        cached_error = e
+    if hub_offline():
+        raise fail(f"not in the local cache and HF_HUB_OFFLINE is set; {short_reason(cached_error)}") from None
+    reason = unreachable_reason()
+    if reason is not None:
+        raise fail(f"not in the local cache and {reason}") from None
+    # huggingface_hub reads HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT at import (default 10 s each)
+    try:
+        return loader(repo, **kwargs)
+    except errors as e:
+        raise fail(short_reason(e)) from None

@@ -129,8 +129,8 @@ def test_task_file_sections_survive_in_messages(tiny, capsys):
 
 def test_odd_method_stored_then_eval_and_leaderboard(tiny, capsys, monkeypatch):
     """A result whose method is markup, mathtext, emoji code and a table pipe: every later command renders it."""
-    from harness.prepare import prepare
-    from harness.tasks import load_task
+    from harness.data.prepare import prepare
+    from harness.task.spec import load_task
 
     rewritten = prepare(load_task(str(tiny / "task"))).rewritten
     method = "[/b] x $^$ :smile: a|b"
@@ -245,7 +245,7 @@ def test_usage_mistake_is_one_line(capsys):
 
 @pytest.mark.parametrize("step", ["splits.npz", "activation_table.npz", "latents_test.npz"])
 def test_truncated_cache_step_is_recomputed(tiny, tmp_path, monkeypatch, capsys, step):
-    from harness.prepare import load_npz
+    from harness.io import load_npz
 
     cache = tmp_path / "cache"
     shutil.copytree(tiny / "cache", cache)

@@ -16,7 +16,7 @@ import torch
 from harness.simulate import SimContext
 from harness.simulate.plain import PlainSimulator
 from harness.simulate.prefix import PrefixSimulator, plan_batches
-from harness.tiny import build_model, build_tokenizer, synthetic_texts
+from harness.testing.tiny import build_model, build_tokenizer, synthetic_texts
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "simulate.py"
@@ -54,11 +54,11 @@ def test_tiny_run_records_and_replaces_its_section(bench, capsys, tmp_path):
     assert "plain forward timed on 5 of the 12 pairs" in out
     rows = json.loads(js.read_text())["measurements"]
     assert {(r["backend"], r["model"]) for r in rows} == {
-        ("plain", "other"), ("plain", "tiny random Llama (harness.tiny)"), ("prefix", "tiny random Llama (harness.tiny)")}
+        ("plain", "other"), ("plain", "tiny random Llama (harness.testing.tiny)"), ("prefix", "tiny random Llama (harness.testing.tiny)")}
     for r in rows:
         assert r["predictions_per_s"] > 0 and {"backend", "model", "device", "predictions_per_s"} <= set(r)
     text = md.read_text()
-    assert text.count("## tiny random Llama (harness.tiny), cpu (") == 1     # replaced, not appended twice
+    assert text.count("## tiny random Llama (harness.testing.tiny), cpu (") == 1     # replaced, not appended twice
     assert "| prefix | float32 |" in text and "torch " in text
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.metrics import bootstrap_indices, mean_ci
+from harness.score.metrics import bootstrap_indices, mean_ci
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bootstrap_draws.py"
 

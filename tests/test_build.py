@@ -13,7 +13,7 @@ import torch
 
 os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
 
-from harness import tiny  # noqa: E402
+from harness.testing import tiny  # noqa: E402
 from harness.build import corpus as C  # noqa: E402
 from harness.build import train_transcoder as TT  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402

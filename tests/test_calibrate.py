@@ -1,22 +1,18 @@
-"""Tests of harness.calibrate against independent references (numpy on the full sample, scipy
+"""Tests of harness.score.calibrate against independent references (numpy on the full sample, scipy
 ranks, hand-derived numbers)."""
 
 import numpy as np
 import pytest
 from scipy.stats import rankdata
 
-from harness.calibrate import (
+from harness.data.table import (
     ActivationTable,
     ActivationTableBuilder,
     _inverted_cdf_index,
-    apply_normaliser,
-    apply_quantile_normalisation,
     build_activation_table,
-    calibrate,
-    ecdf_midrank,
-    fit_normaliser,
     true_quantile,
 )
+from harness.score.calibrate import apply_quantile_normalisation, calibrate, ecdf_midrank, fit_normaliser
 from harness.errors import HarnessError
 
 
@@ -235,7 +231,7 @@ def test_normalising_calibration_onto_itself_reproduces_target_quantiles():
         assert abs(zero_share - (1 - table.fire_rate[latents[col]])) <= 1 / n_cal
     # the per-latent form agrees with the vectorised one
     np.testing.assert_array_equal(
-        apply_normaliser(fit_normaliser(pred[:, 1]), pred[:, 1], table, 4), out[:, 1])
+        true_quantile(table, 4, ecdf_midrank(fit_normaliser(pred[:, 1]), pred[:, 1])), out[:, 1])
 
 
 def test_calibrate_modes():
@@ -305,7 +301,7 @@ def test_exact_table_survives_save_load(tmp_path):
 def test_needed_ranks_suffice_for_np_quantile(method):
     """The side file's excerpt of the activation sample: np.quantile on a stand-in that keeps only the
     needed order statistics (others filled monotonically) answers exactly as on the full sample."""
-    from harness.calibrate import needed_nonzero_ranks
+    from harness.data.table import needed_nonzero_ranks
 
     rng = np.random.default_rng(12)
     N, c = 200_000, 3_000

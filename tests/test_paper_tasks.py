@@ -23,9 +23,10 @@ import pytest
 import torch
 
 from harness import hub
+from harness.task import inputs
 from harness.errors import HarnessError
-from harness.tasks import list_tasks, load_task
-from harness.tiny import build_coder_tensors, build_model, build_tokenizer, save_sparsify_coder, synthetic_texts
+from harness.task.spec import list_tasks, load_task
+from harness.testing.tiny import build_coder_tensors, build_model, build_tokenizer, save_sparsify_coder, synthetic_texts
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER_TASKS = ["pythia160m-l6-transcoder", "pythia160m-l6-sae", "pythia160m-l6-transcoder-lite",
@@ -141,7 +142,7 @@ def _offline_env(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("tid", PAPER_TASKS)
 def test_prepare_offline_names_everything_missing(tid, monkeypatch, tmp_path):
-    from harness.prepare import prepare
+    from harness.data.prepare import prepare
 
     _offline_env(monkeypatch, tmp_path)
     spec = load_task(str(task_toml(tid)))
@@ -155,7 +156,7 @@ def test_prepare_offline_names_everything_missing(tid, monkeypatch, tmp_path):
 
 
 def test_prepare_fails_fast_when_the_hub_is_unreachable(monkeypatch, tmp_path):
-    from harness.prepare import prepare
+    from harness.data.prepare import prepare
 
     _offline_env(monkeypatch, tmp_path)
     monkeypatch.delenv("HF_HUB_OFFLINE")
@@ -250,7 +251,7 @@ def cache_env(monkeypatch, tmp_path):
 
 
 def _block_input_and_output(model, layer: int, ids: torch.Tensor):
-    """Block `layer`'s input and output, read with plain hooks (independent of harness.patch)."""
+    """Block `layer`'s input and output, read with plain hooks (independent of harness.model.patch)."""
     blocks = model.base_model.layers
     got = {}
 
@@ -303,7 +304,9 @@ def _ce_with_last_replaced(model, module, ids, targets, replacement):
 
 def _check_against_reference(prep, coder_folder: Path, layer: int):
     """True latents and coder/zero CE of the test split, recomputed from the files with plain hooks."""
-    model, kind = prep.model, prep.spec.coder.kind
+    from harness.task.inputs import TaskInputs
+
+    model, kind = TaskInputs(prep.spec).subject()[0], prep.spec.coder.kind
     windows = torch.from_numpy(prep.splits["test"])
     ids, targets = windows[:, :-1], windows[:, -1]
     block_in, block_out = _block_input_and_output(model, layer, ids)
@@ -350,7 +353,7 @@ def test_local_copies_keep_the_task_hash(standins):
 
 
 def test_transcoder_task_on_standins_via_path_overrides(standins, cache_env):
-    from harness.prepare import prepare
+    from harness.data.prepare import prepare
 
     folder = standins / "sst" / "layers.6.mlp"
     spec = load_task(str(task_toml("pythia160m-l6-transcoder")), SMALL + [
@@ -367,8 +370,8 @@ def test_transcoder_task_on_standins_via_path_overrides(standins, cache_env):
 
 
 def test_transcoder_lite_on_a_legacy_skip_transcoder_and_zst_corpus(standins, cache_env):
-    from harness.coder import SparseCoder
-    from harness.prepare import prepare
+    from harness.model.coder import SparseCoder
+    from harness.data.prepare import prepare
 
     folder = standins / "sst-legacy" / "layers.6.mlp"
     legacy = SparseCoder.load(folder, kind="transcoder")
@@ -384,7 +387,7 @@ def test_transcoder_lite_on_a_legacy_skip_transcoder_and_zst_corpus(standins, ca
 
 
 def test_sae_task_on_standins_via_local_sources(standins, cache_env):
-    from harness.prepare import prepare
+    from harness.data.prepare import prepare
 
     corpus = standins / "fineweb.parquet"
     if not corpus.is_file():
@@ -402,20 +405,20 @@ def test_sae_task_on_standins_via_local_sources(standins, cache_env):
 
 
 def test_sae_lite_from_a_filled_hf_cache_offline(standins, cache_env, monkeypatch):
-    from harness.prepare import prepare
+    from harness.data.prepare import prepare
 
     monkeypatch.setenv("HF_HOME", str(standins / "hf_home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     spec = load_task(str(task_toml("pythia160m-l6-sae-lite")), SMALL + FEW_FREQUENT + [
         f"subject.path={json.dumps(str(standins / 'pythia'))}"])
-    assert [w for w, _ in hub.missing_hub_inputs(spec)] == []  # coder and corpus come from the cache
+    assert [w for w, _ in inputs.missing_hub_inputs(spec)] == []  # coder and corpus come from the cache
     prep = prepare(spec)
     assert len(prep.rewritten) == 4
     snap = standins / "hf_home" / "hub" / f"models--{SAE_REPO[0].replace('/', '--')}" / "snapshots" / SAE_REPO[1]
     _check_against_reference(prep, snap / "layers.6", layer=6)
     pins = json.loads((prep.cache_dir / "hub_pins.json").read_text())
-    from harness.tiny import sha256_file
+    from harness.testing.tiny import sha256_file
 
     assert pins[f"hub:{SAE_REPO[0]}/layers.6/sae.safetensors"] == sha256_file(snap / "layers.6" / "sae.safetensors")
     # the corpus was read from the cached .jsonl.zst: same tokens as the plain jsonl copy
@@ -435,12 +438,12 @@ def test_smollm2_pin_refuses_a_different_file(standins, cache_env, monkeypatch):
     spec = load_task(str(task_toml("smollm2-135m-l8-skip-transcoder")),
                      [f"subject.path={json.dumps(str(standins / 'smollm2'))}"])
     with pytest.raises(HarnessError, match="sha256 of .* the task pins 07f811a32b7c0deb"):
-        hub.fetch_coder_folder(spec)
+        inputs.fetch_coder_folder(spec)
 
 
 def test_smollm2_task_copy_on_standins(standins, cache_env, monkeypatch, tmp_path):
     """A copy of the real task without its sha256 pin (the stand-in is not the pinned file)."""
-    from harness.prepare import prepare
+    from harness.data.prepare import prepare
 
     text = task_toml("smollm2-135m-l8-skip-transcoder").read_text()
     text = "\n".join(ln for ln in text.splitlines() if not ln.startswith('"hub:'))
@@ -465,11 +468,11 @@ def test_missing_coder_file_is_named(standins, cache_env, tmp_path):
     (broken / "cfg.json").write_text((standins / "sst" / "layers.6.mlp" / "cfg.json").read_text())
     spec = load_task(str(task_toml("pythia160m-l6-transcoder")), [f"coder.path={json.dumps(str(broken))}"])
     with pytest.raises(HarnessError, match=r"sae\.safetensors is missing.*coder\.path"):
-        hub.fetch_coder_folder(spec)
+        inputs.fetch_coder_folder(spec)
 
 
 def test_missing_corpus_copy_is_named(standins, cache_env, tmp_path):
-    from harness.corpus import load_token_stream
+    from harness.data.corpus import load_token_stream
 
     spec = load_task(str(task_toml("pythia160m-l6-sae")), [f"corpus.path={json.dumps(str(tmp_path / 'nope.jsonl'))}"])
     with pytest.raises(HarnessError, match=r"nope\.jsonl is missing.*train/00\.jsonl\.zst"):

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import tiny
-from harness.coder import SparseCoder
+from harness.testing import tiny
+from harness.model.coder import SparseCoder
 from harness.errors import HarnessError
-from harness.models import ModelRef, load_model, pick_device
-from harness.patch import (
+from harness.model.load import ModelRef, load_model, pick_device
+from harness.model.patch import (
     Patcher, ce_with_patch_full, last_position_full, logits_with_patch_full, resolve_hookpoint,
 )
 
@@ -178,12 +178,12 @@ def test_hub_offline_fails_fast(monkeypatch, tmp_path):
 
 
 def test_hub_unreachable_fails_fast_without_retries(monkeypatch, tmp_path):
-    import harness.models as models
+    import harness.hub as hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "_offline", lambda: False)
-    monkeypatch.setattr(models, "_unreachable_reason", lambda: "cannot reach the probe host")
+    monkeypatch.setattr(hub, "hub_offline", lambda: False)
+    monkeypatch.setattr(hub, "unreachable_reason", lambda: "cannot reach the probe host")
     with pytest.raises(HarnessError, match=r"harness-tests/absent@main .*cannot reach the probe host"):
         load_model(ModelRef(source="hub", id="harness-tests/absent"), base_dir=tmp_path, cache_dir=tmp_path)
 
@@ -229,7 +229,7 @@ def test_model_ref_from_dict():
 
 
 def test_gguf_package_source_loads_converted_folder(workdir, monkeypatch):
-    gguf_cache = pytest.importorskip("harness.gguf_cache")
+    gguf_cache = pytest.importorskip("harness.model.gguf")
     monkeypatch.setattr(gguf_cache, "converted_folder", lambda package, file, cache_dir: workdir / "llama")
     model, tok = load_model(ModelRef(source="gguf-package", package="pkg", file="m.gguf"), workdir, workdir)
     assert model.config.model_type == "llama" and len(tok) > 0

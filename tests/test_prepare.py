@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.calibrate import build_activation_table
+from harness.data.table import build_activation_table
 from harness.errors import HarnessError
-from harness.prepare import choose_detection, choose_rewritten, make_splits, split_sizes
-from harness.tasks import load_task, parse_task
-from harness.tiny import TinyTaskOptions, make_tiny_task
+from harness.data.select import choose_detection, choose_rewritten, make_splits, split_sizes
+from harness.task.spec import load_task, parse_task
+from harness.testing.tiny import TinyTaskOptions, make_tiny_task
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_spec_validation_errors(task_toml, edit, needle):
 def test_modified_artifact_is_rejected(task_toml, tmp_path):
     import shutil
 
-    from harness.tasks import verify_artifacts
+    from harness.task.inputs import verify_artifacts
 
     copy = tmp_path / "task"
     shutil.copytree(task_toml.parent, copy)

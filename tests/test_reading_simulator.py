@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from harness import gguf_cache
+from harness.model import gguf as gguf_cache
 from harness.errors import HarnessError
-from harness.models import ModelRef
+from harness.model.load import ModelRef
 from harness.simulate import SimContext, build_prompt, expected_value, prompt_score
 from harness.simulate.plain import PlainSimulator
 from harness.simulate.prefix import PrefixSimulator
 from harness.simulate.prompt import answer_token_ids
-from harness.tiny import build_model, build_tokenizer, synthetic_texts
+from harness.testing.tiny import build_model, build_tokenizer, synthetic_texts
 
 # ---------------------------------------------------------------- multi-part GGUF
 
@@ -180,7 +180,7 @@ def test_answers_must_be_single_tokens():
 # ---------------------------------------------------------------- the lexical latent rule
 
 def test_token_concentration_against_a_loop():
-    from harness.prepare import token_concentration
+    from harness.data.select import token_concentration
 
     rng = np.random.default_rng(0)
     n, span, k, L, V = 40, 6, 3, 12, 9
@@ -204,10 +204,10 @@ def test_token_concentration_against_a_loop():
 
 
 def test_lexical_rule_picks_concentrated_latents_with_distinct_top_tokens(tmp_path):
-    from harness.calibrate import build_activation_table
-    from harness.prepare import choose_rewritten
-    from harness.tasks import load_task
-    from harness.tiny import TinyTaskOptions, make_tiny_task
+    from harness.data.table import build_activation_table
+    from harness.data.select import choose_rewritten
+    from harness.task.spec import load_task
+    from harness.testing.tiny import TinyTaskOptions, make_tiny_task
 
     toml = make_tiny_task(tmp_path / "task", TinyTaskOptions())
     values = np.ones((10, 5), np.float32)
@@ -224,8 +224,8 @@ def test_lexical_rule_picks_concentrated_latents_with_distinct_top_tokens(tmp_pa
 
 
 def test_override_with_nothing_removes_a_key(tmp_path):
-    from harness.tasks import load_task
-    from harness.tiny import TinyTaskOptions, make_tiny_task
+    from harness.task.spec import load_task
+    from harness.testing.tiny import TinyTaskOptions, make_tiny_task
 
     toml = make_tiny_task(tmp_path / "task", TinyTaskOptions())
     with_dtype = load_task(str(toml), ['simulator.dtype="bfloat16"'])

@@ -33,8 +33,8 @@ def built(tmp_path_factory):
     mp.setenv("HARNESS_CACHE", str(root / "cache"))
     try:
         assert main(["make-tiny-task", "--out", str(root / "task")]) == 0
-        from harness.prepare import prepare
-        from harness.tasks import load_task
+        from harness.data.prepare import prepare
+        from harness.task.spec import load_task
 
         latents = prepare(load_task(str(root / "task"))).rewritten
         subs = [_submission(root / "plain.json", latents, 'the tokens "the", "a"', "plain-method"),
@@ -64,8 +64,8 @@ def _pages(root: Path) -> list[Path]:
 
 
 def test_side_file_holds_test_windows_and_calibrated_predictions(built):
-    from harness.prepare import prepare
-    from harness.tasks import load_task
+    from harness.data.prepare import prepare
+    from harness.task.spec import load_task
 
     prep = prepare(load_task(str(built / "task")))
     for p in _results(built):
@@ -82,8 +82,8 @@ def test_site_layout_and_numbers_come_from_results(built):
     task_page = (site / TASK_ID / "index.html").read_text()
     results = [json.loads(p.read_text()) for p in _results(built)]
     # Rows in the leaderboard's order, each showing its result's recovery unrounded in data-v.
-    from harness.leaderboard import collect_results
-    from harness.tasks import load_task
+    from harness.report.leaderboard import collect_results
+    from harness.task.spec import load_task
 
     spec = load_task(str(built / "task"))
     rows, _ = collect_results(built / "results", spec.id, task_hashes={spec.id: spec.hash})
@@ -97,7 +97,7 @@ def test_site_layout_and_numbers_come_from_results(built):
     # The "vs next" marks are the leaderboard's tie test: one per adjacent pair.
     n_marks = sum(task_page.count(f'title="{t}') for t in ("paired difference CI", "no paired test was possible"))
     assert n_marks == 2
-    from harness.site import _safe
+    from harness.report.site import _safe
 
     for r, p in zip(results, _results(built)):
         mdir = site / TASK_ID / _safe(p.stem)
@@ -128,8 +128,8 @@ def test_hostile_text_is_escaped_everywhere(built):
 
 
 def test_failure_report_matches_side_file(built):
-    from harness.failures import latent_report, load_decoder, load_with_side, test_windows
-    from harness.tasks import load_task
+    from harness.report.failures import latent_report, load_decoder, load_with_side, test_windows
+    from harness.task.spec import load_task
 
     spec = load_task(str(built / "task"))
     decode, why = load_decoder(spec)
@@ -205,9 +205,9 @@ def test_failures_cli_bad_input(built, capsys, tmp_path):
 
 def test_ordering_marks_follow_the_leaderboard_ranks(built):
     """The site's "vs next" marks are the Markdown leaderboard's tie test, read from the ranked rows."""
-    from harness.leaderboard import collect_results
-    from harness.site import ordering_marks
-    from harness.tasks import load_task
+    from harness.report.leaderboard import collect_results
+    from harness.report.site import ordering_marks
+    from harness.task.spec import load_task
 
     spec = load_task(str(built / "task"))
     rows, _ = collect_results(built / "results", spec.id, task_hashes={spec.id: spec.hash})
@@ -238,7 +238,7 @@ def test_site_in_headless_chromium(built, tmp_path):
     shots = Path(os.environ.get("HARNESS_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     site = built / "site"
-    from harness.site import _safe
+    from harness.report.site import _safe
 
     hostile = next(p for p in _results(built) if json.loads(p.read_text())["submission"]["method"] == HOSTILE_METHOD)
     mdir = site / TASK_ID / _safe(hostile.stem)

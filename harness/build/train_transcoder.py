@@ -20,16 +20,18 @@ every `ckpt_every` steps; a rerun resumes from it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from harness.io import save_npz  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -50,25 +52,6 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------------
 # activation collection
 
-class MLPCapture:
-    """Forward pre-hook / forward hook on an MLP module: records its input and output tensors."""
-
-    def __init__(self, mlp: torch.nn.Module):
-        self.inputs: list[torch.Tensor] = []
-        self.outputs: list[torch.Tensor] = []
-        self._handles = [mlp.register_forward_pre_hook(self._pre), mlp.register_forward_hook(self._post)]
-
-    def _pre(self, module, args):
-        self.inputs.append(args[0].detach())
-
-    def _post(self, module, args, output):
-        self.outputs.append((output[0] if isinstance(output, tuple) else output).detach())
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
 def truncate_layers(model, num_layers: int):
     """Keep only the first `num_layers` decoder layers (in place); returns the model."""
     model.model.layers = model.model.layers[:num_layers]
@@ -83,28 +66,21 @@ def collect_mlp_activations(model, layer: int, windows: np.ndarray, batch_size: 
     position of every window ([n, T] token ids). Runs only the layers up to `layer` (an exception from a
     hook stops the forward pass right after that MLP)."""
 
-    class _Stop(Exception):
-        pass
+    from harness.model.hooks import Capture, StopForward
 
-    mlp = model.model.layers[layer].mlp
-    cap = MLPCapture(mlp)
-    stopper = mlp.register_forward_hook(lambda m, a, o: (_ for _ in ()).throw(_Stop()))
-    try:
+    with Capture(model.model.layers[layer].mlp, stop=True, keep_all=True) as cap:
         for s in range(0, len(windows), batch_size):
             ids = torch.as_tensor(np.asarray(windows[s:s + batch_size], dtype=np.int64))
             try:
                 with torch.no_grad():
                     model.model(input_ids=ids, use_cache=False)
-            except _Stop:
+            except StopForward:
                 pass
             if progress is not None:
                 progress(min(s + batch_size, len(windows)))
-    finally:
-        stopper.remove()
-        cap.remove()
     d = model.config.hidden_size
-    x = torch.cat([t.reshape(-1, d) for t in cap.inputs]).float()
-    y = torch.cat([t.reshape(-1, d) for t in cap.outputs]).float()
+    x = torch.cat([t.reshape(-1, d) for t in cap.xs]).float()
+    y = torch.cat([t.reshape(-1, d) for t in cap.ys]).float()
     return x, y
 
 
@@ -146,9 +122,10 @@ def fold_scales(coder, a: float, b: float):
     raw = SparseCoder(coder.d_in, cfg, device="cpu", dtype=coder.dtype)
     raw.encoder.weight.copy_(coder.encoder.weight * a)
     raw.encoder.bias.copy_(coder.encoder.bias)
+    assert raw.W_dec is not None and coder.W_dec is not None     # sparsify types them optional
     raw.W_dec.copy_(coder.W_dec / b)
     raw.b_dec.copy_(coder.b_dec / b)
-    if coder.W_skip is not None:
+    if coder.W_skip is not None and raw.W_skip is not None:
         raw.W_skip.copy_(coder.W_skip * (a / b))
     return raw
 
@@ -282,69 +259,21 @@ def save_coder(coder, folder: Path) -> None:
 # ---------------------------------------------------------------------------------------------------
 # CE at the last position of held-out contexts
 
-@torch.inference_mode()
-def patched_last_ce(model, contexts: np.ndarray, conditions: dict, batch_size: int = 16,
-                    progress=None) -> dict[str, np.ndarray]:
-    """CE of the target (contexts[:, -1]) given the window (contexts[:, :-1]) under each condition, the MLP
-    output of one layer being replaced at the window's LAST position only (earlier positions untouched).
-
-    `conditions` maps a name to None (clean) or to (layer, replace), `replace(mlp_input, mlp_output)`
-    returning that MLP's output for the last position. The window's earlier positions run once per batch;
-    every condition reruns only the last position from the cached keys and values.
-    """
-    from transformers import DynamicCache
-
-    import inspect
-
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    current = {"cond": None}
-
-    def make_hook(layer):
-        def hook(module, args, output):
-            c = conditions.get(current["cond"])
-            return None if c is None or c[0] != layer else c[1](args[0], output)
-        return hook
-
-    layers = sorted({c[0] for c in conditions.values() if c is not None})
-    hooks = [model.model.layers[layer].mlp.register_forward_hook(make_hook(layer)) for layer in layers]
-    res = {c: [] for c in conditions}
-    try:
-        for s in range(0, len(contexts), batch_size):
-            ids = torch.as_tensor(np.asarray(contexts[s:s + batch_size], dtype=np.int64))
-            window, target = ids[:, :-1], ids[:, -1]
-            T = window.shape[1]
-            cache = DynamicCache(config=model.config)
-            current["cond"] = None
-            model(input_ids=window[:, :-1], use_cache=True, **{cache_kw: cache})
-            for cond in res:
-                current["cond"] = cond
-                extra = cache.get_seq_length() - (T - 1)
-                if extra > 0:
-                    cache.crop(-extra)      # negative: remove that many tokens (all transformers versions)
-                pos = torch.full((len(ids), 1), T - 1, dtype=torch.long)
-                out = model(input_ids=window[:, -1:], position_ids=pos, use_cache=True, **{cache_kw: cache})
-                logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-                res[cond].append((-logp.gather(1, target[:, None])[:, 0]).numpy())
-            if progress is not None:
-                progress(min(s + batch_size, len(contexts)))
-    finally:
-        current["cond"] = None
-        for h in hooks:
-            h.remove()
-    return {c: np.concatenate(v) for c, v in res.items()}
-
-
 def last_position_ce(model, layer: int, coder, contexts: np.ndarray, batch_size: int = 16,
                      progress=None) -> dict[str, np.ndarray]:
-    """`patched_last_ce` for the build's report: clean (no patch), coder (the transcoder's output from the same
-    MLP input), zero_output (zeros), at `layer`."""
+    """CE at the last position of held-out contexts for the build's report: clean, coder (the transcoder's
+    output from the same MLP input) and zero_output, at `layer`: scoring's own engine
+    (`harness.model.patch.last_position_ce`)."""
+    from harness.model.patch import last_position_ce as engine
 
-    def coder_out(x, output):
-        return coder(x.reshape(-1, x.shape[-1]).float()).sae_out.reshape(output.shape).to(output.dtype)
+    hp = f"layers.{layer}.mlp"
 
-    return patched_last_ce(model, contexts, {"clean": None, "coder": (layer, coder_out),
-                                             "zero_output": (layer, lambda x, output: torch.zeros_like(output))},
-                           batch_size=batch_size, progress=progress)
+    def coder_out(last):
+        return coder(last.x).sae_out.to(last.y.dtype)
+
+    return engine(model, contexts, {"clean": None, "coder": (hp, coder_out),
+                                    "zero_output": (hp, lambda last: torch.zeros_like(last.y))},
+                  batch_size=batch_size, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -383,7 +312,7 @@ def load_training_activations(work: Path, n_chunks: int, layer: int, load_subjec
 def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log, load_subject,
               train_tokens: int = 0, cfg: TrainConfig = TrainConfig(), eval_windows: int = 200,
               eval_T: int = 256, ce_contexts: int = 500, ce_T: int = 64, seed: int = 0) -> None:
-    from harness.tiny import sha256_file
+    from harness.io import sha256_file
 
     summary = json.loads((work / "corpus_summary.json").read_text())
     coder_dir = task_dir / "coder" / f"layers.{layer}.mlp"
@@ -428,8 +357,8 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
         starts = rng.choice(len(tokens) - eval_start - ce_T, size=ce_contexts, replace=False) + eval_start
         ctx = np.stack([tokens[s:s + ce_T + 1] for s in np.sort(starts)]).astype(np.int64)
         ce = last_position_ce(model, layer, coder, ctx)
-        np.savez_compressed(lwork / "ce_heldout.npz", contexts=ctx, **ce)
-        ce_stats = {c: {"mean": float(v.mean()), "median": float(np.median(v))} for c, v in ce.items()}
+        save_npz(lwork / "ce_heldout.npz", contexts=ctx, **ce)
+        ce_stats: dict[str, Any] = {c: {"mean": float(v.mean()), "median": float(np.median(v))} for c, v in ce.items()}
         boot = np.random.default_rng(seed).integers(0, len(ctx), size=(2000, len(ctx)))
         for c in ("coder", "zero_output"):
             d = ce[c] - ce["clean"]

@@ -70,7 +70,7 @@ def handwritten(sim, store_sim) -> CheckResult:
 
 def named_token(prep, subject_tok, sim, store_sim, words: int = 6, per_word: int = 6, others: int = 24,
                 seed: int = 0) -> CheckResult:
-    from harness.evaluate import sim_contexts
+    from harness.simulate.run import sim_contexts
     from harness.simulate.prompt import prompt_score
 
     # Every scored position of the detection pool's blocks (never seen by an explanation method): enough
@@ -108,8 +108,8 @@ def named_token(prep, subject_tok, sim, store_sim, words: int = 6, per_word: int
 
 def real_vs_shuffled(prep, subject_tok, sim, store_sim, explanations: dict[int, str], seed: int = 0,
                      max_latents: int = 16, n_boot: int = 10000) -> CheckResult:
-    from harness.evaluate import sim_contexts
-    from harness.metrics import bootstrap_indices, mean_ci
+    from harness.simulate.run import sim_contexts
+    from harness.score.metrics import bootstrap_indices, mean_ci
     from harness.simulate.prompt import prompt_score
 
     rows_of = {int(j): r for r, j in enumerate(prep.rewritten)}
@@ -164,20 +164,21 @@ def default_explanations(spec) -> Path | None:
 def run_check(task: str, overrides=(), backend: str = "auto", device: str = "cpu", submission: str | None = None,
               only: tuple[str, ...] = ("hand-written", "named-token", "real-vs-shuffled"), seed: int = 0,
               console=None) -> list[CheckResult]:
-    from harness.evaluate import load_simulator
-    from harness.prepare import load_subject, prepare
+    from harness.data.prepare import prepare
+    from harness.io import cache_root
+    from harness.simulate.run import load_simulator
+    from harness.task.inputs import TaskInputs
     from harness.simulate.store import CachedSimulator, PredictionStore
-    from harness.submissions import load_submission
-    from harness.tasks import cache_root, load_task
+    from harness.task.submission import load_submission
+    from harness.task.spec import load_task
 
     spec = load_task(task, list(overrides))
     out: list[CheckResult] = []
     needs_task = any(k in only for k in ("named-token", "real-vs-shuffled"))
-    prep = prepare(spec, device) if needs_task else None
-    subject_tok = None
-    if prep is not None:
-        subject_tok = prep.tokenizer if prep.tokenizer is not None else load_subject(spec, device)[1]
-    sim, _ = load_simulator(spec, backend, device)
+    inputs = TaskInputs(spec, device)
+    prep = prepare(spec, inputs=inputs) if needs_task else None
+    subject_tok = inputs.subject()[1] if prep is not None else None
+    sim, _ = load_simulator(spec, backend, inputs.device)
     store_sim = CachedSimulator(sim, PredictionStore(cache_root() / "predictions.sqlite"))
     if "hand-written" in only:
         out.append(handwritten(sim, store_sim))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextvars
 import copy
-import inspect
 from typing import Sequence
 
 import numpy as np
@@ -177,11 +176,10 @@ class PrefixSimulator(TorchSimulatorBase):
         self.shared_attention = bool(shared_prefix_attention) and _register_attention()
         self._head_ids = self.builder.head_ids
         self._head_kv = None
-        # transformers renamed `past_key_values` to `cache` during 5.x; speak whichever this one takes.
-        params = inspect.signature(self.base.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        params = inspect.signature(model.forward).parameters
-        self._model_cache_kw = "cache" if "cache" in params else "past_key_values"
+        from harness.model.patch import cache_kwarg
+
+        self._cache_kw = cache_kwarg(self.base)
+        self._model_cache_kw = cache_kwarg(model)
 
     def _run(self, ids: torch.Tensor, cache, start: int, attention_mask=None):
         n, s = ids.shape

@@ -1,0 +1,160 @@
+"""`harness findings`: do the paper's qualitative findings hold on a task? Numbers from result files only.
+
+Every verdict is a paired bootstrap CI over the task's test contexts (same resamples for both sides), read
+from the per-context side files that `harness eval` writes, so the document can be regenerated and checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from harness.errors import HarnessError
+from harness.score.metrics import bootstrap_indices, mean_ci, paired_difference, paired_ranking_auroc
+from harness.report.result import load_result
+
+
+@dataclass
+class Finding:
+    claim: str
+    evidence: str
+    holds: bool | None  # None: not decidable from the data (CI covers 0)
+
+
+def _side(result_path: Path, result) -> dict[str, np.ndarray]:
+    try:
+        side = result_path.parent / result.side_files["per_context"]["path"]
+        with np.load(side) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # missing, damaged or foreign: the result cannot be analysed, say which one
+        raise HarnessError(f"{result_path}: its per-context side file is missing or unreadable ({type(e).__name__}) "
+                           "— re-run `harness eval` for this submission") from None
+
+
+def _diff(a, b, boot) -> tuple[float, float, float]:
+    d = paired_difference(a, b, boot)["mean"]
+    return d.value, d.lo, d.hi
+
+
+def _verdict(lo: float, hi: float, want_negative: bool) -> bool | None:
+    if want_negative:
+        return True if hi < 0 else (False if lo > 0 else None)
+    return True if lo > 0 else (False if hi < 0 else None)
+
+
+def _rank_verdict(rs, ps, rp, pp) -> bool | None:
+    """Holds when both correlations are significantly positive, reversed when both significantly negative."""
+    if rs > 0 and ps < 0.05 and rp > 0 and pp < 0.05:
+        return True
+    if rs < 0 and ps < 0.05 and rp < 0 and pp < 0.05:
+        return False
+    return None
+
+
+def _fmt(v, lo, hi) -> str:
+    return f"{v:+.4f} nats [{lo:+.4f}, {hi:+.4f}]"
+
+
+def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: int = 2000, seed: int = 0) -> list[Finding]:
+    files = {}
+    for p in sorted((Path(results_dir) / task_id).glob("*.json")):
+        r = load_result(p)
+        files[str(r.submission.get("method"))] = (p, r)
+    for m in (real, control):
+        if m not in files:
+            raise HarnessError(f"{results_dir}/{task_id}: no result for method {m!r} (have: {', '.join(files) or 'none'})")
+    p, r = files[real]
+    s = _side(p, r)
+    n = len(s["ce_clean"])
+    boot = bootstrap_indices(n, n_boot, seed)
+    out = []
+
+    zero = s["ce_latent_zero__all"]
+    raw, q = s["ce_simulated__none__all"], s["ce_simulated__quantile__all"]
+    v, lo, hi = _diff(raw, zero, boot)
+    out.append(Finding("Uncalibrated predictions are worse than deleting the latents (simulated[none] − latent_zero > 0)",
+                       _fmt(v, lo, hi), _verdict(lo, hi, want_negative=False)))
+    v, lo, hi = _diff(q, raw, boot)
+    out.append(Finding("Quantile normalisation helps (simulated[quantile] − simulated[none] < 0)",
+                       _fmt(v, lo, hi), _verdict(lo, hi, want_negative=True)))
+    v, lo, hi = _diff(q, zero, boot)
+    out.append(Finding("Calibrated simulation beats deleting the latents (simulated[quantile] − latent_zero < 0)",
+                       _fmt(v, lo, hi), _verdict(lo, hi, want_negative=True)))
+
+    rows = []
+    wins = []
+    for key in sorted(k for k in s if k.startswith("ce_simulated__quantile__top-scoring@")):
+        frac = key.split("@")[1]
+        top, rnd = s[key], s[f"ce_simulated__quantile__random@{frac}"]
+        # ΔCE relative to each subset's own latent_zero: the two subsets differ, so compare what each recovers.
+        top_gain = top - s[f"ce_latent_zero__top-scoring@{frac}"]
+        rnd_gain = rnd - s[f"ce_latent_zero__random@{frac}"]
+        v, lo, hi = _diff(top_gain, rnd_gain, boot)
+        rows.append(f"f={frac}: {_fmt(v, lo, hi)}")
+        wins.append(_verdict(lo, hi, want_negative=True))
+    holds = True if wins and all(w is True for w in wins) else (False if any(w is False for w in wins) else None)
+    out.append(Finding("Top-scoring selection beats random selection (per fraction: [sim − latent_zero] of top-scoring "
+                       "minus that of random < 0)", "; ".join(rows), holds))
+
+    auroc = np.asarray(r.per_latent["auroc"], float)
+    sens = np.asarray(r.per_latent["sensitivity"], float)
+    spec = np.asarray(r.per_latent["specificity"], float)
+    ok = np.isfinite(auroc) & np.isfinite(sens) & np.isfinite(spec)
+    rs, ps = spearmanr(auroc[ok], sens[ok]) if ok.sum() > 2 else (np.nan, np.nan)
+    rp, pp = spearmanr(auroc[ok], spec[ok]) if ok.sum() > 2 else (np.nan, np.nan)
+    out.append(Finding("Detection score predicts sensitivity and specificity (Spearman ρ > 0 across latents)",
+                       f"ρ(AUROC, sensitivity) = {rs:+.2f} (p = {ps:.3g}); ρ(AUROC, specificity) = {rp:+.2f} (p = {pp:.3g}); "
+                       f"{int(ok.sum())} latents", _rank_verdict(rs, ps, rp, pp) if ok.sum() > 2 else None))
+
+    pc, rc = files[control]
+    sc = _side(pc, rc)
+    v, lo, hi = _diff(q, sc["ce_simulated__quantile__all"], boot)
+    out.append(Finding(f"A real method ({real}) beats its shuffled control ({control}) (CE difference < 0)",
+                       _fmt(v, lo, hi) + f"; recovery {r.headline['recovery']['value']:+.3f} vs "
+                       f"{rc.headline['recovery']['value']:+.3f}", _verdict(lo, hi, want_negative=True)))
+
+    if "true_test" not in s:
+        raise HarnessError(f"{p}: its side file predates true activations in side files; rerun `harness eval` on it "
+                           "(stored predictions are reused, only the patching reruns)")
+    if not np.array_equal(s["latents"], sc["latents"]):
+        raise HarnessError(f"{p} and {pc} score different latents; evaluate both on the same task")
+    a = paired_ranking_auroc(s["pred_test"], sc["pred_test"], s["true_test"] > 0, boot)
+    d = a["difference"]
+    # How much the explanation moves a prediction at all: the two sets see the same (context, latent) cells
+    # and differ only in which explanation each latent gets.
+    x, y = s["pred_test"].astype(float).ravel(), sc["pred_test"].astype(float).ravel()
+    r_same = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
+    pt = s["pred_test"].astype(float)
+    ctx_share = float(pt.mean(1).var() / pt.var()) if pt.var() > 0 else float("nan")
+    out.append(Finding(f"A real method ({real}) ranks test contexts better than its shuffled control ({control}) "
+                       "(mean per-latent AUROC of raw predictions against true firing, real − control > 0)",
+                       f"{d.value:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] (AUROC {a['a'].value:.3f} vs {a['b'].value:.3f}); "
+                       f"the two sets' predictions on the same cells correlate at r = {r_same:.2f}, and the context "
+                       f"alone explains {100 * ctx_share:.0f}% of the real set's prediction variance",
+                       _verdict(d.lo, d.hi, want_negative=False)))
+
+    # Detection: each latent's AUROC on its own positives and negatives, paired by latent (bootstrap over latents).
+    ar = dict(zip(r.per_latent["latent"], np.asarray(r.per_latent["auroc"], float)))
+    ac = dict(zip(rc.per_latent["latent"], np.asarray(rc.per_latent["auroc"], float)))
+    both = [j for j in ar if j in ac and np.isfinite(ar[j]) and np.isfinite(ac[j])]
+    if len(both) >= 2:
+        dd = np.asarray([ar[j] - ac[j] for j in both])
+        e = mean_ci(dd, bootstrap_indices(len(dd), n_boot, seed))
+        lo, hi = e.lo, e.hi
+        out.append(Finding(f"A real method ({real}) detects its latents better than its shuffled control ({control}) "
+                           "(mean per-latent detection AUROC, real − control > 0, bootstrap over latents)",
+                           f"{dd.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] (AUROC {np.mean([ar[j] for j in both]):.3f} vs "
+                           f"{np.mean([ac[j] for j in both]):.3f}; {len(both)} latents)",
+                           _verdict(lo, hi, want_negative=False)))
+    return out
+
+
+def render(findings: list[Finding], task_id: str) -> str:
+    word = {True: "holds", False: "does not hold (reversed)", None: "not shown (not significant)"}
+    lines = [f"| finding | evidence (mean paired difference, 95% CI) | verdict on {task_id} |", "|---|---|---|"]
+    for f in findings:
+        lines.append(f"| {f.claim} | {f.evidence} | **{word[f.holds]}** |")
+    return "\n".join(lines)

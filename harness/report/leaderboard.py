@@ -1,0 +1,450 @@
+"""Leaderboards built from result files (docs/protocol.md §7).
+
+Rows are ranked by the headline paired difference "simulated − latent zero" (mean CE, nats; lower is
+better), which always has a bootstrap CI, not by recovery, whose denominator can sit at 0. Each row is
+compared with the row above on the same test contexts (paired per-context difference of their
+"simulated − latent zero", from the side files): when that difference's CI contains 0 the row shares the
+rank of the row above and is marked "=" — the data do not order the two. A task whose `scoring.rank_by`
+is "detection_auroc" (one too small for CE to order anything) ranks by mean detection AUROC instead,
+higher first, paired per latent over the latents both rows scored.
+
+Only results whose task hash equals the task's current hash are ranked: a result computed under an
+older task definition (other model, splits, prompt...) measured something else. Those, and files
+that are not readable harness results, come back as ``rejected`` with the reason, never silently
+dropped. Re-running the same submission with the same simulator and prompt keeps only the newest
+result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import csv
+import datetime as _dt
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from harness.io import one_line
+from harness.errors import HarnessError
+from harness.io import atomic_write_text
+from harness.report.result import Result, load_result
+
+NAN = math.nan
+
+RANK_METRIC = "simulated − latent zero (mean)"
+
+COLUMNS = (
+    "rank",
+    "method",
+    RANK_METRIC,
+    "recovery",
+    "ΔCE median (simulated)",
+    "ΔCE median (latent zero)",
+    "sensitivity",
+    "specificity",
+    "detection AUROC",
+    "balanced accuracy",
+    "coverage",
+    "simulator",
+    "date",
+)
+
+COLUMNS_HELP = (
+    "Rows are ranked by simulated − latent zero, the mean paired CE difference in nats over test contexts "
+    "(negative: the simulated latents do better than deleting them), with its 95% percentile-bootstrap CI. "
+    "A rank marked = means the paired difference with the row above has a 95% CI containing 0: the data do "
+    "not order those two rows (? : could not be tested, side file missing). "
+    "recovery = (CE(latent zero) − CE(simulated)) / (CE(latent zero) − CE(coder)), 1 as good as the true "
+    "latents, 0 no better than deleting them, with Fieller's 95% CI; 'unbounded' when the denominator is not "
+    "significantly different from 0 (then recovery orders nothing). ΔCE are medians over test contexts in nats "
+    "vs the clean model, with distribution-free order-statistic 95% CIs. Sensitivity, specificity, detection "
+    "AUROC and balanced accuracy are macro-averages over latents, shown without interval (point values; the "
+    "per-latent tables are in the result files). Coverage is the fraction of rewritten latents the submission explains."
+)
+
+
+@dataclass
+class Row:
+    task_id: str
+    task_hash: str
+    method: str
+    recovery: dict[str, float]
+    delta_ce_median_simulated: dict[str, float]
+    delta_ce_median_latent_zero: dict[str, float]
+    sim_minus_zero_mean: dict[str, float]
+    sensitivity: float
+    specificity: float
+    detection_auroc: float
+    coverage: float
+    model_key: str
+    prompt_version: str
+    date: str
+    submission_sha256: str
+    path: str
+    recovery_note: str = ""
+    balanced_accuracy: float = NAN
+    side_file: str = ""                        # per-context side file, for the paired test with the row above
+    boot: tuple[int, int] = (1000, 0)          # (draws, seed) the result's intervals used
+    legacy: bool = False                       # written before results named their interval methods
+    detection_auroc_ci: dict[str, float] | None = None   # over latents, when the result has it
+    per_latent_auroc: dict[int, float] | None = None
+    rank_by: str = "sim_minus_zero"
+    rank: str = ""                             # "3", or "=2" when tied with the row above, "?2" when untested
+    vs_above: dict[str, float] | None = None   # mean paired difference with the row above, with CI
+
+    @property
+    def simulator(self) -> str:
+        return f"{_short_model_key(self.model_key)} ({self.prompt_version})"
+
+
+@dataclass
+class Rejected:
+    path: str
+    reason: str
+
+
+def _est(d: Any) -> dict[str, float]:
+    if not isinstance(d, Mapping):
+        return {"value": NAN, "lo": NAN, "hi": NAN}
+    return {k: _num(d.get(k)) for k in ("value", "lo", "hi")}
+
+
+def _num(x: Any) -> float:
+    try:
+        return NAN if x is None else float(x)
+    except (TypeError, ValueError):
+        return NAN
+
+
+def _parse_date(s: str) -> _dt.datetime:
+    try:
+        d = _dt.datetime.fromisoformat(s)
+    except (TypeError, ValueError):
+        # undated results lose every tie against dated ones
+        return _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
+    return d if d.tzinfo else d.replace(tzinfo=_dt.timezone.utc)
+
+
+def row_from_result(res: Result, path: str) -> Row:
+    h = res.headline
+    boot = ((res.methods or {}).get("intervals") or {}).get("bootstrap") or {}
+    side = ((res.side_files or {}).get("per_context") or {}).get("path", "")
+    rec = h.get("recovery")
+    pl = res.per_latent or {}
+    per_latent = ({int(j): _num(a) for j, a in zip(pl.get("latent", []), pl.get("auroc", []))}
+                  if isinstance(pl, Mapping) else None)
+    return Row(
+        detection_auroc_ci=_est(h["detection_auroc_ci"]) if isinstance(h.get("detection_auroc_ci"), Mapping) else None,
+        per_latent_auroc=per_latent,
+        rank_by=str(h.get("rank_by", "sim_minus_zero")),
+        legacy=not res.methods,
+        recovery_note=str(rec.get("note", "")) if isinstance(rec, Mapping) else "",
+        balanced_accuracy=_num(h.get("detection_balanced_accuracy")),
+        side_file=str(Path(path).parent / side) if side else "",
+        boot=(int(boot.get("draws", 1000)), int(boot.get("seed", res.provenance.get("seed", 0) or 0))),
+        task_id=res.task["id"],
+        task_hash=res.task["hash"],
+        # Stored text is whatever a submitter wrote: one printable line, so no table or terminal can break.
+        method=one_line(str(res.submission.get("method", "?"))),
+        recovery=_est(h.get("recovery")),
+        delta_ce_median_simulated=_est(h.get("delta_ce_median")),
+        delta_ce_median_latent_zero=_est(h.get("latent_zero_delta_ce_median")),
+        sim_minus_zero_mean=_est(h.get("sim_minus_zero_mean")),
+        sensitivity=_num(h.get("sensitivity")),
+        specificity=_num(h.get("specificity")),
+        detection_auroc=_num(h.get("detection_auroc")),
+        coverage=_num(res.submission.get("coverage")),
+        model_key=one_line(str(res.simulator.get("model_key", "?"))),
+        prompt_version=one_line(str(res.simulator.get("prompt_version", "?"))),
+        date=one_line(str(res.provenance.get("date", ""))),
+        submission_sha256=str(res.submission.get("sha256", "")),
+        path=path,
+    )
+
+
+def collect_results(
+    results_dir: str | os.PathLike,
+    task_id: str | None = None,
+    *,
+    task_hashes: dict[str, str],
+) -> tuple[list[Row], list[Rejected]]:
+    """Rows (newest per task × submission × simulator × prompt, best recovery first) and rejections.
+
+    ``task_hashes`` maps every known task id to its current hash. With ``task_id`` set, results of
+    other tasks are skipped without being reported.
+    """
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise HarnessError(f"{root}: results folder not found — run `harness eval` first or pass the right folder")
+    rejected: list[Rejected] = []
+    newest: dict[tuple[str, str, str, str], Row] = {}
+    for p in sorted(root.rglob("*.json")):
+        if not p.is_file():
+            continue
+        try:
+            res = load_result(p)
+        except HarnessError as e:
+            rejected.append(Rejected(str(p), str(e).removeprefix(f"{p}: ")))
+            continue
+        tid, thash = res.task["id"], res.task["hash"]
+        if task_id is not None and tid != task_id:
+            continue
+        if tid not in task_hashes:
+            rejected.append(Rejected(str(p), f"task {tid!r} is not a known task"))
+            continue
+        if thash != task_hashes[tid]:
+            rejected.append(
+                Rejected(
+                    str(p),
+                    f"task hash {thash[:12]} differs from the current {tid} hash "
+                    f"{task_hashes[tid][:12]} (the task changed since this result) — re-run `harness eval`",
+                )
+            )
+            continue
+        row = row_from_result(res, str(p))
+        key = (tid, row.submission_sha256, row.model_key, row.prompt_version)
+        old = newest.get(key)
+        if old is None or _parse_date(row.date) >= _parse_date(old.date):
+            newest[key] = row
+    rows = mark_ties(sort_rows(list(newest.values())))
+    return rows, rejected
+
+
+def sort_rows(rows: list[Row]) -> list[Row]:
+    """Best first by the ranking metric (lower simulated − latent zero); recovery, then name, break exact ties."""
+    def key(r: Row):
+        v = r.sim_minus_zero_mean["value"] if r.rank_by != "detection_auroc" else -r.detection_auroc
+        rec = r.recovery["value"]
+        return (r.task_id, math.isnan(v), v if not math.isnan(v) else 0.0,
+                -rec if not math.isnan(rec) else math.inf, r.method)
+
+    return sorted(rows, key=key)
+
+
+def _rank_series(path: str) -> "np.ndarray | None":
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["ce_simulated__quantile__all"] - z["ce_latent_zero__all"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def mark_ties(rows: list[Row]) -> list[Row]:
+    """Fill `rank` and `vs_above`: each row against the row above (same task), paired over test contexts
+    (or over latents, for a task ranked by detection AUROC)."""
+    import numpy as np
+
+    from harness.score.metrics import bootstrap_indices, mean_ci
+
+    prev: Row | None = None
+    pos = 0
+    group = 0
+    for r in rows:
+        if prev is None or prev.task_id != r.task_id:
+            pos, group, prev = 1, 1, r
+            r.rank, r.vs_above = "1", None
+            continue
+        pos += 1
+        if r.rank_by == "detection_auroc":
+            # Per latent (higher is better): prev − r over the latents both scored with a finite AUROC.
+            pa, pb = prev.per_latent_auroc or {}, r.per_latent_auroc or {}
+            both = [j for j in pa if j in pb and math.isfinite(pa[j]) and math.isfinite(pb[j])]
+            a = np.asarray([pa[j] for j in both]) if len(both) >= 2 else None
+            b = np.asarray([pb[j] for j in both]) if len(both) >= 2 else None
+        else:
+            a = _rank_series(r.side_file) if r.side_file else None
+            b = _rank_series(prev.side_file) if prev.side_file else None
+        if a is None or b is None or a.shape != b.shape or math.isnan(r.sim_minus_zero_mean["value"]):
+            r.rank, r.vs_above = f"?{group}", None   # untested: keep the group, say so
+        else:
+            draws, seed = r.boot
+            e = mean_ci(a - b, bootstrap_indices(len(a), draws, seed))
+            r.vs_above = {"value": e.value, "lo": e.lo, "hi": e.hi}
+            if e.lo <= 0.0 <= e.hi:
+                r.rank = f"={group}"
+            else:
+                group = pos
+                r.rank = str(group)
+        prev = r
+    return rows
+
+
+def _short_model_key(k: str) -> str:
+    # "hub:org/name@<40 hex>" is unreadable in a table; 7 hex digits identify a commit in practice.
+    if "@" in k:
+        head, rev = k.rsplit("@", 1)
+        return f"{head}@{rev[:7]}"
+    return k
+
+
+def fmt_num(x: float, digits: int = 2) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def fmt_est(e: dict[str, float], digits: int = 2, note: str = "") -> str:
+    """value [lo, hi]; a missing interval is never dropped silently: it says why (from the note)."""
+    if math.isnan(e["value"]):
+        return "n/a" + (" (undefined)" if note else "")
+    if math.isnan(e["lo"]) or math.isnan(e["hi"]) or math.isinf(e["lo"]) or math.isinf(e["hi"]):
+        why = "unbounded" if "unbounded" in note else "no CI"
+        return f"{fmt_num(e['value'], digits)} ({why})"
+    return f"{e['value']:.{digits}f} [{e['lo']:.{digits}f}, {e['hi']:.{digits}f}]"
+
+
+def _display_cells(r: Row) -> list[str]:
+    return [
+        r.rank,
+        r.method,
+        fmt_est(r.sim_minus_zero_mean, 4),
+        fmt_est(r.recovery, 2, r.recovery_note),
+        fmt_est(r.delta_ce_median_simulated, 3),
+        fmt_est(r.delta_ce_median_latent_zero, 3),
+        fmt_num(r.sensitivity, 2),
+        fmt_num(r.specificity, 2),
+        fmt_est(r.detection_auroc_ci, 2) if r.detection_auroc_ci else fmt_num(r.detection_auroc, 2),
+        fmt_num(r.balanced_accuracy, 2),
+        "n/a" if math.isnan(r.coverage) else f"{100 * r.coverage:.0f}%",
+        r.simulator,
+        r.date[:10],
+    ]
+
+
+def _multi_task(rows: list[Row]) -> bool:
+    return len({r.task_id for r in rows}) > 1
+
+
+def _display_table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    headers = list(COLUMNS)
+    body = [_display_cells(r) for r in rows]
+    if _multi_task(rows):
+        headers = ["task", *headers]
+        body = [[r.task_id, *cells] for r, cells in zip(rows, body)]
+    return headers, body
+
+
+# CSV is for machines: raw numbers with CI bounds in their own columns, full ids.
+CSV_COLUMNS = (
+    "task", "task_hash", "method",
+    "recovery", "recovery_lo", "recovery_hi",
+    "delta_ce_median_simulated", "delta_ce_median_simulated_lo", "delta_ce_median_simulated_hi",
+    "delta_ce_median_latent_zero", "delta_ce_median_latent_zero_lo", "delta_ce_median_latent_zero_hi",
+    "sim_minus_zero_mean", "sim_minus_zero_mean_lo", "sim_minus_zero_mean_hi",
+    "sensitivity", "specificity", "detection_auroc", "coverage",
+    "simulator_model_key", "prompt_version", "date", "submission_sha256",
+    "rank", "vs_above_mean", "vs_above_lo", "vs_above_hi", "balanced_accuracy", "recovery_note",
+)  # fmt: skip
+
+
+def _csv_num(x: float) -> str:
+    return "" if math.isnan(x) else repr(float(x))
+
+
+def _csv_row(r: Row) -> list[str]:
+    out = [r.task_id, r.task_hash, r.method]
+    for e in (r.recovery, r.delta_ce_median_simulated, r.delta_ce_median_latent_zero, r.sim_minus_zero_mean):
+        out += [_csv_num(e["value"]), _csv_num(e["lo"]), _csv_num(e["hi"])]
+    out += [_csv_num(x) for x in (r.sensitivity, r.specificity, r.detection_auroc, r.coverage)]
+    out += [r.model_key, r.prompt_version, r.date, r.submission_sha256]
+    v = r.vs_above or {}
+    out += [r.rank] + [_csv_num(v.get(k, NAN)) for k in ("value", "lo", "hi")]
+    out += [_csv_num(r.balanced_accuracy), r.recovery_note]
+    return out
+
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*[]<>|"})
+
+
+def render(rows: list[Row], fmt: str = "md") -> str:
+    if fmt == "md":
+        headers, body = _display_table(rows)
+        # A method named "a|b" or "[x](url)" is text, not table structure or a link.
+        free = [i for i, h in enumerate(headers) if h in ("task", "method")]
+        body = [[c.translate(_MD_SPECIAL) if i in free else c for i, c in enumerate(cells)] for cells in body]
+        return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+    if fmt == "html":
+        headers, body = _display_table(rows)
+        return tabulate(body, headers=headers, tablefmt="html", disable_numparse=True)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(CSV_COLUMNS)
+        w.writerows(_csv_row(r) for r in rows)
+        return buf.getvalue()
+    raise HarnessError(f"leaderboard format {fmt!r} is not one of md, csv, html")
+
+
+LEGACY_HELP = (
+    "Rows from results written before results named their interval methods (no `methods` section) carry "
+    "that harness's intervals: percentile bootstrap with 1000 draws for the medians, and no recovery CI "
+    "where a resample's denominator reached 0; rerun `harness eval` to get the intervals described above."
+)
+
+
+RANK_BY_AUROC_HELP = (
+    "**This task ranks by detection AUROC** (`scoring.rank_by = \"detection_auroc\"`): at its size no CE "
+    "quantity separates methods, so rows are ordered by mean per-latent detection AUROC, higher first, with a "
+    "95% percentile-bootstrap CI over latents; a rank marked = means the paired per-latent difference with the "
+    "row above has a 95% CI containing 0."
+)
+
+
+def render_page(task_id: str, task_hash: str, rows: list[Row]) -> str:
+    lines = [
+        f"# Leaderboard: {task_id}",
+        "",
+        f"Task hash: `{task_hash}`",
+        "",
+        COLUMNS_HELP,
+        "",
+        *([RANK_BY_AUROC_HELP, ""] if any(r.rank_by == "detection_auroc" for r in rows) else []),
+        *([LEGACY_HELP, ""] if any(r.legacy for r in rows) else []),
+        render(rows, "md") if rows else "_No results for this task yet._",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_leaderboard(
+    task_id: str,
+    rows: list[Row],
+    out_dir: str | os.PathLike = "leaderboard",
+    *,
+    task_hash: str | None = None,
+) -> Path:
+    """Write ``<out_dir>/<task_id>.md``; rows of other tasks are left out."""
+    rows = [r for r in rows if r.task_id == task_id]
+    if task_hash is None:
+        task_hash = rows[0].task_hash if rows else "unknown"
+    return atomic_write_text(Path(out_dir) / f"{task_id}.md", render_page(task_id, task_hash, rows))
+
+
+def print_rich(rows: list[Row], console=None, *, title: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(markup=False, emoji=False)
+    headers, body = _display_table(rows)
+    if console.width < 160:
+        # A narrow terminal squeezes every cell to an ellipsis: keep the scores, drop the bookkeeping.
+        drop = ("simulator", "date") if console.width >= 120 else (
+            "simulator", "date", "ΔCE median (simulated)", "ΔCE median (latent zero)", "sensitivity",
+            "specificity", "coverage", "balanced accuracy")
+        keep = [i for i, h in enumerate(headers) if h not in drop]
+        headers = [headers[i] for i in keep]
+        body = [[cells[i] for i in keep] for cells in body]
+    table = Table(title=title, show_lines=False,
+                  caption="= : not significantly different from the row above (paired 95% CI contains 0)")
+    for h in headers:
+        table.add_column(h, justify="left" if h in ("task", "method", "simulator", "date") else "right",
+                         no_wrap=h in ("method", "rank"))
+    for cells in body:
+        table.add_row(*cells)
+    console.print(table)

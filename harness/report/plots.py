@@ -1,0 +1,175 @@
+"""PNG figures of a result, after Paulo & Belrose (2025), figures 1, 3 and 4.
+
+Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot: no
+global figure state, no GUI backend, safe to call from any thread or a headless server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+_SERIES = (
+    # (condition name, selection, label, colour, marker, line style)
+    ("simulated", "top-scoring", "simulated, top-scoring", "tab:blue", "o", "-"),
+    ("simulated", "random", "simulated, random", "tab:blue", "s", "--"),
+    ("latent_zero", "top-scoring", "latent zero, top-scoring", "tab:red", "o", "-"),
+    ("latent_zero", "random", "latent zero, random", "tab:red", "s", "--"),
+)
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    from harness.io import atomic_write
+
+    FigureCanvasAgg(fig)
+    return atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+
+
+def _legend(ax, fontsize: int) -> None:
+    # an empty legend only draws a stray box (and warns)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize)
+
+
+def _f(x: Any) -> float:
+    try:
+        return math.nan if x is None else float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _yerr(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    # errorbar wants non-negative distances; a missing CI draws no bar rather than failing
+    below = np.nan_to_num(values - lo, nan=0.0).clip(min=0)
+    above = np.nan_to_num(hi - values, nan=0.0).clip(min=0)
+    return np.vstack([below, above])
+
+
+def _series(conditions: list[dict], name: str, selection: str, key: str):
+    pts = []
+    for c in conditions:
+        if c.get("name") != name or c.get("selection") != selection:
+            continue
+        # latent_zero does not depend on calibration (recorded as null or as the run's calibration)
+        if name == "simulated" and c.get("calibration") != "quantile":
+            continue
+        e = c.get(key)
+        if not isinstance(e, Mapping):
+            continue
+        pts.append((_f(c.get("fraction")), _f(e.get("value")), _f(e.get("lo")), _f(e.get("hi"))))
+    # one point per fraction: a duplicate (e.g. latent_zero stored per calibration) would zigzag
+    uniq = {}
+    for p in pts:
+        uniq.setdefault(p[0], p)
+    arr = np.array(sorted(uniq.values()), dtype=float).reshape(-1, 4)
+    return arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3]
+
+
+def _reference_delta(result: dict, which: str) -> tuple[float, str]:
+    """ΔCE of the coder / zero-output baseline: its median when the result has one, else the mean."""
+    h = result.get("headline", {}) or {}
+    e = h.get(f"{which}_delta_ce_median")
+    if isinstance(e, Mapping) and not math.isnan(_f(e.get("value"))):
+        return _f(e.get("value")), "median"
+    ce = result.get("ce_means", {}) or {}
+    return _f(ce.get(which)) - _f(ce.get("clean")), "mean"
+
+
+def plot_partial_rewriting(result_dict: dict, path: str | os.PathLike) -> Path:
+    """Median ΔCE and recovery vs fraction of latents rewritten (paper's figure 3), quantile calibration."""
+    conditions = result_dict.get("conditions", []) or []
+    fig = Figure(figsize=(11, 4.2))
+    ax_ce, ax_r = fig.subplots(1, 2)
+
+    for name, sel, label, colour, marker, ls in _SERIES:
+        x, v, lo, hi = _series(conditions, name, sel, "delta_ce_median")
+        if x.size:
+            ax_ce.errorbar(x, v, yerr=_yerr(v, lo, hi), label=label, color=colour, marker=marker,
+                           linestyle=ls, capsize=3, markersize=4)  # fmt: skip
+    for which, label, colour in (("zero_output", "zero output", "black"), ("coder", "coder", "tab:green")):
+        y, stat = _reference_delta(result_dict, which)
+        if not math.isnan(y):
+            ax_ce.axhline(y, color=colour, linestyle=":", label=f"{label} ({stat} ΔCE)")
+    ax_ce.set_xlabel("fraction of latents rewritten")
+    ax_ce.set_ylabel("median ΔCE vs clean model (nats)")
+    ax_ce.set_title("CE increase")
+    ax_ce.grid(alpha=0.3)
+    _legend(ax_ce, 7)
+
+    for name, sel, label, colour, marker, ls in _SERIES[:2]:
+        x, v, lo, hi = _series(conditions, name, sel, "recovery")
+        if x.size:
+            ax_r.errorbar(x, v, yerr=_yerr(v, lo, hi), label=label, color=colour, marker=marker,
+                          linestyle=ls, capsize=3, markersize=4)  # fmt: skip
+    ax_r.axhline(1.0, color="tab:green", linestyle=":", label="true latents (1)")
+    ax_r.axhline(0.0, color="tab:red", linestyle=":", label="latents deleted (0)")
+    ax_r.set_xlabel("fraction of latents rewritten")
+    ax_r.set_ylabel("recovery")
+    ax_r.set_title("Recovery")
+    ax_r.grid(alpha=0.3)
+    _legend(ax_r, 7)
+
+    task = (result_dict.get("task") or {}).get("id", "")
+    method = (result_dict.get("submission") or {}).get("method", "")
+    # parse_math=False: a method named "x $^$ y" is text, not mathtext that fails to parse after the whole eval.
+    fig.suptitle(f"Partial rewriting — {method} on {task} (quantile calibration)".strip(), parse_math=False)
+    return _save(fig, path)
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=float).ravel()
+    return a[np.isfinite(a)]
+
+
+def plot_activation_distributions(
+    true_nonzero: np.ndarray, pred_raw: np.ndarray, pred_calibrated: np.ndarray, path: str | os.PathLike
+) -> Path:
+    """Predicted activations before / after quantile normalisation vs the true ones (paper's figure 1)."""
+    true_nonzero, pred_raw, pred_calibrated = map(_finite, (true_nonzero, pred_raw, pred_calibrated))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    panels = ((pred_raw, "simulator prediction (raw 0–9 expected value)"),
+              (pred_calibrated, "after quantile normalisation"))  # fmt: skip
+    for ax, (pred, title) in zip(axes, panels):
+        both = np.concatenate([true_nonzero, pred])
+        # shared bins so the two histograms are comparable bar for bar
+        bins = np.linspace(both.min(), both.max(), 50) if both.size and both.min() < both.max() else 10
+        if true_nonzero.size:
+            ax.hist(true_nonzero, bins=bins, log=True, alpha=0.5, color="tab:green", label="true (non-zero)")
+        if pred.size:
+            ax.hist(pred, bins=bins, log=True, alpha=0.5, color="tab:blue", label="predicted")
+        ax.set_title(title)
+        ax.set_xlabel("activation")
+        ax.set_ylabel("count (log)")
+        _legend(ax, 8)
+    return _save(fig, path)
+
+
+def plot_sens_spec_by_bin(bins: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Sensitivity and specificity per detection-score bin (paper's figure 4)."""
+    bins = list(bins)
+    fig = Figure(figsize=(max(5.0, 0.9 * len(bins) + 2), 4))
+    ax = fig.subplots()
+    x = np.arange(len(bins))
+    sens = np.array([_f(b.get("sensitivity")) for b in bins])
+    spec = np.array([_f(b.get("specificity")) for b in bins])
+    w = 0.38
+    # NaN (an empty bin) stays NaN: no bar, rather than a bar at 0 that reads as a measurement
+    ax.bar(x - w / 2, sens, w, label="sensitivity", color="tab:blue")
+    ax.bar(x + w / 2, spec, w, label="specificity", color="tab:orange")
+    ax.set_xticks(x, [f"{_f(b.get('lo')):.2f}–{_f(b.get('hi')):.2f}\nn={b.get('n', '?')}" for b in bins], fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("detection score (AUROC) bin")
+    ax.set_ylabel("macro average over latents")
+    ax.set_title("Sensitivity and specificity by detection score")
+    ax.grid(axis="y", alpha=0.3)
+    _legend(ax, 8)
+    return _save(fig, path)

@@ -1,0 +1,412 @@
+"""The result file: every number of one submission × task × simulator run (docs/protocol.md §6, §7).
+
+Its schema is the dataclasses below. `harness/report/result.schema.json` is generated from them
+(`python -m harness.report.result --schema`) and a test keeps the committed copy equal to the generated one.
+An `Interval` is a point value with its 95% CI.
+
+`methods` names how each number was computed (bootstrap method, draws and seed; Fieller for recovery;
+numpy's quantile estimator; the detection threshold rule). It and `warnings` are optional so that results
+written before they existed still load; `harness verify-result` says which numbers such a file cannot
+support. The side file's arrays are listed in docs/protocol.md §7.
+
+JSON has no NaN: non-finite floats (NaN, ±inf) are written as ``null`` and read back as NaN wherever the
+schema says `float`. A field typed `X | None` (``ce_means.zero_output``, a latent-zero condition's
+``recovery`` / ``diff_vs_latent_zero`` / ``calibration``) keeps ``null`` as "absent".
+
+Sections are typed records that also read like the dicts they are stored as (`r.headline["recovery"]`
+and `r.headline.recovery` are the same), so report code can move to attribute access one module at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.io import atomic_write_text
+
+SCHEMA = "harness-result/1"
+SCHEMA_FILE = Path(__file__).with_name("result.schema.json")
+
+
+class Record(Mapping[str, Any]):
+    """A dataclass that also reads (and writes) like the JSON object it is stored as: a read-only Mapping
+    over its fields, plus item assignment to an existing field."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self._names():
+            raise KeyError(key)
+        setattr(self, key, value)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _dump(getattr(self, f.name)) for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                if not (f.metadata.get("omit_empty") and not getattr(self, f.name))}
+
+
+@dataclass
+class Interval(Record):
+    value: float
+    lo: float
+    hi: float
+    note: str = field(default="", metadata={"omit_empty": True})   # why a value or its interval is NaN
+
+
+@dataclass
+class TaskRef(Record):
+    id: str
+    hash: str
+
+
+@dataclass
+class SubmissionInfo(Record):
+    method: str
+    description: str
+    sha256: str
+    path: str
+    n_explanations: int
+    coverage: float
+
+
+@dataclass
+class SimulatorInfo(Record):
+    model_key: str
+    prompt_version: str
+    backend: str
+
+
+@dataclass
+class Provenance(Record):
+    harness_version: str = ""
+    date: str = ""
+    seed: int = 0
+    command: str = ""
+    python: str = ""
+    torch: str = ""
+    transformers: str = ""
+    platform: str = ""
+    device: str = ""
+    overrides: list[str] = field(default_factory=list)
+    selection_scores: str = ""        # where the top-scoring subsets' scores came from
+    wall_seconds: float = 0.0
+    n_predictions: int = 0
+    n_computed: int = 0
+    n_cached: int = 0
+    answer_mass_mean: float = math.nan
+    prediction_source: str = ""       # computed | store | mixed
+
+
+@dataclass
+class Headline(Record):
+    calibration: str
+    recovery: Interval
+    delta_ce_median: Interval
+    delta_ce_mean: Interval
+    latent_zero_delta_ce_median: Interval
+    sim_minus_zero_mean: Interval
+    sensitivity: float
+    specificity: float
+    detection_auroc: float
+    detection_auroc_ci: Interval | None = None
+    rank_by: str = "sim_minus_zero"
+    detection_balanced_accuracy: float = math.nan
+    recovery_denominator: Interval | None = None
+    coder_delta_ce_median: Interval | None = None
+    zero_output_delta_ce_median: Interval | None = None
+
+
+@dataclass
+class CeMeans(Record):
+    clean: float
+    coder: float
+    zero_output: float | None       # None for SAEs: there is no output to zero
+    latent_zero: float
+    simulated: float
+
+
+@dataclass
+class ConditionRow(Record):
+    name: str                       # latent_zero | simulated
+    calibration: str | None         # None for latent_zero
+    selection: str                  # all | top-scoring | random
+    fraction: float
+    n_latents: int
+    ce_mean: float
+    delta_ce_mean: Interval
+    delta_ce_median: Interval
+    recovery: Interval | None
+    diff_vs_latent_zero: Interval | None
+
+
+@dataclass
+class PerLatent(Record):
+    latent: list[int]
+    auroc: list[float]
+    balanced_accuracy: list[float]
+    sensitivity: list[float]
+    specificity: list[float]
+    score: list[float]
+    detection_threshold: list[float] = field(default_factory=list)
+    fire_rate: list[float] = field(default_factory=list)
+
+
+@dataclass
+class DetectionBin(Record):
+    lo: float
+    hi: float
+    n: int
+    sensitivity: float
+    specificity: float
+
+
+@dataclass
+class SideFile(Record):
+    path: str
+    sha256: str
+
+
+@dataclass
+class SideFiles(Record):
+    per_context: SideFile
+
+
+@dataclass
+class PredictionWarning(Record):
+    kind: str
+    latents: list[int]
+    message: str
+
+
+@dataclass
+class Result(Record):
+    task: TaskRef
+    submission: SubmissionInfo
+    simulator: SimulatorInfo
+    provenance: Provenance
+    headline: Headline
+    ce_means: CeMeans
+    conditions: list[ConditionRow]
+    per_latent: PerLatent
+    sens_spec_by_detection_bin: list[DetectionBin]
+    side_files: SideFiles
+    figures: list[str] = field(default_factory=list)
+    methods: dict[str, Any] = field(default_factory=dict)
+    warnings: list[PredictionWarning] = field(default_factory=list)
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        # schema first so a human opening the file sees what it is
+        return {"schema": d.pop("schema"), **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "result") -> Result:
+        return _load(cls, d, where)
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write atomically: the old file stays intact if anything fails before the final rename."""
+        # Serialise before touching the disk, so an unserialisable value cannot cost the old file.
+        text = json.dumps(to_jsonable(self.to_dict()), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        return atomic_write_text(Path(path), text)
+
+
+# ---------------------------------------------------------------- (de)serialisation driven by the types
+
+def _dump(x: Any) -> Any:
+    if isinstance(x, Record):
+        return x.to_dict()
+    if isinstance(x, list):
+        return [_dump(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _dump(v) for k, v in x.items()}
+    return x
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, globalns=vars(sys.modules[__name__]))
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def _convert(tp: Any, v: Any, where: str) -> Any:
+    optional, inner = _is_optional(tp)
+    if v is None:
+        if optional:
+            return None
+        if inner is float:
+            return math.nan
+        raise HarnessError(f"{where} is null where the schema needs a value — the file is damaged; re-run `harness eval`")
+    if dataclasses.is_dataclass(inner):
+        if not isinstance(v, dict):
+            raise HarnessError(f"{where} is not an object — the file is damaged; re-run `harness eval`")
+        return _load(inner, v, where)
+    origin = typing.get_origin(inner)
+    if origin is list:
+        if not isinstance(v, list):
+            raise HarnessError(f"{where} is not a list — the file is damaged; re-run `harness eval`")
+        (item,) = typing.get_args(inner)
+        return [_convert(item, x, f"{where}[{i}]") for i, x in enumerate(v)]
+    if origin is dict or inner is Any:
+        return v
+    if inner is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise HarnessError(f"{where} holds {type(v).__name__} where the schema needs a number — the file "
+                               "is damaged; re-run `harness eval`")
+        return float(v)
+    if inner is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise HarnessError(f"{where} holds {type(v).__name__} where the schema needs an integer — the "
+                               "file is damaged; re-run `harness eval`")
+        return v
+    if inner in (str, bool) and not isinstance(v, inner):
+        raise HarnessError(f"{where} holds {type(v).__name__} where the schema needs {inner.__name__} — the "
+                           "file is damaged; re-run `harness eval`")
+    return v
+
+
+def _load(cls: Any, d: dict[str, Any], where: str) -> Any:
+    hints = _hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        path = f"{where}.{f.name}" if where != "result" else f.name
+        if f.name in d:
+            kwargs[f.name] = _convert(hints[f.name], d[f.name], path)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise HarnessError(f'{where}: "{path}" is missing — the file is damaged; re-run `harness eval`')
+    return cls(**kwargs)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """numpy → Python, non-finite floats → None (JSON has no NaN)."""
+    if isinstance(obj, Record):
+        return to_jsonable(obj.to_dict())
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        return x if math.isfinite(x) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store a {type(obj).__name__} in a result file")
+
+
+# ---------------------------------------------------------------- JSON Schema, generated from the types
+
+def _schema_of(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    optional, inner = _is_optional(tp)
+    if isinstance(inner, type) and dataclasses.is_dataclass(inner):
+        name = inner.__name__
+        if name not in defs:
+            defs[name] = {}
+            hints = _hints(inner)
+            props = {f.name: _schema_of(hints[f.name], defs) for f in dataclasses.fields(inner)}
+            required = [f.name for f in dataclasses.fields(inner)
+                        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+            doc = (inner.__doc__ or "").strip()
+            defs[name] = {"type": "object", "properties": props, "required": required,
+                          **({"description": doc} if doc and not doc.startswith(f"{name}(") else {})}
+        s: dict[str, Any] = {"$ref": f"#/$defs/{name}"}
+    elif typing.get_origin(inner) is list:
+        (item,) = typing.get_args(inner)
+        s = {"type": "array", "items": _schema_of(item, defs)}
+    elif typing.get_origin(inner) is dict or inner is Any:
+        s = {"type": "object"}
+    elif inner is float:
+        s = {"type": ["number", "null"]}      # null = NaN
+    elif inner is int:
+        s = {"type": "integer"}
+    elif inner is bool:
+        s = {"type": "boolean"}
+    else:
+        s = {"type": "string"}
+    if optional and "null" not in s.get("type", []):
+        s = {"anyOf": [s, {"type": "null"}]}
+    return s
+
+
+def json_schema() -> dict[str, Any]:
+    defs: dict[str, Any] = {}
+    root = _schema_of(Result, defs)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA,
+            "title": "harness result file", **root, "$defs": dict(sorted(defs.items()))}
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=1) + "\n"
+
+
+def load_result(path: str | os.PathLike) -> Result:
+    where = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise HarnessError(f"{where}: result file not found — check the path")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise HarnessError(f"{where}: not UTF-8 text — this is not a harness result file") from None
+    except json.JSONDecodeError as e:
+        raise HarnessError(
+            f"{where}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg} — re-run `harness eval` to rewrite it"
+        ) from None
+    except RecursionError:
+        raise HarnessError(f"{where}: JSON nested too deep — this is not a harness result file") from None
+    if not isinstance(d, dict) or "schema" not in d:
+        raise HarnessError(f'{where}: no "schema" key — this is not a harness result file')
+    if d["schema"] != SCHEMA:
+        raise HarnessError(
+            f'{where}: schema is {d["schema"]!r}, this harness reads {SCHEMA!r} — re-run `harness eval` to rewrite it'
+        )
+    try:
+        return Result.from_dict(d)
+    except HarnessError as e:
+        raise HarnessError(f"{where}: {e}") from None
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--schema"]:
+        SCHEMA_FILE.write_text(schema_text())
+        print(f"wrote {SCHEMA_FILE}")
+    else:
+        print("usage: python -m harness.report.result --schema", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,680 @@
+"""`harness site`: a static, self-contained leaderboard site with per-method and per-latent failure pages.
+
+Every page is one HTML file with its CSS, its few lines of JavaScript (table sorting) and its charts inline:
+it opens from ``file://`` or any static host and fetches nothing. Charts are SVG drawn here rather than by
+a JavaScript charting library: the site's charts are a handful of lines, error bars and histograms, and the
+lightest library measured (uPlot, 50 KB minified, Chart.js 205 KB) would outweigh every chart on a page
+several times over and still need a script to run before anything shows (see docs/site.md).
+
+Every number comes from result files and their side files as written by `harness eval`; nothing is
+re-scored. Every piece of user-supplied text (method names, descriptions, explanations, decoded contexts)
+goes through :func:`el`, which escapes by default: only :class:`Raw` values built here pass unescaped.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from harness import __version__
+from harness.errors import HarnessError
+from harness.report.failures import (Loaded, case_titles, explanations_of, failure_counts, latent_report, load_decoder, load_with_side,
+                       test_windows)
+from harness.report.leaderboard import COLUMNS_HELP, RANK_BY_AUROC_HELP, Row, collect_results
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+
+
+# ---------------------------------------------------------------- escaping HTML builder
+
+class Raw(str):
+    """Markup built by this module; everything else is text and is escaped."""
+
+
+def esc(x: Any) -> str:
+    return x if isinstance(x, Raw) else html.escape(str(x), quote=True)
+
+
+def el(tag: str, *children: Any, **attrs: Any) -> Raw:
+    # class_ → class, data_v → data-v; None/False attributes are left out
+    parts = []
+    for k, v in attrs.items():
+        if v is None or v is False:
+            continue
+        name = k.rstrip("_").replace("_", "-")
+        parts.append(name if v is True else f'{name}="{html.escape(str(v), quote=True)}"')
+    open_ = f"<{tag}{' ' if parts else ''}{' '.join(parts)}>"
+    if tag in ("img", "br", "meta", "hr", "input", "link"):
+        return Raw(open_)
+    return Raw(open_ + "".join(esc(c) for c in _flat(children)) + f"</{tag}>")
+
+
+def _flat(xs: Iterable[Any]):
+    for x in xs:
+        if x is None:
+            continue
+        if isinstance(x, (list, tuple)):
+            yield from _flat(x)
+        else:
+            yield x
+
+
+def join(*xs: Any) -> Raw:
+    return Raw("".join(esc(x) for x in _flat(xs)))
+
+
+# ---------------------------------------------------------------- page shell
+
+CSS = """
+:root{--fg:#1b1f24;--mut:#59636e;--bg:#fff;--line:#d8dee4;--acc:#0b5fff;--hi:#fff3b0;--bad:#b3261e}
+*{box-sizing:border-box}
+body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
+main{max-width:1280px;margin:0 auto;padding:12px 16px 48px}
+nav.crumbs{font-size:13px;color:var(--mut);margin:4px 0 8px;overflow-wrap:anywhere}
+a{color:var(--acc)}
+h1{font-size:22px;margin:6px 0 8px;overflow-wrap:anywhere}
+h2{font-size:18px;margin:26px 0 8px;border-bottom:1px solid var(--line);padding-bottom:4px}
+p,li,dd,figcaption{overflow-wrap:anywhere}
+p.help,.mut{color:var(--mut);font-size:13px}
+.wrap{overflow-x:auto;-webkit-overflow-scrolling:touch;border:1px solid var(--line);border-radius:6px}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:right;vertical-align:top;white-space:nowrap}
+th{background:#f6f8fa;position:sticky;top:0}
+td.t,th.t{text-align:left;white-space:normal;min-width:8em;max-width:34em;overflow-wrap:anywhere}
+td.sim{min-width:22em}
+table.sortable th{cursor:pointer;user-select:none}
+table.sortable th::after{content:" \\2195";color:#aab}
+table.sortable th[aria-sort=ascending]::after{content:" \\25B2";color:var(--fg)}
+table.sortable th[aria-sort=descending]::after{content:" \\25BC";color:var(--fg)}
+td .ci{display:block;width:130px;height:16px;margin-left:auto}
+td .v{display:block}
+.ns{color:var(--bad);font-weight:600}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,420px),1fr));gap:16px}
+figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:8px}
+figcaption{font-size:13px;color:var(--mut);margin-top:4px}
+svg.chart{width:100%;height:auto;display:block}
+svg text{font:11px system-ui,sans-serif;fill:#333}
+ul.legend{list-style:none;padding:0;margin:4px 0 0;display:flex;flex-wrap:wrap;gap:4px 14px;font-size:12px}
+ul.legend li{overflow-wrap:anywhere}
+ul.legend i{display:inline-block;width:18px;height:0;border-top:3px solid;vertical-align:middle;margin-right:4px}
+.ctx{white-space:pre-wrap;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;text-align:left;
+     min-width:16em;max-width:60em;overflow-wrap:anywhere}
+mark.tok{background:var(--hi);outline:1px solid #c9a400;padding:0 1px}
+.next{color:#8a94a0;border-bottom:1px dotted #8a94a0}
+.expl{font-size:16px;background:#f6f8fa;border-left:4px solid var(--acc);padding:8px 12px;white-space:pre-wrap;
+      overflow-wrap:anywhere}
+dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;font-size:14px}
+dl.kv dt{color:var(--mut)}dl.kv dd{margin:0;overflow-wrap:anywhere}
+img.fig{max-width:100%;height:auto}
+@media (max-width:600px){body{font-size:14px}main{padding:8px}h1{font-size:19px}td .ci{width:90px}}
+"""
+
+# Sorting only: numbers sort by the data-v attribute (the unrounded value), missing values always last.
+JS = """
+(function(){
+function key(td){var v=td.getAttribute('data-v');if(v===null){return td.textContent.trim();}
+ if(v===''){return null;}var n=Number(v);return isNaN(n)?v:n;}
+function sortBy(t,i,th){var asc=th.getAttribute('aria-sort')!=='ascending';
+ Array.prototype.forEach.call(th.parentNode.cells,function(c){c.removeAttribute('aria-sort');});
+ th.setAttribute('aria-sort',asc?'ascending':'descending');var b=t.tBodies[0];
+ var rows=Array.prototype.slice.call(b.rows);
+ rows.sort(function(r,s){var x=key(r.cells[i]),y=key(s.cells[i]);
+  if(x===null||y===null){return (x===null)-(y===null);}
+  var c=(typeof x==='number'&&typeof y==='number')?x-y:String(x).localeCompare(String(y),undefined,{numeric:true});
+  return asc?c:-c;});
+ rows.forEach(function(r){b.appendChild(r);});}
+Array.prototype.forEach.call(document.querySelectorAll('table.sortable'),function(t){
+ Array.prototype.forEach.call(t.tHead.rows[0].cells,function(th,i){th.tabIndex=0;
+  th.addEventListener('click',function(){sortBy(t,i,th);});
+  th.addEventListener('keydown',function(e){
+   if(e.key==='Enter'||e.key===' '){e.preventDefault();sortBy(t,i,th);}});});});
+})();
+"""
+
+
+def page(title: str, body: Any, crumbs: list[tuple[str, str | None]], *, sortable: bool = False) -> str:
+    nav = el("nav", join(*[
+        (el("a", name, href=href) if href else el("span", name), " / " if k < len(crumbs) - 1 else "")
+        for k, (name, href) in enumerate(crumbs)]), class_="crumbs")
+    foot = el("p", f"Built by harness {__version__} from result files; static, self-contained, no network.",
+              class_="mut")
+    doc = join(
+        Raw("<!doctype html>\n"),
+        el("html",
+           el("head", Raw('<meta charset="utf-8">'),
+              Raw('<meta name="viewport" content="width=device-width,initial-scale=1">'),
+              # Nothing on these pages may load from elsewhere: the policy makes that a visible error.
+              Raw("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src 'self' data:; "
+                  "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"),
+              el("title", title), Raw(f"<style>{CSS}</style>")),
+           el("body", el("main", nav, body, foot),
+              Raw(f"<script>{JS}</script>") if sortable else None),
+           lang="en"),
+    )
+    return doc + "\n"
+
+
+# ---------------------------------------------------------------- numbers
+
+def _f(x: Any) -> float:
+    try:
+        return math.nan if x is None else float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def fmt(x: Any, d: int = 3) -> str:
+    x = _f(x)
+    return "n/a" if math.isnan(x) else f"{x:.{d}f}"
+
+
+def _dv(x: Any) -> str:
+    x = _f(x)
+    return "" if math.isnan(x) else repr(x)
+
+
+# ---------------------------------------------------------------- SVG charts
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo] if math.isfinite(lo) else []
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step) * step
+    out, t = [], start
+    while t <= hi + step * 1e-9:
+        out.append(0.0 if abs(t) < step * 1e-9 else t)
+        t += step
+    return out
+
+
+def _domain(vals: Iterable[float], pad: float = 0.05, include: tuple[float, ...] = ()) -> tuple[float, float]:
+    v = [x for x in vals if math.isfinite(x)] + list(include)
+    if not v:
+        return 0.0, 1.0
+    lo, hi = min(v), max(v)
+    if hi == lo:
+        lo, hi = lo - 0.5 * (abs(lo) or 1), hi + 0.5 * (abs(hi) or 1)
+    span = hi - lo
+    return lo - pad * span, hi + pad * span
+
+
+def _tick_label(t: float, step: float) -> str:
+    d = max(0, min(4, -int(math.floor(math.log10(step))) if step > 0 else 2))
+    return f"{t:.{d}f}"
+
+
+@dataclass
+class Series:
+    name: str
+    colour: str
+    points: list[tuple[float, float, float, float]]   # x, y, lo, hi (lo/hi NaN: no error bar)
+    dash: bool = False
+
+
+def line_chart(series: list[Series], *, xlabel: str, ylabel: str, hlines: Iterable[tuple[float, str, str]] = (),
+               xdomain: tuple[float, float] | None = None, w: int = 560, h: int = 300) -> Raw:
+    ml, mr, mt, mb = 58, 12, 10, 40
+    xs = [p[0] for s in series for p in s.points]
+    ys = [v for s in series for p in s.points for v in p[1:]] + [y for y, _, _ in hlines]
+    x0, x1 = xdomain or _domain(xs, 0.03)
+    y0, y1 = _domain(ys)
+
+    def X(x):
+        return ml + (x - x0) / (x1 - x0) * (w - ml - mr)
+
+    def Y(y):
+        return mt + (y1 - y) / (y1 - y0) * (h - mt - mb)
+
+    out = [f'<rect x="{ml}" y="{mt}" width="{w - ml - mr}" height="{h - mt - mb}" fill="none" stroke="#ccd"/>']
+    yt = _ticks(y0, y1)
+    ystep = yt[1] - yt[0] if len(yt) > 1 else 1.0
+    for t in yt:
+        out.append(f'<line x1="{ml}" x2="{w - mr}" y1="{Y(t):.1f}" y2="{Y(t):.1f}" stroke="#eef"/>'
+                   f'<text x="{ml - 4}" y="{Y(t) + 4:.1f}" text-anchor="end">{_tick_label(t, ystep)}</text>')
+    xt = _ticks(x0, x1, 6)
+    xstep = xt[1] - xt[0] if len(xt) > 1 else 1.0
+    for t in xt:
+        out.append(f'<text x="{X(t):.1f}" y="{h - mb + 14}" text-anchor="middle">{_tick_label(t, xstep)}</text>')
+    out.append(f'<text x="{(ml + w - mr) / 2:.0f}" y="{h - 6}" text-anchor="middle">{esc(xlabel)}</text>')
+    out.append(f'<text transform="translate(12,{(mt + h - mb) / 2:.0f}) rotate(-90)" text-anchor="middle">'
+               f'{esc(ylabel)}</text>')
+    for y, colour, label in hlines:
+        out.append(f'<line x1="{ml}" x2="{w - mr}" y1="{Y(y):.1f}" y2="{Y(y):.1f}" stroke="{colour}" '
+                   f'stroke-dasharray="2 3"><title>{esc(label)}</title></line>')
+    n = max(1, len(series))
+    for k, s in enumerate(series):
+        # Methods share x positions: a small per-series offset keeps their error bars apart.
+        off = (k - (n - 1) / 2) * 3.0
+        pts = [(X(x) + off, Y(y), lo, hi) for x, y, lo, hi in s.points if math.isfinite(y)]
+        dash = ' stroke-dasharray="6 4"' if s.dash else ""
+        tip = f"<title>{esc(s.name)}</title>"
+        for px, py, lo, hi in pts:
+            if math.isfinite(lo) and math.isfinite(hi):
+                out.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{Y(lo):.1f}" y2="{Y(hi):.1f}" '
+                           f'stroke="{s.colour}" stroke-opacity=".55"/>')
+        if len(pts) > 1:
+            d = " ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in pts)
+            out.append(f'<polyline points="{d}" fill="none" stroke="{s.colour}" stroke-width="2"{dash}>{tip}'
+                       "</polyline>")
+        for px, py, _, _ in pts:
+            out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{s.colour}">{tip}</circle>')
+    return Raw(f'<svg class="chart" viewBox="0 0 {w} {h}" role="img" xmlns="http://www.w3.org/2000/svg">'
+               + "".join(out) + "</svg>")
+
+
+def hist_chart(groups: list[tuple[str, str, np.ndarray]], *, xlabel: str, w: int = 420, h: int = 220,
+               bins: int = 30) -> Raw:
+    """Overlaid step histograms (fraction of each group's values per bin), shared bins."""
+    ml, mr, mt, mb = 46, 10, 8, 36
+    allv = np.concatenate([g[2] for g in groups if g[2].size] or [np.zeros(0)])
+    allv = allv[np.isfinite(allv)]
+    if allv.size == 0:
+        return Raw('<p class="mut">no values to plot</p>')
+    lo, hi = float(allv.min()), float(allv.max())
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    hs = []
+    for _, _, v in groups:
+        v = v[np.isfinite(v)]
+        c, _ = np.histogram(v, edges)
+        hs.append(c / max(1, v.size))
+    ymax = max(float(x.max()) for x in hs) or 1.0
+
+    def X(x):
+        return ml + (x - lo) / (hi - lo) * (w - ml - mr)
+
+    def Y(y):
+        return mt + (1 - y / ymax) * (h - mt - mb)
+
+    out = [f'<rect x="{ml}" y="{mt}" width="{w - ml - mr}" height="{h - mt - mb}" fill="none" stroke="#ccd"/>']
+    for t in _ticks(0, ymax, 4):
+        out.append(f'<text x="{ml - 4}" y="{Y(t) + 4:.1f}" text-anchor="end">{t:.2g}</text>')
+    xt = _ticks(lo, hi, 5)
+    step = xt[1] - xt[0] if len(xt) > 1 else 1.0
+    for t in xt:
+        out.append(f'<text x="{X(t):.1f}" y="{h - mb + 14}" text-anchor="middle">{_tick_label(t, step)}</text>')
+    out.append(f'<text x="{(ml + w - mr) / 2:.0f}" y="{h - 6}" text-anchor="middle">{esc(xlabel)}</text>')
+    for (name, colour, _), c in zip(groups, hs):
+        d = [f"M{X(edges[0]):.1f},{Y(0):.1f}"]
+        for i, y in enumerate(c):
+            d.append(f"L{X(edges[i]):.1f},{Y(y):.1f}L{X(edges[i + 1]):.1f},{Y(y):.1f}")
+        d.append(f"L{X(edges[-1]):.1f},{Y(0):.1f}")
+        out.append(f'<path d="{"".join(d)}" fill="{colour}" fill-opacity=".18" stroke="{colour}" stroke-width="1.5">'
+                   f"<title>{esc(name)}</title></path>")
+    return Raw(f'<svg class="chart" viewBox="0 0 {w} {h}" role="img" xmlns="http://www.w3.org/2000/svg">'
+               + "".join(out) + "</svg>")
+
+
+def ci_strip(e: dict, dom: tuple[float, float]) -> Raw:
+    """A point and its 95% CI on the column's shared scale, with zero marked."""
+    w, h, lo_d, hi_d = 130, 16, dom[0], dom[1]
+    v, lo, hi = _f(e.get("value")), _f(e.get("lo")), _f(e.get("hi"))
+    if math.isnan(v):
+        return Raw("")
+
+    def X(x):
+        return 3 + (min(max(x, lo_d), hi_d) - lo_d) / (hi_d - lo_d) * (w - 6)
+
+    parts = []
+    if lo_d <= 0 <= hi_d:
+        parts.append(f'<line x1="{X(0):.1f}" x2="{X(0):.1f}" y1="1" y2="{h - 1}" stroke="#999" '
+                     'stroke-dasharray="2 2"/>')
+    if math.isfinite(lo) and math.isfinite(hi):
+        parts.append(f'<line x1="{X(lo):.1f}" x2="{X(hi):.1f}" y1="8" y2="8" stroke="#1f77b4" stroke-width="2"/>'
+                     f'<line x1="{X(lo):.1f}" x2="{X(lo):.1f}" y1="4" y2="12" stroke="#1f77b4"/>'
+                     f'<line x1="{X(hi):.1f}" x2="{X(hi):.1f}" y1="4" y2="12" stroke="#1f77b4"/>')
+    parts.append(f'<circle cx="{X(v):.1f}" cy="8" r="3.5" fill="#1f77b4"/>')
+    return Raw(f'<svg class="ci" viewBox="0 0 {w} {h}" aria-hidden="true">' + "".join(parts) + "</svg>")
+
+
+def legend(items: list[tuple[str, str, bool]]) -> Raw:
+    return el("ul", [el("li", Raw(f'<i style="border-color:{c};border-top-style:{"dashed" if d else "solid"}"></i>'),
+                        name) for name, c, d in items], class_="legend")
+
+
+# ---------------------------------------------------------------- orderings
+
+def ordering_marks(rows: list[Row]) -> list[tuple[str, str]]:
+    """For each row, how its place above the next row is supported: (mark, explanation).
+
+    The Markdown leaderboard's own rule (`leaderboard.mark_ties`, which filled each row's `rank` and
+    `vs_above`): an ordering counts only when the paired-difference CI with the next row excludes 0.
+    """
+    out = []
+    for nxt in rows[1:]:
+        v = nxt.vs_above
+        if nxt.rank.startswith("?") or v is None:
+            out.append(("?", "no paired test was possible (side file missing): this ordering is not supported"))
+        elif nxt.rank.startswith("="):
+            out.append(("≈", f"paired difference CI [{v['lo']:.3f}, {v['hi']:.3f}] includes 0: not significant"))
+        else:
+            out.append((">", f"paired difference CI [{v['lo']:.3f}, {v['hi']:.3f}] excludes 0"))
+    if rows:
+        out.append(("", "last row"))
+    return out
+
+
+# ---------------------------------------------------------------- site
+
+def _safe(s: str, n: int = 60) -> str:
+    return ("".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in s)[:n]).strip("-") or "x"
+
+
+@dataclass
+class MethodEntry:
+    row: Row
+    loaded: Loaded
+    slug: str
+    colour: str
+
+
+def build_site(out_dir: str | os.PathLike, results_dir: str | os.PathLike = "results", task: str | None = None,
+               *, console=None, n_cases: int = 5) -> Path:
+    """Write the site under ``out_dir`` and return its index.html."""
+    from harness.task.spec import list_tasks
+
+    out = Path(out_dir)
+    if task is not None:
+        from harness.task.spec import load_task
+
+        specs = [load_task(task)]
+    else:
+        specs = list_tasks()
+    if not Path(results_dir).is_dir():
+        raise HarnessError(f"{results_dir}: results folder not found — run `harness eval` first or pass --results")
+    hashes = {s.id: s.hash for s in specs}
+    out.mkdir(parents=True, exist_ok=True)
+    summary = []
+    per_task: list[tuple[Any, list[MethodEntry], list]] = []
+    for spec in specs:
+        rows, rejected = collect_results(results_dir, spec.id, task_hashes=hashes)
+        entries = []
+        for k, r in enumerate(rows):
+            loaded = load_with_side(r.path, require_side=False)
+            entries.append(MethodEntry(r, loaded, _safe(Path(r.path).stem), PALETTE[k % len(PALETTE)]))
+        per_task.append((spec, entries, rejected))
+    n_pages = sum(len(e.loaded.latents) for _, es, _ in per_task for e in es)
+
+    from harness.io import progress
+
+    with progress() as prog:
+        bar = prog.add_task("site: latent pages", total=n_pages)
+        for spec, entries, rejected in per_task:
+            tdir = out / _safe(spec.id)
+            tdir.mkdir(parents=True, exist_ok=True)
+            decode, dnote = load_decoder(spec) if entries else (None, "")
+            for e in entries:
+                _write_method(tdir, spec, e, decode, dnote, n_cases, lambda: prog.advance(bar, 1))
+            _write(tdir / "index.html", _task_page(spec, entries, rejected))
+            best = entries[0].row.recovery["value"] if entries else math.nan
+            summary.append((spec, len(entries), best, entries[0].row.method if entries else ""))
+    index = _write(out / "index.html", _index_page(summary))
+    return index
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _index_page(summary) -> str:
+    rows = [el("tr", el("td", el("a", spec.id, href=f"{_safe(spec.id)}/index.html"), class_="t"),
+               el("td", spec.description, class_="t"), el("td", str(n), data_v=n),
+               el("td", f"{fmt(best, 3)} ({method})" if n else "—", data_v=_dv(best)))
+            for spec, n, best, method in summary]
+    hdr = el("tr", el("th", "task", class_="t"), el("th", "description", class_="t"), el("th", "methods"),
+             el("th", "best recovery"))
+    table = el("div", el("table", el("thead", hdr),
+                         el("tbody", rows), class_="sortable", id="tasks"), class_="wrap")
+    body = join(el("h1", "harness leaderboards"),
+                el("p", "Faithfulness of natural-language explanations of sparse-coder latents, measured by partial "
+                        "rewriting (Paulo & Belrose 2025). Pick a task.", class_="help"), table)
+    return page("harness leaderboards", body, [("tasks", None)], sortable=True)
+
+
+_INTERVALS = (
+    ("recovery", "recovery", 2, "1 = as good as the true latents, 0 = no better than deleting them"),
+    ("delta_ce_median_simulated", "ΔCE median (simulated)", 3, "nats vs the clean model, lower is better"),
+    ("delta_ce_median_latent_zero", "ΔCE median (latent zero)", 3, "deleting the rewritten latents"),
+    ("sim_minus_zero_mean", "simulated − latent zero (mean)", 3, "paired, negative is better"),
+)
+
+
+def _task_page(spec, entries: list[MethodEntry], rejected) -> str:
+    crumbs = [("tasks", "../index.html"), (spec.id, None)]
+    head = join(el("h1", f"Leaderboard: {spec.id}"), el("p", spec.description, class_="help"),
+                el("p", f"Task hash {spec.hash}", class_="mut"))
+    if not entries:
+        return page(spec.id, join(head, el("p", "No results for this task yet: run `harness eval`.")), crumbs)
+    doms = {}
+    for key, *_ in _INTERVALS:
+        vals = [v for e in entries for v in (getattr(e.row, key)[k] for k in ("value", "lo", "hi"))]
+        doms[key] = _domain(vals, 0.05, include=(0.0,))
+    marks = ordering_marks([e.row for e in entries])
+    hdr = el("tr", el("th", "rank"), el("th", "method", class_="t"),
+             [el("th", label, title=tip) for _, label, _, tip in _INTERVALS],
+             el("th", "sens."), el("th", "spec."), el("th", "det. AUROC"), el("th", "coverage"),
+             el("th", "vs next", title="is this row's place above the next supported by a paired test?"),
+             el("th", "simulator", class_="t"), el("th", "date"))
+    body = []
+    for pos, (e, (mark, why)) in enumerate(zip(entries, marks), 1):
+        r = e.row
+        cells = [el("td", r.rank, data_v=pos),
+                 el("td", el("a", r.method, href=f"{e.slug}/index.html"), class_="t", data_v=r.method)]
+        for key, _, d, _ in _INTERVALS:
+            est = getattr(r, key)
+            txt = fmt(est["value"], d) + (f" [{fmt(est['lo'], d)}, {fmt(est['hi'], d)}]"
+                                          if math.isfinite(est["lo"]) and math.isfinite(est["hi"]) else "")
+            cells.append(el("td", ci_strip(est, doms[key]), el("span", txt, class_="v"), data_v=_dv(est["value"])))
+        cells += [el("td", fmt(x, 2), data_v=_dv(x)) for x in (r.sensitivity, r.specificity)]
+        ci = r.detection_auroc_ci
+        cells.append(el("td", fmt(r.detection_auroc, 2) + (f" [{fmt(ci['lo'], 2)}, {fmt(ci['hi'], 2)}]" if ci else ""),
+                        data_v=_dv(r.detection_auroc)))
+        cells.append(el("td", "n/a" if math.isnan(r.coverage) else f"{100 * r.coverage:.0f}%", data_v=_dv(r.coverage)))
+        cells.append(el("td", mark, class_="ns" if mark in ("≈", "?") else None, title=why, data_v=mark))
+        cells += [el("td", r.simulator, class_="t sim"), el("td", r.date[:10])]
+        body.append(el("tr", cells, data_method=r.method))
+    table = el("div", el("table", el("thead", hdr), el("tbody", body), class_="sortable", id="leaderboard"),
+               class_="wrap")
+    help_ = el("p", COLUMNS_HELP, *((" " + RANK_BY_AUROC_HELP.replace("**", ""),)
+                                    if any(e.row.rank_by == "detection_auroc" for e in entries) else ()), " Bars: point estimate and 95% CI on each column's shared scale (dashed: 0). "
+               "Rank and “vs next” follow the leaderboard's rule (ties marked “=” in the rank): “>” the paired-"
+               "difference CI with the next row excludes 0, “≈” it includes 0, “?” no paired test was possible. "
+               "Click a header to sort.",
+               class_="help")
+    rej = (el("details", el("summary", f"{len(rejected)} result file(s) not ranked"),
+              el("ul", [el("li", f"{rj.path}: {rj.reason}") for rj in rejected])) if rejected else None)
+    sections = [head, table, help_, rej, _curves(entries), _calibration(entries), _sens_spec(entries)]
+    return page(f"{spec.id} leaderboard", join(*sections), crumbs, sortable=True)
+
+
+def _curves(entries: list[MethodEntry]) -> Raw:
+    from harness.report.plots import _series
+
+    figs = []
+    for key, ylabel, title in (("recovery", "recovery", "Recovery vs fraction rewritten"),
+                               ("delta_ce_median", "median ΔCE (nats)", "Median ΔCE vs fraction rewritten")):
+        series, hl = [], []
+        for e in entries:
+            conds = e.loaded.result.conditions
+            for sel, dash in (("top-scoring", False), ("random", True)):
+                x, v, lo, hi = _series(conds, "simulated", sel, key)
+                if x.size:
+                    series.append(Series(f"{e.row.method} · {sel}", e.colour, list(zip(x, v, lo, hi)), dash))
+        if key == "recovery":
+            hl = [(1.0, "#2ca02c", "true latents (1)"), (0.0, "#d62728", "latents deleted (0)")]
+        else:
+            x, v, lo, hi = _series(entries[0].loaded.result.conditions, "latent_zero", "random", key)
+            if x.size:
+                series.append(Series("latent zero · random", "#444", list(zip(x, v, lo, hi)), True))
+        chart = line_chart(series, xlabel="fraction of latents rewritten", ylabel=ylabel, hlines=hl,
+                           xdomain=(0.0, 1.05))
+        figs.append(el("figure", chart, el("figcaption", title, " (quantile calibration; solid: top-scoring "
+                                           "latents first, dashed: random; bars: 95% CI)")))
+    items = [(e.row.method, e.colour, False) for e in entries] + [("latent zero", "#444", True)]
+    return join(el("h2", "Partial-rewriting curves"), el("div", figs, class_="grid"), legend(items))
+
+
+def _calibration(entries: list[MethodEntry]) -> Raw:
+    figs = []
+    for e in entries:
+        side = e.loaded.side
+        if side is None:
+            figs.append(el("figure", el("p", e.loaded.side_note, class_="mut"), el("figcaption", e.row.method)))
+            continue
+        true = side["true_test"].ravel()
+        if "sim_values__quantile" in side:
+            sim = side["sim_values__quantile"].ravel()
+            groups = [("true (non-zero)", "#2ca02c", true[true > 0]),
+                      ("simulated, quantile-calibrated (non-zero)", e.colour, sim[sim > 0])]
+            note = (f"active: true {np.mean(true > 0):.1%}, simulated {np.mean(sim > 0):.1%} of "
+                    f"(context, latent) pairs")
+        else:
+            # Older side files hold raw scores only, on the simulator's own scale: not comparable bin for bin.
+            raw = side["pred_test"].ravel()
+            groups = [("raw simulator score (uncalibrated scale)", e.colour, raw)]
+            note = "this side file predates calibrated predictions: raw scores only"
+        figs.append(el("figure", hist_chart(groups, xlabel="activation"), legend([(g[0], g[1], False) for g in groups]),
+                       el("figcaption", el("b", e.row.method), " — ", note)))
+    return join(el("h2", "Calibration: predicted vs true activation distribution"),
+                el("p", "Fraction of non-zero values per bin, test contexts, all scored latents.", class_="help"),
+                el("div", figs, class_="grid"))
+
+
+def _sens_spec(entries: list[MethodEntry]) -> Raw:
+    figs = []
+    for key in ("sensitivity", "specificity"):
+        series = []
+        for e in entries:
+            pts = [((_f(b.get("lo")) + _f(b.get("hi"))) / 2, _f(b.get(key)), math.nan, math.nan)
+                   for b in e.loaded.result.sens_spec_by_detection_bin]
+            series.append(Series(e.row.method, e.colour, pts))
+        figs.append(el("figure", line_chart(series, xlabel="detection AUROC bin (midpoint)", ylabel=key,
+                                            xdomain=(0.0, 1.0), h=260),
+                       el("figcaption", f"{key.capitalize()} (macro average over the latents in each bin)")))
+    items = [(e.row.method, e.colour, False) for e in entries]
+    return join(el("h2", "Sensitivity and specificity by detection score"), el("div", figs, class_="grid"),
+                legend(items))
+
+
+def _write_method(tdir: Path, spec, e: MethodEntry, decode, dnote: str, n_cases: int, tick) -> None:
+    mdir = tdir / e.slug
+    mdir.mkdir(parents=True, exist_ok=True)
+    res, loaded = e.loaded.result, e.loaded
+    expl, enote = explanations_of(res, spec)
+    windows, wnote = (test_windows(loaded, spec) if loaded.side is not None else (None, loaded.side_note))
+    text_note = wnote or dnote
+    figs = []
+    for name in res.figures:
+        src = loaded.path.parent / name
+        if src.is_file() and name.lower().endswith(".png"):
+            dst = mdir / _safe(Path(name).stem, 120)
+            shutil.copyfile(src, dst.with_suffix(".png"))
+            figs.append(el("figure", el("img", src=dst.with_suffix(".png").name, alt=name, class_="fig",
+                                        loading="lazy"), el("figcaption", name)))
+    counts = failure_counts(loaded) or {}
+    pl = res.per_latent
+    rows = []
+    for i, j in enumerate(loaded.latents):
+        fp, fn = counts.get(j, (None, None))
+        text = (expl or {}).get(j)
+        href = f"latent-{j}.html" if loaded.side is not None else None
+        rows.append(el("tr", el("td", el("a", str(j), href=href) if href else str(j), data_v=j),
+                       el("td", text if text is not None else "n/a", class_="t"),
+                       [el("td", fmt(_at(pl, k, i), 2), data_v=_dv(_at(pl, k, i)))
+                        for k in ("auroc", "balanced_accuracy", "sensitivity", "specificity", "score")],
+                       el("td", "n/a" if fp is None else str(fp), data_v="" if fp is None else fp),
+                       el("td", "n/a" if fn is None else str(fn), data_v="" if fn is None else fn)))
+    r = e.row
+    kv = el("dl", [join(el("dt", k), el("dd", v)) for k, v in (
+        ("method", r.method), ("description", res.submission.get("description", "")),
+        ("submission", f"{res.submission.get('path', '')} (sha256 {r.submission_sha256[:12]})"),
+        ("simulator", f"{res.simulator.get('model_key', '?')} ({res.simulator.get('prompt_version', '?')}, "
+                      f"{res.simulator.get('backend', '?')})"),
+        ("recovery", _est_text(r.recovery, 3)), ("ΔCE median (simulated)", _est_text(r.delta_ce_median_simulated, 4)),
+        ("sensitivity / specificity", f"{fmt(r.sensitivity, 3)} / {fmt(r.specificity, 3)}"),
+        ("detection AUROC", fmt(r.detection_auroc, 3)), ("date", r.date), ("result file", loaded.path.name))],
+        class_="kv")
+    hdr = el("tr", el("th", "latent"), el("th", "explanation", class_="t"), el("th", "det. AUROC"),
+             el("th", "bal. acc."), el("th", "sens."), el("th", "spec."), el("th", "selection score"),
+             el("th", "# FP", title="test contexts: simulator fired, latent not"),
+             el("th", "# FN", title="test contexts: latent fired, simulator not"))
+    table = el("div", el("table", el("thead", hdr), el("tbody", rows), class_="sortable", id="latents"), class_="wrap")
+    notes = [el("p", f"Explanations unavailable: {enote}", class_="mut") if enote else None,
+             el("p", loaded.side_note, class_="mut") if loaded.side_note else None]
+    body = join(el("h1", r.method), kv, notes, el("h2", "Latents"),
+                el("p", "Click a latent for its failure report. Click a header to sort.", class_="help"), table,
+                el("h2", "Figures written by harness eval") if figs else None, el("div", figs, class_="grid"))
+    crumbs = [("tasks", "../../index.html"), (spec.id, "../index.html"), (r.method, None)]
+    _write(mdir / "index.html", page(f"{r.method} · {spec.id}", body, crumbs, sortable=True))
+    if loaded.side is None:
+        for _ in loaded.latents:
+            tick()
+        return
+    for j in loaded.latents:
+        rep = latent_report(loaded, j, explanations=expl, explanation_note=enote, windows=windows, decode=decode,
+                            text_note=text_note, n=n_cases)
+        crumbs_l = [*crumbs[:2], (r.method, "index.html"), (f"latent {j}", None)]
+        _write(mdir / f"latent-{j}.html", page(f"latent {j} · {r.method} · {spec.id}", _latent_body(rep, r.method),
+                                               crumbs_l, sortable=True))
+        tick()
+
+
+def _at(d: dict, k: str, i: int):
+    v = d.get(k)
+    return v[i] if isinstance(v, list) and i < len(v) else None
+
+
+def _est_text(e: dict, d: int) -> str:
+    if math.isfinite(e["lo"]) and math.isfinite(e["hi"]):
+        return f"{fmt(e['value'], d)} [{fmt(e['lo'], d)}, {fmt(e['hi'], d)}]"
+    return fmt(e["value"], d)
+
+
+def _latent_body(rep, method: str) -> Raw:
+    expl = (el("div", rep.explanation, class_="expl", id="explanation") if rep.explanation is not None
+            else el("p", f"Explanation unavailable: {rep.explanation_note}", class_="mut"))
+    kv = el("dl", [join(el("dt", k), el("dd", v)) for k, v in (
+        ("detection AUROC", fmt(rep.auroc, 3)), ("sensitivity", fmt(rep.sensitivity, 3)),
+        ("specificity", fmt(rep.specificity, 3)), ("balanced accuracy", fmt(rep.balanced_accuracy, 3)),
+        ("active on test contexts", f"true {rep.n_true_active}/{rep.n_test}, simulated "
+                                    f"{'n/a' if rep.n_sim_active is None else rep.n_sim_active}/{rep.n_test}"),
+        ("“simulator fired” means", rep.fired_rule))], class_="kv")
+    sections = [el("h1", f"Latent {rep.latent} · {method}"), expl, kv]
+    if rep.text_note:
+        sections.append(el("p", f"Context text unavailable: {rep.text_note}", class_="mut"))
+    fp_t, fn_t = case_titles(rep)
+    for title, tid, cases, help_ in (("False positives", "fp", rep.false_positives, fp_t),
+                                     ("False negatives", "fn", rep.false_negatives, fn_t)):
+        rows = [el("tr", el("td", str(c.row), data_v=c.row), el("td", _context(c), class_="ctx"),
+                   el("td", fmt(c.true, 3), data_v=_dv(c.true)), el("td", fmt(c.sim, 3), data_v=_dv(c.sim)),
+                   el("td", fmt(c.pred, 3), data_v=_dv(c.pred))) for c in cases]
+        if not rows:
+            rows = [el("tr", el("td", "none", colspan=5, class_="t"))]
+        hdr = el("tr", el("th", "test ctx"), el("th", "context · scored token marked", class_="t"),
+                 el("th", "true act."), el("th", "simulated (calibrated)"), el("th", "raw score"))
+        sections += [el("h2", f"{title} ({len(cases)} shown)"), el("p", help_, class_="help"),
+                     el("div", el("table", el("thead", hdr), el("tbody", rows), class_="sortable", id=tid),
+                        class_="wrap")]
+    return join(*sections)
+
+
+def _context(c) -> Raw:
+    if c.prefix is None:
+        return Raw('<span class="mut">(text unavailable)</span>')
+    return join(c.prefix, el("mark", c.token, class_="tok", title="scored token"),
+                el("span", c.target, class_="next", title="next token (its CE is measured)"))

@@ -1,0 +1,155 @@
+"""Writing one run's result: file names, the per-context side file, figures, provenance and method notes."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import __version__
+from harness.data.prepare import Prepared
+from harness.data.table import ActivationTable
+from harness.io import save_npz, sha256_file
+from harness.report.result import Provenance, Result
+from harness.score.conditions import Condition, Subset
+from harness.score.metrics import CI_LEVEL
+from harness.task.spec import TaskSpec
+
+
+def result_tag(method: str, submission_sha256: str, simulator_key: str) -> str:
+    """A stable file stem per (submission, simulator): re-running overwrites, never forks."""
+    slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in method)[:40] or "method"
+    return f"{slug}-{submission_sha256[:10]}-{hashlib.sha256(simulator_key.encode()).hexdigest()[:6]}"
+
+
+def true_values(test_latents: tuple[np.ndarray, np.ndarray], latents: np.ndarray) -> np.ndarray:
+    """[n_test, m] true activation of each scored latent on each test context (0 where not in the TopK)."""
+    vals, inds = test_latents
+    out = np.zeros((len(vals), len(latents)), np.float32)
+    col = {int(j): c for c, j in enumerate(latents)}
+    for r, c in zip(*np.nonzero(vals > 0), strict=True):
+        if int(inds[r, c]) in col:
+            out[r, col[int(inds[r, c])]] = vals[r, c]
+    return out
+
+
+def table_excerpt(table: ActivationTable, latents: np.ndarray, pred_cal: np.ndarray, pred_tst: np.ndarray):
+    """The activation-table values the quantile map read for this run (both fitted modes), per latent:
+    (how many stored per latent, ranks among the latent's sorted non-zero values, values), concatenated
+    in `latents` order."""
+    from harness.data.table import needed_nonzero_ranks
+    from harness.score.calibrate import ecdf_midrank, fit_normaliser
+
+    if not table.exact:
+        return np.zeros(len(latents), np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    u = np.concatenate([ecdf_midrank(fit_normaliser(pred_cal), pred_tst),
+                        ecdf_midrank(fit_normaliser(pred_tst), pred_tst)])
+    ranks, values = [], []
+    for col, j in enumerate(latents):
+        r = needed_nonzero_ranks(int(table.nz_count[j]), table.n_tokens, u[:, col], table.method)
+        ranks.append(r)
+        values.append(table.nonzero_values(int(j))[r])
+    return (np.array([len(r) for r in ranks], np.int64), np.concatenate(ranks),
+            np.concatenate(values).astype(np.float32))
+
+
+def write_side_file(path: Path, prep: Prepared, latents: np.ndarray, ce: dict[Condition, np.ndarray],
+                    subsets: dict[Subset, np.ndarray], arrays: dict[str, np.ndarray]) -> str:
+    """Everything `harness verify-result` needs to recompute the result's numbers (docs/protocol.md §7);
+    returns its sha256."""
+    nz_stored, nz_ranks, nz_values = table_excerpt(prep.table, latents, arrays["pred_calibration"],
+                                                   arrays["pred_test"])
+    save_npz(path, test_targets=prep.splits["test"][:, -1], **{f"ce_{k}": v for k, v in prep.ce_base.items()},
+             **{f"ce_{c.key}": v for c, v in ce.items()}, latents=latents,
+             true_test=true_values(prep.test_latents, latents),
+             table_n_tokens=np.int64(prep.table.n_tokens), table_method=np.str_(prep.table.method),
+             table_nz_count=prep.table.nz_count[latents], table_nz_stored=nz_stored, table_nz_ranks=nz_ranks,
+             table_nz_values=nz_values,
+             **{f"subset__{s.name}": S for s, S in subsets.items() if s.rule != "all"},
+             test_windows=prep.splits["test"].astype(np.int32), **arrays)
+    return sha256_file(path)
+
+
+def provenance(spec: TaskSpec, command: str, device: Any, selection_scores: str, started: float,
+               stats: dict[str, Any]) -> Provenance:
+    import torch
+
+    return Provenance(
+        harness_version=__version__, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        seed=spec.scoring.seed, command=command, python=sys.version.split()[0], torch=torch.__version__,
+        transformers=_version("transformers"), platform=platform.platform(), device=str(device),
+        overrides=list(spec.overrides), selection_scores=selection_scores,
+        wall_seconds=round(time.time() - started, 1), **stats)
+
+
+def method_notes(spec: TaskSpec, table: ActivationTable) -> dict[str, Any]:
+    """How every number was computed, so a result explains itself (docs/protocol.md §6)."""
+    sc = spec.scoring
+    rule = ("fire-rate: per latent, the ceil(r*n_cal)-th largest calibration prediction, r = the latent's "
+            "firing rate on the activation sample; predicted firing iff prediction >= threshold"
+            if sc.detection_rule == "fire-rate" else f"fixed: predicted firing iff prediction >= {sc.detection_threshold:g}")
+    return {
+        "intervals": {"level": CI_LEVEL,
+                      "bootstrap": {"method": "percentile", "draws": sc.bootstrap, "seed": sc.seed,
+                                    "generator": "numpy PCG64(seed).integers(0, n, (draws, n))",
+                                    "resampled": "test contexts, the same resamples for every condition (paired)"},
+                      "recovery": "fieller (inverted one-sample t-test on n-1 df; unbounded when the denominator "
+                                  "is not significantly different from 0)"},
+        "quantile_estimator": {"numpy_method": table.method, "exact": bool(table.exact),
+                               "table": ("every non-zero activation of each latent" if table.exact
+                                         else f"{table.n_quantiles}-point grid of non-zero quantiles")},
+        "ecdf": "mid-rank empirical CDF of the calibration predictions, clipped to their range",
+        "detection_threshold": {"rule": sc.detection_rule, "description": rule},
+    }
+
+
+def draw_figures(result: Result, out_dir: Path, tag: str, prep: Prepared, latents: np.ndarray,
+                 pred_tst: np.ndarray, quantile_values: np.ndarray) -> list[str]:
+    from harness.report.plots import (
+        plot_activation_distributions,
+        plot_partial_rewriting,
+        plot_sens_spec_by_bin,
+    )
+
+    col = {int(j): c for c, j in enumerate(latents)}
+    vals, inds = prep.test_latents
+    true = []
+    for r in range(len(vals)):
+        for v, i in zip(vals[r], inds[r], strict=True):
+            if v > 0 and int(i) in col:
+                true.append(v)
+    paths = [out_dir / f"{tag}.curve.png", out_dir / f"{tag}.distributions.png", out_dir / f"{tag}.sens_spec.png"]
+    d = _plot_view(result.to_dict())
+    plot_partial_rewriting(d, paths[0])
+    # Non-zero calibrated values only: like-for-like with the true non-zero activations.
+    calibrated = quantile_values.ravel()
+    plot_activation_distributions(np.asarray(true), pred_tst.ravel(), calibrated[calibrated > 0], paths[1])
+    plot_sens_spec_by_bin(d["sens_spec_by_detection_bin"], paths[2])
+    return [p.name for p in paths]
+
+
+def _plot_view(d: Any) -> Any:
+    """The result as the plots read it: an interval's undefined bound is None (as in the file), not NaN."""
+    if isinstance(d, dict):
+        if set(d) >= {"value", "lo", "hi"}:
+            return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+        return {k: _plot_view(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_plot_view(v) for v in d]
+    return d
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "?"

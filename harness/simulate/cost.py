@@ -1,0 +1,88 @@
+"""`harness estimate`: how many simulator predictions a task costs and how long that takes, before running.
+
+Counts come from the task spec alone (so they work offline, even for hub tasks); time comes from the
+throughput that `benchmarks/simulate.py` measured and recorded in `harness/simulate/throughput.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from harness.errors import HarnessError
+from harness.task.spec import TaskSpec, load_task
+
+# Package data (not a repo path), so a wheel install can estimate too.
+THROUGHPUT_FILE = Path(__file__).resolve().parent / "throughput.json"
+
+
+@dataclass
+class Cost:
+    latents: int
+    calibration: int
+    test: int
+    detection: int
+
+    @property
+    def total(self) -> int:
+        return self.calibration + self.test + self.detection
+
+
+def rewritten_count(spec: TaskSpec) -> int:
+    lat = spec.latents
+    if lat.rewritten == "rule":
+        return lat.count
+    if lat.rewritten != "all":
+        return len(lat.rewritten)
+    from harness.task.inputs import TaskInputs
+
+    return TaskInputs(spec).num_latents()
+
+
+def prediction_cost(spec: TaskSpec) -> Cost:
+    m = rewritten_count(spec)
+    c = spec.contexts
+    return Cost(m, m * c.calibration, m * c.test, m * (c.detection_positive + c.detection_negative))
+
+
+def load_throughputs(path: Path | None = None) -> list[dict]:
+    path = path or THROUGHPUT_FILE
+    if not path.is_file():
+        return []
+    return json.loads(path.read_text()).get("measurements", [])
+
+
+def print_estimate(task: str, backend: str = "auto", overrides=(), console=None) -> Cost:
+    spec = load_task(task, list(overrides))
+    cost = prediction_cost(spec)
+    t = Table(title=f"{spec.id} ({spec.hash[:12]}): simulator predictions")
+    t.add_column("split")
+    t.add_column("predictions", justify="right")
+    t.add_row("calibration", f"{cost.calibration:,}")
+    t.add_row("test", f"{cost.test:,}")
+    t.add_row("detection", f"{cost.detection:,}")
+    t.add_row("total", f"{cost.total:,}  ({cost.latents:,} latents)")
+    console.print(t)
+    rows = [m for m in load_throughputs() if backend in ("auto", m["backend"])]
+    if not rows:
+        raise HarnessError(f"no measured throughput for backend {backend!r} in {THROUGHPUT_FILE}: "
+                           "run `python benchmarks/simulate.py` to measure it")
+    t = Table(title="projected simulation time at measured throughputs")
+    for col in ("backend", "model", "device", "predictions/s", "projected time"):
+        t.add_column(col)
+    for m in sorted(rows, key=lambda m: -m["predictions_per_s"]):
+        secs = cost.total / m["predictions_per_s"]
+        t.add_row(m["backend"], m["model"], m["device"], f"{m['predictions_per_s']:.1f}", _hms(secs))
+    console.print(t)
+    sim = spec.simulator.model.get("id") or spec.simulator.model.get("file") or spec.simulator.model.get("path")
+    console.print(f"The task's simulator is {sim}; a row measured on another model scales roughly with its size.")
+    return cost
+
+
+def _hms(s: float) -> str:
+    h, rem = divmod(int(s), 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"

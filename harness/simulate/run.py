@@ -1,0 +1,121 @@
+"""docs/protocol.md §3: every prediction a result needs, laid out as (context, explanation) pairs and made
+through the persistent prediction store: calibration and test contexts × every scored latent, then each
+latent's detection examples."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from harness.data.prepare import Prepared
+from harness.io import cache_root, progress
+from harness.model.load import ModelRef
+from harness.simulate.base import SimContext, Simulator
+from harness.task.spec import TaskSpec
+
+
+def context_id(text: str, last: str) -> str:
+    # The prompt depends on the text alone, so identical text shares predictions across tasks and runs.
+    return hashlib.sha256(f"{text}\x00{last}".encode()).hexdigest()[:24]
+
+
+def sim_contexts(tokenizer, rows: list[np.ndarray]) -> list[SimContext]:
+    """Each row's text before the scored token, and the scored (last) token, decoded by `tokenizer`."""
+    out = []
+    for ids in rows:
+        text = tokenizer.decode(ids[:-1].tolist())
+        last = tokenizer.decode([int(ids[-1])])
+        out.append(SimContext(context_id(text, last), text, last))
+    return out
+
+
+def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, subject_tok=None,
+                   endpoints=(), served_model: str = "") -> tuple[Simulator, ModelRef]:
+    """The task's simulator on `backend`; the subject's weights are reused when the simulator is the subject."""
+    from harness.model.load import load_model, resolve_source_folder
+    from harness.simulate import make_simulator
+
+    ref = spec.simulator_ref()
+    sim_kw: dict[str, Any] = dict(prompt_version=spec.simulator.prompt_version, max_chars=spec.simulator.max_explanation_chars,
+                  model_key=ref.key())
+    if backend in ("vllm", "http"):
+        # These engines hold the weights themselves (vLLM) or remotely (servers): only the tokenizer is local,
+        # so prompts are built as token ids here and no server-side chat template is ever applied.
+        from transformers import AutoTokenizer
+
+        folder = resolve_source_folder(ref, spec.folder, cache_root())
+        tok = (AutoTokenizer.from_pretrained(str(folder)) if folder is not None
+               else AutoTokenizer.from_pretrained(ref.id, revision=ref.revision or None))
+        if backend == "vllm":
+            return make_simulator("vllm", str(folder) if folder is not None else ref.id, tok, **sim_kw), ref
+        return make_simulator("http", served_model or ref.id or str(folder), tok, endpoints=list(endpoints),
+                              **sim_kw), ref
+    if subject_model is not None and ref == spec.subject_ref():
+        model, tok = subject_model, subject_tok
+    else:
+        model, tok = load_model(ref, spec.folder, cache_root(), device=device)
+    sim = make_simulator(backend, model, tok, batch_size=spec.simulator.batch_size, **sim_kw)
+    return sim, ref
+
+
+@dataclass
+class Predictions:
+    """The simulator's scores (`prompt_score`: expected digit, or log-odds) for one submission."""
+
+    calibration: np.ndarray                 # [n_cal, m]
+    test: np.ndarray                        # [n_test, m]
+    detection_pos: list[np.ndarray]         # per latent, its positive detection examples
+    detection_neg: list[np.ndarray]
+    stats: dict[str, int | float | str] = field(default_factory=dict)   # counts for the provenance
+
+
+def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latents: np.ndarray) -> Predictions:
+    """Every prediction the metrics need, through the persistent store: calibration, test, detection."""
+    from harness.simulate.prompt import prompt_score
+    from harness.simulate.store import CachedSimulator, PredictionStore
+
+    T = prep.spec.contexts.T
+    cal = sim_contexts(tokenizer, list(prep.splits["calibration"][:, :T]))
+    tst = sim_contexts(tokenizer, list(prep.splits["test"][:, :T]))
+    row_of = {int(j): r for r, j in enumerate(prep.rewritten)}
+    rows = np.asarray([row_of[int(j)] for j in latents])
+    pos, neg = prep.det_pos[rows], prep.det_neg[rows]
+    det_rows = np.unique(np.concatenate([pos[pos >= 0], neg[neg >= 0]]))
+    det_index = {int(r): i for i, r in enumerate(det_rows)}
+    det = sim_contexts(tokenizer, [prep.splits["detection"][b, : e + 1] for b, e in prep.det_contexts[det_rows]])
+    contexts = cal + tst + det
+    m = len(latents)
+    pairs = [(c, e) for c in range(len(cal) + len(tst)) for e in range(m)]
+    det_pairs = []
+    for e in range(m):
+        for r in list(pos[e][pos[e] >= 0]) + list(neg[e][neg[e] >= 0]):
+            det_pairs.append((len(cal) + len(tst) + det_index[int(r)], e))
+    store = PredictionStore(cache_root() / "predictions.sqlite")
+    cached = CachedSimulator(sim, store)
+    with progress() as prog:
+        t = prog.add_task(f"simulating ({sim.name})", total=len(pairs) + len(det_pairs))
+        probs, mass = cached.predict(contexts, explanations, pairs + det_pairs,
+                                     progress=lambda n: prog.advance(t, n))
+    ev = prompt_score(sim.prompt_version, probs)
+    n_cal, n_tst = len(cal), len(tst)
+    det_ev = ev[(n_cal + n_tst) * m:]
+    pos_pred, neg_pred, i = [], [], 0
+    for e in range(m):
+        p, q = int((pos[e] >= 0).sum()), int((neg[e] >= 0).sum())
+        pos_pred.append(det_ev[i:i + p])
+        i += p
+        neg_pred.append(det_ev[i:i + q])
+        i += q
+    stats: dict[str, int | float | str] = {
+        "n_predictions": len(pairs) + len(det_pairs), "n_computed": cached.n_computed, "n_cached": cached.n_cached,
+        "answer_mass_mean": float(np.mean(mass)) if len(mass) else float("nan")}
+    # Stored predictions were made in other batches: equal within the tolerance of docs/protocol-choices.md
+    # (Simulation), not necessarily bit for bit; the result says whether it depends on the store's history.
+    stats["prediction_source"] = ("computed" if not cached.n_cached else
+                                  "store" if not cached.n_computed else "mixed")
+    return Predictions(calibration=ev[: n_cal * m].reshape(n_cal, m),
+                       test=ev[n_cal * m: (n_cal + n_tst) * m].reshape(n_tst, m),
+                       detection_pos=pos_pred, detection_neg=neg_pred, stats=stats)

@@ -1,0 +1,436 @@
+"""Task specs (`tasks/<id>/task.toml`): loading, validation, content hash and the registry.
+
+A task freezes everything that changes a number: subject model, coder, corpus, context length, split
+sizes, seeds, rewritten latents, simulator and prompt version, scoring options, and the sha256 of every
+pinned artifact. The hash covers all of it except free text, so results from different specs can never
+be mixed on one leaderboard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from harness.errors import HarnessError
+
+KNOWN_SECTIONS = {"id", "description", "notes", "subject", "coder", "corpus", "contexts", "latents",
+                  "simulator", "scoring", "artifacts"}
+MODEL_KEYS = {"source", "id", "revision", "path", "package", "file", "dtype", "parts", "sha256", "version"}
+CORPUS_SOURCES = {"local-tokens", "local-text", "hub"}
+RANK_METRICS = ("sim_minus_zero", "detection_auroc")
+LATENT_RULES = {"random-alive", "most-frequent", "stratified", "lexical"}
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+@dataclass(frozen=True)
+class CoderSpec:
+    source: str            # "local" | "hub"
+    hookpoint: str
+    kind: str              # "transcoder" | "sae"
+    path: str = ""         # local folder (relative to the task folder) holding cfg.json + sae.safetensors
+    repo: str = ""         # hub repo id
+    revision: str = ""     # hub commit
+    subfolder: str = ""    # folder inside the hub repo (sparsify: the hookpoint name)
+    num_latents: int = 0   # declared shape (checked against cfg.json on load; lets `estimate` run offline)
+    k: int = 0
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    source: str                    # local-tokens | local-text | hub
+    path: str = ""                 # local-tokens: .npz with `tokens`; local-text: .txt/.jsonl file
+    dataset: str = ""              # hub dataset id
+    revision: str = ""
+    config: str = ""
+    split: str = "train"
+    text_field: str = "text"
+    data_files: str = ""           # a file inside the dataset repo, to avoid fetching all of it
+    max_documents: int = 0         # documents read from the start of the split (0: as many as needed)
+    offset: int = 0                # local-tokens: skip this many tokens (e.g. the part the coder was trained on)
+
+
+@dataclass(frozen=True)
+class ContextSpec:
+    T: int                          # window length; the scored position is the window's last
+    seed: int
+    activation_sample_tokens: int   # tokens in the activation_sample split (coder only)
+    calibration: int
+    test: int
+    detection_positive: int
+    detection_negative: int
+    detection_pool: int = 0         # windows searched for detection examples (0: auto)
+    min_position: int = 0           # first position used for activation sample / detection (0: T // 2)
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    rewritten: str | tuple[int, ...]   # "all" or explicit latent indices
+    count: int = 0                     # with a rule: how many latents to draw
+    rule: str = ""                     # random-alive | most-frequent | stratified
+    seed: int = 0
+    # With a rule: draw only among latents firing at least this often in the activation sample, so that
+    # each drawn latent has positives among the test contexts (a rarer latent cannot move a small task's CE).
+    min_fire_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class SimulatorSpec:
+    model: dict
+    prompt_version: str
+    max_explanation_chars: int
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    quantile_method: str = "inverted_cdf"
+    n_quantiles: int = 1001
+    fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    bootstrap: int = 10000   # measured: benchmarks/bootstrap_draws.py, docs/protocol.md §6
+    seed: int = 0
+    # Balanced accuracy of detection: "fire-rate" fits one threshold per latent on the calibration split
+    # (metrics.detection_thresholds), on whatever scale the simulator answers; "fixed" compares against
+    # `detection_threshold`, which only means something for one answer scale (docs/protocol.md, Metrics).
+    detection_rule: str = "fire-rate"
+    detection_threshold: float = 1.0
+    # What the leaderboard ranks by: "sim_minus_zero" (mean paired CE difference, the paper's quantity) or
+    # "detection_auroc" (mean per-latent detection AUROC, bootstrap over latents), for tasks too small for CE to
+    # order methods (the offline mini task: docs/findings.md).
+    rank_by: str = "sim_minus_zero"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    id: str
+    description: str
+    subject: dict
+    coder: CoderSpec
+    corpus: CorpusSpec
+    contexts: ContextSpec
+    latents: LatentSpec
+    simulator: SimulatorSpec
+    scoring: ScoringSpec
+    artifacts: dict[str, str]
+    folder: Path = field(compare=False)
+    toml_path: Path = field(compare=False)
+    overrides: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def hash(self) -> str:
+        return task_hash(self)
+
+    def subject_ref(self):
+        from harness.model.load import ModelRef
+        return ModelRef.from_dict(self.subject, f"{self.toml_path} [subject]", base_dir=self.folder)
+
+    def simulator_ref(self):
+        from harness.model.load import ModelRef
+        return ModelRef.from_dict(self.simulator.model, f"{self.toml_path} [simulator]", base_dir=self.folder)
+
+    def resolve(self, rel: str) -> Path:
+        p = Path(os.path.expanduser(rel))
+        return p if p.is_absolute() else self.folder / p
+
+    def min_position(self) -> int:
+        return self.contexts.min_position or self.contexts.T // 2
+
+
+def _canonical(spec: TaskSpec) -> dict:
+    d = asdict(spec)
+    for k in ("folder", "toml_path", "overrides", "description"):
+        d.pop(k, None)
+    # Where a file lives is not what it is: the sha256s in [artifacts] pin content.
+    for section in ("subject",):
+        if d[section].get("source") != "local":
+            d[section].pop("path", None)
+    if d["simulator"]["model"].get("source") != "local":
+        d["simulator"]["model"].pop("path", None)
+    d["simulator"].pop("batch_size", None)  # speed only
+    if d["scoring"].get("rank_by") == "sim_minus_zero":
+        d["scoring"].pop("rank_by")  # added later: specs that keep the default keep their hash
+    if not d["latents"].get("min_fire_rate"):
+        d["latents"].pop("min_fire_rate", None)  # added later: specs without it keep their hash
+    d["coder"].pop("path", None) if d["coder"]["source"] == "hub" else None
+    if d["corpus"]["source"] == "hub":
+        d["corpus"].pop("path", None)
+    return d
+
+
+def task_hash(spec: TaskSpec) -> str:
+    blob = json.dumps(_canonical(spec), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _need(d: dict, key: str, typ, where: str):
+    if key not in d:
+        raise HarnessError(f"{where}: missing key `{key}`")
+    v = d[key]
+    if typ is int and isinstance(v, bool) or not isinstance(v, typ):
+        raise HarnessError(f"{where}: `{key}` must be {typ.__name__ if isinstance(typ, type) else typ}, got {_show(v)}")
+    return v
+
+
+def _show(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:40] + "…"
+
+
+def _table(raw: dict, name: str, where: str) -> dict:
+    v = raw.get(name) or {}
+    if not isinstance(v, dict):
+        raise HarnessError(f"{where} [{name}]: must be a table, got {_show(v)}")
+    return v
+
+
+def _typed(d: dict, cls, where: str) -> None:
+    """Each given key has its dataclass field's type (int: not bool and >= 0; float: finite)."""
+    for name, f in cls.__dataclass_fields__.items():
+        if name not in d or f.type not in ("str", "int", "float"):
+            continue
+        v = d[name]
+        if f.type == "str":
+            ok, want = isinstance(v, str), "a string"
+        elif f.type == "int":
+            ok, want = isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            want = "a finite number"
+        if not ok:
+            raise HarnessError(f"{where}: `{name}` must be {want}, got {_show(v)}")
+
+
+def _only(d: dict, allowed: set[str], where: str) -> None:
+    extra = sorted(set(d) - allowed)
+    if extra:
+        raise HarnessError(f"{where}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _model_dict(d: Any, where: str) -> dict:
+    if not isinstance(d, dict):
+        raise HarnessError(f"{where}: must be a table")
+    _only(d, MODEL_KEYS, where)
+    src = _need(d, "source", str, where)
+    required = {"hub": ("id", "revision"), "local": ("path",), "gguf-package": ("package", "file"),
+                "gguf-parts": ("package", "file", "sha256")}
+    if src not in required:
+        raise HarnessError(f"{where}: source must be one of {', '.join(required)} (got {src!r})")
+    for key in required[src]:
+        _need(d, key, str, where)
+    if src == "gguf-parts":
+        _need(d, "parts", int, where)
+    for key, v in d.items():
+        if not isinstance(v, str) and key not in ("parts",):
+            raise HarnessError(f"{where}: `{key}` must be a string, got {_show(v)}")
+    return dict(d)
+
+
+def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
+    """`section.key=value` edits of the parsed TOML, e.g. `subject.path=/models/pythia` (values parsed as TOML).
+
+    `section.key=` (nothing after the `=`) removes the key: switching a model to another source must drop the
+    keys the old source needed (e.g. a multi-part GGUF's `parts` and `sha256`).
+    """
+    for ov in overrides:
+        if "=" not in ov or not ov.split("=", 1)[0].strip():
+            raise HarnessError(f"override {ov!r}: write it as section.key=value, e.g. subject.path=/data/model")
+        key, value = ov.split("=", 1)
+        if not value.strip():
+            *path, last = key.strip().split(".")
+            node = raw
+            for p in path:
+                node = node.get(p) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(last, None)
+            continue
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except (tomllib.TOMLDecodeError, RecursionError, KeyError):
+            parsed = value
+        parts = key.split(".")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise HarnessError(f"override {ov!r}: {p} is not a section of {where}")
+        node[parts[-1]] = parsed
+    return raw
+
+
+def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
+    toml_path = Path(toml_path)
+    where = str(toml_path)
+    try:
+        raw = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HarnessError(f"{where}: task file not found") from None
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{where}: not UTF-8 text (byte {e.start}) — save the task file as UTF-8 TOML") from None
+    except OSError as e:
+        raise HarnessError(f"{where}: cannot read the task file ({e.strerror})") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as e:
+        raise HarnessError(f"{where}: invalid TOML ({e or 'nested too deep'})") from None
+    raw = apply_overrides(raw, list(overrides or []), where)
+    _only(raw, KNOWN_SECTIONS, where)
+    tid = _need(raw, "id", str, where)
+    if not _TASK_ID.fullmatch(tid):
+        # The id names folders (results/<id>/, the cache): no separators, no "..", nothing hidden.
+        raise HarnessError(f"{where}: id {_show(tid)} must be letters, digits, '.', '_' or '-' (at most 100), "
+                           "starting with a letter or digit")
+
+    coder = _table(raw, "coder", where)
+    w = f"{where} [coder]"
+    _only(coder, {"source", "path", "repo", "revision", "subfolder", "hookpoint", "kind", "num_latents", "k"}, w)
+    _typed(coder, CoderSpec, w)
+    csrc = _need(coder, "source", str, w)
+    if csrc == "local":
+        _need(coder, "path", str, w)
+    elif csrc == "hub":
+        _need(coder, "repo", str, w)
+        _need(coder, "revision", str, w)
+    else:
+        raise HarnessError(f"{w}: source must be local or hub (got {csrc!r})")
+    _need(coder, "hookpoint", str, w)
+    if _need(coder, "kind", str, w) not in ("transcoder", "sae"):
+        raise HarnessError(f"{w}: kind must be transcoder or sae (got {coder['kind']!r})")
+
+    corpus = _table(raw, "corpus", where)
+    w = f"{where} [corpus]"
+    _only(corpus, set(CorpusSpec.__dataclass_fields__), w)
+    _typed(corpus, CorpusSpec, w)
+    if _need(corpus, "source", str, w) not in CORPUS_SOURCES:
+        raise HarnessError(f"{w}: source must be one of {', '.join(sorted(CORPUS_SOURCES))}")
+    if corpus["source"] == "hub":
+        _need(corpus, "dataset", str, w)
+        _need(corpus, "revision", str, w)
+    else:
+        _need(corpus, "path", str, w)
+
+    ctx = _table(raw, "contexts", where)
+    w = f"{where} [contexts]"
+    _only(ctx, set(ContextSpec.__dataclass_fields__), w)
+    _typed(ctx, ContextSpec, w)
+    for key in ("T", "seed", "activation_sample_tokens", "calibration", "test", "detection_positive",
+                "detection_negative"):
+        if _need(ctx, key, int, w) < 0 or (key != "seed" and ctx[key] == 0 and key != "detection_negative"):
+            raise HarnessError(f"{w}: `{key}` must be a positive integer (got {ctx[key]})")
+
+    lat = _table(raw, "latents", where)
+    w = f"{where} [latents]"
+    _only(lat, {"rewritten"}, w)
+    rw = lat.get("rewritten", "all")
+    if rw == "all":
+        latents = LatentSpec("all")
+    elif isinstance(rw, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in rw) and rw:
+        if len(set(rw)) != len(rw):
+            raise HarnessError(f"{w}: `rewritten` lists a latent twice")
+        latents = LatentSpec(tuple(sorted(rw)))
+    elif isinstance(rw, dict):
+        _only(rw, {"count", "seed", "rule", "min_fire_rate"}, w + " rewritten")
+        rule = rw.get("rule", "random-alive")
+        if not isinstance(rule, str) or rule not in LATENT_RULES:
+            raise HarnessError(f"{w}: rewritten.rule must be one of {', '.join(sorted(LATENT_RULES))}")
+        mfr = rw.get("min_fire_rate", 0.0)
+        if isinstance(mfr, bool) or not isinstance(mfr, (int, float)) or not 0 <= mfr < 1:
+            raise HarnessError(f"{w}: rewritten.min_fire_rate must be a number in [0, 1), got {mfr!r}")
+        count, seed = _need(rw, "count", int, w), rw.get("seed", 0)
+        if count < 1 or not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise HarnessError(f"{w}: rewritten.count must be a positive integer and rewritten.seed a non-negative one")
+        latents = LatentSpec("rule", count=count, rule=rule, seed=seed, min_fire_rate=float(mfr))
+    else:
+        raise HarnessError(f'{w}: `rewritten` must be "all", a list of latent indices, or {{count, seed, rule[, min_fire_rate]}}')
+
+    sim = _table(raw, "simulator", where)
+    w = f"{where} [simulator]"
+    _only(sim, MODEL_KEYS | {"prompt_version", "max_explanation_chars", "batch_size"}, w)
+    sim_model = _model_dict({k: v for k, v in sim.items() if k in MODEL_KEYS}, w)
+    _typed(sim, SimulatorSpec, w)
+    if sim.get("batch_size", 32) < 1:
+        raise HarnessError(f"{w}: `batch_size` must be a positive integer (got {sim['batch_size']})")
+    simulator = SimulatorSpec(
+        model=sim_model,
+        prompt_version=_need(sim, "prompt_version", str, w),
+        max_explanation_chars=_need(sim, "max_explanation_chars", int, w),
+        batch_size=int(sim.get("batch_size", 32)),
+    )
+
+    sc = _table(raw, "scoring", where)
+    w = f"{where} [scoring]"
+    _only(sc, set(ScoringSpec.__dataclass_fields__), w)
+    _typed(sc, ScoringSpec, w)
+    if "fractions" in sc:
+        fr = sc["fractions"]
+        if not isinstance(fr, list) or not fr or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in fr):
+            raise HarnessError(f"{w}: `fractions` must be a list of numbers in (0, 1]")
+        sc = {**sc, "fractions": tuple(float(f) for f in fr)}
+    scoring = ScoringSpec(**sc)
+    if scoring.rank_by not in RANK_METRICS:
+        raise HarnessError(f"{w}: `rank_by` must be one of {', '.join(RANK_METRICS)}, got {scoring.rank_by!r}")
+    if scoring.detection_rule not in ("fire-rate", "fixed"):
+        raise HarnessError(f"{w}: `detection_rule` must be fire-rate or fixed, got {scoring.detection_rule!r}")
+    if scoring.bootstrap < 1000:
+        raise HarnessError(f"{w}: `bootstrap` must be at least 1000 draws (docs/protocol.md §6)")
+
+    arts = _table(raw, "artifacts", where)
+    if not all(isinstance(v, str) and len(v) == 64 for v in arts.values()):
+        raise HarnessError(f"{where} [artifacts]: each entry must map a path to a 64-hex sha256")
+
+    return TaskSpec(
+        id=tid,
+        description=str(raw.get("description", "")),
+        subject=_model_dict(raw.get("subject"), f"{where} [subject]"),
+        coder=CoderSpec(**coder),
+        corpus=CorpusSpec(**corpus),
+        contexts=ContextSpec(**ctx),
+        latents=latents,
+        simulator=simulator,
+        scoring=scoring,
+        artifacts=dict(arts),
+        folder=toml_path.parent,
+        toml_path=toml_path,
+        overrides=tuple(overrides or ()),
+    )
+
+
+def tasks_dir() -> Path:
+    env = os.environ.get("HARNESS_TASKS_DIR")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2] / "tasks"
+    return repo if repo.is_dir() else Path.cwd() / "tasks"
+
+
+def list_tasks(root: Path | None = None) -> list[TaskSpec]:
+    root = root or tasks_dir()
+    return [parse_task(p) for p in sorted(root.glob("*/task.toml"))]
+
+
+def load_task(name_or_path: str, overrides: list[str] | None = None) -> TaskSpec:
+    """A registered task id, a task folder, or a task.toml path."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.is_file():
+        return parse_task(p, overrides)
+    if p.is_dir() and (p / "task.toml").is_file():
+        return parse_task(p / "task.toml", overrides)
+    cand = tasks_dir() / name_or_path / "task.toml"
+    if cand.is_file():
+        return parse_task(cand, overrides)
+    known = sorted(q.parent.name for q in tasks_dir().glob("*/task.toml"))
+    raise HarnessError(
+        f"unknown task {name_or_path!r}: known tasks are {', '.join(known) or '(none)'}; "
+        "or pass a task folder / task.toml path (see `harness tasks`)"
+    )
+
+
+def task_cache_dir(spec: TaskSpec) -> Path:
+    from harness.io import cache_root, writable_dir
+
+    return writable_dir(cache_root() / "tasks" / f"{spec.id}-{spec.hash[:12]}", "cache",
+                        fix="set HARNESS_CACHE to a writable folder", create=True)
