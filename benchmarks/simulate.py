@@ -256,7 +256,7 @@ def make_contexts(tokenizer, tokens, n: int, T: int, seed: int, tag: str):
     rng = np.random.default_rng(seed)
     starts = np.sort(rng.choice(len(tokens) // T - 1, size=n, replace=False)) * T
     out = []
-    for i, s in enumerate(starts):
+    for s in starts:
         w = [int(t) for t in tokens[s:s + T]]
         out.append(SimContext(f"{tag}:{int(s)}", tokenizer.decode(w[:-1]), tokenizer.decode(w[-1:])))
     return out
@@ -483,7 +483,7 @@ def vllm_worker(spec_path: str) -> int:
         # The same token ids as the torch engines got (this interpreter may have another transformers).
         mismatched = sum(
             sim.builder.prefix(contexts[c].text, contexts[c].last_token) + sim.builder.suffix(expl[e]) != want
-            for (c, e), want in zip(pairs, spec["prompts"])
+            for (c, e), want in zip(pairs, spec["prompts"], strict=True)
         )
         sim.predict(warm, expl, [tuple(p) for p in spec["warm_pairs"]])
         cached: list = []
