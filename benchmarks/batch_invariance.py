@@ -38,7 +38,7 @@ def run(n_ctx: int, n_expl: int) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="batch-inv-"))
     os.environ["HARNESS_CACHE"] = str(tmp / "cache")
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["make-tiny-task", "--out", str(tmp / "task")]) == 0
+        assert main(["make-tiny-task", "-o", str(tmp / "task")]) == 0
         spec = load_task(str(tmp / "task"))
         prep = prepare(spec)
     model, tok = load_model(spec.simulator_ref(), spec.folder, cache_root(), device="cpu")

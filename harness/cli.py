@@ -6,14 +6,15 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-from harness.io import env_int, one_line, writable_dir, writable_file
 from harness.errors import HarnessError
+from harness.io import env_int, one_line, writable_dir, writable_file
 
 # No markup, no emoji codes: method names, task ids and paths come from users, and "[/b]" or ":x:" in
 # them is text ("[/b]" as markup raises MarkupError, "[coder]" would vanish from a message).
@@ -33,64 +34,66 @@ def _overrides(p):
 
 
 def cmd_tasks(args) -> int:
+    from harness.task.listing import COLUMNS, task_cells, task_json
     from harness.task.spec import list_tasks, tasks_dir
+    from harness.terminal import print_table
 
-    specs = list_tasks(Path(args.dir) if args.dir else None)
-    table = Table(title=f"tasks in {args.dir or tasks_dir()}")
-    for col in ("id", "hash", "subject", "coder", "T", "cal/test", "rewritten", "simulator"):
-        table.add_column(col)
-    for s in specs:
-        subj = s.subject.get("id") or s.subject.get("file") or s.subject.get("path")
-        rw = s.latents.rewritten if s.latents.rewritten in ("all",) else (
-            f"{s.latents.count} ({s.latents.rule})" if s.latents.rewritten == "rule" else f"{len(s.latents.rewritten)} listed")
-        sim = (s.simulator.model.get("id") or s.simulator.model.get("file") or s.simulator.model.get("path")
-               if s.simulator.model.get("source") != "gguf-parts" else s.simulator_ref().describe())
-        table.add_row(s.id, s.hash[:12], str(subj), f"{s.coder.kind} @ {s.coder.hookpoint}", str(s.contexts.T),
-                      f"{s.contexts.calibration}/{s.contexts.test}", str(rw), str(sim))
-    console.print(table)
+    tasks = [task_json(s) for s in list_tasks(Path(args.dir) if args.dir else None)]
+    if args.format == "json":
+        _print_json(tasks)
+    else:
+        print_table(console, COLUMNS, [task_cells(t) for t in tasks], title=f"tasks in {args.dir or tasks_dir()}",
+                    fmt=args.format)
     return 0
+
+
+def _say(msg: str) -> None:
+    """A one-line message (paths, ids): never folded at the terminal width, so it can be copied whole."""
+    console.print(msg, soft_wrap=True)
+
+
+def _print_json(obj) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def cmd_prepare(args) -> int:
     from harness.data.prepare import prepare
     from harness.task.spec import load_task
+    from harness.terminal import Column, print_table
 
     spec = load_task(args.task, args.override)
     prep = prepare(spec, args.device)
     b = prep.ce_base
-    table = Table(title=f"{spec.id} ({spec.hash[:12]}): prepared in {prep.cache_dir}")
-    table.add_column("condition")
-    table.add_column("mean CE (test)", justify="right")
-    for k in ("clean", "coder", "zero_output"):
-        table.add_row(k, f"{b[k].mean():.4f}" if k != "zero_output" or spec.coder.kind == "transcoder" else "n/a (SAE)")
-    console.print(table)
-    console.print(f"rewritten latents: {len(prep.rewritten)}  alive in activation sample: "
+    ce = [[k, f"{b[k].mean():.4f}" if k != "zero_output" or spec.coder.kind == "transcoder" else "n/a (SAE)"]
+          for k in ("clean", "coder", "zero_output")]
+    print_table(console, (Column("condition"), Column("mean CE (test)", numeric=True)), ce,
+                title=f"{spec.id} ({spec.hash[:12]}): prepared in {prep.cache_dir}")
+    _say(f"rewritten latents: {len(prep.rewritten)}  alive in activation sample: "
                   f"{int((prep.table.fire_rate > 0).sum())}/{prep.num_latents}")
     return 0
 
 
 def cmd_eval(args) -> int:
     from harness.evaluate import EvalConfig, evaluate
-    from harness.report.leaderboard import print_rich
+    from harness.report.leaderboard import print_leaderboard, write_leaderboard
 
-    if not args.no_leaderboard:
+    if args.leaderboard:
         writable_dir(args.leaderboard, "leaderboard")
-    cfg = EvalConfig(task=args.task, submission=Path(args.explanations), backend=args.backend, device=args.device,
+    cfg = EvalConfig(task=args.task, submission=Path(args.submission), backend=args.backend, device=args.device,
                      results_dir=Path(args.results), overrides=args.override,
                      endpoints=[e for e in (args.endpoints or "").split(",") if e], served_model=args.served_model,
                      command="harness " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     result, path = evaluate(cfg)
     _print_summary(result)
-    console.print(f"result: {one_line(str(path))}")
-    if not args.no_leaderboard:
-        # The spec just evaluated defines the hash, whether or not it is registered under tasks/.
-        rows, _ = _leaderboard_rows(Path(args.results), result["task"]["id"],
-                                    {result["task"]["id"]: result["task"]["hash"]})
-        from harness.report.leaderboard import write_leaderboard
-
-        out = write_leaderboard(result["task"]["id"], rows, args.leaderboard, task_hash=result["task"]["hash"])
-        print_rich(rows, console, title=f"leaderboard: {result['task']['id']}")
-        console.print(f"leaderboard: {one_line(str(out))}")
+    _say(f"result: {one_line(str(path))}")
+    # The spec just evaluated defines the hash, whether or not it is registered under tasks/.
+    tid, thash = result["task"]["id"], result["task"]["hash"]
+    rows, _ = _leaderboard_rows(Path(args.results), tid, {tid: thash})
+    print_leaderboard(rows, console, title=f"leaderboard: {tid}")
+    if args.leaderboard:
+        _say(f"leaderboard: {one_line(str(write_leaderboard(tid, rows, args.leaderboard, task_hash=thash)))}")
     return 0
 
 
@@ -107,26 +110,26 @@ def _fmt(e) -> str:
     return f"{_num(e['value'])} [{_num(e['lo'])}, {_num(e['hi'])}]"
 
 
-def _print_summary(r: dict) -> None:
-    h = r["headline"]
-    t = Table(title=f"{r['task']['id']} · {r['submission']['method']} · coverage {r['submission']['coverage']:.0%}")
-    t.add_column("metric")
-    t.add_column("value [95% CI]", justify="right")
-    t.add_row("recovery R (quantile, all rewritten)", _fmt(h["recovery"]))
-    t.add_row("ΔCE median simulated", _fmt(h["delta_ce_median"]))
-    t.add_row("ΔCE median latent_zero", _fmt(h["latent_zero_delta_ce_median"]))
-    t.add_row("simulated − latent_zero (mean)", _fmt(h["sim_minus_zero_mean"]))
-    t.add_row("sensitivity / specificity", f"{_num(h['sensitivity'])} / {_num(h['specificity'])}")
-    t.add_row("detection AUROC / balanced accuracy",
-              f"{_num(h['detection_auroc'])} / {_num(h.get('detection_balanced_accuracy'))}")
-    ce = r["ce_means"]
-    t.add_row("mean CE clean / coder / zero_output",
-              f"{_num(ce['clean'])} / {_num(ce['coder'])} / {_num(ce['zero_output'])}")
+def _print_summary(r: Mapping[str, Any]) -> None:
+    from harness.terminal import Column, print_table
+
+    h, ce = r["headline"], r["ce_means"]
+    rows = [
+        ["recovery R (quantile, all rewritten)", _fmt(h["recovery"])],
+        ["ΔCE median simulated", _fmt(h["delta_ce_median"])],
+        ["ΔCE median latent_zero", _fmt(h["latent_zero_delta_ce_median"])],
+        ["simulated − latent_zero (mean)", _fmt(h["sim_minus_zero_mean"])],
+        ["sensitivity / specificity", f"{_num(h['sensitivity'])} / {_num(h['specificity'])}"],
+        ["detection AUROC / balanced accuracy",
+         f"{_num(h['detection_auroc'])} / {_num(h.get('detection_balanced_accuracy'))}"],
+        ["mean CE clean / coder / zero_output", f"{_num(ce['clean'])} / {_num(ce['coder'])} / {_num(ce['zero_output'])}"],
+    ]
     for mode in ("none", "prompt-fit"):
         c = next(c for c in r["conditions"] if c["name"] == "simulated" and c["calibration"] == mode
                  and c["selection"] == "all")
-        t.add_row(f"recovery, calibration={mode}", _fmt(c["recovery"]))
-    console.print(t)
+        rows.append([f"recovery, calibration={mode}", _fmt(c["recovery"])])
+    title = f"{r['task']['id']} · {r['submission']['method']} · coverage {r['submission']['coverage']:.0%}"
+    print_table(console, (Column("metric"), Column("value [95% CI]", numeric=True)), rows, title=title)
     for w in r.get("warnings", []):
         # Degenerate predictions (constant, saturated, copied): scored as they are, but said out loud.
         Console(stderr=True).print(f"[yellow]warning:[/] {w['message']}", highlight=False, soft_wrap=True)
@@ -146,37 +149,60 @@ def _leaderboard_rows(results: Path, task_id: str | None, known: dict[str, str] 
 
 
 def cmd_leaderboard(args) -> int:
-    from harness.report.leaderboard import print_rich, render, write_leaderboard
-    from harness.task.spec import list_tasks
+    from harness.report.leaderboard import (
+        print_leaderboard,
+        render,
+        to_json,
+        write_leaderboard,
+    )
+    from harness.task.spec import list_tasks, load_task
 
-    if args.write:
-        writable_dir(args.out, "leaderboard")
-    task_ids = [args.task] if args.task else [s.id for s in list_tasks()]
-    for tid in task_ids:
-        rows, rejected = _leaderboard_rows(Path(args.results), tid)
-        for rj in rejected:
-            console.print(Text.assemble(("rejected", "yellow"), f" {one_line(rj.path)}: {one_line(rj.reason)}"))
-        if args.format == "rich":
-            print_rich(rows, console, title=tid)
+    if args.leaderboard:
+        writable_dir(args.leaderboard, "leaderboard")
+    registered = list_tasks()
+    specs = registered if not args.task else (
+        [s for s in registered if s.id == args.task] or [load_task(args.task)])   # an id, else a folder
+    boards = [(s, _task_rows(Path(args.results), s)) for s in specs]
+    if args.format in ("json", "csv"):
+        # One document for every task: the rows carry their task.
+        rows = [r for _, rs in boards for r in rs]
+        if args.format == "json":
+            _print_json(to_json(rows))
         else:
-            sys.stdout.write(render(rows, args.format) + "\n")
-        if args.write:
-            from harness.task.spec import load_task
-
-            out = write_leaderboard(tid, rows, args.out, task_hash=load_task(tid).hash)
-            console.print(f"wrote {one_line(str(out))}")
+            sys.stdout.write(render(rows, "csv"))
+    for spec, rows in boards:
+        if args.format in ("md", "html"):
+            heading = f"## {spec.id}\n\n" if len(boards) > 1 else ""
+            sys.stdout.write(heading + render(rows, args.format) + "\n")
+        elif args.format in ("auto", "rich"):
+            print_leaderboard(rows, console, title=spec.id, fmt=args.format)
+        if args.leaderboard:
+            out = write_leaderboard(spec.id, rows, args.leaderboard, task_hash=spec.hash)
+            _note(f"wrote {one_line(str(out))}")
     return 0
+
+
+def _task_rows(results: Path, spec):
+    """A task's ranked rows; files that cannot be ranked are named on stderr, so stdout stays one table."""
+    rows, rejected = _leaderboard_rows(results, spec.id, {spec.id: spec.hash})
+    for rj in rejected:
+        _note(Text.assemble(("rejected", "yellow"), f" {one_line(rj.path)}: {one_line(rj.reason)}"))
+    return rows
+
+
+def _note(msg) -> None:
+    Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True).print(msg)
 
 
 def cmd_validate(args) -> int:
     from harness.task.inputs import TaskInputs
-    from harness.task.submission import load_submission
     from harness.task.spec import load_task
+    from harness.task.submission import load_submission
 
     spec = load_task(args.task, args.override)
-    sub = load_submission(args.file, task_id=spec.id, num_latents=TaskInputs(spec).num_latents(),
+    sub = load_submission(args.submission, task_id=spec.id, num_latents=TaskInputs(spec).num_latents(),
                           max_chars=spec.simulator.max_explanation_chars)
-    console.print(f"ok: {one_line(args.file)}: {len(sub.explanations)} explanations for task {spec.id} "
+    _say(f"ok: {one_line(args.submission)}: {len(sub.explanations)} explanations for task {spec.id} "
                   f"(method {sub.method!r}, sha256 {sub.sha256[:12]})")
     return 0
 
@@ -185,20 +211,20 @@ def cmd_import_delphi(args) -> int:
     from harness.task.submission import import_delphi, save_submission
 
     writable_file(args.output, "output")
-    d = import_delphi(args.folder, task_id=args.task, method=args.method, description=args.description,
+    d = import_delphi(args.delphi, task_id=args.task, method=args.method, description=args.description,
                       hookpoint=args.hookpoint)
     path = save_submission(d, args.output)
-    console.print(f"wrote {one_line(str(path))}: {len(d['explanations'])} explanations")
+    _say(f"wrote {one_line(str(path))}: {len(d['explanations'])} explanations")
     return 0
 
 
 def cmd_make_tiny_task(args) -> int:
     from harness.testing.tiny import TinyTaskOptions, make_tiny_task
 
-    writable_dir(args.out, "output")
-    opts = TinyTaskOptions(task_id=args.id, arch=args.arch, kind=args.kind, seed=args.seed)
-    path = make_tiny_task(Path(args.out), opts)
-    console.print(f"wrote {one_line(str(path))}")
+    writable_dir(args.output, "output")
+    opts = TinyTaskOptions(task_id=args.task, arch=args.arch, kind=args.kind, seed=args.seed)
+    path = make_tiny_task(Path(args.output), opts)
+    _say(f"wrote {one_line(str(path))}")
     return 0
 
 
@@ -206,8 +232,8 @@ def cmd_explain(args) -> int:
     from harness.baselines.explain import run_explain
 
     path = run_explain(args.task, args.method, Path(args.output), overrides=args.override, seed=args.seed,
-                       source=args.source, device=args.device)
-    console.print(f"wrote {one_line(str(path))}")
+                       source=args.submission, device=args.device)
+    _say(f"wrote {one_line(str(path))}")
     return 0
 
 
@@ -230,7 +256,7 @@ def cmd_verify_result(args) -> int:
     from harness.report.verify import verify_result
 
     worst = 0
-    for path in args.results:
+    for path in args.result_files:
         rep = verify_result(path)
         for line in rep.lines():
             console.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -244,7 +270,7 @@ def cmd_gaming(args) -> int:
     task_id = Path(args.task).name if Path(args.task).exists() else args.task
     entries, text = run_gaming(
         args.task, Path(args.submissions or f"submissions/gaming/{task_id}"), Path(args.results),
-        Path(args.report) if args.report else None, backend=args.backend, device=args.device,
+        Path(args.output) if args.output else None, backend=args.backend, device=args.device,
         overrides=args.override, endpoints=[e for e in (args.endpoints or "").split(",") if e],
         served_model=args.served_model)
     sys.stdout.write(text + "\n")
@@ -265,7 +291,7 @@ def cmd_check_simulator(args) -> int:
             for line in r.detail:
                 console.print(f"      {line}", highlight=False, soft_wrap=True)
     ok = all(r.passed for r in results)
-    console.print(f"simulator check: {'passed' if ok else 'FAILED'} ({sum(r.passed for r in results)}/{len(results)})")
+    _say(f"simulator check: {'passed' if ok else 'FAILED'} ({sum(r.passed for r in results)}/{len(results)})")
     # Non-zero when a check fails, so a script can gate a simulator on it.
     return 0 if ok else 1
 
@@ -274,13 +300,20 @@ def cmd_site(args) -> int:
     from harness.report.site import build_site
 
     index = build_site(Path(args.output), Path(args.results), args.task, console=console)
-    console.print(f"site: {index.resolve()}")
+    _say(f"site: {index.resolve()}")
     return 0
 
 
 def cmd_failures(args) -> int:
-    from harness.report.failures import (explanations_of, latent_report, load_decoder, load_with_side, print_report, task_spec,
-                           test_windows)
+    from harness.report.failures import (
+        explanations_of,
+        latent_report,
+        load_decoder,
+        load_with_side,
+        print_report,
+        task_spec,
+        test_windows,
+    )
 
     loaded = load_with_side(args.result)
     if args.latent not in loaded.latents:
@@ -296,135 +329,295 @@ def cmd_failures(args) -> int:
     return 0
 
 
+# The simulator engines, as `harness.simulate.BACKENDS` names them (a test keeps the two equal).
+BACKENDS = ("auto", "plain", "prefix", "vllm", "http")
+_BACKEND_HELP = ("simulator engine: prefix (transformers, one shared KV prefix per context), plain (one full "
+                 "forward per prediction: the reference), vllm (in-process vLLM), http (OpenAI-compatible "
+                 "servers, see --endpoints); auto (the default) is prefix")
+
+
+def _task(p, required=True, help="a registered task id (see `harness tasks`), a task folder or its task.toml"):
+    p.add_argument("--task", required=required, metavar="ID|PATH", help=help)
+
+
+def _submission(p, required=True, help="submission JSON file (docs/submission-format.md)"):
+    p.add_argument("--submission", required=required, metavar="FILE", help=help)
+
+
+def _results(p, default="results"):
+    p.add_argument("--results", default=default, metavar="DIR", help=f"results folder (default: {default})")
+
+
+def _leaderboard(p):
+    p.add_argument("--leaderboard", nargs="?", const="leaderboard", metavar="DIR",
+                   help="also write the leaderboard page DIR/<task>.md (DIR default: leaderboard); "
+                        "without this flag no page is written")
+
+
+def _output(p, help):
+    p.add_argument("-o", "--output", required=True, metavar="PATH", help=help)
+
+
+def _backend(p, choices=BACKENDS, help=_BACKEND_HELP):
+    p.add_argument("--backend", default="auto", choices=choices, help=help)
+
+
+def _device(p):
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda when available, else cpu), cpu, "
+                                                    "cuda, cuda:N or mps")
+
+
+def _servers(p):
+    p.add_argument("--endpoints", metavar="URL[,URL...]",
+                   help="http backend: comma-separated OpenAI-compatible server URLs")
+    p.add_argument("--served-model", default="", metavar="NAME",
+                   help="http backend: the model name the servers serve (default: the task's simulator)")
+
+
+def _format(p, choices):
+    p.add_argument("--format", choices=choices, default="auto",
+                   help="auto (default): a table sized to the terminal, Markdown when output is not a terminal; "
+                        "rich: the terminal table; md: Markdown; json: a list of objects with every column"
+                        + ("; csv, html: for files" if "csv" in choices else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="harness", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog="harness", description=__doc__, epilog=VOCABULARY,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("tasks", help="list registered tasks with their hashes")
-    s.add_argument("--dir", help="tasks folder (default: the repo's tasks/ or $HARNESS_TASKS_DIR)")
-    s.set_defaults(fn=cmd_tasks)
+    def verb(name, help, fn):
+        s = sub.add_parser(name, help=help, description=help)
+        s.set_defaults(fn=fn)
+        return s
 
-    s = sub.add_parser("prepare", help="build and cache a task's splits, true activations and baseline CE")
-    s.add_argument("--task", required=True)
-    s.add_argument("--device", default="auto")
+    s = verb("tasks", "list registered tasks with their hashes", cmd_tasks)
+    s.add_argument("--dir", metavar="DIR", help="tasks folder (default: the repo's tasks/ or $HARNESS_TASKS_DIR)")
+    _format(s, ("auto", "rich", "md", "json"))
+
+    s = verb("prepare", "build and cache a task's splits, true activations and baseline CE", cmd_prepare)
+    _task(s)
+    _device(s)
     _overrides(s)
-    s.set_defaults(fn=cmd_prepare)
 
-    s = sub.add_parser("eval", help="score an explanation set on a task")
-    s.add_argument("--task", required=True)
-    s.add_argument("--explanations", required=True)
-    s.add_argument("--backend", default="auto", help="simulator engine: auto (fastest available), prefix, plain, vllm, http")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--endpoints", help="http backend: comma-separated OpenAI-compatible server URLs")
-    s.add_argument("--served-model", default="", help="http backend: the model name the servers serve")
-    s.add_argument("--results", default="results")
-    s.add_argument("--leaderboard", default="leaderboard")
-    s.add_argument("--no-leaderboard", action="store_true")
+    s = verb("eval", "score a submission on a task: writes a result under --results and prints the leaderboard",
+             cmd_eval)
+    _task(s)
+    _submission(s)
+    _backend(s)
+    _device(s)
+    _servers(s)
+    _results(s)
+    _leaderboard(s)
     _overrides(s)
-    s.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("leaderboard", help="tables built from result files")
-    s.add_argument("--task")
-    s.add_argument("--format", choices=["md", "csv", "html", "rich"], default="rich")
-    s.add_argument("--results", default="results")
-    s.add_argument("--write", action="store_true", help="also write leaderboard/<task>.md")
-    s.add_argument("--out", default="leaderboard")
-    s.set_defaults(fn=cmd_leaderboard)
+    s = verb("leaderboard", "a task's ranked leaderboard, built from result files", cmd_leaderboard)
+    _task(s, required=False, help="one task (id, folder or task.toml); default: every registered task")
+    _results(s)
+    _leaderboard(s)
+    _format(s, ("auto", "rich", "md", "csv", "html", "json"))
 
-    s = sub.add_parser("validate", help="check a submission file against a task")
-    s.add_argument("file")
-    s.add_argument("--task", required=True)
+    s = verb("validate", "check a submission file against a task", cmd_validate)
+    _task(s)
+    _submission(s)
     _overrides(s)
-    s.set_defaults(fn=cmd_validate)
 
-    s = sub.add_parser("import-delphi", help="turn a folder of Delphi explanation files into a submission")
-    s.add_argument("folder")
-    s.add_argument("--task", required=True)
-    s.add_argument("--method", default="delphi")
+    s = verb("import-delphi", "turn a folder of Delphi explanation files into a submission", cmd_import_delphi)
+    s.add_argument("--delphi", required=True, metavar="DIR", help="folder of Delphi explanation files")
+    _task(s, help="the task the submission is for (its id)")
+    s.add_argument("--method", default="delphi", help="method name recorded in the submission (default: delphi)")
     s.add_argument("--description", default="imported from Delphi explanation files")
-    s.add_argument("--hookpoint")
-    s.add_argument("-o", "--output", required=True)
-    s.set_defaults(fn=cmd_import_delphi)
+    s.add_argument("--hookpoint", help="hookpoint whose files to take (default: the task's)")
+    _output(s, "submission JSON file to write")
 
-    s = sub.add_parser("explain", help="baseline explanation methods")
-    s.add_argument("--task", required=True)
+    s = verb("explain", "write a baseline submission (top-tokens, llm, empty, shuffled)", cmd_explain)
+    _task(s)
     s.add_argument("--method", required=True, choices=["top-tokens", "llm", "empty", "shuffled"])
-    s.add_argument("--source", help="for shuffled: the submission whose explanations are permuted")
+    _submission(s, required=False, help="for shuffled: the submission whose explanations are permuted")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument("-o", "--output", required=True)
+    _device(s)
+    _output(s, "submission JSON file to write")
     _overrides(s)
-    s.set_defaults(fn=cmd_explain)
 
-    s = sub.add_parser("estimate", help="number of predictions and projected time, before running anything")
-    s.add_argument("--task", required=True)
-    s.add_argument("--backend", default="auto")
+    s = verb("estimate", "number of predictions and projected time, before running anything", cmd_estimate)
+    _task(s)
+    _backend(s, ("auto", "plain", "prefix", "vllm"),
+             "show the measured throughput of this engine only (default auto: every measured engine)")
     _overrides(s)
-    s.set_defaults(fn=cmd_estimate)
 
-    s = sub.add_parser("findings", help="check the paper's qualitative findings on a task's result files")
-    s.add_argument("--task", required=True)
-    s.add_argument("--real", default="top-tokens", help="method of the real explanation set")
-    s.add_argument("--control", default="shuffled-top-tokens", help="method of its shuffled control")
-    s.add_argument("--results", default="results")
-    s.set_defaults(fn=cmd_findings)
+    s = verb("findings", "check the paper's qualitative findings on a task's result files", cmd_findings)
+    _task(s)
+    s.add_argument("--real", default="top-tokens", metavar="METHOD", help="method of the real explanation set")
+    s.add_argument("--control", default="shuffled-top-tokens", metavar="METHOD", help="method of its shuffled control")
+    _results(s)
 
-    s = sub.add_parser("gaming", help="adversarial submissions vs the shuffled control (exit 1 if one beats it)")
-    s.add_argument("--task", required=True)
-    s.add_argument("--submissions", help="where the suite's submissions are written (default submissions/gaming/<task>)")
-    s.add_argument("--results", default="gaming-results")
-    s.add_argument("--report", help="also write the Markdown report here, e.g. docs/gaming-<task>.md")
-    s.add_argument("--backend", default="auto")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--endpoints", help="http backend: comma-separated OpenAI-compatible server URLs")
-    s.add_argument("--served-model", default="")
+    s = verb("gaming", "adversarial submissions vs the shuffled control (exit 1 if one beats it)", cmd_gaming)
+    _task(s)
+    s.add_argument("--submissions", metavar="DIR",
+                   help="folder the suite's submissions are written to (default: submissions/gaming/<task>)")
+    _results(s, "gaming-results")
+    s.add_argument("-o", "--output", metavar="FILE",
+                   help="also write the Markdown report to FILE, e.g. docs/gaming-<task>.md")
+    _backend(s)
+    _device(s)
+    _servers(s)
     _overrides(s)
-    s.set_defaults(fn=cmd_gaming)
 
-    s = sub.add_parser("verify-result", help="recompute every number of result files from their side files "
-                       "(exit 0 all match, 1 a number differs, 3 side file too old to recompute some)")
-    s.add_argument("results", nargs="+", metavar="RESULT.json")
-    s.set_defaults(fn=cmd_verify_result)
+    s = verb("verify-result", "recompute every number of result files from their side files (exit 0 all match, "
+             "1 a number differs, 3 side file too old to recompute some)", cmd_verify_result)
+    s.add_argument("result_files", nargs="+", metavar="RESULT.json", help="result files (a shell glob works)")
 
-    s = sub.add_parser("check-simulator", help="does the task's simulator read explanations? three tests, "
-                       "pass/fail (exit 1 if one fails)")
-    s.add_argument("--task", required=True)
-    s.add_argument("--submission", help="explanations for real-vs-shuffled (default submissions/<task>/top-tokens.json)")
-    s.add_argument("--only", help="comma-separated subset of hand-written,named-token,real-vs-shuffled")
-    s.add_argument("--backend", default="auto")
-    s.add_argument("--device", default="auto")
+    s = verb("check-simulator", "does the task's simulator read explanations? three tests, pass/fail "
+             "(exit 1 if one fails)", cmd_check_simulator)
+    _task(s)
+    _submission(s, required=False,
+                help="explanations for real-vs-shuffled (default: submissions/<task>/top-tokens.json)")
+    s.add_argument("--only", metavar="TEST[,TEST...]",
+                   help="comma-separated subset of hand-written,named-token,real-vs-shuffled")
+    _backend(s, ("auto", "plain", "prefix", "vllm"), _BACKEND_HELP.replace(", http (OpenAI-compatible servers, "
+                                                                          "see --endpoints)", ""))
+    _device(s)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-v", "--verbose", action="store_true", help="one line per case, token and latent")
     _overrides(s)
-    s.set_defaults(fn=cmd_check_simulator)
 
-    s = sub.add_parser("site", help="build the static leaderboard site with per-latent failure pages")
-    s.add_argument("--task", help="one task (id or folder); default: every registered task")
-    s.add_argument("--results", default="results")
-    s.add_argument("-o", "--output", required=True, help="folder to write the site into")
-    s.set_defaults(fn=cmd_site)
+    s = verb("site", "build the static leaderboard site with per-latent failure pages", cmd_site)
+    _task(s, required=False, help="one task (id, folder or task.toml); default: every registered task")
+    _results(s)
+    _output(s, "folder to write the site into")
 
-    s = sub.add_parser("failures", help="a latent's top false-positive and false-negative test contexts")
-    s.add_argument("result", help="a result file, results/<task>/<tag>.json")
+    s = verb("failures", "a latent's top false-positive and false-negative test contexts", cmd_failures)
+    s.add_argument("--result", required=True, metavar="FILE", help="a result file, results/<task>/<tag>.json")
     s.add_argument("--latent", type=int, required=True)
-    s.add_argument("--task", help="the task folder, for a task that is not registered under tasks/")
+    _task(s, required=False, help="the task folder, for a task that is not registered under tasks/")
     s.add_argument("-n", type=int, default=5, help="contexts per table (default 5)")
-    s.set_defaults(fn=cmd_failures)
 
-    s = sub.add_parser("make-tiny-task", help="build a tiny random task (for smoke runs and tests)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--id", default="tiny-llama-transcoder")
+    s = verb("make-tiny-task", "build a tiny random task (for smoke runs and tests)", cmd_make_tiny_task)
+    _output(s, "folder to write the task into")
+    s.add_argument("--task", default="tiny-llama-transcoder", metavar="ID", help="the new task's id")
     s.add_argument("--arch", choices=["llama", "gpt_neox"], default="llama")
     s.add_argument("--kind", choices=["transcoder", "sae"], default="transcoder")
     s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(fn=cmd_make_tiny_task)
     return p
+
+
+# One name per thing, in every verb (also printed by `harness --help`).
+VOCABULARY = """\
+flags mean the same thing in every command:
+  --task ID|PATH       a registered task id, a task folder or its task.toml
+  --submission FILE    a submission JSON (the file `eval` scores, `validate` checks)
+  --results DIR        the results folder (read by leaderboard, findings, site; written by eval)
+  --leaderboard [DIR]  also write the leaderboard page DIR/<task>.md (eval, leaderboard); opt-in
+  -o, --output PATH    the file or folder a command writes
+  --format FORMAT      auto (terminal table, Markdown when piped), rich, md, json, ...
+Old spellings (--explanations, --source, --out, --id, --write, --report, --no-leaderboard, a positional
+submission, Delphi folder or result file) still work for one release, with a warning."""
+
+
+# Old spellings, accepted for one release with a warning on stderr. verb -> {old flag: new flag}.
+RENAMED = {
+    "eval": {"--explanations": "--submission"},
+    "explain": {"--source": "--submission"},
+    "gaming": {"--report": "--output"},
+    "make-tiny-task": {"--out": "--output", "--id": "--task"},
+}
+# verb -> the flag its old positional argument became.
+POSITIONAL = {"validate": "--submission", "import-delphi": "--delphi", "failures": "--result"}
+OLD_FLAGS = {old for names in RENAMED.values() for old in names} | {"--no-leaderboard", "--write", "--out"}
+
+
+def _deprecated(old: str, new: str) -> None:
+    _note(f"warning: {one_line(old)} is deprecated: use {one_line(new)} (the old spelling is removed in the next "
+          "release)")
+
+
+def upgrade_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Rewrite old spellings into today's flags, so the parser, its help and its errors know only today's."""
+    if not argv or argv[0] not in _verbs(parser):
+        return argv
+    verb, rest = argv[0], list(argv[1:])
+    renamed = RENAMED.get(verb, {})
+    for i, tok in enumerate(rest):
+        name, eq, val = tok.partition("=")
+        if name in renamed:
+            _deprecated(name, renamed[name])
+            rest[i] = renamed[name] + eq + val
+    if verb == "eval" and "--no-leaderboard" in rest:
+        _deprecated("--no-leaderboard", "nothing (eval writes no leaderboard page unless given --leaderboard)")
+        rest.remove("--no-leaderboard")
+        rest = _drop_flag(rest, "--leaderboard")
+    if verb == "leaderboard":
+        rest = _old_write(rest)
+    if verb in POSITIONAL:
+        rest = _positional_to_flag(_verbs(parser)[verb], rest, POSITIONAL[verb])
+    return [verb, *rest]
+
+
+def _verbs(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def _drop_flag(rest: list[str], flag: str) -> list[str]:
+    """`rest` without `flag` and its value (`flag VALUE` or `flag=VALUE`)."""
+    out, skip = [], False
+    for tok in rest:
+        if skip:
+            skip = False
+        elif tok == flag:
+            skip = True
+        elif not tok.startswith(flag + "="):
+            out.append(tok)
+    return out
+
+
+def _flag_value(rest: list[str], flag: str) -> str | None:
+    for i, tok in enumerate(rest):
+        if tok == flag and i + 1 < len(rest):
+            return rest[i + 1]
+        if tok.startswith(flag + "="):
+            return tok.split("=", 1)[1]
+    return None
+
+
+def _old_write(rest: list[str]) -> list[str]:
+    """`leaderboard --write [--out DIR]` is `--leaderboard [DIR]`; `--out` without `--write` wrote nothing."""
+    out_dir = _flag_value(rest, "--out")
+    if "--write" in rest:
+        _deprecated("--write [--out DIR]", "--leaderboard [DIR]")
+        rest = [t for t in _drop_flag(rest, "--out") if t != "--write"]
+        return [*rest, "--leaderboard", out_dir or "leaderboard"]
+    if out_dir is not None:
+        _deprecated("--out DIR", "--leaderboard DIR (which also writes the page)")
+        rest = _drop_flag(rest, "--out")
+    return rest
+
+
+def _positional_to_flag(verb: argparse.ArgumentParser, rest: list[str], flag: str) -> list[str]:
+    """The first bare argument (one that is no option's value) becomes `flag ARG`."""
+    takes_value = {o for a in verb._actions if a.nargs != 0 for o in a.option_strings}
+    out, i = [], 0
+    while i < len(rest):
+        tok = rest[i]
+        if tok.startswith("-") and len(tok) > 1:
+            out.append(tok)
+            if "=" not in tok and tok in takes_value and i + 1 < len(rest):
+                out.append(rest[i + 1])
+                i += 1
+        elif flag not in out:
+            _deprecated(f"a positional {flag.lstrip('-')} argument", f"{flag} {tok}")
+            out += [flag, tok]
+        else:
+            out.append(tok)
+        i += 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(upgrade_argv(list(sys.argv[1:] if argv is None else argv), parser))
         if os.environ.get("HARNESS_THREADS"):
             # On a shared CPU, one thread per process beats two fighting for a core (OpenMP spin-waits).
             import torch

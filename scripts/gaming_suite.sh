@@ -9,4 +9,4 @@ task="${1:?usage: scripts/gaming_suite.sh TASK [harness gaming options]}"
 shift
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HARNESS_THREADS="${HARNESS_THREADS:-1}"
 exec python -m harness.cli gaming --task "$task" --submissions "submissions/gaming/$task" \
-  --results gaming-results --report "docs/gaming-$task.md" "$@"
+  --results gaming-results -o "docs/gaming-$task.md" "$@"

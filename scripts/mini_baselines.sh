@@ -13,10 +13,10 @@ $H prepare --task "$TASK"
 [ -f "$SUB/llm.json" ] || $H explain --task "$TASK" --method llm -o "$SUB/llm.json"
 [ -f "$SUB/empty.json" ] || $H explain --task "$TASK" --method empty -o "$SUB/empty.json"
 [ -f "$SUB/shuffled-top-tokens.json" ] || \
-  $H explain --task "$TASK" --method shuffled --source "$SUB/top-tokens.json" --seed 0 -o "$SUB/shuffled-top-tokens.json"
+  $H explain --task "$TASK" --method shuffled --submission "$SUB/top-tokens.json" --seed 0 -o "$SUB/shuffled-top-tokens.json"
 for m in top-tokens shuffled-top-tokens llm empty; do
   # eval reuses every stored prediction, so a rerun after an interruption only computes what is missing
-  $H eval --task "$TASK" --explanations "$SUB/$m.json"
+  $H eval --task "$TASK" --submission "$SUB/$m.json"
 done
-$H leaderboard --task "$TASK"
+$H leaderboard --task "$TASK" --leaderboard leaderboard
 $H findings --task "$TASK" --real top-tokens --control shuffled-top-tokens

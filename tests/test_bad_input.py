@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
-    assert main(["make-tiny-task", "--out", str(root / "task")]) == 0
+    assert main(["make-tiny-task", "-o", str(root / "task")]) == 0
     return root
 
 
@@ -49,7 +49,7 @@ def sub(path: Path, **fields) -> Path:
 
 
 def validate(tiny, path) -> int:
-    return main(["validate", str(path), "--task", str(tiny / "task")])
+    return main(["validate", "--submission", str(path), "--task", str(tiny / "task")])
 
 
 # ---------------------------------------------------------------- submissions
@@ -123,7 +123,7 @@ def test_markup_in_error_messages_is_text(tiny, tmp_path, capsys, where):
 
 
 def test_task_file_sections_survive_in_messages(tiny, capsys):
-    assert main(["validate", "x.json", "--task", str(tiny / "task"), "--override", "contexts.T=0"]) == 2
+    assert main(["validate", "--submission", "x.json", "--task", str(tiny / "task"), "--override", "contexts.T=0"]) == 2
     assert "task.toml [contexts]: `T` must be a positive integer" in one_error_line(capsys)
 
 
@@ -136,7 +136,7 @@ def test_odd_method_stored_then_eval_and_leaderboard(tiny, capsys, monkeypatch):
     method = "[/b] x $^$ :smile: a|b"
     p = sub(tiny / "odd.json", method=method, explanations={str(j): "the" for j in rewritten})
     res, lb = tiny / "res", tiny / "lb"
-    args = ["eval", "--task", str(tiny / "task"), "--explanations", str(p), "--results", str(res),
+    args = ["eval", "--task", str(tiny / "task"), "--submission", str(p), "--results", str(res),
             "--leaderboard", str(lb), "--backend", "prefix"]
     old = os.umask(0o022)
     try:
@@ -155,7 +155,7 @@ def test_odd_method_stored_then_eval_and_leaderboard(tiny, capsys, monkeypatch):
     assert main(["leaderboard", "--task", TASK_ID, "--results", str(res), "--format", "md"]) == 0
     out = capsys.readouterr().out
     assert "\\[/b\\] x $^$ :smile: a\\|b" in out  # markdown: the pipe is not a column, the brackets not a link
-    assert main(["leaderboard", "--task", TASK_ID, "--results", str(res)]) == 0
+    assert main(["leaderboard", "--task", TASK_ID, "--results", str(res), "--format", "rich"]) == 0
     out = capsys.readouterr().out
     assert "[/b]" in out and "$^$" in out and "\N{SMILING FACE WITH OPEN MOUTH AND SMILING EYES}" not in out
 
@@ -165,10 +165,10 @@ def test_odd_method_stored_then_eval_and_leaderboard(tiny, capsys, monkeypatch):
     (res / TASK_ID / "surrogate.json").write_text(
         json.dumps({**second, "submission": {**second["submission"], "method": "@", "sha256": "0" * 64}})
         .replace('"method": "@"', '"method": "\\ud800"'))
-    for fmt in ("rich", "md", "csv", "html"):
+    for fmt in ("auto", "rich", "md", "csv", "html", "json"):
         assert main(["leaderboard", "--task", TASK_ID, "--results", str(res), "--format", fmt]) == 0
-        out = capsys.readouterr().out
-        assert "deep.json" in out and "nested too deep" in out.replace("\n", " ")
+        out, err = capsys.readouterr()
+        assert "deep.json" in err and "nested too deep" in err.replace("\n", " ")   # stderr: stdout stays the table
         assert "\\ud800" in out
 
     # Every file eval wrote is readable by others under umask 022, like any tool's output.
@@ -179,7 +179,7 @@ def test_odd_method_stored_then_eval_and_leaderboard(tiny, capsys, monkeypatch):
 
 
 def test_explain_and_leaderboard_files_follow_umask(tiny, tmp_path, monkeypatch):
-    # `leaderboard --write` looks the task up by folder name: register the tiny task under its id.
+    # `leaderboard --leaderboard DIR` looks the task up by id: register the tiny task under its id.
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / TASK_ID).symlink_to(tiny / "task")
     (tmp_path / "results").mkdir()
@@ -187,8 +187,8 @@ def test_explain_and_leaderboard_files_follow_umask(tiny, tmp_path, monkeypatch)
     old = os.umask(0o022)
     try:
         assert main(["explain", "--task", str(tiny / "task"), "--method", "empty", "-o", str(tmp_path / "e.json")]) == 0
-        assert main(["leaderboard", "--task", TASK_ID, "--results", str(tmp_path / "results"), "--write",
-                     "--out", str(tmp_path / "lb")]) == 0
+        assert main(["leaderboard", "--task", TASK_ID, "--results", str(tmp_path / "results"),
+                     "--leaderboard", str(tmp_path / "lb")]) == 0
         os.umask(0o077)
         assert main(["explain", "--task", str(tiny / "task"), "--method", "empty", "-o", str(tmp_path / "p.json")]) == 0
     finally:
@@ -211,7 +211,7 @@ def test_coder_cfg_broken(tiny, tmp_path, capsys, damage):
         cfg.write_text(cfg.read_text()[:20])
     assert validate(tiny, sub(tmp_path / "s.json")) == 0  # the intact task still validates
     capsys.readouterr()
-    assert main(["validate", str(tmp_path / "s.json"), "--task", str(broken)]) == 2
+    assert main(["validate", "--submission", str(tmp_path / "s.json"), "--task", str(broken)]) == 2
     line = one_error_line(capsys)
     assert "cfg.json" in line and ("is missing" if damage == "missing" else "is not valid JSON") in line
 
@@ -219,7 +219,7 @@ def test_coder_cfg_broken(tiny, tmp_path, capsys, damage):
 @pytest.mark.parametrize("device", ["foo", "cuda:0" if not torch.cuda.is_available() else "cuda:99"])
 def test_bad_device(tiny, tmp_path, capsys, device):
     for cmd in (["prepare"], ["explain", "--method", "empty", "-o", str(tmp_path / "x.json")],
-                ["eval", "--explanations", str(sub(tmp_path / "s.json")), "--results", str(tmp_path / "r")]):
+                ["eval", "--submission", str(sub(tmp_path / "s.json")), "--results", str(tmp_path / "r")]):
         assert main([*cmd, "--task", str(tiny / "task"), "--device", device]) == 2
         assert f"--device '{device}'" in one_error_line(capsys)
 
@@ -272,7 +272,7 @@ def test_truncated_cache_step_is_recomputed(tiny, tmp_path, monkeypatch, capsys,
 def test_output_folder_is_a_file(tiny, tmp_path, capsys, which):
     (tmp_path / "taken").write_text("")
     out = {"results": tmp_path / "r", "leaderboard": tmp_path / "l", which: tmp_path / "taken"}
-    args = ["eval", "--task", str(tiny / "task"), "--explanations", str(sub(tmp_path / "s.json")),
+    args = ["eval", "--task", str(tiny / "task"), "--submission", str(sub(tmp_path / "s.json")),
             "--results", str(out["results"]), "--leaderboard", str(out["leaderboard"])]
     assert main(args) == 2
     line = one_error_line(capsys)
@@ -298,7 +298,7 @@ def test_read_only_output_folder_fails_before_any_work(tiny, tmp_path, which):
     fresh_cache = tmp_path / "cache"
     out = {"results": tmp_path / "r", "leaderboard": tmp_path / "l", which: ro}
     cmd = [*_unprivileged(), sys.executable, "-m", "harness.cli", "eval", "--task", str(tiny / "task"),
-           "--explanations", str(sub(tmp_path / "s.json")), "--results", str(out["results"]),
+           "--submission", str(sub(tmp_path / "s.json")), "--results", str(out["results"]),
            "--leaderboard", str(out["leaderboard"])]
     env = {**os.environ, "HARNESS_CACHE": str(fresh_cache), "HARNESS_THREADS": "1"}
     try:
@@ -315,7 +315,7 @@ def test_delphi_file_with_lone_surrogate(tmp_path, capsys):
     folder = tmp_path / "explanations"
     folder.mkdir()
     (folder / "layers.1.mlp_latent3.txt").write_text('"fires on \\ud800"')
-    assert main(["import-delphi", str(folder), "--task", TASK_ID, "-o", str(tmp_path / "s.json")]) == 2
+    assert main(["import-delphi", "--delphi", str(folder), "--task", TASK_ID, "-o", str(tmp_path / "s.json")]) == 2
     line = one_error_line(capsys)
     assert "layers.1.mlp_latent3.txt" in line and "lone surrogate" in line
     assert not (tmp_path / "s.json").exists()

@@ -15,7 +15,7 @@ from harness.cli import main
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    assert main(["make-tiny-task", "--out", str(root / "task")]) == 0
+    assert main(["make-tiny-task", "-o", str(root / "task")]) == 0
     return root
 
 
@@ -41,7 +41,7 @@ def test_eval_writes_result_and_leaderboard(tiny, capsys):
     latents = _rewritten(tiny)
     sub = _submission(tiny / "sub.json", "tiny-llama-transcoder", latents)
     res_dir, lb_dir = tiny / "results", tiny / "lb"
-    rc = main(["eval", "--task", str(tiny / "task"), "--explanations", str(sub), "--results", str(res_dir),
+    rc = main(["eval", "--task", str(tiny / "task"), "--submission", str(sub), "--results", str(res_dir),
                "--leaderboard", str(lb_dir), "--backend", "prefix"])
     assert rc == 0
     files = sorted((res_dir / "tiny-llama-transcoder").glob("*.json"))
@@ -60,11 +60,17 @@ def test_eval_writes_result_and_leaderboard(tiny, capsys):
         assert (files[0].parent / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (lb_dir / "tiny-llama-transcoder.md").read_text()
     assert "test-method" in md
+    # Piped, eval's summary and leaderboard are Markdown tables: the method and task ids whole, nothing cut.
+    out = capsys.readouterr().out
+    assert "| test-method " in out and "tiny-llama-transcoder" in out and "…" not in out
 
-    # A second run recomputes no prediction: everything comes from the prediction store.
-    rc = main(["eval", "--task", str(tiny / "task"), "--explanations", str(sub), "--results", str(res_dir),
-               "--no-leaderboard", "--backend", "prefix"])
+    # A second run recomputes no prediction: everything comes from the prediction store. Without
+    # --leaderboard no page is written.
+    (lb_dir / "tiny-llama-transcoder.md").unlink()
+    rc = main(["eval", "--task", str(tiny / "task"), "--submission", str(sub), "--results", str(res_dir),
+               "--backend", "prefix"])
     assert rc == 0
+    assert not (lb_dir / "tiny-llama-transcoder.md").exists()
     r2 = json.loads(sorted((res_dir / "tiny-llama-transcoder").glob("*.json"))[0].read_text())
     assert r2["provenance"]["n_computed"] == 0
     assert r2["provenance"]["n_cached"] == r2["provenance"]["n_predictions"]
@@ -74,8 +80,7 @@ def test_eval_writes_result_and_leaderboard(tiny, capsys):
 def test_partial_submission_reports_coverage(tiny):
     latents = _rewritten(tiny)
     sub = _submission(tiny / "half.json", "tiny-llama-transcoder", latents[: len(latents) // 2])
-    rc = main(["eval", "--task", str(tiny / "task"), "--explanations", str(sub), "--results", str(tiny / "r2"),
-               "--no-leaderboard"])
+    rc = main(["eval", "--task", str(tiny / "task"), "--submission", str(sub), "--results", str(tiny / "r2")])
     assert rc == 0
     r = json.loads(next((tiny / "r2" / "tiny-llama-transcoder").glob("*.json")).read_text())
     assert r["submission"]["coverage"] == pytest.approx((len(latents) // 2) / len(latents))
@@ -90,14 +95,14 @@ def _one_error_line(capsys) -> str:
 
 
 def test_unknown_task(capsys, tiny):
-    assert main(["eval", "--task", "no-such-task", "--explanations", str(tiny / "x.json")]) == 2
+    assert main(["eval", "--task", "no-such-task", "--submission", str(tiny / "x.json")]) == 2
     assert "unknown task 'no-such-task'" in _one_error_line(capsys)
 
 
 def test_malformed_submission(capsys, tiny):
     bad = tiny / "bad.json"
     bad.write_text('{"task": "tiny-llama-transcoder", "method": "m", ')
-    assert main(["eval", "--task", str(tiny / "task"), "--explanations", str(bad)]) == 2
+    assert main(["eval", "--task", str(tiny / "task"), "--submission", str(bad)]) == 2
     assert "bad.json" in _one_error_line(capsys)
 
 
@@ -120,7 +125,7 @@ def test_baselines_and_findings(tiny, capsys):
     out = tiny / "subs"
     out.mkdir(exist_ok=True)
     assert main(["explain", "--task", task, "--method", "top-tokens", "-o", str(out / "top.json")]) == 0
-    assert main(["explain", "--task", task, "--method", "shuffled", "--source", str(out / "top.json"),
+    assert main(["explain", "--task", task, "--method", "shuffled", "--submission", str(out / "top.json"),
                  "-o", str(out / "shuf.json")]) == 0
     assert main(["explain", "--task", task, "--method", "empty", "-o", str(out / "empty.json")]) == 0
     assert main(["explain", "--task", task, "--method", "llm", "-o", str(out / "llm.json")]) == 0
@@ -139,8 +144,7 @@ def test_baselines_and_findings(tiny, capsys):
 
     res = tiny / "res-findings"
     for name in ("top", "shuf"):
-        assert main(["eval", "--task", task, "--explanations", str(out / f"{name}.json"), "--results", str(res),
-                     "--no-leaderboard"]) == 0
+        assert main(["eval", "--task", task, "--submission", str(out / f"{name}.json"), "--results", str(res)]) == 0
     r = json.loads(next(p for p in (res / "tiny-llama-transcoder").glob("shuffled*.json")).read_text())
     # Shuffling reuses the real method's explanation texts: the prediction store serves most of them.
     assert r["provenance"]["n_cached"] > 0
@@ -197,8 +201,7 @@ def test_verify_result_recomputes_tiny_results(tiny, capsys):
     out.mkdir(exist_ok=True)
     assert main(["explain", "--task", task, "--method", "top-tokens", "-o", str(out / "top.json")]) == 0
     res = out / "results"
-    assert main(["eval", "--task", task, "--explanations", str(out / "top.json"), "--results", str(res),
-                 "--no-leaderboard"]) == 0
+    assert main(["eval", "--task", task, "--submission", str(out / "top.json"), "--results", str(res)]) == 0
     path = next((res / "tiny-llama-transcoder").glob("*.json"))
     capsys.readouterr()
     assert main(["verify-result", str(path)]) == 0
@@ -227,7 +230,7 @@ def test_gaming_suite_on_tiny_task(tiny, tmp_path, capsys):
     """The adversarial suite runs end to end; none beats the shuffled control; degenerate ones are flagged."""
     task = str(tiny / "task")
     rc = main(["gaming", "--task", task, "--submissions", str(tmp_path / "subs"), "--results",
-               str(tmp_path / "res"), "--report", str(tmp_path / "gaming.md")])
+               str(tmp_path / "res"), "-o", str(tmp_path / "gaming.md")])
     out = capsys.readouterr().out
     assert rc == 0, out
     report = (tmp_path / "gaming.md").read_text()

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from harness.errors import HarnessError
-from harness.report.leaderboard import collect_results, print_rich, render, write_leaderboard
+from harness.report.leaderboard import collect_results, print_leaderboard, render, write_leaderboard
 from harness.report.plots import plot_activation_distributions, plot_partial_rewriting, plot_sens_spec_by_bin
 from harness.report.result import SCHEMA, Result, load_result
 
@@ -234,7 +234,7 @@ def test_write_leaderboard_and_rich(results_dir, tmp_path):
     assert "h" * 64 in empty.read_text() and "No results" in empty.read_text()
 
     console = Console(record=True, width=250, file=io.StringIO())
-    print_rich(rows, console)
+    print_leaderboard(rows, console)
     out = console.export_text()
     assert "0.12 [0.05, 0.20]" in out and "best" in out and "task" in out  # two tasks → task column
 
@@ -313,8 +313,8 @@ def test_rank_by_paired_metric_and_mark_ties(tmp_path):
     assert lo < 0 < hi
     md = render(rows, "md")
     assert "| =2 " in md
-    console = Console(record=True, width=80, file=io.StringIO())
-    print_rich(rows, console)
+    console = Console(record=True, width=80, file=io.StringIO(), force_terminal=True)
+    print_leaderboard(rows, console)
     out = console.export_text()
     assert "near-too" in out and "not significantly different" in out   # ids whole at 80 columns
 

@@ -50,12 +50,12 @@ def _comparable(result: dict, folder: Path) -> dict:
 def test_tiny_result_matches_committed_reference(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     task = tmp_path / "task"
-    assert main(["make-tiny-task", "--out", str(task)]) == 0
+    assert main(["make-tiny-task", "-o", str(task)]) == 0
     sub = tmp_path / "top.json"
     assert main(["explain", "--task", str(task), "--method", "top-tokens", "-o", str(sub)]) == 0
     res = tmp_path / "results"
-    assert main(["eval", "--task", str(task), "--explanations", str(sub), "--results", str(res),
-                 "--no-leaderboard", "--backend", "prefix"]) == 0
+    assert main(["eval", "--task", str(task), "--submission", str(sub), "--results", str(res),
+                 "--backend", "prefix"]) == 0
     path = next((res / "tiny-llama-transcoder").glob("*.json"))
     got = _comparable(json.loads(path.read_text()), path.parent)
     if os.environ.get("HARNESS_WRITE_REFERENCE"):

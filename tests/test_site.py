@@ -32,7 +32,7 @@ def built(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("HARNESS_CACHE", str(root / "cache"))
     try:
-        assert main(["make-tiny-task", "--out", str(root / "task")]) == 0
+        assert main(["make-tiny-task", "-o", str(root / "task")]) == 0
         from harness.data.prepare import prepare
         from harness.task.spec import load_task
 
@@ -41,8 +41,8 @@ def built(tmp_path_factory):
                 _submission(root / "hostile.json", latents, HOSTILE_EXPL, HOSTILE_METHOD),
                 _submission(root / "digits.json", latents, "digits and numbers", "digits")]
         for s in subs:
-            assert main(["eval", "--task", str(root / "task"), "--explanations", str(s), "--results",
-                         str(root / "results"), "--no-leaderboard", "--backend", "prefix"]) == 0
+            assert main(["eval", "--task", str(root / "task"), "--submission", str(s), "--results",
+                         str(root / "results"), "--backend", "prefix"]) == 0
         assert main(["site", "--task", str(root / "task"), "--results", str(root / "results"),
                      "-o", str(root / "site")]) == 0
         yield root
@@ -176,7 +176,7 @@ def test_failures_cli_fits_80_columns_and_prints_text_literally(built, capsys, m
     from rich.console import Console
 
     monkeypatch.setattr(cli, "console", Console(width=80, force_terminal=False))
-    assert main(["failures", str(p), "--latent", str(j), "--task", str(built / "task")]) == 0
+    assert main(["failures", "--result", str(p), "--latent", str(j), "--task", str(built / "task")]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 80
@@ -193,10 +193,10 @@ def _one_error(capsys) -> str:
 
 
 def test_failures_cli_bad_input(built, capsys, tmp_path):
-    assert main(["failures", str(tmp_path / "nope.json"), "--latent", "0"]) == 2
+    assert main(["failures", "--result", str(tmp_path / "nope.json"), "--latent", "0"]) == 2
     assert "nope.json" in _one_error(capsys)
     p = _results(built)[0]
-    assert main(["failures", str(p), "--latent", "999999", "--task", str(built / "task")]) == 2
+    assert main(["failures", "--result", str(p), "--latent", "999999", "--task", str(built / "task")]) == 2
     assert "latent 999999 is not scored" in _one_error(capsys)
     assert main(["site", "--task", str(built / "task"), "--results", str(tmp_path / "none"), "-o",
                  str(tmp_path / "s")]) == 2

@@ -7,7 +7,7 @@ contexts, so a baseline cannot have seen what it is scored on.
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,7 @@ def top_examples(prep: Prepared, model, coder, device) -> dict[str, np.ndarray]:
     value = np.zeros((m, TOP_N), np.float32)
     starts = np.searchsorted(flat_i, prep.rewritten, side="left")
     ends = np.searchsorted(flat_i, prep.rewritten, side="right")
-    for r, (a, b) in enumerate(zip(starts, ends)):
+    for r, (a, b) in enumerate(zip(starts, ends, strict=True)):
         take = min(TOP_N, b - a)
         c = ctx[a:a + take]
         block[r, :take], pos[r, :take] = c // span, c % span + lo
@@ -69,8 +69,8 @@ def top_tokens_explanations(prep: Prepared, tokenizer, ex: dict) -> dict[int, st
     out = {}
     blocks = prep.splits["activation"]
     for r, j in enumerate(prep.rewritten):
-        fire = Counter()
-        for b, p, v in zip(ex["block"][r], ex["pos"][r], ex["value"][r]):
+        fire: defaultdict[str, float] = defaultdict(float)  # summed activation per quoted token
+        for b, p, v in zip(ex["block"][r], ex["pos"][r], ex["value"][r], strict=True):
             if b < 0:
                 continue
             # Keyed by the quoted form: " of" and "of" read the same in an explanation.
@@ -78,7 +78,8 @@ def top_tokens_explanations(prep: Prepared, tokenizer, ex: dict) -> dict[int, st
         if not fire:
             out[int(j)] = ""
             continue
-        out[int(j)] = "the tokens " + ", ".join(t for t, _ in fire.most_common(5))
+        # Stable sort: ties keep first-seen order, as Counter.most_common does.
+        out[int(j)] = "the tokens " + ", ".join(sorted(fire, key=fire.__getitem__, reverse=True)[:5])
     return out
 
 
@@ -106,7 +107,7 @@ def llm_explanations(prep: Prepared, subject_tok, tokenizer, ex: dict, model, de
     prompts = {}
     for r, j in enumerate(prep.rewritten):
         lines = []
-        for b, p in zip(ex["block"][r][:n_examples], ex["pos"][r][:n_examples]):
+        for b, p in zip(ex["block"][r][:n_examples], ex["pos"][r][:n_examples], strict=True):
             if b < 0:
                 continue
             start = max(0, p - 12)
@@ -131,7 +132,7 @@ def llm_explanations(prep: Prepared, subject_tok, tokenizer, ex: dict, model, de
                 with torch.inference_mode():
                     gen = model.generate(**{k: v.to(device) for k, v in enc.items()}, max_new_tokens=max_new_tokens,
                                          do_sample=False, pad_token_id=tokenizer.pad_token_id)
-                for (j, _), row in zip(chunk, gen[:, enc["input_ids"].shape[1]:]):
+                for (j, _), row in zip(chunk, gen[:, enc["input_ids"].shape[1]:], strict=True):
                     text = tokenizer.decode(row, skip_special_tokens=True).strip().splitlines()
                     answer = (text[0] if text else "").strip().rstrip(".")
                     answer = answer[4:] if answer.startswith("all ") else answer
@@ -177,7 +178,7 @@ def run_explain(task: str, method: str, output: Path, overrides=(), seed: int = 
         desc = "control: every explanation is empty"
     elif method == "shuffled":
         if not source:
-            raise HarnessError("explain --method shuffled needs --source FILE (the submission to permute)")
+            raise HarnessError("explain --method shuffled needs --submission FILE (the submission to permute)")
         expl, src_method = shuffled_explanations(Path(source), prep.rewritten, seed, spec.id, prep.num_latents,
                                                  spec.simulator.max_explanation_chars)
         desc = f"control: the explanations of {src_method} ({Path(source).name}) permuted across latents, seed {seed}"

@@ -25,6 +25,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,7 @@ def adversarial_submissions(task_id: str, latents: np.ndarray, copied_text: str,
             for name, text in texts.items()}
 
 
-def _side(result_path: Path) -> dict[str, np.ndarray]:
+def _side(result_path: Path) -> dict[str, Any]:  # the side file's arrays, plus the result under "_result"
     res = json.loads(result_path.read_text())
     with np.load(result_path.parent / res["side_files"]["per_context"]["path"]) as z:
         return {k: z[k] for k in z.files} | {"_result": res}
@@ -138,14 +139,13 @@ N_METRICS = 5
 
 def run_gaming(task: str, submissions_dir: Path, results_dir: Path, report: Path | None, backend: str = "auto",
                device: str = "auto", overrides=(), endpoints=(), served_model: str = "") -> tuple[list[Entry], str]:
-    import torch
 
-    from harness.evaluate import EvalConfig, evaluate
     from harness.baselines.explain import run_explain
     from harness.data.prepare import prepare
+    from harness.evaluate import EvalConfig, evaluate
     from harness.task.inputs import TaskInputs
-    from harness.task.submission import save_submission
     from harness.task.spec import load_task
+    from harness.task.submission import save_submission
 
     spec = load_task(task, list(overrides))
     inputs = TaskInputs(spec, device)

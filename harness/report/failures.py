@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -109,8 +109,8 @@ Decoder = Callable[[list[int]], str]
 
 def load_decoder(spec) -> tuple[Decoder | None, str]:
     """The subject's tokenizer's decode (tokenizer only, never the model), or None and the reason."""
-    from harness.model.load import resolve_source_folder
     from harness.io import cache_root
+    from harness.model.load import resolve_source_folder
 
     try:
         ref = spec.subject_ref()
@@ -291,7 +291,7 @@ def case_titles(rep: LatentReport) -> tuple[str, str]:
             "latent fired, simulator did not (strongest activation first)")
 
 
-def _at(d: dict, k: str, i: int):
+def _at(d: Mapping, k: str, i: int):
     v = d.get(k)
     return v[i] if isinstance(v, list) and i < len(v) else None
 
@@ -353,7 +353,7 @@ def print_report(rep: LatentReport, loaded: Loaded, console=None) -> None:
 def _context_text(c: Case, tail: int = 90):
     from rich.text import Text
 
-    if c.prefix is None:
+    if c.prefix is None or c.token is None:  # set together
         return Text("(text unavailable)", style="dim")
     prefix = c.prefix.replace("\n", "⏎")
     if len(prefix) > tail:

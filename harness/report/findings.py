@@ -13,8 +13,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from harness.errors import HarnessError
-from harness.score.metrics import bootstrap_indices, mean_ci, paired_difference, paired_ranking_auroc
 from harness.report.result import load_result
+from harness.score.metrics import bootstrap_indices, mean_ci, paired_difference, paired_ranking_auroc
 
 
 @dataclass
@@ -137,8 +137,8 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
                        _verdict(d.lo, d.hi, want_negative=False)))
 
     # Detection: each latent's AUROC on its own positives and negatives, paired by latent (bootstrap over latents).
-    ar = dict(zip(r.per_latent["latent"], np.asarray(r.per_latent["auroc"], float)))
-    ac = dict(zip(rc.per_latent["latent"], np.asarray(rc.per_latent["auroc"], float)))
+    ar = dict(zip(r.per_latent["latent"], np.asarray(r.per_latent["auroc"], float), strict=True))
+    ac = dict(zip(rc.per_latent["latent"], np.asarray(rc.per_latent["auroc"], float), strict=True))
     both = [j for j in ar if j in ac and np.isfinite(ar[j]) and np.isfinite(ac[j])]
     if len(both) >= 2:
         dd = np.asarray([ar[j] - ac[j] for j in both])

@@ -17,23 +17,23 @@ result.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import csv
 import datetime as _dt
 import io
+import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
-from harness.io import one_line
 from harness.errors import HarnessError
-from harness.io import atomic_write_text
+from harness.io import atomic_write_text, one_line
 from harness.report.result import Result, load_result
+from harness.terminal import Column, fits, markdown, print_table
 
 NAN = math.nan
 
@@ -181,7 +181,7 @@ def collect_results(
     """
     root = Path(results_dir)
     if not root.is_dir():
-        raise HarnessError(f"{root}: results folder not found — run `harness eval` first or pass the right folder")
+        raise HarnessError(f"{root}: results folder not found — run `harness eval` first or pass --results DIR")
     rejected: list[Rejected] = []
     newest: dict[tuple[str, str, str, str], Row] = {}
     for p in sorted(root.rglob("*.json")):
@@ -322,11 +322,11 @@ def _multi_task(rows: list[Row]) -> bool:
 
 
 def _display_table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    headers = list(COLUMNS)
+    headers: list[str] = list(COLUMNS)
     body = [_display_cells(r) for r in rows]
     if _multi_task(rows):
         headers = ["task", *headers]
-        body = [[r.task_id, *cells] for r, cells in zip(rows, body)]
+        body = [[r.task_id, *cells] for r, cells in zip(rows, body, strict=True)]
     return headers, body
 
 
@@ -359,16 +359,18 @@ def _csv_row(r: Row) -> list[str]:
     return out
 
 
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*[]<>|"})
+KEY_COLUMNS = ("task", "method", "rank")   # printed whole in every layout
+
+
+def _columns(headers: list[str]) -> list[Column]:
+    return [Column(h, key=h in KEY_COLUMNS, numeric=h not in ("task", "method", "simulator", "date"))
+            for h in headers]
 
 
 def render(rows: list[Row], fmt: str = "md") -> str:
     if fmt == "md":
         headers, body = _display_table(rows)
-        # A method named "a|b" or "[x](url)" is text, not table structure or a link.
-        free = [i for i, h in enumerate(headers) if h in ("task", "method")]
-        body = [[c.translate(_MD_SPECIAL) if i in free else c for i, c in enumerate(cells)] for cells in body]
-        return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+        return markdown(_columns(headers), body)
     if fmt == "html":
         headers, body = _display_table(rows)
         return tabulate(body, headers=headers, tablefmt="html", disable_numparse=True)
@@ -378,7 +380,9 @@ def render(rows: list[Row], fmt: str = "md") -> str:
         w.writerow(CSV_COLUMNS)
         w.writerows(_csv_row(r) for r in rows)
         return buf.getvalue()
-    raise HarnessError(f"leaderboard format {fmt!r} is not one of md, csv, html")
+    if fmt == "json":
+        return json.dumps(to_json(rows), indent=1, ensure_ascii=False, allow_nan=False)
+    raise HarnessError(f"leaderboard format {fmt!r} is not one of md, csv, html, json")
 
 
 LEGACY_HELP = (
@@ -426,25 +430,72 @@ def write_leaderboard(
     return atomic_write_text(Path(out_dir) / f"{task_id}.md", render_page(task_id, task_hash, rows))
 
 
-def print_rich(rows: list[Row], console=None, *, title: str | None = None) -> None:
+def _json_num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _json_est(e: dict[str, float] | None, **extra) -> dict | None:
+    if e is None:
+        return None
+    return {k: _json_num(e.get(k)) for k in ("value", "lo", "hi")} | extra
+
+
+def row_json(r: Row) -> dict[str, Any]:
+    """Every column of a row for scripts: numbers as numbers (null for n/a), intervals as {value, lo, hi}."""
+    auroc = r.detection_auroc_ci or {"value": r.detection_auroc, "lo": NAN, "hi": NAN}
+    mark = r.rank[:1] if r.rank[:1] in ("=", "?") else ""
+    return {
+        "task": r.task_id,
+        "task_hash": r.task_hash,
+        "rank": int(r.rank.lstrip("=?")) if r.rank.lstrip("=?").isdigit() else None,
+        # True: the paired CI with the row above contains 0; None: not tested (first row, or no side file).
+        "tied_with_above": {"=": True, "?": None}.get(mark, False if r.vs_above is not None else None),
+        "rank_by": r.rank_by,
+        "method": r.method,
+        "sim_minus_zero_mean": _json_est(r.sim_minus_zero_mean),
+        "recovery": _json_est(r.recovery, note=r.recovery_note),
+        "delta_ce_median_simulated": _json_est(r.delta_ce_median_simulated),
+        "delta_ce_median_latent_zero": _json_est(r.delta_ce_median_latent_zero),
+        "sensitivity": _json_num(r.sensitivity),
+        "specificity": _json_num(r.specificity),
+        "detection_auroc": _json_est(auroc),
+        "balanced_accuracy": _json_num(r.balanced_accuracy),
+        "coverage": _json_num(r.coverage),
+        "vs_above": _json_est(r.vs_above),
+        "simulator_model_key": r.model_key,
+        "prompt_version": r.prompt_version,
+        "date": r.date,
+        "submission_sha256": r.submission_sha256,
+        "result": r.path,
+    }
+
+
+def to_json(rows: list[Row]) -> list[dict[str, Any]]:
+    return [row_json(r) for r in rows]
+
+
+CAPTION = "= : not significantly different from the row above (paired 95% CI contains 0)"
+
+# Dropped, in this order, from a terminal table too narrow for all of them (piped output keeps all).
+_BOOKKEEPING = ("date", "simulator", "coverage", "balanced accuracy", "specificity", "sensitivity",
+                "ΔCE median (latent zero)", "ΔCE median (simulated)")
+
+
+def print_leaderboard(rows: list[Row], console=None, *, title: str | None = None, fmt: str = "auto") -> None:
+    """The leaderboard by the rule of `harness.terminal`: Markdown when piped, a terminal table whose
+    bookkeeping columns give way to a narrow width (rank, method and the scores stay), every id whole."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.text import Text
 
     console = console or Console(markup=False, emoji=False)
+    if not rows:
+        console.print(Text(f"{title + ': ' if title else ''}no results yet (`harness eval` writes them)"), soft_wrap=True)
+        return
     headers, body = _display_table(rows)
-    if console.width < 160:
-        # A narrow terminal squeezes every cell to an ellipsis: keep the scores, drop the bookkeeping.
-        drop = ("simulator", "date") if console.width >= 120 else (
-            "simulator", "date", "ΔCE median (simulated)", "ΔCE median (latent zero)", "sensitivity",
-            "specificity", "coverage", "balanced accuracy")
-        keep = [i for i, h in enumerate(headers) if h not in drop]
-        headers = [headers[i] for i in keep]
-        body = [[cells[i] for i in keep] for cells in body]
-    table = Table(title=title, show_lines=False,
-                  caption="= : not significantly different from the row above (paired 95% CI contains 0)")
-    for h in headers:
-        table.add_column(h, justify="left" if h in ("task", "method", "simulator", "date") else "right",
-                         no_wrap=h in ("method", "rank"))
-    for cells in body:
-        table.add_row(*cells)
-    console.print(table)
+    if fmt in ("rich", "auto") and (fmt == "rich" or console.is_terminal):
+        for name in _BOOKKEEPING:
+            if fits(console, _columns(headers), body):
+                break
+            keep = [i for i, h in enumerate(headers) if h != name]
+            headers, body = [headers[i] for i in keep], [[cells[i] for i in keep] for cells in body]
+    print_table(console, _columns(headers), body, title=title, caption=CAPTION, fmt=fmt)

@@ -6,12 +6,11 @@ global figure state, no GUI backend, safe to call from any thread or a headless 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -53,7 +52,7 @@ def _yerr(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.vstack([below, above])
 
 
-def _series(conditions: list[dict], name: str, selection: str, key: str):
+def _series(conditions: Sequence[Mapping], name: str, selection: str, key: str):
     pts = []
     for c in conditions:
         if c.get("name") != name or c.get("selection") != selection:
@@ -138,7 +137,7 @@ def plot_activation_distributions(
     axes = fig.subplots(1, 2)
     panels = ((pred_raw, "simulator prediction (raw 0–9 expected value)"),
               (pred_calibrated, "after quantile normalisation"))  # fmt: skip
-    for ax, (pred, title) in zip(axes, panels):
+    for ax, (pred, title) in zip(axes, panels, strict=True):
         both = np.concatenate([true_nonzero, pred])
         # shared bins so the two histograms are comparable bar for bar
         bins = np.linspace(both.min(), both.max(), 50) if both.size and both.min() < both.max() else 10

@@ -17,16 +17,25 @@ import html
 import math
 import os
 import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from harness import __version__
 from harness.errors import HarnessError
-from harness.report.failures import (Loaded, case_titles, explanations_of, failure_counts, latent_report, load_decoder, load_with_side,
-                       test_windows)
+from harness.report.failures import (
+    Loaded,
+    case_titles,
+    explanations_of,
+    failure_counts,
+    latent_report,
+    load_decoder,
+    load_with_side,
+    test_windows,
+)
 from harness.report.leaderboard import COLUMNS_HELP, RANK_BY_AUROC_HELP, Row, collect_results
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -258,7 +267,7 @@ def line_chart(series: list[Series], *, xlabel: str, ylabel: str, hlines: Iterab
         pts = [(X(x) + off, Y(y), lo, hi) for x, y, lo, hi in s.points if math.isfinite(y)]
         dash = ' stroke-dasharray="6 4"' if s.dash else ""
         tip = f"<title>{esc(s.name)}</title>"
-        for px, py, lo, hi in pts:
+        for px, _py, lo, hi in pts:
             if math.isfinite(lo) and math.isfinite(hi):
                 out.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{Y(lo):.1f}" y2="{Y(hi):.1f}" '
                            f'stroke="{s.colour}" stroke-opacity=".55"/>')
@@ -305,7 +314,7 @@ def hist_chart(groups: list[tuple[str, str, np.ndarray]], *, xlabel: str, w: int
     for t in xt:
         out.append(f'<text x="{X(t):.1f}" y="{h - mb + 14}" text-anchor="middle">{_tick_label(t, step)}</text>')
     out.append(f'<text x="{(ml + w - mr) / 2:.0f}" y="{h - 6}" text-anchor="middle">{esc(xlabel)}</text>')
-    for (name, colour, _), c in zip(groups, hs):
+    for (name, colour, _), c in zip(groups, hs, strict=True):
         d = [f"M{X(edges[0]):.1f},{Y(0):.1f}"]
         for i, y in enumerate(c):
             d.append(f"L{X(edges[i]):.1f},{Y(y):.1f}L{X(edges[i + 1]):.1f},{Y(y):.1f}")
@@ -471,7 +480,7 @@ def _task_page(spec, entries: list[MethodEntry], rejected) -> str:
              el("th", "vs next", title="is this row's place above the next supported by a paired test?"),
              el("th", "simulator", class_="t"), el("th", "date"))
     body = []
-    for pos, (e, (mark, why)) in enumerate(zip(entries, marks), 1):
+    for pos, (e, (mark, why)) in enumerate(zip(entries, marks, strict=True), 1):
         r = e.row
         cells = [el("td", r.rank, data_v=pos),
                  el("td", el("a", r.method, href=f"{e.slug}/index.html"), class_="t", data_v=r.method)]
@@ -514,13 +523,14 @@ def _curves(entries: list[MethodEntry]) -> Raw:
             for sel, dash in (("top-scoring", False), ("random", True)):
                 x, v, lo, hi = _series(conds, "simulated", sel, key)
                 if x.size:
-                    series.append(Series(f"{e.row.method} · {sel}", e.colour, list(zip(x, v, lo, hi)), dash))
+                    series.append(Series(f"{e.row.method} · {sel}", e.colour,
+                                         list(zip(x, v, lo, hi, strict=True)), dash))
         if key == "recovery":
             hl = [(1.0, "#2ca02c", "true latents (1)"), (0.0, "#d62728", "latents deleted (0)")]
         else:
             x, v, lo, hi = _series(entries[0].loaded.result.conditions, "latent_zero", "random", key)
             if x.size:
-                series.append(Series("latent zero · random", "#444", list(zip(x, v, lo, hi)), True))
+                series.append(Series("latent zero · random", "#444", list(zip(x, v, lo, hi, strict=True)), True))
         chart = line_chart(series, xlabel="fraction of latents rewritten", ylabel=ylabel, hlines=hl,
                            xdomain=(0.0, 1.05))
         figs.append(el("figure", chart, el("figcaption", title, " (quantile calibration; solid: top-scoring "
@@ -634,7 +644,7 @@ def _write_method(tdir: Path, spec, e: MethodEntry, decode, dnote: str, n_cases:
         tick()
 
 
-def _at(d: dict, k: str, i: int):
+def _at(d: Mapping, k: str, i: int):
     v = d.get(k)
     return v[i] if isinstance(v, list) and i < len(v) else None
 

@@ -62,7 +62,7 @@ class _Checker:
     def __init__(self, report: Report):
         self.r = report
 
-    def num(self, name: str, got: float | None, want, rel=1e-9, abs_=1e-12):
+    def num(self, name: str, got: float | np.floating | None, want, rel=1e-9, abs_=1e-12):
         self.r.checked += 1
         g = None if got is None or (isinstance(got, float) and math.isnan(got)) else float(got)
         if not _close(g, want, rel, abs_):
@@ -72,7 +72,7 @@ class _Checker:
         if want is None:
             self.r.mismatches.append(f"{name}: missing in the result")
             return
-        for key, g in zip(("value", "lo", "hi"), got):
+        for key, g in zip(("value", "lo", "hi"), got, strict=True):
             self.num(f"{name}.{key}", g, want.get(key), rel, abs_)
 
 
@@ -149,7 +149,8 @@ def _true_quantile(ranks: np.ndarray, values: np.ndarray, nz_count: int, n_token
     nz[ranks] = values
     full = np.zeros(n_tokens, np.float32)
     full[n_tokens - nz_count:] = np.maximum.accumulate(nz) if nz_count else nz
-    return np.quantile(full, u, method=method)
+    # numpy's stubs accept only a Literal method name; this one comes from the side file (numpy rejects bad ones).
+    return np.quantile(full, u, method=method)  # pyright: ignore[reportCallIssue, reportArgumentType]
 
 
 def _midrank_ecdf(calib: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -265,8 +266,12 @@ def _verify_masks(side, res, chk: _Checker, rep: Report) -> None:
         rep.mismatches.append("active_true differs from true_test > 0")
     sens, spec = [], []
     for j in range(t.shape[1]):
-        sens.append(recall_score(t[:, j], s[:, j], pos_label=True, zero_division=np.nan) if t[:, j].any() else np.nan)
-        spec.append(recall_score(t[:, j], s[:, j], pos_label=False, zero_division=np.nan)
+        # sklearn is unannotated: pyright infers zero_division's type (str) from its default, "warn".
+        sens.append(recall_score(t[:, j], s[:, j], pos_label=True,
+                                 zero_division=np.nan)  # pyright: ignore[reportArgumentType]
+                    if t[:, j].any() else np.nan)
+        spec.append(recall_score(t[:, j], s[:, j], pos_label=False,
+                                 zero_division=np.nan)  # pyright: ignore[reportArgumentType]
                     if (~t[:, j]).any() else np.nan)
         chk.num(f"per_latent.sensitivity[{j}]", sens[-1], pl["sensitivity"][j])
         chk.num(f"per_latent.specificity[{j}]", spec[-1], pl["specificity"][j])

@@ -41,21 +41,21 @@ def degenerate_predictions(pred: np.ndarray, latents: np.ndarray, prompt_version
       copied explanation does (the simulator sees the same prompt for each).
     """
     pred = np.asarray(pred, dtype=np.float64)
-    latents = [int(j) for j in latents]
+    ids = [int(j) for j in latents]
     out: list[DegenerateWarning] = []
     if pred.ndim != 2 or pred.size == 0:
         return out
     hi, lo = pred.max(0), pred.min(0)
     const = (hi - lo) <= 1e-6 * np.maximum(1.0, np.abs(hi))
     if const.any():
-        ls = [latents[i] for i in np.flatnonzero(const)]
+        ls = [ids[i] for i in np.flatnonzero(const)]
         out.append(DegenerateWarning("constant", ls, f"constant predictions for latent(s) {_short(ls)}: the "
                                      "simulator gives every context the same answer, so nothing can be ranked"))
     top = SCALE_TOP.get(prompt_version)
     at_top = (pred >= top - 0.5) if top is not None else (pred >= hi - 1e-6 * np.maximum(1.0, np.abs(hi)))
     maxed = (at_top.mean(0) >= share) & ~const
     if maxed.any():
-        ls = [latents[i] for i in np.flatnonzero(maxed)]
+        ls = [ids[i] for i in np.flatnonzero(maxed)]
         where = f"within 0.5 of the top answer {top:g}" if top is not None else "tied at the latent's maximum"
         out.append(DegenerateWarning("at-maximum", ls, f"{share:.0%}+ of the predictions are {where} for "
                                      f"latent(s) {_short(ls)}: does the explanation instruct the simulator?"))
@@ -63,7 +63,7 @@ def degenerate_predictions(pred: np.ndarray, latents: np.ndarray, prompt_version
         _, first, counts = np.unique(pred.T, axis=0, return_index=True, return_counts=True)
         dup = counts > 1
         if dup.any():
-            groups = [sorted(latents[i] for i in np.flatnonzero((pred.T == pred.T[f]).all(1))) for f in first[dup]]
+            groups = [sorted(ids[i] for i in np.flatnonzero((pred.T == pred.T[f]).all(1))) for f in first[dup]]
             ls = sorted(j for g in groups for j in g)
             out.append(DegenerateWarning("identical-across-latents", ls,
                                          f"{len(ls)} latents in {len(groups)} group(s) get identical predictions on "

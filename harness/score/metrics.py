@@ -55,7 +55,7 @@ class Estimate:
         def f(x: float) -> float | None:
             return float(x) if math.isfinite(x) else None
 
-        d = {"value": f(self.value), "lo": f(self.lo), "hi": f(self.hi)}
+        d: dict[str, float | str | None] = {"value": f(self.value), "lo": f(self.lo), "hi": f(self.hi)}
         if self.note:
             d["note"] = self.note
         return d

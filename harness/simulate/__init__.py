@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from harness.errors import HarnessError
 from harness.simulate.base import SimContext, Simulator, expected_value, explanation_sha
-from harness.simulate.prompt import (PROMPT_VERSIONS, PromptBuilder, PromptParts, answer_token_ids, build_prompt,
-                                     digit_token_ids, prompt_score)
+from harness.simulate.prompt import (
+    PROMPT_VERSIONS,
+    PromptBuilder,
+    PromptParts,
+    answer_token_ids,
+    build_prompt,
+    digit_token_ids,
+    prompt_score,
+)
 from harness.simulate.store import CachedSimulator, PredictionStore
 
 BACKENDS = ("auto", "plain", "prefix", "vllm", "http")
@@ -38,7 +45,7 @@ def make_simulator(backend: str, model, tokenizer, prompt_version: str, max_char
         from harness.simulate.http_backend import HTTPSimulator
         endpoints = kw.pop("endpoints", None)
         if not endpoints:
-            raise HarnessError("the http simulator backend needs endpoints (e.g. --endpoint http://127.0.0.1:8000)")
+            raise HarnessError("the http simulator backend needs endpoints (--endpoints http://127.0.0.1:8000[,URL...])")
         return HTTPSimulator(endpoints, model, tokenizer, prompt_version, max_chars, model_key, **kw)
     raise HarnessError(f"unknown simulator backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 

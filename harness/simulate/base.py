@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -13,6 +14,8 @@ from harness.errors import HarnessError
 DIGITS = np.arange(10, dtype=np.float64)
 
 Progress = Callable[[int], None]   # called with the number of pairs just finished
+# (context index, explanation index) rows: an (n, 2) integer array or any sequence of pairs.
+Pairs = Sequence[tuple[int, int]] | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Simulator(Protocol):
     prompt_version: str
 
     def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
-                pairs: Sequence[tuple[int, int]], progress: Progress | None = None
+                pairs: Pairs, progress: Progress | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
         """pairs are (context index, explanation index). Returns (probs [n, K] float32 renormalised over
         the prompt's K answer tokens, answer mass [n] float32: their total probability before renormalising)."""
@@ -53,7 +56,7 @@ def explanation_sha(explanation: str) -> str:
     return hashlib.sha256(explanation.encode("utf-8")).hexdigest()
 
 
-def check_pairs(contexts: Sequence, explanations: Sequence, pairs) -> np.ndarray:
+def check_pairs(contexts: Sequence, explanations: Sequence, pairs: Pairs) -> np.ndarray:
     arr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     if len(arr):
         if arr.min() < 0 or arr[:, 0].max() >= len(contexts) or arr[:, 1].max() >= len(explanations):

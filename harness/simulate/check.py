@@ -70,8 +70,8 @@ def handwritten(sim, store_sim) -> CheckResult:
 
 def named_token(prep, subject_tok, sim, store_sim, words: int = 6, per_word: int = 6, others: int = 24,
                 seed: int = 0) -> CheckResult:
-    from harness.simulate.run import sim_contexts
     from harness.simulate.prompt import prompt_score
+    from harness.simulate.run import sim_contexts
 
     # Every scored position of the detection pool's blocks (never seen by an explanation method): enough
     # contexts that a few final tokens recur, whatever the task's calibration and test sizes.
@@ -108,9 +108,9 @@ def named_token(prep, subject_tok, sim, store_sim, words: int = 6, per_word: int
 
 def real_vs_shuffled(prep, subject_tok, sim, store_sim, explanations: dict[int, str], seed: int = 0,
                      max_latents: int = 16, n_boot: int = 10000) -> CheckResult:
-    from harness.simulate.run import sim_contexts
     from harness.score.metrics import bootstrap_indices, mean_ci
     from harness.simulate.prompt import prompt_score
+    from harness.simulate.run import sim_contexts
 
     rows_of = {int(j): r for r, j in enumerate(prep.rewritten)}
     latents = [j for j in (int(x) for x in prep.rewritten) if explanations.get(j)]
@@ -167,10 +167,10 @@ def run_check(task: str, overrides=(), backend: str = "auto", device: str = "cpu
     from harness.data.prepare import prepare
     from harness.io import cache_root
     from harness.simulate.run import load_simulator
-    from harness.task.inputs import TaskInputs
     from harness.simulate.store import CachedSimulator, PredictionStore
-    from harness.task.submission import load_submission
+    from harness.task.inputs import TaskInputs
     from harness.task.spec import load_task
+    from harness.task.submission import load_submission
 
     spec = load_task(task, list(overrides))
     out: list[CheckResult] = []
@@ -185,6 +185,7 @@ def run_check(task: str, overrides=(), backend: str = "auto", device: str = "cpu
     if "named-token" in only:
         out.append(named_token(prep, subject_tok, sim, store_sim, seed=seed))
     if "real-vs-shuffled" in only:
+        assert prep is not None  # needs_task is true here
         path = Path(submission) if submission else default_explanations(spec)
         if path is None:
             raise HarnessError(f"no explanations to test real-vs-shuffled on for {spec.id}: pass --submission FILE "

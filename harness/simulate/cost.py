@@ -10,10 +10,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.table import Table
+from rich.console import Console
 
 from harness.errors import HarnessError
 from harness.task.spec import TaskSpec, load_task
+from harness.terminal import Column, print_table
 
 # Package data (not a repo path), so a wheel install can estimate too.
 THROUGHPUT_FILE = Path(__file__).resolve().parent / "throughput.json"
@@ -58,26 +59,22 @@ def load_throughputs(path: Path | None = None) -> list[dict]:
 def print_estimate(task: str, backend: str = "auto", overrides=(), console=None) -> Cost:
     spec = load_task(task, list(overrides))
     cost = prediction_cost(spec)
-    t = Table(title=f"{spec.id} ({spec.hash[:12]}): simulator predictions")
-    t.add_column("split")
-    t.add_column("predictions", justify="right")
-    t.add_row("calibration", f"{cost.calibration:,}")
-    t.add_row("test", f"{cost.test:,}")
-    t.add_row("detection", f"{cost.detection:,}")
-    t.add_row("total", f"{cost.total:,}  ({cost.latents:,} latents)")
-    console.print(t)
+    console = console or Console(markup=False, emoji=False)
+    counts = [["calibration", f"{cost.calibration:,}"], ["test", f"{cost.test:,}"],
+              ["detection", f"{cost.detection:,}"], ["total", f"{cost.total:,}  ({cost.latents:,} latents)"]]
+    print_table(console, (Column("split"), Column("predictions", numeric=True)), counts,
+                title=f"{spec.id} ({spec.hash[:12]}): simulator predictions")
     rows = [m for m in load_throughputs() if backend in ("auto", m["backend"])]
     if not rows:
         raise HarnessError(f"no measured throughput for backend {backend!r} in {THROUGHPUT_FILE}: "
                            "run `python benchmarks/simulate.py` to measure it")
-    t = Table(title="projected simulation time at measured throughputs")
-    for col in ("backend", "model", "device", "predictions/s", "projected time"):
-        t.add_column(col)
-    for m in sorted(rows, key=lambda m: -m["predictions_per_s"]):
-        secs = cost.total / m["predictions_per_s"]
-        t.add_row(m["backend"], m["model"], m["device"], f"{m['predictions_per_s']:.1f}", _hms(secs))
-    console.print(t)
-    sim = spec.simulator.model.get("id") or spec.simulator.model.get("file") or spec.simulator.model.get("path")
+    cols = (Column("backend", key=True), Column("model", key=True), Column("device"),
+            Column("predictions/s", numeric=True), Column("projected time", numeric=True))
+    cells = [[m["backend"], m["model"], m["device"], f"{m['predictions_per_s']:.1f}",
+              _hms(cost.total / m["predictions_per_s"])] for m in sorted(rows, key=lambda m: -m["predictions_per_s"])]
+    print_table(console, cols, cells, title="projected simulation time at measured throughputs")
+    sim = (spec.simulator_ref().describe() if spec.simulator.model.get("source") == "gguf-parts" else
+           spec.simulator.model.get("id") or spec.simulator.model.get("file") or spec.simulator.model.get("path"))
     console.print(f"The task's simulator is {sim}; a row measured on another model scales roughly with its size.")
     return cost
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.simulate.base import Progress, SimContext, check_pairs, answers_from_logprobs
+from harness.simulate.base import Pairs, Progress, SimContext, answers_from_logprobs, check_pairs
 from harness.simulate.prompt import answer_token_ids, get_builder
 
 _RETRY_STATUS = {408, 409, 425, 429}
@@ -196,14 +196,14 @@ class HTTPSimulator:
         return results
 
     def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
-                pairs: Sequence[tuple[int, int]], progress: Progress | None = None
+                pairs: Pairs, progress: Progress | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
         pairs = check_pairs(contexts, explanations, pairs)
         if not len(pairs):
             return np.zeros((0, len(self.answer_ids)), np.float32), np.zeros(0, np.float32)
         order = np.lexsort((pairs[:, 1], pairs[:, 0]))
         prompts = [self.builder.prefix(contexts[pairs[i, 0]].text, contexts[pairs[i, 0]].last_token)
-                   + self.builder.suffix(explanations[pairs[i, 1]]) for i in order]
+                   + self.builder.suffix(explanations[int(pairs[i, 1])]) for i in order]
         k = self.prompts_per_request
         requests = [prompts[s:s + k] for s in range(0, len(prompts), k)]
         results = _run_coroutine(self._run_all(requests, progress))

@@ -5,13 +5,13 @@ Slow but simple; the prefix engine and the vLLM backend are checked against it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from harness.simulate.base import Progress, SimContext, answers_from_logits, check_pairs
+from harness.simulate.base import Pairs, Progress, SimContext, answers_from_logits, check_pairs
 from harness.simulate.prompt import answer_token_ids, get_builder
 
 # Config fields under which some families post-process logits inside their *ForCausalLM.forward; with
@@ -77,13 +77,13 @@ class PlainSimulator(TorchSimulatorBase):
 
     @torch.inference_mode()
     def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
-                pairs: Sequence[tuple[int, int]], progress: Progress | None = None
+                pairs: Pairs, progress: Progress | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
         pairs = check_pairs(contexts, explanations, pairs)
         if not len(pairs):
             return self._empty()
         prompts = [
-            self.builder.prefix(contexts[c].text, contexts[c].last_token) + self.builder.suffix(explanations[e])
+            self.builder.prefix(contexts[c].text, contexts[c].last_token) + self.builder.suffix(explanations[int(e)])
             for c, e in pairs
         ]
         probs = np.zeros((len(pairs), len(self.answer_ids)), np.float32)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextvars
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from harness.simulate.base import Progress, SimContext, answers_from_logits, check_pairs, context_groups
+from harness.simulate.base import Pairs, Progress, SimContext, answers_from_logits, check_pairs, context_groups
 from harness.simulate.plain import TorchSimulatorBase
 
 
@@ -66,8 +66,8 @@ def _plain_layers(cache) -> bool:
     from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None
-                                and layer.keys.numel() for layer in layers)
+    return bool(layers) and all(type(layer) is DynamicLayer and (keys := getattr(layer, "keys", None)) is not None
+                                and keys.numel() for layer in layers)
 
 
 def _repeat_cache(cache, n: int):
@@ -248,7 +248,7 @@ class PrefixSimulator(TorchSimulatorBase):
 
     @torch.inference_mode()
     def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
-                pairs: Sequence[tuple[int, int]], progress: Progress | None = None
+                pairs: Pairs, progress: Progress | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
         pairs = check_pairs(contexts, explanations, pairs)
         if not len(pairs):
@@ -264,7 +264,7 @@ class PrefixSimulator(TorchSimulatorBase):
             ctx_ids = torch.tensor([prefix[n_head:]], dtype=torch.long, device=self.device)
             cache = copy.deepcopy(head_cache) if head_cache is not None else None
             cache = self._run(ctx_ids, cache, n_head)[1]
-            suffixes = [self.builder.suffix(explanations[e]) for e in pairs[rows, 1]]
+            suffixes = [self.builder.suffix(explanations[int(e)]) for e in pairs[rows, 1]]
             # Similar lengths in one batch waste less on padding.
             for sel in plan_batches([len(s) for s in suffixes], self.batch_size):
                 p, m = self._suffix_answers(cache, len(prefix), [suffixes[i] for i in sel])

@@ -241,7 +241,7 @@ def _split_template(tokenizer, template: PromptTemplate) -> _Pieces:
     return _Pieces(trusted(head), trusted(middle), trusted(tail))
 
 
-_PIECES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_PIECES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _pieces_for(tokenizer, version: str) -> _Pieces:
@@ -318,7 +318,7 @@ class PromptBuilder:
         return PromptParts(self.prefix(context_text, last_token_text), self.suffix(explanation))
 
 
-_BUILDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_BUILDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def get_builder(tokenizer, version: str, max_chars: int) -> PromptBuilder:

@@ -39,8 +39,8 @@ def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, sub
     from harness.simulate import make_simulator
 
     ref = spec.simulator_ref()
-    sim_kw: dict[str, Any] = dict(prompt_version=spec.simulator.prompt_version, max_chars=spec.simulator.max_explanation_chars,
-                  model_key=ref.key())
+    sim_kw: dict[str, Any] = dict(prompt_version=spec.simulator.prompt_version,
+                                  max_chars=spec.simulator.max_explanation_chars, model_key=ref.key())
     if backend in ("vllm", "http"):
         # These engines hold the weights themselves (vLLM) or remotely (servers): only the tokenizer is local,
         # so prompts are built as token ids here and no server-side chat template is ever applied.

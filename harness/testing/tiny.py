@@ -84,7 +84,8 @@ def build_model(arch: str, vocab_size: int, seed: int, *, hidden: int = 64, laye
     if arch == "gpt_neox":
         cfg = GPTNeoXConfig(
             vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-            intermediate_size=4 * hidden, max_position_embeddings=512, rotary_pct=0.25,
+            intermediate_size=4 * hidden, max_position_embeddings=512,
+            rope_parameters={"partial_rotary_factor": 0.25},
             use_parallel_residual=True, hidden_act="gelu", tie_word_embeddings=False,
         )
     elif arch == "llama":
@@ -162,8 +163,10 @@ class TinyTaskOptions:
     seed: int = 0
 
 
-def make_tiny_task(out_dir: Path, opts: TinyTaskOptions = TinyTaskOptions()) -> Path:
+def make_tiny_task(out_dir: Path, opts: TinyTaskOptions | None = None) -> Path:
     """Build a complete task folder (model, simulator, coder, corpus, task.toml); returns the toml path."""
+    if opts is None:
+        opts = TinyTaskOptions()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = synthetic_texts(opts.corpus_texts, opts.seed)

@@ -1,0 +1,334 @@
+"""The CLI's vocabulary and tables: every id whole at 80 columns (piped and on a terminal), `--format json`
+with the right numbers, old spellings still working, and every flag a message or a doc names existing."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+import harness.cli as cli
+from harness.cli import build_parser, main, upgrade_argv
+from harness.task.spec import list_tasks
+
+REPO = Path(__file__).resolve().parents[1]
+MINI = "smollm2-135m-l8-offline-mini"
+RESULTS = REPO / "results"
+
+
+def _terminal(monkeypatch, width: int) -> io.StringIO:
+    """Point the CLI's console at a fake terminal of `width` columns; returns what it prints."""
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=buf, width=width, force_terminal=True, color_system=None,
+                                                markup=False, emoji=False))
+    return buf
+
+
+def _methods(task: str) -> list[str]:
+    return sorted({json.loads(p.read_text())["submission"]["method"] for p in (RESULTS / task).glob("*.json")})
+
+
+# ---------------------------------------------------------------- tables never cut identifiers
+
+
+def test_tasks_piped_at_80_columns_prints_every_id_whole(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    ids = [s.id for s in list_tasks()]
+    assert len(ids) >= 5
+    cells = {c.strip() for line in out.splitlines() for c in line.split("|")}
+    assert set(ids) <= cells and "…" not in out
+    assert {s.hash[:12] for s in list_tasks()} <= cells
+
+
+@pytest.mark.parametrize("width", [80, 60, 200])
+def test_tasks_on_a_terminal_prints_every_id_whole(monkeypatch, width):
+    buf = _terminal(monkeypatch, width)
+    assert main(["tasks"]) == 0
+    out = buf.getvalue()
+    words = set(re.split(r"[\s│┃]+", out))
+    assert {s.id for s in list_tasks()} <= words and "…" not in out
+    assert max(map(len, out.splitlines())) <= width
+
+
+def test_leaderboard_piped_at_80_columns_prints_every_method_whole(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["leaderboard", "--task", MINI, "--results", str(RESULTS)]) == 0
+    out = capsys.readouterr().out
+    cells = {c.strip() for line in out.splitlines() for c in line.split("|")}
+    assert set(_methods(MINI)) <= cells and len(_methods(MINI)) >= 4
+    assert MINI in out and "…" not in out
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_leaderboard_on_a_terminal_prints_every_method_whole(monkeypatch, width):
+    buf = _terminal(monkeypatch, width)
+    assert main(["leaderboard", "--task", MINI, "--results", str(RESULTS)]) == 0
+    out = buf.getvalue()
+    assert set(_methods(MINI)) <= set(re.split(r"[\s│┃]+", out)) and "…" not in out
+    assert max(map(len, out.splitlines())) <= width
+
+
+def test_a_method_name_too_wide_for_the_terminal_gets_one_block_per_row():
+    from harness.terminal import Column, print_table
+
+    buf = io.StringIO()
+    long = "a-method-name-" + "x" * 70
+    print_table(Console(file=buf, width=60, force_terminal=True, color_system=None),
+                (Column("method", key=True), Column("score", numeric=True)), [[long, "0.5"], ["short", "0.4"]])
+    out = buf.getvalue()
+    assert long in out.splitlines() and "short" in out.splitlines() and "…" not in out
+
+
+def test_piped_markdown_escapes_identifiers_but_keeps_them_whole():
+    from harness.terminal import Column, markdown
+
+    md = markdown((Column("method", key=True), Column("note")), [["a|b", "x | y"]])
+    assert "a\\|b" in md and "x \\| y" in md and len(md.splitlines()) == 3
+
+
+# ---------------------------------------------------------------- --format json
+
+
+def test_leaderboard_json_has_every_column_and_the_result_files_numbers(capsys):
+    assert main(["leaderboard", "--task", MINI, "--results", str(RESULTS), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(r["method"] for r in rows) == _methods(MINI)
+    assert [r["rank"] for r in rows] == sorted(r["rank"] for r in rows) and rows[0]["rank"] == 1
+    assert rows[0]["tied_with_above"] is None and all(isinstance(r["tied_with_above"], bool) for r in rows[1:])
+    for r in rows:
+        res = json.loads((REPO / r["result"]).read_text() if not Path(r["result"]).is_absolute()
+                         else Path(r["result"]).read_text())
+        h = res["headline"]
+        assert r["task"] == MINI and r["task_hash"] == res["task"]["hash"]
+        for k, src in (("sim_minus_zero_mean", "sim_minus_zero_mean"), ("delta_ce_median_simulated", "delta_ce_median"),
+                       ("delta_ce_median_latent_zero", "latent_zero_delta_ce_median"),
+                       ("detection_auroc", "detection_auroc_ci")):
+            assert set(r[k]) >= {"value", "lo", "hi"}
+            assert r[k]["value"] == pytest.approx(h[src]["value"], abs=1e-12)
+            assert (r[k]["lo"], r[k]["hi"]) == (h[src]["lo"], h[src]["hi"])
+        assert r["recovery"]["value"] == pytest.approx(h["recovery"]["value"]) and "note" in r["recovery"]
+        for k in ("sensitivity", "specificity"):
+            assert r[k] == pytest.approx(h[k])
+        assert r["balanced_accuracy"] == pytest.approx(h["detection_balanced_accuracy"])
+        assert r["coverage"] == res["submission"]["coverage"]
+        assert r["submission_sha256"] == res["submission"]["sha256"]
+        assert isinstance(r["sensitivity"], float) and isinstance(r["rank"], int)
+
+
+def test_leaderboard_json_agrees_with_the_markdown_table(capsys):
+    assert main(["leaderboard", "--task", MINI, "--results", str(RESULTS), "--format", "md"]) == 0
+    md = capsys.readouterr().out
+    assert main(["leaderboard", "--task", MINI, "--results", str(RESULTS), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    table = [dict(zip(head, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+    assert [t["method"] for t in table] == [r["method"] for r in rows]
+    for t, r in zip(table, rows, strict=True):
+        a = r["detection_auroc"]
+        assert t["detection AUROC"] == f"{a['value']:.2f} [{a['lo']:.2f}, {a['hi']:.2f}]"
+        assert t["rank"].lstrip("=?") == str(r["rank"]) and t["rank"].startswith("=") == bool(r["tied_with_above"])
+        assert t["sensitivity"] == f"{r['sensitivity']:.2f}" and t["coverage"] == f"{100 * r['coverage']:.0f}%"
+
+
+def test_tasks_json_lists_every_task_with_numbers_as_numbers(capsys):
+    assert main(["tasks", "--format", "json"]) == 0
+    got = {t["id"]: t for t in json.loads(capsys.readouterr().out)}
+    for s in list_tasks():
+        t = got[s.id]
+        assert t["hash"] == s.hash and t["T"] == s.contexts.T
+        assert (t["calibration"], t["test"]) == (s.contexts.calibration, s.contexts.test)
+        assert t["coder_kind"] == s.coder.kind and t["hookpoint"] == s.coder.hookpoint
+        assert set(t) >= {"subject", "rewritten", "latent_rule", "simulator", "prompt_version", "folder"}
+    assert got[MINI]["rewritten"] == 16 and got[MINI]["latent_rule"] == "lexical"
+
+
+def test_leaderboard_stdout_is_only_the_document(tmp_path, capsys):
+    """A file that cannot be ranked is named on stderr: stdout stays parseable."""
+    res = tmp_path / "results" / MINI
+    res.mkdir(parents=True)
+    for p in (RESULTS / MINI).glob("*"):
+        (res / p.name).symlink_to(p)
+    (res / "broken.json").write_text("{")
+    assert main(["leaderboard", "--task", MINI, "--results", str(tmp_path / "results"), "--format", "json"]) == 0
+    cap = capsys.readouterr()
+    assert len(json.loads(cap.out)) == len(_methods(MINI)) and "broken.json" in cap.err
+
+
+# ---------------------------------------------------------------- old spellings
+
+
+@pytest.mark.parametrize("old,new", [
+    (["eval", "--task", "t", "--explanations", "s.json"], ["eval", "--task", "t", "--submission", "s.json"]),
+    (["eval", "--explanations=s.json", "--no-leaderboard"], ["eval", "--submission=s.json"]),
+    (["eval", "--no-leaderboard", "--leaderboard", "lb"], ["eval"]),
+    (["explain", "--method", "shuffled", "--source", "a.json"], ["explain", "--method", "shuffled",
+                                                                 "--submission", "a.json"]),
+    (["gaming", "--task", "t", "--report", "r.md"], ["gaming", "--task", "t", "--output", "r.md"]),
+    (["make-tiny-task", "--out", "d", "--id", "x"], ["make-tiny-task", "--output", "d", "--task", "x"]),
+    (["validate", "s.json", "--task", "t"], ["validate", "--submission", "s.json", "--task", "t"]),
+    (["validate", "--task", "t", "s.json"], ["validate", "--task", "t", "--submission", "s.json"]),
+    (["failures", "r.json", "--latent", "3"], ["failures", "--result", "r.json", "--latent", "3"]),
+    (["import-delphi", "d/", "--task", "t", "-o", "s.json"], ["import-delphi", "--delphi", "d/", "--task", "t",
+                                                               "-o", "s.json"]),
+    (["leaderboard", "--write"], ["leaderboard", "--leaderboard", "leaderboard"]),
+    (["leaderboard", "--task", "t", "--write", "--out", "lb"], ["leaderboard", "--task", "t", "--leaderboard", "lb"]),
+    (["leaderboard", "--out", "lb"], ["leaderboard"]),   # --out without --write never wrote anything
+    (["eval", "--task", "t", "--submission", "s.json"], ["eval", "--task", "t", "--submission", "s.json"]),
+])
+def test_old_spellings_are_rewritten_with_a_warning(old, new, capsys):
+    assert upgrade_argv(old, build_parser()) == new
+    err = capsys.readouterr().err
+    assert ("deprecated" in err) == (old != new)
+
+
+def test_old_spellings_still_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    assert main(["make-tiny-task", "--out", str(tmp_path / "task"), "--id", "old-flags"]) == 0
+    assert "id = \"old-flags\"" in (tmp_path / "task" / "task.toml").read_text()
+    sub = tmp_path / "s.json"
+    sub.write_text(json.dumps({"task": "old-flags", "method": "m", "description": "", "explanations": {"0": "x"}}))
+    assert main(["validate", str(sub), "--task", str(tmp_path / "task")]) == 0
+    out, err = capsys.readouterr()
+    assert "ok:" in out and err.count("deprecated") == 3
+    lb = tmp_path / "lb"
+    assert main(["leaderboard", "--task", MINI, "--results", str(RESULTS), "--write", "--out", str(lb),
+                 "--format", "md"]) == 0
+    assert (lb / f"{MINI}.md").is_file()
+
+
+def test_leaderboard_page_is_written_only_when_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["leaderboard", "--task", MINI, "--results", str(RESULTS)]) == 0
+    assert not (tmp_path / "leaderboard").exists()
+    assert main(["leaderboard", "--task", MINI, "--results", str(RESULTS), "--leaderboard"]) == 0
+    page = (tmp_path / "leaderboard" / f"{MINI}.md").read_text()
+    assert all(f"| {m} " in page for m in _methods(MINI))
+    assert "wrote" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- help and messages name real flags
+
+
+def _subparsers() -> dict:
+    return cli._verbs(build_parser())
+
+
+def _options(parser) -> set[str]:
+    return {o for a in parser._actions for o in a.option_strings}
+
+
+ALL_FLAGS = set().union(*(_options(p) for p in _subparsers().values()))
+# (The old spellings, cli.OLD_FLAGS, may be named as such; a command that uses one fails the per-verb check.)
+
+# Flags of other programs that harness messages tell users to run: pip, the Hugging Face CLI, vllm serve.
+FOREIGN = {"--no-deps", "--revision", "--repo-type", "--include", "--port", "--max-logprobs",
+           "--enable-prefix-caching", "--upgrade", "--dataset"}
+FLAG = re.compile(r"(?<![\w(-])--[a-z][a-z0-9-]*(?![\w:-])")
+
+
+def _strings(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.lineno, node.value
+
+
+def test_every_flag_a_message_names_exists():
+    """Error messages and help in harness/ name only flags some verb has; a module with a command line of its
+    own (`python -m harness.build...`) may name its own flags, but `harness VERB` commands are checked in all."""
+    bad = []
+    for path in sorted((REPO / "harness").rglob("*.py")):
+        src = path.read_text()
+        own_cli = path.name != "cli.py" and ("sys.argv" in src or "ArgumentParser(" in src)
+        for line, text in _strings(path):
+            bad += [f"{path.relative_to(REPO)}:{line}: {f}" for f in FLAG.findall(text)
+                    if not own_cli and f not in ALL_FLAGS | FOREIGN | cli.OLD_FLAGS]
+            bad += [f"{path.relative_to(REPO)}:{line}: harness {verb} {f}" for verb, f in _verb_flags(text)]
+    assert not bad, bad
+
+
+def _verb_flags(text: str):
+    """(verb, flag) for every flag a `harness VERB ...` command in `text` passes that VERB does not have."""
+    verbs = _subparsers()
+    for verb, args in _commands(text):
+        if verb in verbs:
+            for f in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", args):
+                if f not in _options(verbs[verb]):
+                    yield verb, f
+
+
+def _commands(text: str):
+    """(verb, the command's text) for every `harness VERB ...` in a doc or script, up to where it ends."""
+    text = text.replace("\\\n", " ")
+    pat = r"(?:\bharness(?:\.cli)?|\$H|\$\{HARNESS\})\s+([a-z][a-z-]+)([^\n`|;&#)]*)"
+    for m in re.finditer(pat, text):
+        yield m.group(1), m.group(2)
+
+
+DOCS = ["README.md", "docs/*.md", "tasks/*/README.md", "scripts/*.sh", ".ci/run", "benchmarks/*.md"]
+
+
+def test_every_flag_the_docs_pass_to_a_verb_exists():
+    verbs = _subparsers()
+    bad, seen = [], 0
+    for pattern in DOCS:
+        for path in sorted(REPO.glob(pattern)):
+            text = path.read_text()
+            seen += sum(verb in verbs for verb, _ in _commands(text))
+            bad += [f"{path.relative_to(REPO)}: harness {verb} {f}" for verb, f in _verb_flags(text)]
+    assert seen > 20 and not bad, bad
+
+
+def test_every_flag_the_docs_mention_exists_somewhere():
+    bad = []
+    for pattern in DOCS:
+        for path in sorted(REPO.glob(pattern)):
+            if path.name == "scaling.md":
+                continue   # vllm serve's own flags
+            for f in set(FLAG.findall(path.read_text())):
+                if f not in ALL_FLAGS | FOREIGN | cli.OLD_FLAGS | _script_flags():
+                    bad.append(f"{path.relative_to(REPO)}: {f}")
+    assert not bad, bad
+
+
+def _script_flags() -> set[str]:
+    """Flags of the repo's own scripts (benchmarks/, harness/build/), which docs also show."""
+    out = set()
+    for path in [*REPO.glob("benchmarks/*.py"), *REPO.glob("harness/build/*.py"), *REPO.glob("scripts/*.py")]:
+        out |= set(re.findall(r"add_argument\(\s*(?:\"-\w\",\s*)?\"(--[a-z][a-z0-9-]*)\"", path.read_text()))
+    return out
+
+
+def test_every_verb_has_help():
+    for verb in _subparsers():
+        with pytest.raises(SystemExit) as e:
+            main([verb, "--help"])
+        assert e.value.code == 0
+
+
+def test_backend_help_is_true():
+    from harness.simulate import BACKENDS
+
+    assert set(cli.BACKENDS) == set(BACKENDS)
+    text = _subparsers()["eval"].format_help()
+    assert "fastest" not in text and "auto (the default) is prefix" in " ".join(text.split())
+
+
+def test_auto_backend_is_prefix(monkeypatch):
+    """What the help says: auto is the prefix engine, whatever the machine."""
+    import harness.simulate.prefix as prefix
+    from harness.simulate import make_simulator
+
+    class Stub:
+        def __init__(self, *a, **kw):
+            pass
+
+    monkeypatch.setattr(prefix, "PrefixSimulator", Stub)
+    assert isinstance(make_simulator("auto", None, None, "v1", 100, "k"), Stub)
