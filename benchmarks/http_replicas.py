@@ -11,7 +11,7 @@ a reference result JSON, and prints the measured figures.
 
     flock /work/qwen.lock python benchmarks/http_replicas.py \\
         --task smollm2-135m-l8-offline-mini \\
-        --explanations submissions/smollm2-135m-l8-offline-mini/top-tokens.json \\
+        --submission submissions/smollm2-135m-l8-offline-mini/top-tokens.json \\
         --reference-result results/smollm2-135m-l8-offline-mini/top-tokens-6760bd6655-1444e7.json \\
         --vllm /work/venv-vllm/bin/python
 
@@ -297,7 +297,8 @@ def compare(args, store: Path, ref_store: Path, results_dir: Path, tol: float, h
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="smollm2-135m-l8-offline-mini")
-    p.add_argument("--explanations", default="submissions/smollm2-135m-l8-offline-mini/top-tokens.json")
+    p.add_argument("--submission", "--explanations", dest="explanations",
+                   default="submissions/smollm2-135m-l8-offline-mini/top-tokens.json", help="the submission JSON to score")
     p.add_argument("--reference-result", help="result JSON of the same submission by another engine, to compare headlines")
     p.add_argument("--reference-store", help="prediction store to compare predictions with "
                    "(default: $HARNESS_CACHE or ~/.cache/harness, predictions.sqlite)")
@@ -404,9 +405,9 @@ def main(argv=None) -> int:
 
         results_dir = workdir / "results"
         cmd = [sys.executable, "-c", "from harness.cli import main; raise SystemExit(main())", "eval",
-               "--task", args.task, "--explanations", args.explanations, "--backend", "http",
+               "--task", args.task, "--submission", args.explanations, "--backend", "http",
                "--endpoints", ",".join(r.url for r in replicas), "--served-model", args.served_model,
-               "--results", str(results_dir), "--no-leaderboard"]
+               "--results", str(results_dir)]
         env = dict(os.environ, HARNESS_CACHE=str(cache))
         env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         eval_log = workdir / "eval.log"
