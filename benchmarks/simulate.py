@@ -10,6 +10,7 @@ the timed prompts but the shared instruction head, as in a real run), then the t
     python benchmarks/simulate.py --threads 1
     python benchmarks/simulate.py --vllm-python .venv-vllm/bin/python
     python benchmarks/simulate.py --tiny --contexts 4 --explanations-n 6 --no-vllm   # smoke run, seconds
+    python benchmarks/simulate.py ... --profile      # + FLOPs per prediction, matmul peak, where the time goes
 
 vLLM runs in a subprocess (`--vllm-python`, default: this interpreter if it imports vllm, else
 `.venv-vllm/bin/python`), so it may live in its own virtual environment. Without it the vLLM row is
@@ -255,7 +256,7 @@ def make_contexts(tokenizer, tokens, n: int, T: int, seed: int, tag: str):
     rng = np.random.default_rng(seed)
     starts = np.sort(rng.choice(len(tokens) // T - 1, size=n, replace=False)) * T
     out = []
-    for i, s in enumerate(starts):
+    for s in starts:
         w = [int(t) for t in tokens[s:s + T]]
         out.append(SimContext(f"{tag}:{int(s)}", tokenizer.decode(w[:-1]), tokenizer.decode(w[-1:])))
     return out
@@ -282,14 +283,15 @@ def cpu_model() -> str:
 
 
 def command_line(argv: list[str]) -> str:
-    """The benchmark's own arguments, without --pause (which names this machine's processes)."""
+    """The benchmark's own arguments, without --pause (which names this machine's processes) and the output files."""
+    drop = ("--pause", "--results-md", "--json-out")
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a == "--pause":
+        elif a in drop:
             skip = True
-        elif not a.startswith("--pause="):
+        elif not a.startswith(tuple(d + "=" for d in drop)):
             out.append(a)
     return " ".join(["python benchmarks/simulate.py", *out])
 
@@ -374,6 +376,7 @@ def run_vllm(py: str, args, model_dir: Path, contexts, warm_contexts, explanatio
     spec = {
         "model_dir": str(model_dir), "threads": args.threads, "dtype": args.vllm_dtype,
         "kv_cache_gib": args.kv_cache_gib, "block_size": args.vllm_block_size, "max_model_len": args.max_model_len,
+        "head_dtype": args.vllm_head_dtype,
         "prompt_version": args.prompt, "max_chars": args.max_chars, "repeats": args.repeats,
         "contexts": [[c.context_id, c.text, c.last_token] for c in contexts],
         "warm_contexts": [[c.context_id, c.text, c.last_token] for c in warm_contexts],
@@ -464,6 +467,8 @@ def vllm_worker(spec_path: str) -> int:
         from harness.simulate.vllm_backend import VLLMSimulator
 
         llm_kwargs = {}
+        if spec.get("head_dtype"):
+            llm_kwargs["hf_overrides"] = {"head_dtype": spec["head_dtype"]}
         if spec.get("block_size"):
             llm_kwargs["block_size"] = int(spec["block_size"])
         if spec.get("max_model_len"):
@@ -478,7 +483,7 @@ def vllm_worker(spec_path: str) -> int:
         # The same token ids as the torch engines got (this interpreter may have another transformers).
         mismatched = sum(
             sim.builder.prefix(contexts[c].text, contexts[c].last_token) + sim.builder.suffix(expl[e]) != want
-            for (c, e), want in zip(pairs, spec["prompts"])
+            for (c, e), want in zip(pairs, spec["prompts"], strict=True)
         )
         sim.predict(warm, expl, [tuple(p) for p in spec["warm_pairs"]])
         cached: list = []
@@ -495,6 +500,7 @@ def vllm_worker(spec_path: str) -> int:
             cfg = sim.llm.llm_engine.vllm_config
             info = {"vllm_version": vllm.__version__, "dtype": str(cfg.model_config.dtype).replace("torch.", ""),
                     "block_size": cfg.cache_config.block_size,
+                    "head_dtype": str(cfg.model_config.head_dtype).replace("torch.", ""),
                     "prefix_caching": bool(cfg.cache_config.enable_prefix_caching)}
         except Exception as e:  # informative only
             info = {"info_error": f"{type(e).__name__}: {e}"}
@@ -561,6 +567,9 @@ def parse_args(argv=None):
                    help="weights and compute dtype of every engine (default float32)")
     p.add_argument("--vllm-dtype", default=None, help="vLLM's dtype if it should differ from --dtype")
     p.add_argument("--vllm-block-size", type=int, default=None, help="vLLM KV block size (default: vLLM's own, 128 on CPU)")
+    p.add_argument("--vllm-head-dtype", default=None,
+                   help="vLLM's LM-head dtype (hf_overrides head_dtype; default: the backend's, float32, as the torch "
+                        "engines read answer logits; 'model' for the model dtype)")
     p.add_argument("--vllm-preload", choices=("auto", "none"), default="auto",
                    help="auto (default): LD_PRELOAD tcmalloc and the vLLM environment's libiomp5 where found, as "
                         "vLLM's CPU docs advise for best speed; none: plain start")
@@ -574,6 +583,10 @@ def parse_args(argv=None):
     p.add_argument("--json-out", help=f"throughput file to update (default {DEFAULT_THROUGHPUT.relative_to(ROOT)}; none with --tiny)")
     p.add_argument("--results-md", help=f"results file to update (default {DEFAULT_RESULTS.relative_to(ROOT)}; none with --tiny)")
     p.add_argument("--no-record", action="store_true", help="write neither file")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timed runs: the prefix engine's FLOPs per prediction against its measured rate and "
+                        "this CPU's torch matmul peak (same dtype and threads), and where its time goes "
+                        "(benchmarks/engine_limits.py); printed and added to the RESULTS.md section")
     p.add_argument("--vllm-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -705,8 +718,9 @@ def main(argv=None) -> int:
                       f"{plen[sub].mean():.0f} tokens); agreement is checked on those")
 
     results: dict[str, dict] = {}
+    sims = {}
     for name in [e for e in ("plain", "prefix") if e in args.engines]:
-        sim = make_simulator(name, model, tok, args.prompt, args.max_chars, "bench", batch_size=args.batch_size)
+        sim = sims[name] = make_simulator(name, model, tok, args.prompt, args.max_chars, "bench", batch_size=args.batch_size)
         run_pairs = [pairs[i] for i in sub] if name == "plain" else pairs
         log(f"{name}: warm-up, then {len(run_pairs)} predictions")
         secs, others, (p, m) = time_torch_engine(sim, contexts, warm_contexts, explanations, run_pairs, warm_pairs,
@@ -731,7 +745,8 @@ def main(argv=None) -> int:
             try:
                 rep = run_vllm(vllm_py, args, model_dir, contexts, warm_contexts, explanations, pairs, warm_pairs,
                                prompts, pauser, workdir)
-                note = f"block {rep.get('block_size', '?')}, prefix caching {'on' if rep.get('prefix_caching', True) else 'OFF'}"
+                note = (f"block {rep.get('block_size', '?')}, LM head {rep.get('head_dtype', '?')}, "
+                        f"prefix caching {'on' if rep.get('prefix_caching', True) else 'OFF'}")
                 if rep.get("cached_tokens") is not None:
                     note += f" ({rep['cached_tokens']:.0f} of {plen.mean():.0f} prompt tokens cached on average)"
                 if rep.get("prompt_mismatches"):
@@ -747,6 +762,30 @@ def main(argv=None) -> int:
                 vllm_msg = f"vLLM failed: {e}"
     if vllm_msg:
         console.print(vllm_msg)
+
+    limit_lines: list[str] = []
+    if args.profile and "prefix" in results:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from engine_limits import (
+            matmul_peak,
+            prefix_flops,
+            profile_prefix,
+            report_lines,
+        )
+
+        log("profile: FLOPs, matmul peak, phase timers and torch.profiler on the prefix engine")
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        rows = min(args.batch_size, len(explanations))
+        shapes = [(2048, 2048, 2048), (rows * int(round(suf.mean())), cfg.hidden_size, cfg.intermediate_size)]
+        with pauser:
+            peaks = matmul_peak(args.dtype, args.threads, shapes)
+            flops = prefix_flops(model, builder, contexts, explanations, pairs, args.batch_size)
+            prof = profile_prefix(sims["prefix"], contexts, explanations, pairs)
+        limit_lines = report_lines(len(pairs) / results["prefix"]["seconds"],
+                                   results["plain"]["n"] / results["plain"]["seconds"], flops, peaks, prof,
+                                   args.dtype, args.threads)
+        for line in limit_lines:
+            console.print(line)
 
     # ---- agreement and table
     ref = results["plain"]
@@ -821,7 +860,7 @@ def main(argv=None) -> int:
             console.print(f"recorded: {json_out}")
         if md_out:
             update_results_md(md_out, args, results, rate, model_name, device, cpu, date, workload, corpus_desc,
-                              expl_desc, versions, vllm_msg)
+                              expl_desc, versions, vllm_msg, limit_lines)
             console.print(f"recorded: {md_out}")
     if args.tiny:
         import shutil
@@ -847,7 +886,7 @@ def update_throughput(path: Path, results, rate, model, device, cpu, date, workl
 
 
 def update_results_md(path: Path, args, results, rate, model, device, cpu, date, workload, corpus_desc, expl_desc,
-                      versions, vllm_msg) -> None:
+                      versions, vllm_msg, extra_lines=()) -> None:
     key = f"{model} / {device}"
     lines = [f"<!-- simulate: {key} -->", f"## {model}, {device}", "",
              f"Measured {date} on {cpu}, {os.cpu_count()} cores ({platform.system()} {platform.machine()}), "
@@ -869,6 +908,8 @@ def update_results_md(path: Path, args, results, rate, model, device, cpu, date,
                      + ("-" if k == "plain" else f"{r['max_dp']:.1e}") + f" | {_share(r.get('others'))} | {r['note']} |")
     if vllm_msg:
         lines += ["", vllm_msg]
+    if extra_lines:
+        lines += ["", *extra_lines]
     lines += [f"<!-- /simulate: {key} -->"]
     block = "\n".join(lines)
     text = path.read_text() if path.is_file() else (

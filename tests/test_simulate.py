@@ -16,7 +16,8 @@ import torch
 
 from harness.errors import HarnessError
 from harness.simulate import (
-    CachedSimulator, PredictionStore, SimContext, build_prompt, digit_token_ids, expected_value, make_simulator,
+    CachedSimulator, PredictionStore, SimContext, answer_token_ids, build_prompt, digit_token_ids, expected_value,
+    make_simulator, prompt_score,
 )
 from harness.simulate.base import answers_from_logprobs
 from harness.simulate.plain import PlainSimulator
@@ -368,6 +369,7 @@ def _fake_vllm(model, new_api: bool):
 
         def __init__(self, **kw):
             assert kw["enable_prefix_caching"] is True
+            assert kw["hf_overrides"] == {"head_dtype": "float32"}   # answer logits in float32
             LLM.kwargs = kw
 
         def generate(self, prompts, params, use_tqdm=True):
@@ -385,22 +387,34 @@ def _fake_vllm(model, new_api: bool):
     return mod, inputs
 
 
-@pytest.mark.parametrize("new_api", [True, False])
-def test_vllm_backend_against_fake_engine(models, tok, contexts, monkeypatch, new_api):
+@pytest.fixture(scope="module")
+def yn():
+    """A tokenizer with "Yes" and "No" as single tokens (added, as in a chat model's vocabulary) and its model."""
+    tok = copy.deepcopy(build_tokenizer(synthetic_texts(400, 0)))
+    tok.add_tokens(["Yes", "No"])
+    return tok, build_model("llama", len(tok), 3)
+
+
+@pytest.mark.parametrize("new_api,version", [(True, "v1"), (False, "v1"), (True, "yn1")])
+def test_vllm_backend_against_fake_engine(models, tok, contexts, monkeypatch, new_api, version, yn):
     model = models["llama"]
+    if version == "yn1":
+        tok, model = yn
     mod, inputs = _fake_vllm(model, new_api)
     monkeypatch.setitem(sys.modules, "vllm", mod)
     monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     pairs = _all_pairs(contexts, EXPLANATIONS)[:15]
-    sim = make_simulator("vllm", "/models/tiny", tok, "v1", 400, "k", threads=2, chunk_pairs=4, batch_size=16)
+    sim = make_simulator("vllm", "/models/tiny", tok, version, 400, "k", threads=2, chunk_pairs=4, batch_size=16)
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
     assert sim.by_token_ids is new_api
     p, m = sim.predict(contexts, EXPLANATIONS, pairs)
-    ref, rm = PlainSimulator(model, tok, "v1", 400, "k").predict(contexts, EXPLANATIONS, pairs)
-    if new_api:
+    ref, rm = PlainSimulator(model, tok, version, 400, "k").predict(contexts, EXPLANATIONS, pairs)
+    assert p.shape == ref.shape == (len(pairs), len(get_template(version).answers))
+    if new_api:   # the answer tokens by id: exactly the plain forward's (yn1: "No", "Yes")
         assert np.abs(p - ref).max() < 1e-5 and np.allclose(m, rm, rtol=1e-4)
+        assert np.abs(prompt_score(version, p) - prompt_score(version, ref)).max() < 1e-3
     else:   # top-20 only: digits outside it count as 0, so only the expected values are close
         assert np.isfinite(p).all() and np.allclose(p.sum(1), 1, atol=1e-5)
     # Requests go out grouped by context, so shared prefixes are scheduled together.
@@ -466,6 +480,44 @@ def test_http_backend_retries_and_keeps_order(tok, contexts):
         assert np.allclose(m, 0.8, atol=1e-5)
         assert sum(done) == len(pairs) and sim.n_retries == len(attempts)
         assert set(hosts) == {"a", "b"}
+
+
+@pytest.mark.parametrize("server", ["takes-ids", "refuses-ids", "ignores-ids"])
+def test_http_backend_answer_token_ids(yn, contexts, server):
+    """yn1 answers by id (vLLM's logprob_token_ids), so "Yes" far below the top 20 keeps its log-probability;
+    a server that refuses the field is asked again without it, one that ignores it answers with the top 20."""
+    import httpx
+
+    tok, model = yn
+    sim_ids = answer_token_ids(tok, get_template("yn1").answers)
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request):
+        body = json.loads(request.content)
+        bodies.append(body)
+        if "logprob_token_ids" in body and server == "refuses-ids":
+            return httpx.Response(400, json={"error": "unknown field logprob_token_ids"})
+        ids = body["prompt"]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+        keep = (body["logprob_token_ids"] if "logprob_token_ids" in body and server == "takes-ids"
+                else torch.topk(lp, 20).indices.tolist())
+        top = {f"token_id:{int(i)}": float(lp[i]) for i in keep}
+        return httpx.Response(200, json={"choices": [{"index": 0, "text": "x", "logprobs": {"top_logprobs": [top]}}]})
+
+    pairs = _all_pairs(contexts, EXPLANATIONS)[:6]
+    sim = make_simulator("http", "served", tok, "yn1", 400, "k", endpoints=["http://x:1"],
+                         transport=httpx.MockTransport(handler), backoff=0.0, max_concurrency=1)
+    p, _ = sim.predict(contexts, EXPLANATIONS, pairs)
+    assert bodies[0]["logprob_token_ids"] == sim_ids and sim.n_retries == 0
+    ref, _ = PlainSimulator(model, tok, "yn1", 400, "k").predict(contexts, EXPLANATIONS, pairs)
+    if server == "takes-ids":
+        assert sim.by_token_ids and np.abs(p - ref).max() < 1e-5
+    else:   # top 20 only: an answer outside them counts as 0
+        assert np.isfinite(p).all() and np.allclose(p.sum(1), 1, atol=1e-5)
+        assert sim.by_token_ids is (server == "ignores-ids")
+    if server == "refuses-ids":   # one refused request, then no more ids
+        assert sum("logprob_token_ids" in b for b in bodies) == 1 and len(bodies) == len(pairs) + 1
 
 
 def test_http_backend_gives_up_naming_endpoint(tok, contexts):

@@ -5,9 +5,12 @@ server never applies its own chat template. Requests are ordered by context so t
 prefix caching sees shared prefixes back to back, spread round-robin over the endpoints, and retried
 with exponential backoff on server errors, timeouts and dropped connections.
 
-Digits are read from `top_logprobs` (20 at most on vLLM's server), so a digit outside the top 20
-counts as probability 0. A vLLM server can return exactly the ten digits instead:
-`extra_body={"logprob_token_ids": digit_token_ids(tokenizer)}`.
+Answers are read from `top_logprobs`. Each request also names the answer tokens by id
+(`logprob_token_ids`, which vLLM's server honours: it then returns exactly those tokens' log-probabilities,
+so an answer far down the distribution keeps its value, which the yes/no prompt's log-odds need). A server
+that refuses the field (HTTP 400 naming it) is asked again without it, and from then on only the top 20
+come back: an answer outside them counts as probability 0. Servers that ignore unknown fields also answer
+with the top 20. `by_token_ids=False` never sends the field.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ class HTTPSimulator:
     def __init__(self, endpoints: Sequence[str] | str, model: str, tokenizer, prompt_version: str,
                  max_chars: int, model_key: str, *, max_concurrency: int = 32, timeout: float = 60.0,
                  retries: int = 4, backoff: float = 0.5, prompts_per_request: int = 1,
-                 extra_body: dict | None = None, transport=None, api_key: str | None = None):
+                 extra_body: dict | None = None, transport=None, api_key: str | None = None,
+                 by_token_ids: bool = True):
         try:
             import httpx  # noqa: F401
         except ImportError:
@@ -97,10 +101,13 @@ class HTTPSimulator:
         # vLLM's --return-tokens-as-token-ids writes "token_id:<id>" instead of the token's text.
         self._answer_of_key.update({f"token_id:{tid}": d for d, tid in enumerate(self.answer_ids)})
         self.n_retries = 0
+        self.by_token_ids = bool(by_token_ids)   # cleared when a server refuses logprob_token_ids
 
     def _body(self, prompts: list[list[int]]) -> dict:
         body = {"model": self.served_model, "prompt": prompts[0] if len(prompts) == 1 else prompts,
                 "max_tokens": 1, "temperature": 0, "logprobs": 20}
+        if self.by_token_ids:
+            body["logprob_token_ids"] = list(self.answer_ids)
         body.update(self.extra_body)
         return body
 
@@ -136,7 +143,12 @@ class HTTPSimulator:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
             try:
                 async with sem:
+                    by_ids = self.by_token_ids
                     r = await client.post(url, json=self._body(prompts))
+                    if by_ids and r.status_code == 400 and "logprob_token_ids" in r.text:
+                        # This server does not take answer ids: top-20 log-probabilities from now on.
+                        self.by_token_ids = False
+                        r = await client.post(url, json=self._body(prompts))
                 if r.status_code >= 500 or r.status_code in _RETRY_STATUS:
                     raise _Retryable(f"HTTP {r.status_code}")
                 if r.status_code >= 400:
