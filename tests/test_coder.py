@@ -26,7 +26,7 @@ VARIANTS = [
 
 
 def _write(folder, transcode, skip, seed=0, b_dec_scale=1.0):
-    tensors = build_coder_tensors(D, L, K, "transcoder" if skip else "sae", skip, seed)
+    tensors = build_coder_tensors(D, L, skip, seed)
     # A visible b_dec makes "subtract it before encoding or not" change which latents fire.
     tensors["b_dec"] = tensors["b_dec"] * b_dec_scale
     save_sparsify_coder(folder, tensors, d_in=D, num_latents=L, k=K, transcode=transcode, skip=skip)
@@ -87,7 +87,7 @@ def test_legacy_subtracts_b_dec_even_with_skip(tmp_path):
 
 
 def test_encode_keeps_exact_zeros(tmp_path):
-    tensors = build_coder_tensors(D, L, K, "sae", False, 0)
+    tensors = build_coder_tensors(D, L, False, 0)
     tensors["encoder.bias"] = torch.full((L,), -1e3)
     tensors["encoder.bias"][:2] = 5.0  # only two latents can be positive
     save_sparsify_coder(tmp_path / "c", tensors, d_in=D, num_latents=L, k=K, transcode=True, skip=False)

@@ -206,7 +206,7 @@ def standins(tmp_path_factory):
     tok.save_pretrained(root / "smollm2")
 
     def coder(folder: Path, skip: bool, transcode, seed: int) -> Path:
-        t = build_coder_tensors(D, L, K, "transcoder" if skip else "sae", skip, seed)
+        t = build_coder_tensors(D, L, skip, seed)
         save_sparsify_coder(folder, t, d_in=D, num_latents=L, k=K, transcode=transcode, skip=skip)
         return folder
 

@@ -103,7 +103,7 @@ def build_model(arch: str, vocab_size: int, seed: int, *, hidden: int = 64, laye
     return model.eval()
 
 
-def build_coder_tensors(d_in: int, num_latents: int, k: int, kind: str, skip: bool, seed: int) -> dict:
+def build_coder_tensors(d_in: int, num_latents: int, skip: bool, seed: int) -> dict:
     """Random sparsify-format tensors; encoder rows are unit vectors with biases tuned so ~k fire."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(num_latents, d_in, generator=g)
@@ -184,7 +184,7 @@ def make_tiny_task(out_dir: Path, opts: TinyTaskOptions | None = None) -> Path:
     d = subject.config.hidden_size
     hookpoint = f"layers.{opts.layer}.mlp" if opts.kind == "transcoder" else f"layers.{opts.layer}"
     coder_dir = out_dir / "coder" / hookpoint
-    tensors = build_coder_tensors(d, opts.num_latents, opts.k, opts.kind, opts.skip and opts.kind == "transcoder",
+    tensors = build_coder_tensors(d, opts.num_latents, opts.skip and opts.kind == "transcoder",
                                   opts.seed + 2)
     save_sparsify_coder(coder_dir, tensors, d_in=d, num_latents=opts.num_latents, k=opts.k,
                         transcode=opts.kind == "transcoder", skip=opts.skip and opts.kind == "transcoder")
