@@ -75,15 +75,22 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+CASCADE_HELP = ("simulate only the M latents per context a cheap first stage ranks highest, plus a random "
+                "sample of the rest to estimate the error: M or top=M[,sample=0.02][,seed=0][,ranker=lexical|"
+                "embedding|combined|fire-rate] (off by default; docs/protocol-choices.md, Cascade)")
+
+
 def cmd_eval(args) -> int:
     from harness.evaluate import EvalConfig, evaluate
     from harness.report.leaderboard import print_leaderboard, write_leaderboard
+    from harness.simulate.cascade import parse_cascade
 
     if args.leaderboard:
         writable_dir(args.leaderboard, "leaderboard")
     cfg = EvalConfig(task=args.task, submission=Path(args.submission), backend=args.backend, device=args.device,
                      results_dir=Path(args.results), overrides=args.override,
                      endpoints=[e for e in (args.endpoints or "").split(",") if e], served_model=args.served_model,
+                     cascade=parse_cascade(args.cascade) if args.cascade is not None else None,
                      command="harness " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     result, path = evaluate(cfg)
     _print_summary(result)
@@ -130,6 +137,12 @@ def _print_summary(r: Mapping[str, Any]) -> None:
         rows.append([f"recovery, calibration={mode}", _fmt(c["recovery"])])
     title = f"{r['task']['id']} · {r['submission']['method']} · coverage {r['submission']['coverage']:.0%}"
     print_table(console, (Column("metric"), Column("value [95% CI]", numeric=True)), rows, title=title)
+    if r.get("cascade"):
+        c, e = r["cascade"], r["cascade"]["error"]["test"]
+        console.print(f"cascade {c['settings']}: {c['n_llm_predictions']:,} simulator predictions of "
+                      f"{c['exhaustive_predictions']:,} ({c['saving']:.1f}x fewer); test pairs not simulated that "
+                      f"would matter, estimated from {e['n_sampled']:,} sampled: {_fmt(e['missed'])}",
+                      highlight=False)
     for w in r.get("warnings", []):
         # Degenerate predictions (constant, saturated, copied): scored as they are, but said out loud.
         Console(stderr=True).print(f"[yellow]warning:[/] {w['message']}", highlight=False, soft_wrap=True)
@@ -246,9 +259,11 @@ def cmd_findings(args) -> int:
 
 
 def cmd_estimate(args) -> int:
+    from harness.simulate.cascade import parse_cascade
     from harness.simulate.cost import print_estimate
 
-    print_estimate(args.task, args.backend, overrides=args.override, console=console)
+    print_estimate(args.task, args.backend, overrides=args.override, console=console,
+                   cascade=parse_cascade(args.cascade) if args.cascade is not None else None)
     return 0
 
 
@@ -409,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     _servers(s)
     _results(s)
     _leaderboard(s)
+    s.add_argument("--cascade", metavar="SPEC", help=CASCADE_HELP)
     _overrides(s)
 
     s = verb("leaderboard", "a task's ranked leaderboard, built from result files", cmd_leaderboard)
@@ -443,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     _task(s)
     _backend(s, ("auto", "plain", "prefix", "vllm"),
              "show the measured throughput of this engine only (default auto: every measured engine)")
+    s.add_argument("--cascade", metavar="SPEC", help=CASCADE_HELP)
     _overrides(s)
 
     s = verb("findings", "check the paper's qualitative findings on a task's result files", cmd_findings)

@@ -51,6 +51,7 @@ from harness.score.metrics import (
     bootstrap_indices,
     sensitivity_specificity,
 )
+from harness.simulate.cascade import CascadeSettings
 from harness.simulate.run import load_simulator, simulate_all
 from harness.task.inputs import TaskInputs
 from harness.task.spec import load_task
@@ -68,6 +69,7 @@ class EvalConfig:
     command: str = ""
     endpoints: list[str] = field(default_factory=list)   # http backend: OpenAI-compatible servers
     served_model: str = ""                               # http backend: the model name the servers serve
+    cascade: CascadeSettings | None = None               # None: every (context, latent) pair is simulated
 
 
 def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
@@ -90,7 +92,14 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
 
     # --- simulate
     sim, sim_ref = load_simulator(spec, cfg.backend, inputs.device, model, tok, cfg.endpoints, cfg.served_model)
-    pred = simulate_all(prep, tok, sim, [sub.explanations[int(j)] for j in latents], latents)
+    explanations = [sub.explanations[int(j)] for j in latents]
+    plan = None
+    if cfg.cascade is not None:
+        from harness.simulate.cascade import plan_for
+
+        plan = plan_for(cfg.cascade, prep, tok, explanations, latents)
+    pred = simulate_all(prep, tok, sim, explanations, latents, only=plan.mask if plan else None,
+                        fill=plan.fill if plan else 0.0)
 
     # --- score: detection, calibration, conditions
     sc = spec.scoring
@@ -104,6 +113,14 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
     else:
         sel_scores, score_source = np.nan_to_num(auroc, nan=-np.inf), "detection-auroc"
     sims = {mode: calibrate(mode, pred.calibration, pred.test, prep.table, latents) for mode in CALIBRATION_MODES}
+    cascade_section = {}
+    if plan is not None:
+        from harness.simulate.cascade import summary as cascade_summary
+
+        # A pair matters when its calibrated value is non-zero; calibration pairs are mapped by their own fit.
+        matters = np.vstack([calibrate("quantile", pred.calibration, pred.calibration, prep.table, latents) > 0,
+                             sims["quantile"] > 0])
+        cascade_section = cascade_summary(plan, matters, int(pred.stats["n_predictions"]) - int(plan.mask.sum()))
     subsets = choose_subsets(latents, sc.fractions, sel_scores, sc.seed)
     patched = run_conditions(model, coder, spec.coder.hookpoint, spec.coder.kind, prep.splits["test"], prep.k,
                              latents, sims, subsets, inputs.device)
@@ -120,6 +137,8 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
 
     # --- report
     tag = result_tag(sub.method, sub.sha256, sim_ref.key())
+    if cfg.cascade is not None:
+        tag += "-" + cfg.cascade.tag()
     out_dir.mkdir(parents=True, exist_ok=True)
     side = out_dir / f"{tag}.per_context.npz"
     side_sha = write_side_file(side, prep, latents, patched.ce, subsets, dict(
@@ -152,6 +171,7 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
         side_files=SideFiles(per_context=SideFile(path=side.name, sha256=side_sha)),
         methods=method_notes(spec, prep.table),
         warnings=[PredictionWarning(**w.to_dict()) for w in warnings],
+        cascade=cascade_section,
     )
     result.figures = draw_figures(result, out_dir, tag, prep, latents, pred.test, sims["quantile"])
     path = out_dir / f"{tag}.json"

@@ -208,6 +208,10 @@ def collect_results(
                 )
             )
             continue
+        if res.cascade:
+            # An approximation of the exhaustive result (harness/simulate/cascade.py): not ranked beside them.
+            rejected.append(Rejected(str(p), "a cascade result (eval --cascade): leaderboards rank exhaustive runs only"))
+            continue
         row = row_from_result(res, str(p))
         key = (tid, row.submission_sha256, row.model_key, row.prompt_version)
         old = newest.get(key)

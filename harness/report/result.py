@@ -217,6 +217,8 @@ class Result(Record):
     figures: list[str] = field(default_factory=list)
     methods: dict[str, Any] = field(default_factory=dict)
     warnings: list[PredictionWarning] = field(default_factory=list)
+    # Only in cascade runs (harness/simulate/cascade.py `summary`): settings, prediction counts, error estimate.
+    cascade: dict[str, Any] = field(default_factory=dict, metadata={"omit_empty": True})
     schema: str = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:

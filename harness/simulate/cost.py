@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from harness.errors import HarnessError
+from harness.simulate.cascade import CascadeSettings, expected_predictions
 from harness.task.spec import TaskSpec, load_task
 from harness.terminal import Column, print_table
 
@@ -56,22 +57,39 @@ def load_throughputs(path: Path | None = None) -> list[dict]:
     return json.loads(path.read_text()).get("measurements", [])
 
 
-def print_estimate(task: str, backend: str = "auto", overrides=(), console=None) -> Cost:
+def cascade_cost(spec: TaskSpec, cascade: CascadeSettings) -> Cost:
+    """Expected predictions under a cascade: calibration and test contexts see top + sample x rest latents each;
+    detection is simulated in full (harness/simulate/cascade.py)."""
+    m, c = rewritten_count(spec), spec.contexts
+    full = prediction_cost(spec)
+    return Cost(m, round(expected_predictions(c.calibration, m, cascade)),
+                round(expected_predictions(c.test, m, cascade)), full.detection)
+
+
+def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
+                   cascade: CascadeSettings | None = None) -> Cost:
     spec = load_task(task, list(overrides))
     cost = prediction_cost(spec)
     console = console or Console(markup=False, emoji=False)
-    counts = [["calibration", f"{cost.calibration:,}"], ["test", f"{cost.test:,}"],
-              ["detection", f"{cost.detection:,}"], ["total", f"{cost.total:,}  ({cost.latents:,} latents)"]]
-    print_table(console, (Column("split"), Column("predictions", numeric=True)), counts,
-                title=f"{spec.id} ({spec.hash[:12]}): simulator predictions")
+    costs = {"exhaustive": cost}
+    if cascade is not None:
+        costs[f"cascade (top {cascade.top}, sample {cascade.sample:g})"] = cascade_cost(spec, cascade)
+    counts = [[split, *(f"{getattr(c, split):,}" for c in costs.values())]
+              for split in ("calibration", "test", "detection", "total")]
+    print_table(console, (Column("split"), *(Column(n, numeric=True) for n in costs)), counts,
+                title=f"{spec.id} ({spec.hash[:12]}): simulator predictions ({cost.latents:,} latents)")
+    if cascade is not None:
+        console.print(f"the cascade makes {cost.total / max(costs[list(costs)[1]].total, 1):.1f}x fewer predictions "
+                      "(expected; its random sample varies, and its calibration floor adds a few)")
     rows = [m for m in load_throughputs() if backend in ("auto", m["backend"])]
     if not rows:
         raise HarnessError(f"no measured throughput for backend {backend!r} in {THROUGHPUT_FILE}: "
                            "run `python benchmarks/simulate.py` to measure it")
     cols = (Column("backend", key=True), Column("model", key=True), Column("device"),
-            Column("predictions/s", numeric=True), Column("projected time", numeric=True))
+            Column("predictions/s", numeric=True), *(Column(f"time, {n}", numeric=True) for n in costs))
     cells = [[m["backend"], m["model"], m["device"], f"{m['predictions_per_s']:.1f}",
-              _hms(cost.total / m["predictions_per_s"])] for m in sorted(rows, key=lambda m: -m["predictions_per_s"])]
+              *(_hms(c.total / m["predictions_per_s"]) for c in costs.values())]
+             for m in sorted(rows, key=lambda m: -m["predictions_per_s"])]
     print_table(console, cols, cells, title="projected simulation time at measured throughputs")
     sim = (spec.simulator_ref().describe() if spec.simulator.model.get("source") == "gguf-parts" else
            spec.simulator.model.get("id") or spec.simulator.model.get("file") or spec.simulator.model.get("path"))

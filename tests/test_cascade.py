@@ -1,0 +1,263 @@
+"""Cascade simulation (harness/simulate/cascade.py): settings, first stage, selection, error estimate, and on the tiny task
+the exhaustive result reproduced exactly when every latent is selected."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.cli import main
+from harness.errors import HarnessError
+from harness.simulate.cascade import (
+    CascadeSettings,
+    Selection,
+    error_estimate,
+    explanation_terms,
+    lexical_scores,
+    lowest_score,
+    parse_cascade,
+    select,
+)
+
+# ---------------------------------------------------------------- settings
+
+
+def test_parse_cascade_forms():
+    assert parse_cascade("16") == CascadeSettings(top=16)
+    assert parse_cascade("top=8, sample=0.1,seed=3,ranker=fire-rate") == CascadeSettings(8, 0.1, 3, "fire-rate")
+
+
+@pytest.mark.parametrize("text", ["", "x", "top=", "sample=0.1", "top=4,top=5", "top=4,foo=1", "top=-1",
+                                  "top=4,sample=1.5", "top=4,ranker=oracle", "top=4,seed=a"])
+def test_parse_cascade_rejects_bad_input_in_one_line(text):
+    with pytest.raises(HarnessError) as e:
+        parse_cascade(text)
+    assert "\n" not in str(e.value) and "cascade" in str(e.value)
+
+
+# ---------------------------------------------------------------- first stage
+
+
+def test_explanation_terms_quoted_then_words():
+    assert explanation_terms('the tokens "The", " of", "\\"", "é"') == {"the", "of", '"', "é"}
+    assert explanation_terms("plural nouns in a list") == {"plural", "nouns", "list"}
+
+
+def test_lexical_scores_levels():
+    exps = ['the tokens "cat", "dog"', 'the tokens "sat"', "nothing quoted here"]
+    s = lexical_scores(exps, last_tokens=[" Cat", " ran", " here"], texts=["the dog sat on the", "the cat", "x"])
+    # context 0: last token matches explanation 0 (2); "sat" is in the text just before (1).
+    np.testing.assert_array_equal(s, [[2, 1, 0], [1, 0, 0], [0, 0, 2]])
+
+
+def test_lowest_score_is_the_read_outs_minimum():
+    assert lowest_score("v1") == 0.0
+    # yn1: log P(yes) - log P(no) with all mass on "No", floored at float32's smallest normal.
+    assert lowest_score("yn1") == pytest.approx(math.log(np.finfo(np.float32).tiny), rel=1e-6)
+
+
+# ---------------------------------------------------------------- selection
+
+
+def test_select_top_m_per_context_with_ties_to_lower_index():
+    scores = np.array([[0.1, 0.9, 0.5, 0.9], [1.0, 1.0, 1.0, 1.0], [0.0, 0.2, 0.3, 0.1]])
+    sel = select(scores, CascadeSettings(top=2, sample=0.0))
+    np.testing.assert_array_equal(sel.selected, [[0, 1, 0, 1], [1, 1, 0, 0], [0, 1, 1, 0]])
+    assert not sel.sampled.any()
+
+
+def test_select_is_deterministic_under_its_seed():
+    rng = np.random.default_rng(5)
+    scores = rng.random((40, 30))
+    a = select(scores, CascadeSettings(top=3, sample=0.2, seed=7))
+    b = select(scores, CascadeSettings(top=3, sample=0.2, seed=7))
+    c = select(scores, CascadeSettings(top=3, sample=0.2, seed=8))
+    np.testing.assert_array_equal(a.sampled, b.sampled)
+    np.testing.assert_array_equal(a.selected, b.selected)
+    assert (a.sampled != c.sampled).any()
+    assert not (a.selected & a.sampled).any()
+    assert (a.selected.sum(1) == 3).all()
+    # The sample is one uniform draw per pair, row-major, from PCG64(seed): reproducible from the settings alone.
+    u = np.random.default_rng(7).random((40, 30))
+    np.testing.assert_array_equal(a.sampled, ~a.selected & (u < 0.2))
+
+
+def test_calibration_floor_gives_each_latent_enough_real_calibration_predictions():
+    from harness.simulate.cascade import calibration_floor
+
+    np.testing.assert_array_equal(calibration_floor(np.array([0.0, 0.02, 0.1, 0.99]), 40), [1, 2, 5, 40])
+    scores = np.zeros((6, 3))
+    scores[:, 0] = 5.0                       # latent 0 wins every row
+    scores[[1, 3], 2] = [1.0, 2.0]           # latent 2's best calibration rows: 3, then 1
+    sel = select(scores, CascadeSettings(top=1, sample=0.0), n_calibration=4, fire_rate=np.array([0.0, 0.0, 0.3]))
+    # top-1 picks latent 0 everywhere; the floor adds 1 calibration row for latent 1 (ties: row 0) and
+    # ceil(0.3 * 4) + 1 = 3 for latent 2 (rows 3, 1, then 0); test rows (4, 5) get no floor.
+    np.testing.assert_array_equal(sel.selected.astype(int), [[1, 1, 1], [1, 0, 1], [1, 0, 0], [1, 0, 1],
+                                                             [1, 0, 0], [1, 0, 0]])
+
+
+def test_select_all_when_top_covers_every_latent():
+    sel = select(np.zeros((5, 4)), CascadeSettings(top=9, sample=0.5))
+    assert sel.selected.all() and not sel.sampled.any()
+
+
+# ---------------------------------------------------------------- error estimate
+
+
+def test_error_estimate_against_hand_computation():
+    n, m = 100, 12
+    selected = np.zeros((n, m), bool)
+    selected[:, :2] = True                      # 200 selected, 1000 unselected
+    sampled = np.zeros((n, m), bool)
+    sampled[:50, 5] = True                      # 50 sampled
+    matters = np.zeros((n, m), bool)
+    matters[[3, 17, 40], 5] = True              # 3 of the sampled matter
+    matters[:, 0] = True                        # selected pairs never count
+    matters[60:, 7] = True                      # neither do unsampled ones: the estimate cannot see them
+    e = error_estimate(matters, Selection(selected, sampled))
+    assert (e["n_unselected"], e["n_sampled"], e["n_sampled_matter"], e["n_not_simulated"]) == (1000, 50, 3, 950)
+    assert e["matter_rate"]["value"] == 3 / 50
+    assert e["missed"]["value"] == pytest.approx(3 / 50 * 950)
+    # Clopper-Pearson by its definition, from binomial tails (not the beta quantiles the code uses):
+    # lo solves P(X >= 3 | p) = 0.025, hi solves P(X <= 3 | p) = 0.025.
+    def tail_ge(p, k=3, n=50):
+        return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+    def solve(f, target, increasing):
+        a, b = 0.0, 1.0
+        for _ in range(100):
+            mid = (a + b) / 2
+            if (f(mid) < target) == increasing:
+                a = mid
+            else:
+                b = mid
+        return (a + b) / 2
+
+    lo = solve(tail_ge, 0.025, increasing=True)
+    hi = solve(lambda p: 1 - tail_ge(p, k=4), 0.025, increasing=False)
+    assert e["matter_rate"]["lo"] == pytest.approx(lo, rel=1e-9)
+    assert e["matter_rate"]["hi"] == pytest.approx(hi, rel=1e-9)
+    assert e["missed"]["hi"] == pytest.approx(e["matter_rate"]["hi"] * 950)
+
+    # None of the sampled pairs matters: the upper bound is 1 - (0.025)^(1/n) in closed form.
+    e0 = error_estimate(np.zeros((n, m), bool), Selection(selected, sampled))
+    assert e0["missed"]["value"] == 0 and e0["matter_rate"]["lo"] == 0
+    assert e0["matter_rate"]["hi"] == pytest.approx(1 - 0.025 ** (1 / 50), rel=1e-9)
+
+
+# ---------------------------------------------------------------- on the tiny task
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-cascade")
+    assert main(["make-tiny-task", "-o", str(root / "task")]) == 0
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache(request, monkeypatch):
+    if "tiny" in request.fixturenames:
+        monkeypatch.setenv("HARNESS_CACHE", str(request.getfixturevalue("tiny") / "cache"))
+
+
+def _submission(tiny: Path) -> tuple[Path, np.ndarray]:
+    from harness.data.prepare import prepare
+    from harness.task.spec import load_task
+
+    latents = prepare(load_task(str(tiny / "task"))).rewritten
+    words = ["the", "a", "of", "and", "to", "in", "is", "it"]
+    path = tiny / "sub.json"
+    path.write_text(json.dumps({"task": "tiny-llama-transcoder", "method": "m", "description": "test",
+                                "explanations": {str(j): f'the tokens "{words[i % 8]}", "{words[(i + 3) % 8]}"'
+                                                 for i, j in enumerate(latents)}}))
+    return path, latents
+
+
+def _eval(tiny: Path, sub: Path, out: str, *extra: str) -> tuple[dict, dict]:
+    rc = main(["eval", "--task", str(tiny / "task"), "--submission", str(sub), "--results", str(tiny / out),
+               "--backend", "prefix", *extra])
+    assert rc == 0
+    (path,) = sorted((tiny / out / "tiny-llama-transcoder").glob("*.json"))
+    r = json.loads(path.read_text())
+    side = np.load(path.parent / r["side_files"]["per_context"]["path"])
+    return r, {k: side[k] for k in side.files}
+
+
+def test_cascade_with_every_latent_selected_reproduces_the_exhaustive_result(tiny):
+    sub, latents = _submission(tiny)
+    full, full_side = _eval(tiny, sub, "exhaustive")
+    cas, cas_side = _eval(tiny, sub, "cascade-all", "--cascade", f"top={len(latents)},sample=0.3,seed=1")
+    assert "cascade" not in full
+    c = cas.pop("cascade")
+    assert c["n_selected"] == c["n_pairs"] and c["n_sampled"] == 0
+    assert c["n_llm_predictions"] == c["exhaustive_predictions"] == full["provenance"]["n_predictions"]
+    # Every number the same; only run bookkeeping (date, time, command, store hits, file names) differs.
+    for key in ("headline", "conditions", "per_latent", "ce_means", "sens_spec_by_detection_bin", "warnings",
+                "methods", "task", "simulator"):
+        assert cas[key] == full[key], key
+    assert sorted(cas_side) == sorted(full_side)
+    for k, v in full_side.items():
+        np.testing.assert_array_equal(cas_side[k], v, err_msg=k)
+
+
+def test_cascade_selection_on_the_tiny_task(tiny):
+    from harness.data.prepare import prepare
+    from harness.simulate.cascade import first_stage_scores
+    from harness.simulate.run import sim_contexts
+    from harness.task.inputs import load_subject
+    from harness.task.spec import load_task
+
+    sub, latents = _submission(tiny)
+    _eval(tiny, sub, "exhaustive-2")   # fills the store: the cascade below must not compute anything new
+    cas, side = _eval(tiny, sub, "cascade-2", "--cascade", "top=2,sample=0.25,seed=3")
+    c = cas["cascade"]
+    prep = prepare(load_task(str(tiny / "task")))
+    n_ctx = len(prep.splits["calibration"]) + len(prep.splits["test"])
+    m = len(latents)
+    assert c["n_pairs"] == n_ctx * m and c["n_selected"] >= n_ctx * 2
+    assert c["n_simulated"] == c["n_selected"] + c["n_sampled"] < c["n_pairs"]
+    assert cas["provenance"]["n_computed"] == 0
+    assert cas["provenance"]["n_predictions"] == c["n_llm_predictions"]
+
+    # Recompute the selection from the settings and check the side file: simulated pairs carry the stored
+    # exhaustive prediction, every other pair the prompt's lowest score.
+    ex = json.loads((tiny / "sub.json").read_text())["explanations"]
+    T = prep.spec.contexts.T
+    tok = load_subject(prep.spec, "cpu")[1]
+    ctx = [x for s in ("calibration", "test") for x in sim_contexts(tok, list(prep.splits[s][:, :T]))]
+    scores = first_stage_scores("lexical", [ex[str(j)] for j in latents], [x.last_token for x in ctx],
+                                [x.text for x in ctx], prep.table.fire_rate[latents])
+    sel = select(scores, CascadeSettings(top=2, sample=0.25, seed=3), len(prep.splits["calibration"]),
+                 prep.table.fire_rate[latents])
+    assert int(sel.sampled.sum()) == c["n_sampled"] and int(sel.selected.sum()) == c["n_selected"]
+    (full_path,) = (tiny / "exhaustive-2" / "tiny-llama-transcoder").glob("*.json")
+    full = np.load(full_path.with_name(full_path.stem + ".per_context.npz"))
+    grid_full = np.vstack([full["pred_calibration"], full["pred_test"]])
+    grid_cas = np.vstack([side["pred_calibration"], side["pred_test"]])
+    np.testing.assert_array_equal(grid_cas[sel.simulated], grid_full[sel.simulated])
+    assert (grid_cas[~sel.simulated] == np.float32(c["fill_score"])).all()
+    # Detection is never cascaded.
+    np.testing.assert_array_equal(side["det_pred_pos"], full["det_pred_pos"])
+    # A pair whose explanation quotes the last token outranks the firing-rate tie-break.
+    hit = scores >= 2
+    assert (sel.selected[hit.sum(1) <= 2] >= hit[hit.sum(1) <= 2]).all()
+    # Leaderboards skip cascade results, saying why.
+    from harness.report.leaderboard import collect_results
+
+    rows, rejected = collect_results(tiny / "cascade-2", task_hashes={"tiny-llama-transcoder": cas["task"]["hash"]})
+    assert not rows and len(rejected) == 1 and "cascade" in rejected[0].reason
+    # The error section's counts add up on each split.
+    for split in ("calibration", "test"):
+        e = c["error"][split]
+        assert e["n_not_simulated"] == e["n_unselected"] - e["n_sampled"] and 0 <= e["n_sampled_matter"] <= e["n_sampled"]
+
+
+def test_estimate_prints_exhaustive_and_cascade_cost(tiny, capsys):
+    assert main(["estimate", "--task", str(tiny / "task"), "--cascade", "top=2,sample=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "exhaustive" in out and "cascade (top 2, sample 0.5)" in out
