@@ -12,3 +12,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A task built by `harness make-tiny-task`: one per test module, each with its own cache below it."""
+    from harness.cli import main
+
+    root = tmp_path_factory.mktemp("tiny")
+    assert main(["make-tiny-task", "-o", str(root / "task")]) == 0
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _tiny_cache(request, monkeypatch):
+    """Tests on the tiny task keep their prepared steps and predictions in that task's own cache."""
+    if "tiny" in request.fixturenames:
+        monkeypatch.setenv("HARNESS_CACHE", str(request.getfixturevalue("tiny") / "cache"))

@@ -21,18 +21,6 @@ TASK_ID = "tiny-llama-transcoder"
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad")
-    assert main(["make-tiny-task", "-o", str(root / "task")]) == 0
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _cache(tiny, monkeypatch):
-    monkeypatch.setenv("HARNESS_CACHE", str(tiny / "cache"))
-
-
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err

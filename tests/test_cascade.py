@@ -152,19 +152,6 @@ def test_error_estimate_against_hand_computation():
 # ---------------------------------------------------------------- on the tiny task
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-cascade")
-    assert main(["make-tiny-task", "-o", str(root / "task")]) == 0
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _cache(request, monkeypatch):
-    if "tiny" in request.fixturenames:
-        monkeypatch.setenv("HARNESS_CACHE", str(request.getfixturevalue("tiny") / "cache"))
-
-
 def _submission(tiny: Path) -> tuple[Path, np.ndarray]:
     from harness.data.prepare import prepare
     from harness.task.spec import load_task

@@ -12,18 +12,6 @@ import pytest
 from harness.cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    assert main(["make-tiny-task", "-o", str(root / "task")]) == 0
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _cache(tiny, monkeypatch):
-    monkeypatch.setenv("HARNESS_CACHE", str(tiny / "cache"))
-
-
 def _submission(path: Path, task_id: str, latents, text="the tokens \"the\", \"a\"", method="test-method"):
     path.write_text(json.dumps({"task": task_id, "method": method, "description": "test",
                                 "explanations": {str(j): text for j in latents}}))
