@@ -14,6 +14,8 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -30,5 +32,8 @@ def tiny(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _tiny_cache(request, monkeypatch):
     """Tests on the tiny task keep their prepared steps and predictions in that task's own cache."""
-    if "tiny" in request.fixturenames:
-        monkeypatch.setenv("HARNESS_CACHE", str(request.getfixturevalue("tiny") / "cache"))
+    if "tiny" not in request.fixturenames:
+        return
+    root = request.getfixturevalue("tiny")   # a module may define its own `tiny` (not a task folder)
+    if isinstance(root, Path) and (root / "task" / "task.toml").is_file():
+        monkeypatch.setenv("HARNESS_CACHE", str(root / "cache"))
