@@ -52,7 +52,7 @@ from harness.score.metrics import (
     sensitivity_specificity,
 )
 from harness.simulate.cascade import CascadeSettings
-from harness.simulate.run import load_simulator, simulate_all
+from harness.simulate.run import load_simulator, scored_contexts, simulate_all
 from harness.task.inputs import TaskInputs
 from harness.task.spec import load_task
 from harness.task.submission import coverage, load_submission
@@ -93,13 +93,14 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
     # --- simulate
     sim, sim_ref = load_simulator(spec, cfg.backend, inputs.device, model, tok, cfg.endpoints, cfg.served_model)
     explanations = [sub.explanations[int(j)] for j in latents]
+    scored = scored_contexts(prep, tok)   # decoded once, for the cascade's first stage and the simulator
     plan = None
     if cfg.cascade is not None:
         from harness.simulate.cascade import plan_for
 
-        plan = plan_for(cfg.cascade, prep, tok, explanations, latents)
+        plan = plan_for(cfg.cascade, prep, scored, explanations, latents)
     pred = simulate_all(prep, tok, sim, explanations, latents, only=plan.mask if plan else None,
-                        fill=plan.fill if plan else 0.0)
+                        fill=plan.fill if plan else 0.0, scored=scored)
 
     # --- score: detection, calibration, conditions
     sc = spec.scoring

@@ -333,14 +333,12 @@ def plan(settings: CascadeSettings, explanations: Sequence[str], last_tokens: Se
                        lowest_score(prompt_version))
 
 
-def plan_for(settings: CascadeSettings, prep, tokenizer, explanations: Sequence[str], latents: np.ndarray
+def plan_for(settings: CascadeSettings, prep, ctxs: Sequence, explanations: Sequence[str], latents: np.ndarray
              ) -> CascadePlan:
-    """The plan for a prepared task's calibration and test contexts (rows in that order, as `simulate_all`)."""
+    """The plan for a prepared task's calibration and test contexts `ctxs` (`simulate.run.scored_contexts`: the
+    rows `simulate_all` simulates, in its order)."""
     from harness.io import cache_root
-    from harness.simulate.run import sim_contexts
 
-    T = prep.spec.contexts.T
-    ctxs = [c for split in ("calibration", "test") for c in sim_contexts(tokenizer, list(prep.splits[split][:, :T]))]
     return plan(settings, explanations, [c.last_token for c in ctxs], [c.text for c in ctxs],
                 len(prep.splits["calibration"]), prep.table.fire_rate[latents], prep.spec.simulator.prompt_version,
                 cache_root())

@@ -72,19 +72,26 @@ class Predictions:
     stats: dict[str, int | float | str] = field(default_factory=dict)   # counts for the provenance
 
 
+def scored_contexts(prep: Prepared, tokenizer) -> list[SimContext]:
+    """The calibration contexts, then the test contexts: the rows every latent is simulated on."""
+    T = prep.spec.contexts.T
+    return [c for split in ("calibration", "test") for c in sim_contexts(tokenizer, list(prep.splits[split][:, :T]))]
+
+
 def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latents: np.ndarray,
-                 only: np.ndarray | None = None, fill: float = 0.0) -> Predictions:
+                 only: np.ndarray | None = None, fill: float = 0.0,
+                 scored: list[SimContext] | None = None) -> Predictions:
     """Every prediction the metrics need, through the persistent store: calibration, test, detection.
 
     `only` [n_cal + n_test, m] (a cascade's plan, harness/simulate/cascade.py) limits the calibration and test
-    pairs simulated; the others get `fill`.
+    pairs simulated; the others get `fill`. `scored`: `scored_contexts(prep, tokenizer)`, when the caller has it.
     """
     from harness.simulate.prompt import prompt_score
     from harness.simulate.store import CachedSimulator, PredictionStore
 
-    T = prep.spec.contexts.T
-    cal = sim_contexts(tokenizer, list(prep.splits["calibration"][:, :T]))
-    tst = sim_contexts(tokenizer, list(prep.splits["test"][:, :T]))
+    scored = scored if scored is not None else scored_contexts(prep, tokenizer)
+    n_cal = len(prep.splits["calibration"])
+    cal, tst = scored[:n_cal], scored[n_cal:]
     row_of = {int(j): r for r, j in enumerate(prep.rewritten)}
     rows = np.asarray([row_of[int(j)] for j in latents])
     pos, neg = prep.det_pos[rows], prep.det_neg[rows]
@@ -107,7 +114,6 @@ def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latent
         probs, mass = cached.predict(contexts, explanations, pairs + det_pairs,
                                      progress=lambda n: prog.advance(t, n))
     ev = prompt_score(sim.prompt_version, probs)
-    n_cal = len(cal)
     grid = np.full(mask.shape, fill, np.float32)
     grid[mask] = ev[: len(pairs)]
     det_ev = ev[len(pairs):]
