@@ -39,10 +39,12 @@ def _legend(ax, fontsize: int) -> None:
 
 
 def _f(x: Any) -> float:
+    """A plotted number; absent or non-finite (an unbounded interval's ±inf) reads as NaN: nothing is drawn."""
     try:
-        return math.nan if x is None else float(x)
+        v = math.nan if x is None else float(x)
     except (TypeError, ValueError):
         return math.nan
+    return v if math.isfinite(v) else math.nan
 
 
 def _yerr(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import platform
 import sys
 import time
@@ -126,24 +125,13 @@ def draw_figures(result: Result, out_dir: Path, tag: str, prep: Prepared, latent
             if v > 0 and int(i) in col:
                 true.append(v)
     paths = [out_dir / f"{tag}.curve.png", out_dir / f"{tag}.distributions.png", out_dir / f"{tag}.sens_spec.png"]
-    d = _plot_view(result.to_dict())
+    d = result.to_dict()
     plot_partial_rewriting(d, paths[0])
     # Non-zero calibrated values only: like-for-like with the true non-zero activations.
     calibrated = quantile_values.ravel()
     plot_activation_distributions(np.asarray(true), pred_tst.ravel(), calibrated[calibrated > 0], paths[1])
     plot_sens_spec_by_bin(d["sens_spec_by_detection_bin"], paths[2])
     return [p.name for p in paths]
-
-
-def _plot_view(d: Any) -> Any:
-    """The result as the plots read it: an interval's undefined bound is None (as in the file), not NaN."""
-    if isinstance(d, dict):
-        if set(d) >= {"value", "lo", "hi"}:
-            return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-        return {k: _plot_view(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_plot_view(v) for v in d]
-    return d
 
 
 def _version(pkg: str) -> str:
