@@ -20,6 +20,7 @@ and `r.headline.recovery` are the same), so report code can move to attribute ac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -249,6 +250,7 @@ def _dump(x: Any) -> Any:
     return x
 
 
+@functools.cache   # once per class: results are loaded by the hundred for leaderboards and the site
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, globalns=vars(sys.modules[__name__]))
 
