@@ -34,10 +34,12 @@ TASK = "smollm2-135m-l8-offline"
 OVERRIDES = ['latents.rewritten={count=160, rule="random-alive", seed=0, min_fire_rate=0.02}',
              "contexts.calibration=40", "contexts.test=60", "contexts.detection_positive=4",
              "contexts.detection_negative=4", "contexts.detection_pool=600"]
-# The subset actually scored is the submission's: `subset --n 32 --seed 0` of the 160 rewritten latents
-# (benchmarks/RESULTS.md, Cascade, says why 32).
-EXPLANATIONS = ROOT / "benchmarks" / "cascade" / "top-tokens.json"
-TOPS = (1, 2, 4, 8)
+# The subset scored is the submission's: all 160 rewritten latents (`subset --n 160 --seed 0`; the first
+# run scored 32 of them, benchmarks/RESULTS.md, Cascade, says why and what changed).
+EXPLANATIONS = ROOT / "benchmarks" / "cascade" / "top-tokens-160.json"
+TOPS = (1, 2, 4, 8, 16)
+# Every exhaustive prediction of the subset, exported from the store (`export`; `import` restores them).
+PREDICTIONS = ROOT / "benchmarks" / "cascade" / "predictions.npz"
 SAMPLE = 0.02
 
 
@@ -70,21 +72,17 @@ def cmd_subset(args) -> int:
     return 0
 
 
-def cmd_simulate(args) -> int:
-    """Exhaustive predictions for the subset, context by context, stopping after `--minutes`."""
-    import torch
+def _workload(args):
+    """The subset's exhaustive workload: (spec, contexts, explanations, groups of (context, explanation) pairs,
+    n scored contexts, n detection pairs), detection contexts built as simulate_all builds them, so the final
+    run finds every pair in the store."""
+    from harness.simulate.run import sim_contexts
 
-    from harness.io import cache_root
-    from harness.simulate.run import load_simulator, sim_contexts
-    from harness.simulate.store import CachedSimulator, PredictionStore
-
-    torch.set_num_threads(args.threads)
     spec, sub, prep, latents, inputs = _setup(args)
     tok = inputs.subject()[1]
     T = spec.contexts.T
     ctx = (sim_contexts(tok, list(prep.splits["calibration"][:, :T]))
            + sim_contexts(tok, list(prep.splits["test"][:, :T])))
-    # Detection contexts as simulate_all builds them, so the final run finds them in the store too.
     row_of = {int(j): r for r, j in enumerate(prep.rewritten)}
     rows = np.asarray([row_of[int(j)] for j in latents])
     pos, neg = prep.det_pos[rows], prep.det_neg[rows]
@@ -95,22 +93,38 @@ def cmd_simulate(args) -> int:
             b, p = prep.det_contexts[int(r)]
             det_ctx.append(sim_contexts(tok, [prep.splits["detection"][b, : p + 1]])[0])
             det_pairs.append((len(ctx) + len(det_ctx) - 1, e))
-    contexts = ctx + det_ctx
     explanations = [sub.explanations[int(j)] for j in latents]
     m = len(latents)
     # Detection pairs are one per context: slices of 32 keep each step short, so --minutes is honoured.
     groups = ([[(c, e) for e in range(m)] for c in range(len(ctx))]
               + [det_pairs[i:i + 32] for i in range(0, len(det_pairs), 32)])
+    return spec, ctx + det_ctx, explanations, groups, len(ctx), len(det_pairs)
+
+
+def _keys(contexts, explanations, pairs):
+    from harness.simulate.base import explanation_sha
+
+    shas = [explanation_sha(x) for x in explanations]
+    return [(shas[e], contexts[c].context_id) for c, e in pairs]
+
+
+def cmd_simulate(args) -> int:
+    """Exhaustive predictions for the subset, context by context, stopping after `--minutes`."""
+    import torch
+
+    from harness.io import cache_root
+    from harness.simulate.run import load_simulator
+    from harness.simulate.store import CachedSimulator, PredictionStore
+
+    torch.set_num_threads(args.threads)
+    spec, contexts, explanations, groups, n_ctx, n_det = _workload(args)
     store = PredictionStore(cache_root() / "predictions.sqlite")
     t0 = time.time()
     cached = None
     done = 0
-    from harness.simulate.base import explanation_sha
-
-    shas = [explanation_sha(x) for x in explanations]
     model_key, pv = spec.simulator_ref().key(), spec.simulator.prompt_version
     for gi, pairs in enumerate(groups):
-        keys = [(shas[e], contexts[c].context_id) for c, e in pairs]
+        keys = _keys(contexts, explanations, pairs)
         found = store.get_many(model_key, pv, keys)
         if len(found) == len(set(keys)):
             done += 1
@@ -128,8 +142,42 @@ def cmd_simulate(args) -> int:
         n_new = len(set(keys)) - len(found)
         print(f"group {gi + 1}/{len(groups)}: {n_new} predictions in {time.time() - t1:.1f}s "
               f"({n_new / max(time.time() - t1, 1e-9):.1f}/s)", flush=True)
-    print(f"all {len(groups)} groups are in the store ({m} latents x {len(ctx)} contexts + "
-          f"{len(det_pairs)} detection pairs)")
+    print(f"all {len(groups)} groups are in the store ({len(explanations)} latents x {n_ctx} contexts + "
+          f"{n_det} detection pairs)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """The subset's exhaustive predictions from the store into one committed file (`import` puts them back, so
+    `report` runs on a fresh clone without the simulator)."""
+    from harness.io import cache_root, save_npz
+    from harness.simulate.store import PredictionStore
+
+    spec, contexts, explanations, groups, _, _ = _workload(args)
+    keys = list(dict.fromkeys(k for pairs in groups for k in _keys(contexts, explanations, pairs)))
+    model_key, pv = spec.simulator_ref().key(), spec.simulator.prompt_version
+    found = PredictionStore(cache_root() / "predictions.sqlite").get_many(model_key, pv, keys)
+    if len(found) != len(keys):
+        print(f"{len(keys) - len(found)} of {len(keys)} predictions are not in the store: run `simulate` first")
+        return 2
+    save_npz(Path(args.predictions), explanation_sha256=np.asarray([k[0] for k in keys]),
+             context_id=np.asarray([k[1] for k in keys]), probs=np.stack([found[k][0] for k in keys]),
+             answer_mass=np.asarray([found[k][1] for k in keys], np.float32),
+             model_key=np.asarray(model_key), prompt_version=np.asarray(pv), task_hash=np.asarray(spec.hash))
+    print(f"wrote {args.predictions}: {len(keys):,} predictions")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from harness.io import cache_root
+    from harness.simulate.store import PredictionStore
+
+    with np.load(args.predictions) as z:
+        shas, ctx_ids, probs, mass = z["explanation_sha256"], z["context_id"], z["probs"], z["answer_mass"]
+        model_key, pv = str(z["model_key"]), str(z["prompt_version"])
+    PredictionStore(cache_root() / "predictions.sqlite").put_many(
+        model_key, pv, zip(shas.tolist(), ctx_ids.tolist(), probs, mass.tolist(), strict=True))
+    print(f"imported {len(shas):,} predictions into {cache_root() / 'predictions.sqlite'} ({model_key}, {pv})")
     return 0
 
 
@@ -259,9 +307,12 @@ def cmd_report(args) -> int:
     base = metrics_of(exh, exh_side, sc.bootstrap, sc.seed)
     n_exh = exh["provenance"]["n_predictions"]
     recall = ranker_recall(args, prep, latents, sub, inputs, exh_side, sorted(set(args.tops) | {16}))
+    # The truth the error estimate guesses at: exhaustive test pairs that matter (calibrated value > 0).
+    with np.load(exh_side) as z:
+        matter_test = z["sim_values__quantile"] > 0
     rows = []
-    for M in args.tops:
-        cas = CascadeSettings(top=int(M), sample=args.sample, seed=args.seed, ranker=args.ranker)
+    for cal, M in [(cal, M) for cal in args.calibrations for M in args.tops]:
+        cas = CascadeSettings(top=int(M), sample=args.sample, seed=args.seed, ranker=args.ranker, calibration=cal)
         res, path = run_eval(args, cas, results_dir)
         side = path.with_name(path.stem + ".per_context.npz")
         met = metrics_of(res, side, sc.bootstrap, sc.seed)
@@ -271,15 +322,18 @@ def cmd_report(args) -> int:
             inside[k] = (None if b is None or v is None or b["lo"] is None or b["hi"] is None
                          or v["value"] is None else bool(b["lo"] <= v["value"] <= b["hi"]))
         c = dict(res["cascade"])
-        rows.append({"top": int(M), "n_llm_predictions": c["n_llm_predictions"], "saving": c["saving"],
+        with np.load(side) as z:
+            filled = z["pred_test"] == np.float32(c["fill_score"])
+        rows.append({"top": int(M), "calibration": cal, "n_llm_predictions": c["n_llm_predictions"], "saving": c["saving"],
                      "saving_pairs": c["n_pairs"] / max(c["n_simulated"], 1), "n_detection": c["n_detection"],
                      "n_simulated_pairs": c["n_simulated"], "n_pairs": c["n_pairs"], "error": c["error"],
+                     "test_missed_true": int((matter_test & filled).sum()),
                      "metrics": met, "inside_exhaustive_ci": inside})
     summary = {"task": spec.id, "task_hash": spec.hash, "overrides": list(args.override),
                "explanations": {"path": str(args.explanations), "sha256": sub.sha256, "method": sub.method},
                "n_latents": int(len(latents)), "n_calibration": int(len(prep.splits["calibration"])),
                "n_test": int(len(prep.splits["test"])), "exhaustive_predictions": n_exh,
-               "exhaustive": base, "ranker": args.ranker, "sample": args.sample, "seed": args.seed,
+               "exhaustive": base, "exhaustive_test_pairs_matter": int(matter_test.sum()), "ranker": args.ranker, "sample": args.sample, "seed": args.seed,
                "ranker_recall": recall, "cascades": rows,
                "simulator": dict(exh["simulator"]), "bootstrap": {"draws": sc.bootstrap, "seed": sc.seed}}
     out.mkdir(parents=True, exist_ok=True)
@@ -311,19 +365,21 @@ def table_md(s: dict) -> str:
     out = [f"{s['n_latents']} latents x ({s['n_calibration']} calibration + {s['n_test']} test) contexts + "
            f"detection; exhaustive: {s['exhaustive_predictions']:,} predictions. Ranker `{s['ranker']}`, "
            f"sample {s['sample']:g}, seed {s['seed']}.", "",
-           "| M | LLM predictions | fewer (cal+test / all) | " + " | ".join(short[k] for k in METRICS)
-           + " | test pairs missed (est., 95% CI) |",
-           "|---|---|---|" + "---|" * len(METRICS) + "---|",
-           "| exhaustive | " + f"{s['exhaustive_predictions']:,} | 1.0x / 1.0x | "
-           + " | ".join(_est(s["exhaustive"][k]) for k in METRICS) + " | 0 |"]
+           "| M | calibration | LLM predictions | fewer (cal+test / all) | " + " | ".join(short[k] for k in METRICS)
+           + " | test pairs missed: est. [95% CI] / true |",
+           "|---|---|---|---|" + "---|" * len(METRICS) + "---|",
+           "| exhaustive | - | " + f"{s['exhaustive_predictions']:,} | 1.0x / 1.0x | "
+           + " | ".join(_est(s["exhaustive"][k]) for k in METRICS)
+           + f" | 0 (of {s.get('exhaustive_test_pairs_matter', 'n/a')} that matter) |"]
     for r in s["cascades"]:
         cells = []
         for k in METRICS:
             v, ok = r["metrics"][k], r["inside_exhaustive_ci"][k]
             cells.append("n/a" if v is None else f"{v['value']:.3f} {'✓' if ok else '✗' if ok is False else '?'}")
         e = r["error"]["test"]["missed"]
-        out.append(f"| {r['top']} | {r['n_llm_predictions']:,} | {r['saving_pairs']:.1f}x / {r['saving']:.1f}x | "
-                   + " | ".join(cells) + f" | {e['value']:.1f} [{e['lo']:.1f}, {e['hi']:.1f}] |")
+        out.append(f"| {r['top']} | {r.get('calibration', 'fill')} | {r['n_llm_predictions']:,} | {r['saving_pairs']:.1f}x / {r['saving']:.1f}x | "
+                   + " | ".join(cells) + f" | {e['value']:.1f} [{e['lo']:.1f}, {e['hi']:.1f}] / "
+                   f"{r.get('test_missed_true', 'n/a')} |")
     rec = s["ranker_recall"]
     tops = list(next(v for v in rec.values() if isinstance(v, dict)))
     out += ["", f"First-stage recall: share of the {rec['n_matter']} of {rec['n_pairs']:,} exhaustive calibration + "
@@ -341,26 +397,39 @@ def plot(s: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = [r["saving_pairs"] for r in s["cascades"]]
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for k in METRICS:
+    cals = list(dict.fromkeys(r.get("calibration", "fill") for r in s["cascades"]))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ci, k in enumerate(METRICS):
         b = s["exhaustive"][k]
         if b is None or b["lo"] is None:
             continue
         half = max(b["hi"] - b["value"], b["value"] - b["lo"], 1e-12)
-        ys = [((r["metrics"][k]["value"] - b["value"]) / half) if r["metrics"][k] else np.nan for r in s["cascades"]]
-        ax[0].plot(x, ys, marker="o", label=k)
+        for cal, style in zip(cals, ("-", ":"), strict=False):
+            rs = [r for r in s["cascades"] if r.get("calibration", "fill") == cal]
+            ys = [((r["metrics"][k]["value"] - b["value"]) / half) if r["metrics"][k] else np.nan for r in rs]
+            ax[0].plot([r["saving_pairs"] for r in rs], ys, style, marker="o", color=colours[ci % len(colours)],
+                       label=f"{k} ({cal})")
     ax[0].axhspan(-1, 1, color="0.9", zorder=0)
     ax[0].set_xlim(left=1)
     ax[0].set_xlabel("fewer LLM predictions on calibration + test pairs (x)")
     ax[0].set_ylabel("(cascade - exhaustive) / CI half-width")
     ax[0].set_title("agreement: inside the grey band = inside the exhaustive 95% CI")
     ax[0].legend(fontsize=7)
-    e = [r["error"]["test"]["missed"] for r in s["cascades"]]
-    ax[1].errorbar(x, [v["value"] for v in e], yerr=[[v["value"] - v["lo"] for v in e], [v["hi"] - v["value"] for v in e]],
-                   marker="o", capsize=3)
-    for r in s["cascades"]:
-        ax[1].annotate(f"M={r['top']}", (r["saving_pairs"], r["error"]["test"]["missed"]["value"]), fontsize=7)
+    for cal in cals:
+        rs = [r for r in s["cascades"] if r.get("calibration", "fill") == cal]
+        e = [r["error"]["test"]["missed"] for r in rs]
+        ax[1].errorbar([r["saving_pairs"] for r in rs], [v["value"] for v in e],
+                       yerr=[[v["value"] - v["lo"] for v in e], [v["hi"] - v["value"] for v in e]],
+                       marker="o", capsize=3, label=cal)
+        for r in rs:
+            ax[1].annotate(f"M={r['top']}", (r["saving_pairs"], r["error"]["test"]["missed"]["value"]), fontsize=7)
+    truth = [r for r in s["cascades"] if "test_missed_true" in r and r.get("calibration", "fill") == cals[0]]
+    ax[1].plot([r["saving_pairs"] for r in truth], [r["test_missed_true"] for r in truth], "kx", ms=8,
+               label="true: filled test pairs that matter in the exhaustive run")
+    ax[1].axhline(s.get("exhaustive_test_pairs_matter", np.nan), color="0.5", ls="--",
+                  label="test pairs that matter (exhaustive)")
+    ax[1].legend(fontsize=7)
     ax[1].set_xlim(left=1)
     ax[1].set_xlabel("fewer LLM predictions on calibration + test pairs (x)")
     ax[1].set_ylabel("test pairs not simulated that would matter")
@@ -372,7 +441,7 @@ def plot(s: dict, path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("subset", "simulate", "report"):
+    for name in ("subset", "simulate", "export", "import", "report"):
         s = sub.add_parser(name)
         s.add_argument("--task", default=TASK)
         s.add_argument("--explanations", default=str(EXPLANATIONS))
@@ -381,6 +450,8 @@ def main(argv=None) -> int:
     sub.choices["subset"].add_argument("--n", type=int, default=128)
     sub.choices["subset"].add_argument("--seed", type=int, default=0)
     sub.choices["simulate"].add_argument("--minutes", type=float, default=9.0)
+    for name in ("export", "import"):
+        sub.choices[name].add_argument("--predictions", default=str(PREDICTIONS))
     sub.choices["simulate"].add_argument("--threads", type=int, default=2)
     r = sub.choices["report"]
     r.add_argument("--out", default=str(ROOT / "benchmarks" / "cascade"))
@@ -388,10 +459,12 @@ def main(argv=None) -> int:
     r.add_argument("--sample", type=float, default=SAMPLE)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--ranker", default="lexical")
+    r.add_argument("--calibrations", nargs="+", default=["weighted", "fill"], choices=["weighted", "fill"])
     args = ap.parse_args(argv)
     if args.override is None:
         args.override = list(OVERRIDES)
-    return {"subset": cmd_subset, "simulate": cmd_simulate, "report": cmd_report}[args.cmd](args)
+    return {"subset": cmd_subset, "simulate": cmd_simulate, "export": cmd_export, "import": cmd_import,
+            "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ def cmd_prepare(args) -> int:
 
 CASCADE_HELP = ("simulate only the M latents per context a cheap first stage ranks highest, plus a random "
                 "sample of the rest to estimate the error: M or top=M[,sample=0.02][,seed=0][,ranker=lexical|"
-                "embedding|combined|fire-rate] (off by default; docs/protocol-choices.md, Cascade)")
+                "embedding|combined|fire-rate][,calibration=weighted|fill] (off by default; "
+                "docs/protocol-choices.md, Cascade)")
 
 
 def cmd_eval(args) -> int:

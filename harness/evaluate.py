@@ -105,7 +105,9 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
     # --- score: detection, calibration, conditions
     sc = spec.scoring
     fire_rate = prep.table.fire_rate[latents]
-    det_thr = threshold_values(spec, pred.calibration, fire_rate)
+    # A cascade's calibration rows are weighted (sampled unselected pairs stand for the unselected); else None.
+    cal_w = plan.weights() if plan is not None else None
+    det_thr = threshold_values(spec, pred.calibration, fire_rate, cal_w)
     auroc, bacc = detection_table(pred.detection_pos, pred.detection_neg, det_thr)
     warnings = degenerate_predictions(np.vstack([pred.calibration, pred.test]), latents,
                                       spec.simulator.prompt_version)
@@ -113,13 +115,15 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
         sel_scores, score_source = np.asarray([sub.scores[int(j)] for j in latents]), "submission"
     else:
         sel_scores, score_source = np.nan_to_num(auroc, nan=-np.inf), "detection-auroc"
-    sims = {mode: calibrate(mode, pred.calibration, pred.test, prep.table, latents) for mode in CALIBRATION_MODES}
+    sims = {mode: calibrate(mode, pred.calibration, pred.test, prep.table, latents, cal_w)
+            for mode in CALIBRATION_MODES}
     cascade_section = {}
     if plan is not None:
         from harness.simulate.cascade import summary as cascade_summary
 
         # A pair matters when its calibrated value is non-zero; calibration pairs are mapped by their own fit.
-        matters = np.vstack([calibrate("quantile", pred.calibration, pred.calibration, prep.table, latents) > 0,
+        matters = np.vstack([calibrate("quantile", pred.calibration, pred.calibration, prep.table, latents,
+                                       cal_w) > 0,
                              sims["quantile"] > 0])
         cascade_section = cascade_summary(plan, matters, int(pred.stats["n_predictions"]) - int(plan.mask.sum()))
     subsets = choose_subsets(latents, sc.fractions, sel_scores, sc.seed)
@@ -148,7 +152,8 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
         detection_threshold=det_thr, fire_rate=fire_rate, active_true=patched.active_true,
         **{f"active_sim__{mode}": a for mode, a in patched.active_sim.items()},
         **{f"sim_values__{mode}": v.astype(np.float32) for mode, v in sims.items()},
-        selection_scores=sel_scores.astype(np.float64)))
+        selection_scores=sel_scores.astype(np.float64),
+        **({"calibration_weights": cal_w} if cal_w is not None else {})))
     zero_output = base["zero_output"]
     result = Result(
         task=TaskRef(id=spec.id, hash=spec.hash),

@@ -314,3 +314,41 @@ def test_needed_ranks_suffice_for_np_quantile(method):
     stand[ranks] = nz[ranks]
     rebuilt = np.concatenate([np.zeros(N - c, np.float32), np.maximum.accumulate(stand)])
     np.testing.assert_array_equal(np.quantile(rebuilt, u, method=method), np.quantile(full, u, method=method))
+
+
+def test_weighted_ecdf_equals_the_repeated_sample():
+    """Integer weights: the weighted mid-rank ECDF is the plain one on the sample with each value repeated
+    (weight 0 drops a value, also from the clipping range)."""
+    from harness.score.calibrate import quantile_levels, weighted_ecdf_midrank
+
+    rng = np.random.default_rng(3)
+    calib = rng.integers(0, 6, size=(30, 3)).astype(float)     # many ties
+    w = rng.integers(0, 4, size=(30, 3)).astype(float)
+    w[0] = 1.0
+    x = np.vstack([calib, [[-1.0, 2.5, 9.0]]])
+    u = quantile_levels(calib, x, w)
+    for col in range(3):
+        rep = np.repeat(calib[:, col], w[:, col].astype(int))
+        np.testing.assert_allclose(u[:, col], ecdf_midrank(fit_normaliser(rep), x[:, col]), rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(weighted_ecdf_midrank(calib[:, col], np.ones(30), x[:, col]),
+                                      ecdf_midrank(fit_normaliser(calib[:, col]), x[:, col]))
+    with pytest.raises(HarnessError):
+        weighted_ecdf_midrank(calib[:, 0], np.zeros(30), x[:, 0])
+    with pytest.raises(HarnessError):
+        quantile_levels(calib, x, w[:5])
+
+
+def test_weighted_detection_thresholds_equal_the_repeated_sample():
+    from harness.score.metrics import detection_thresholds
+
+    rng = np.random.default_rng(4)
+    calib = np.round(rng.normal(size=(25, 4)), 1)
+    w = rng.integers(0, 3, size=(25, 4)).astype(float)
+    w[0] = 1.0
+    rate = np.array([0.1, 0.37, 0.0, 1.0])
+    got = detection_thresholds(calib, rate, w)
+    for j in range(4):
+        rep = np.repeat(calib[:, j], w[:, j].astype(int))
+        assert got[j] == detection_thresholds(rep[:, None], rate[j:j + 1])[0]
+    np.testing.assert_array_equal(detection_thresholds(calib, rate, np.ones_like(calib)),
+                                  detection_thresholds(calib, rate))

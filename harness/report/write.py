@@ -39,17 +39,17 @@ def true_values(test_latents: tuple[np.ndarray, np.ndarray], latents: np.ndarray
     return out
 
 
-def table_excerpt(table: ActivationTable, latents: np.ndarray, pred_cal: np.ndarray, pred_tst: np.ndarray):
+def table_excerpt(table: ActivationTable, latents: np.ndarray, pred_cal: np.ndarray, pred_tst: np.ndarray,
+                  weights: np.ndarray | None = None):
     """The activation-table values the quantile map read for this run (both fitted modes), per latent:
     (how many stored per latent, ranks among the latent's sorted non-zero values, values), concatenated
     in `latents` order."""
     from harness.data.table import needed_nonzero_ranks
-    from harness.score.calibrate import ecdf_midrank, fit_normaliser
+    from harness.score.calibrate import quantile_levels
 
     if not table.exact:
         return np.zeros(len(latents), np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    u = np.concatenate([ecdf_midrank(fit_normaliser(pred_cal), pred_tst),
-                        ecdf_midrank(fit_normaliser(pred_tst), pred_tst)])
+    u = np.concatenate([quantile_levels(pred_cal, pred_tst, weights), quantile_levels(pred_tst, pred_tst)])
     ranks, values = [], []
     for col, j in enumerate(latents):
         r = needed_nonzero_ranks(int(table.nz_count[j]), table.n_tokens, u[:, col], table.method)
@@ -64,7 +64,7 @@ def write_side_file(path: Path, prep: Prepared, latents: np.ndarray, ce: dict[Co
     """Everything `harness verify-result` needs to recompute the result's numbers (docs/protocol.md §7);
     returns its sha256."""
     nz_stored, nz_ranks, nz_values = table_excerpt(prep.table, latents, arrays["pred_calibration"],
-                                                   arrays["pred_test"])
+                                                   arrays["pred_test"], arrays.get("calibration_weights"))
     save_npz(path, test_targets=prep.splits["test"][:, -1], **{f"ce_{k}": v for k, v in prep.ce_base.items()},
              **{f"ce_{c.key}": v for c, v in ce.items()}, latents=latents,
              true_test=true_values(prep.test_latents, latents),

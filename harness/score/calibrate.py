@@ -22,6 +22,8 @@ __all__ = [
     "CALIBRATION_MODES",
     "fit_normaliser",
     "ecdf_midrank",
+    "weighted_ecdf_midrank",
+    "quantile_levels",
     "apply_quantile_normalisation",
     "calibrate",
 ]
@@ -94,17 +96,61 @@ def _as_2d(pred: np.ndarray, name: str) -> np.ndarray:
     return pred
 
 
+def weighted_ecdf_midrank(calib: np.ndarray, weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """`ecdf_midrank` of one latent's calibration sample in which value i counts `weights[i]` times.
+
+    u = (W{< x} + ½·W{= x}) / W, with x clipped to the range of the values of positive weight. Integer
+    weights give exactly the mid-rank ECDF of the sample with each value repeated that many times. A cascade
+    (harness/simulate/cascade.py) uses it to let each randomly sampled unselected calibration pair stand for
+    the unselected pairs it was drawn from, so its F_pred estimates the exhaustive one.
+    """
+    v = np.asarray(calib, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if v.ndim != 1 or w.shape != v.shape:
+        raise HarnessError(f"calibration weights must match the calibration sample, got {w.shape} for {v.shape}")
+    if np.any(~np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
+        raise HarnessError("calibration weights must be finite, non-negative and not all zero")
+    if not np.all(np.isfinite(v)) or not np.all(np.isfinite(x)):
+        raise HarnessError("predictions to normalise contain NaN or inf")
+    keep = w > 0
+    order = np.argsort(v[keep], kind="stable")
+    s, cw = v[keep][order], np.concatenate([[0.0], np.cumsum(w[keep][order])])
+    xc = np.clip(x, s[0], s[-1])
+    below = cw[np.searchsorted(s, xc, side="left")]
+    upto = cw[np.searchsorted(s, xc, side="right")]
+    return (below + 0.5 * (upto - below)) / cw[-1]
+
+
+def quantile_levels(pred_calib: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """u = F_pred,j(x[:, j]) for every column j, F_pred fit on `pred_calib` [n_cal, m], each calibration value
+    counted `weights[i, j]` times when weights are given (None: once each)."""
+    if weights is None:
+        return ecdf_midrank(fit_normaliser(pred_calib), x)
+    fit_normaliser(pred_calib)   # the same checks on the calibration sample
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != np.shape(pred_calib):
+        raise HarnessError(f"calibration weights have shape {w.shape}, the calibration predictions "
+                           f"{np.shape(pred_calib)}")
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty(x.shape, dtype=np.float64)
+    for col in range(w.shape[1]):
+        out[:, col] = weighted_ecdf_midrank(pred_calib[:, col], w[:, col], x[:, col])
+    return out
+
+
 def apply_quantile_normalisation(pred_calib: np.ndarray, pred_test: np.ndarray,
-                                 table: ActivationTable, latents: np.ndarray) -> np.ndarray:
-    """q_j(pred_test[:, i]) for latent j = latents[i], with F_pred fit on pred_calib[:, i]."""
+                                 table: ActivationTable, latents: np.ndarray,
+                                 weights: np.ndarray | None = None) -> np.ndarray:
+    """q_j(pred_test[:, i]) for latent j = latents[i], with F_pred fit on pred_calib[:, i] (its rows weighted by
+    `weights[:, i]` when given)."""
     pred_calib = _as_2d(pred_calib, "calibration predictions")
     pred_test = _as_2d(pred_test, "test predictions")
     if pred_calib.shape[1] != pred_test.shape[1]:
         raise HarnessError(f"calibration predictions cover {pred_calib.shape[1]} latents, test "
                            f"predictions {pred_test.shape[1]}")
     latents = _check_latents(latents, pred_test.shape[1], table)
-    fitted = fit_normaliser(pred_calib)
-    u = ecdf_midrank(fitted, pred_test)
+    u = quantile_levels(pred_calib, pred_test, weights)
     out = np.empty(pred_test.shape, dtype=np.float64)
     for col, j in enumerate(latents):
         out[:, col] = true_quantile(table, int(j), u[:, col])
@@ -112,10 +158,12 @@ def apply_quantile_normalisation(pred_calib: np.ndarray, pred_test: np.ndarray,
 
 
 def calibrate(mode: str, pred_calib: np.ndarray | None, pred_test: np.ndarray,
-              table: ActivationTable | None, latents: np.ndarray) -> np.ndarray:
+              table: ActivationTable | None, latents: np.ndarray,
+              weights: np.ndarray | None = None) -> np.ndarray:
     """Latent values to patch in for each (test context, latent) under a calibration mode.
 
-    * `quantile` (default): normaliser fit on the calibration split, docs/protocol.md §4.
+    * `quantile` (default): normaliser fit on the calibration split, docs/protocol.md §4; `weights`
+      [n_cal, m] weigh its rows (a cascade's, harness/simulate/cascade.py `calibration_weights`).
     * `none`: the raw expected digit values, unchanged (the paper's uncalibrated condition).
     * `prompt-fit`: the normaliser fit on the test predictions themselves, as the paper did.
       It lets test data leak into the map, so it is only a labelled diagnostic.
@@ -133,4 +181,4 @@ def calibrate(mode: str, pred_calib: np.ndarray | None, pred_test: np.ndarray,
         return apply_quantile_normalisation(pred_test, pred_test, table, latents)
     if pred_calib is None:
         raise HarnessError("calibration mode 'quantile' needs calibration-split predictions")
-    return apply_quantile_normalisation(pred_calib, pred_test, table, latents)
+    return apply_quantile_normalisation(pred_calib, pred_test, table, latents, weights)

@@ -22,11 +22,13 @@ def detection_table(pos_pred: list[np.ndarray], neg_pred: list[np.ndarray],
     return auroc, bacc
 
 
-def threshold_values(spec: TaskSpec, pred_cal: np.ndarray, fire_rate: np.ndarray) -> np.ndarray:
-    """Per latent, the prediction at or above which it counts as predicted to fire."""
+def threshold_values(spec: TaskSpec, pred_cal: np.ndarray, fire_rate: np.ndarray,
+                     weights: np.ndarray | None = None) -> np.ndarray:
+    """Per latent, the prediction at or above which it counts as predicted to fire (`weights`: a cascade's
+    calibration weights)."""
     if spec.scoring.detection_rule == "fixed":
         return np.full(pred_cal.shape[1], float(spec.scoring.detection_threshold))
-    return detection_thresholds(pred_cal, fire_rate)
+    return detection_thresholds(pred_cal, fire_rate, weights)
 
 
 def padded(rows: list[np.ndarray]) -> np.ndarray:

@@ -222,7 +222,8 @@ def recovery_denominator(ce_zero: np.ndarray, ce_coder: np.ndarray, boot_idx: np
     return paired_difference(ce_zero, ce_coder, boot_idx)["mean"]
 
 
-def detection_thresholds(pred_calib: np.ndarray, fire_rate: np.ndarray) -> np.ndarray:
+def detection_thresholds(pred_calib: np.ndarray, fire_rate: np.ndarray,
+                         weights: np.ndarray | None = None) -> np.ndarray:
     """Per latent j: the ⌈r_j·n⌉-th largest calibration prediction, r_j = the latent's true firing rate.
 
     "Predicted firing" (p ≥ t_j) then marks the same share of calibration contexts as the latent
@@ -230,18 +231,41 @@ def detection_thresholds(pred_calib: np.ndarray, fire_rate: np.ndarray) -> np.nd
     the threshold is fit on the calibration split and the activation sample, never on the detection
     labels. It is the prediction-scale twin of the quantile map, which sends exactly the calibration
     predictions above the (1 − r_j) quantile to non-zero activations. r_j = 0 gives +inf (never firing).
+
+    With `weights` [n, m] (a cascade's calibration weights) value i counts weights[i, j] times: the threshold
+    is the largest value whose weighted share at or above it is at least r_j (with integer weights, the
+    unweighted rule on the sample with each value repeated).
     """
     x = np.asarray(pred_calib, dtype=np.float64)
     r = np.asarray(fire_rate, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0 or r.shape != (x.shape[1],):
         raise HarnessError(f"detection thresholds need calibration predictions [n, m] and m firing rates, got "
                            f"{x.shape} and {r.shape}")
+    if weights is not None:
+        return _weighted_thresholds(x, r, np.asarray(weights, dtype=np.float64))
     n = x.shape[0]
     k = np.ceil(np.clip(r, 0.0, 1.0) * n - 1e-9).astype(np.int64)  # 1e-9: r·n integral up to float error
     srt = np.sort(x, axis=0)
     out = np.full(x.shape[1], math.inf)
     fires = k > 0
     out[fires] = srt[n - k[fires], np.flatnonzero(fires)]
+    return out
+
+
+def _weighted_thresholds(x: np.ndarray, r: np.ndarray, w: np.ndarray) -> np.ndarray:
+    if w.shape != x.shape or np.any(~np.isfinite(w)) or np.any(w < 0):
+        raise HarnessError(f"calibration weights must be finite, non-negative and shaped like the predictions "
+                           f"{x.shape}, got {w.shape}")
+    out = np.full(x.shape[1], math.inf)
+    for j in range(x.shape[1]):
+        keep = w[:, j] > 0
+        if not keep.any() or r[j] <= 0:
+            continue
+        order = np.argsort(-x[keep, j], kind="stable")
+        top = np.cumsum(w[keep, j][order])
+        # -1e-9: r·W reached up to float error counts as reached, as in the unweighted rule.
+        i = int(np.searchsorted(top, min(r[j], 1.0) * top[-1] - 1e-9, side="left"))
+        out[j] = x[keep, j][order][min(i, len(top) - 1)]
     return out
 
 

@@ -12,6 +12,12 @@ sample: never the true activations of scored contexts, and nothing the explanati
 contexts it covers (a ranker that knew where a latent fires would hand a vague explanation the right contexts).
 Detection contexts are not cascaded: they are already a few per latent.
 
+Calibration (docs/protocol-choices.md, Cascade): a latent's quantile map is fit on its calibration
+predictions with each sampled unselected pair standing for all of that latent's unselected calibration pairs
+(`calibration_weights`), so the fitted F_pred estimates the exhaustive one; filling alone would put every
+unselected pair below every real prediction and push real predictions up the map. `calibration="fill"` keeps
+the filled rows instead (for comparison).
+
 Everything here is a pure function of its inputs, so selection is reproducible from the settings alone.
 """
 
@@ -29,8 +35,10 @@ import numpy as np
 from harness.errors import HarnessError
 
 RANKERS = ("lexical", "embedding", "combined", "fire-rate")
+CALIBRATIONS = ("weighted", "fill")
 DEFAULT_SAMPLE = 0.02
 DEFAULT_RANKER = "lexical"
+DEFAULT_CALIBRATION = "weighted"
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class CascadeSettings:
     sample: float = DEFAULT_SAMPLE    # probability that each other pair is sent too (the error estimate's sample)
     seed: int = 0                     # seeds the random sample
     ranker: str = DEFAULT_RANKER
+    calibration: str = DEFAULT_CALIBRATION   # weighted | fill: how unselected calibration pairs enter F_pred
 
     def __post_init__(self) -> None:
         if isinstance(self.top, bool) or not isinstance(self.top, int) or self.top < 0:
@@ -49,17 +58,22 @@ class CascadeSettings:
             raise HarnessError(f"cascade: seed must be a non-negative integer, got {self.seed!r}")
         if self.ranker not in RANKERS:
             raise HarnessError(f"cascade: ranker must be one of {', '.join(RANKERS)}, got {self.ranker!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise HarnessError(f"cascade: calibration must be one of {', '.join(CALIBRATIONS)}, "
+                               f"got {self.calibration!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def tag(self) -> str:
         """A file-name fragment that tells cascade results apart from each other and from exhaustive ones."""
-        return f"cascade-{self.ranker}-m{self.top}-s{self.sample:g}-r{self.seed}"
+        fill = "-fill" if self.calibration == "fill" else ""
+        return f"cascade-{self.ranker}-m{self.top}-s{self.sample:g}-r{self.seed}{fill}"
 
 
 def parse_cascade(text: str) -> CascadeSettings:
-    """`M` or `top=M[,sample=R][,seed=S][,ranker=NAME]`, e.g. `16` or `top=16,sample=0.02,ranker=lexical`."""
+    """`M` or `top=M[,sample=R][,seed=S][,ranker=NAME][,calibration=weighted|fill]`, e.g. `16` or
+    `top=16,sample=0.02,ranker=lexical`."""
     text = (text or "").strip()
     if re.fullmatch(r"\d+", text):
         return CascadeSettings(top=int(text))
@@ -67,15 +81,16 @@ def parse_cascade(text: str) -> CascadeSettings:
     for part in text.split(","):
         key, sep, value = part.partition("=")
         key, value = key.strip(), value.strip()
-        if not sep or key not in ("top", "sample", "seed", "ranker") or not value or key in fields:
+        if not sep or key not in ("top", "sample", "seed", "ranker", "calibration") or not value or key in fields:
             raise HarnessError(f"--cascade {text!r}: expected M or top=M[,sample=R][,seed=S][,ranker="
-                               f"{'|'.join(RANKERS)}]")
+                               f"{'|'.join(RANKERS)}][,calibration={'|'.join(CALIBRATIONS)}]")
         fields[key] = value
     if "top" not in fields:
         raise HarnessError(f"--cascade {text!r}: top=M is required")
     try:
         return CascadeSettings(top=int(fields["top"]), sample=float(fields.get("sample", DEFAULT_SAMPLE)),
-                               seed=int(fields.get("seed", 0)), ranker=fields.get("ranker", DEFAULT_RANKER))
+                               seed=int(fields.get("seed", 0)), ranker=fields.get("ranker", DEFAULT_RANKER),
+                               calibration=fields.get("calibration", DEFAULT_CALIBRATION))
     except ValueError as e:
         raise HarnessError(f"--cascade {text!r}: {e}") from e
 
@@ -260,6 +275,26 @@ def select(scores: np.ndarray, settings: CascadeSettings, n_calibration: int = 0
     return Selection(selected, sampled)
 
 
+def calibration_weights(sel: Selection, n_calibration: int) -> np.ndarray:
+    """[n_calibration, m]: how many calibration pairs each one stands for when its latent's F_pred is fit.
+
+    Per latent, with U unselected calibration pairs of which S were sampled: selected pairs weigh 1, sampled
+    pairs U / S each (a uniform sample of the unselected pairs, so their weighted ECDF is an unbiased estimate
+    of what the U real predictions would have given), unsampled unselected pairs 0; every column sums to
+    n_calibration. A latent with no sampled pair keeps its filled rows at weight 1 (nothing is known about
+    its unselected pairs beyond the cascade's premise that they rank lowest).
+    """
+    c = int(n_calibration)
+    selected, sampled = sel.selected[:c], sel.sampled[:c]
+    w = np.ones(selected.shape, np.float64)
+    n_unselected = (~selected).sum(axis=0)
+    n_sampled = sampled.sum(axis=0)
+    weigh = n_sampled > 0
+    w[:, weigh] = np.where(selected[:, weigh], 1.0,
+                           np.where(sampled[:, weigh], (n_unselected[weigh] / n_sampled[weigh])[None, :], 0.0))
+    return w
+
+
 def lowest_score(prompt_version: str) -> float:
     """The lowest score the prompt's read-out can give: all probability on its first answer ("0" or "No")."""
     from harness.simulate.prompt import get_template, prompt_score
@@ -325,6 +360,13 @@ class CascadePlan:
     def mask(self) -> np.ndarray:
         return self.selection.simulated
 
+    def weights(self) -> np.ndarray | None:
+        """The calibration rows' weights for F_pred and the detection thresholds; None for `fill` (or when
+        every pair is simulated), which fits on the rows as they are."""
+        if self.settings.calibration == "fill" or self.selection.selected.all():
+            return None
+        return calibration_weights(self.selection, self.n_calibration)
+
 
 def plan(settings: CascadeSettings, explanations: Sequence[str], last_tokens: Sequence[str], texts: Sequence[str],
          n_calibration: int, fire_rate: np.ndarray, prompt_version: str, cache: Path | None = None) -> CascadePlan:
@@ -355,6 +397,9 @@ def summary(p: CascadePlan, matters: np.ndarray, n_detection: int) -> dict:
         "settings": p.settings.to_dict(),
         "scope": "calibration and test contexts; detection contexts are simulated in full",
         "fill_score": p.fill,
+        "calibration": ("each sampled unselected calibration pair stands for its latent's unselected pairs "
+                        "(weight U/S)" if p.settings.calibration == "weighted" else
+                        "unselected calibration pairs enter F_pred at the fill score"),
         "n_pairs": n_pairs,
         "n_selected": int(sel.selected.sum()),
         "n_sampled": int(sel.sampled.sum()),

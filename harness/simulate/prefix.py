@@ -2,7 +2,10 @@
 
 Per predict call the instruction head (identical for every context) is run once; per context the
 context tokens are appended to a copy of that cache; the context's suffixes are cut into batches of
-similar length (`plan_batches`) and each batch runs against the context's KV cache. By default the suffix
+similar length (`plan_batches`) and each batch runs against the context's KV cache. A context scored against
+one explanation only (detection, the gaming suite) shares nothing with other pairs beyond the head, so those
+pairs run together: the context tokens and the explanation suffix as one "suffix" per row against the head's
+cache, in batches across contexts, instead of one tiny batch per context. By default the suffix
 pass reads that cache through `shared_prefix_attention` (one matmul of all rows against the one prefix, no
 per-row copies); models whose attention needs more fall back to repeating the cache along the batch. Only
 the hidden state at each row's last real token goes through the LM head.
@@ -257,10 +260,15 @@ class PrefixSimulator(TorchSimulatorBase):
         mass = np.zeros(len(pairs), np.float32)
         head_cache = self._head_cache()
         n_head = len(self._head_ids)
-        for c, rows in context_groups(pairs):
-            prefix = self.builder.prefix(contexts[c].text, contexts[c].last_token)
-            if prefix[:n_head] != self._head_ids:  # cannot happen with PromptBuilder; guards a custom one
-                raise RuntimeError("prompt prefix does not start with the template head")
+        groups = context_groups(pairs)
+        # Contexts with one pair: batched across contexts against the head (same FLOPs, bigger products).
+        lone = [rows[0] for _, rows in groups if len(rows) == 1] if head_cache is not None else []
+        if len(lone) > 1:
+            self._lone_pairs(contexts, explanations, pairs, np.asarray(lone), head_cache, n_head, probs, mass,
+                             progress)
+            groups = [(c, rows) for c, rows in groups if len(rows) > 1]
+        for c, rows in groups:
+            prefix = self._checked_prefix(contexts[c], n_head)
             ctx_ids = torch.tensor([prefix[n_head:]], dtype=torch.long, device=self.device)
             cache = copy.deepcopy(head_cache) if head_cache is not None else None
             cache = self._run(ctx_ids, cache, n_head)[1]
@@ -272,3 +280,23 @@ class PrefixSimulator(TorchSimulatorBase):
                 if progress is not None:
                     progress(len(sel))
         return probs, mass
+
+    def _checked_prefix(self, context: SimContext, n_head: int) -> list[int]:
+        prefix = self.builder.prefix(context.text, context.last_token)
+        if prefix[:n_head] != self._head_ids:  # cannot happen with PromptBuilder; guards a custom one
+            raise RuntimeError("prompt prefix does not start with the template head")
+        return prefix
+
+    def _lone_pairs(self, contexts, explanations, pairs: np.ndarray, rows: np.ndarray, head_cache, n_head: int,
+                    probs: np.ndarray, mass: np.ndarray, progress: Progress | None) -> None:
+        """Pairs whose context is scored once: each row is context + explanation suffix after the shared head."""
+        tails = [self._checked_prefix(contexts[int(c)], n_head)[n_head:] + self.builder.suffix(explanations[int(e)])
+                 for c, e in pairs[rows]]
+        # Rows are up to ~5x longer than a suffix: the batch limit is scaled so a batch holds about as many
+        # token positions as a suffix batch would.
+        per_batch = max(1, self.batch_size * 16 // max(16, int(np.mean([len(t) for t in tails]))))
+        for sel in plan_batches([len(t) for t in tails], per_batch):
+            p, m = self._suffix_answers(head_cache, n_head, [tails[i] for i in sel])
+            probs[rows[sel]], mass[rows[sel]] = p, m
+            if progress is not None:
+                progress(len(sel))

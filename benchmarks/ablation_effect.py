@@ -1,0 +1,97 @@
+"""How much deleting a set of latents moves last-position CE on a task: the denominator of recovery.
+
+Recovery = (CE(latent_zero) - CE(simulated)) / (CE(latent_zero) - CE(coder)) is only bounded when deleting the
+rewritten latents moves CE by more than its noise. This measures that denominator, with a bootstrap CI over
+contexts, for several latent sets (random live latents, the most frequent ones, all of them) and numbers of
+contexts, plus zeroing the hooked module's whole output, before a validation run is sized around it.
+
+    python benchmarks/ablation_effect.py --task smollm2-135m-l8-offline --windows 540
+
+Contexts: the task's test windows, then activation-sample windows (T + 1 tokens each) up to `--windows`. No
+simulator is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="smollm2-135m-l8-offline")
+    ap.add_argument("--override", action="append", default=None,
+                    help="task overrides (default: the cascade validation's, benchmarks/cascade_validation.py)")
+    ap.add_argument("--windows", type=int, default=540)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[160, 512])
+    ap.add_argument("--draws", type=int, default=4000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from benchmarks.cascade_validation import OVERRIDES
+    from harness.data.prepare import prepare
+    from harness.model.patch import Patcher
+    from harness.task.inputs import TaskInputs
+    from harness.task.spec import load_task
+
+    torch.set_num_threads(args.threads)
+    spec = load_task(args.task, OVERRIDES if args.override is None else args.override)
+    inputs = TaskInputs(spec, "cpu")
+    prep = prepare(spec, inputs=inputs)
+    coder = inputs.coder()
+    model, _ = inputs.subject()
+    fr = prep.table.fire_rate
+    alive = np.flatnonzero(fr > 0)
+    rng = np.random.default_rng(args.seed)
+    sets: dict[str, np.ndarray] = {}
+    for n in args.sizes:
+        sets[f"{n} random live"] = np.sort(rng.choice(alive, n, replace=False))
+        sets[f"{n} most frequent"] = np.sort(np.argsort(-fr, kind="stable")[:n])
+    sets[f"all {coder.num_latents}"] = np.arange(coder.num_latents)
+    windows = np.concatenate([prep.splits["test"], prep.splits["activation"]])[: args.windows]
+    patcher = Patcher(model, spec.coder.hookpoint, spec.coder.kind)
+    names = ["coder", "zero output"] + list(sets)
+    ce: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    with torch.inference_mode():
+        for s in range(0, len(windows), 60):
+            ids = torch.from_numpy(windows[s:s + 60]).long()
+            with patcher.prefix(ids[:, :-1]) as h:
+                last = h.capture(ids[:, -1])
+                z = coder.dense(*coder.encode(last.x))
+                reps = [coder.decode_dense(z, last.x), torch.zeros_like(last.y)]
+                for S in sets.values():
+                    zz = z.clone()
+                    zz[:, torch.as_tensor(S)] = 0
+                    reps.append(coder.decode_dense(zz, last.x))
+                out = h.ce_batch(reps, ids[:, -1]).double().numpy()
+            for key, row in zip(names, out, strict=True):
+                ce[key].append(row)
+    arr = {k: np.concatenate(v) for k, v in ce.items()}
+    ns = [n for n in (60, 120, 240, len(windows)) if n <= len(windows)]
+    print(f"{spec.id} ({spec.coder.hookpoint}): CE(deleted) - CE(coder) at the last position, nats, mean "
+          f"[95% bootstrap CI over contexts, {args.draws} draws, seed {args.seed}]; zero output: minus CE(coder)\n")
+    print("| deleted | share of firings | " + " | ".join(f"n = {n}" for n in ns) + " |")
+    print("|---|---:|" + "---:|" * len(ns))
+    for k in ["zero output"] + list(sets):
+        d = arr[k] - arr["coder"]
+        share = "-" if k == "zero output" else f"{fr[sets[k]].sum() / fr.sum():.2f}"
+        cells = []
+        for n in ns:
+            b = np.random.default_rng(args.seed).integers(0, n, (args.draws, n))
+            m = d[:n][b].mean(1)
+            cells.append(f"{d[:n].mean():+.4f} [{np.quantile(m, .025):+.4f}, {np.quantile(m, .975):+.4f}]")
+        print(f"| {k} | {share} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
