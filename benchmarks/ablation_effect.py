@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     sets[f"all {coder.num_latents}"] = np.arange(coder.num_latents)
     windows = np.concatenate([prep.splits["test"], prep.splits["activation"]])[: args.windows]
     patcher = Patcher(model, spec.coder.hookpoint, spec.coder.kind)
-    names = ["coder", "zero output"] + list(sets)
+    names = ["coder", "clean", "zero output"] + list(sets)
     ce: dict[str, list[np.ndarray]] = {k: [] for k in names}
     with torch.inference_mode():
         for s in range(0, len(windows), 60):
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
             with patcher.prefix(ids[:, :-1]) as h:
                 last = h.capture(ids[:, -1])
                 z = coder.dense(*coder.encode(last.x))
-                reps = [coder.decode_dense(z, last.x), torch.zeros_like(last.y)]
+                reps = [coder.decode_dense(z, last.x), last.y, torch.zeros_like(last.y)]
                 for S in sets.values():
                     zz = z.clone()
                     zz[:, torch.as_tensor(S)] = 0
@@ -78,12 +78,13 @@ def main(argv=None) -> int:
     arr = {k: np.concatenate(v) for k, v in ce.items()}
     ns = [n for n in (60, 120, 240, len(windows)) if n <= len(windows)]
     print(f"{spec.id} ({spec.coder.hookpoint}): CE(deleted) - CE(coder) at the last position, nats, mean "
-          f"[95% bootstrap CI over contexts, {args.draws} draws, seed {args.seed}]; zero output: minus CE(coder)\n")
+          f"[95% bootstrap CI over contexts, {args.draws} draws, seed {args.seed}]; 'clean' is the model's own MLP "
+          f"output, 'zero output' the MLP output set to 0 at that position\n")
     print("| deleted | share of firings | " + " | ".join(f"n = {n}" for n in ns) + " |")
     print("|---|---:|" + "---:|" * len(ns))
-    for k in ["zero output"] + list(sets):
+    for k in ["clean", "zero output"] + list(sets):
         d = arr[k] - arr["coder"]
-        share = "-" if k == "zero output" else f"{fr[sets[k]].sum() / fr.sum():.2f}"
+        share = f"{fr[sets[k]].sum() / fr.sum():.2f}" if k in sets else "-"
         cells = []
         for n in ns:
             b = np.random.default_rng(args.seed).integers(0, n, (args.draws, n))

@@ -330,7 +330,7 @@ def cmd_report(args) -> int:
                      "test_missed_true": int((matter_test & filled).sum()),
                      "metrics": met, "inside_exhaustive_ci": inside})
     summary = {"task": spec.id, "task_hash": spec.hash, "overrides": list(args.override),
-               "explanations": {"path": str(args.explanations), "sha256": sub.sha256, "method": sub.method},
+               "explanations": {"path": _rel(args.explanations), "sha256": sub.sha256, "method": sub.method},
                "n_latents": int(len(latents)), "n_calibration": int(len(prep.splits["calibration"])),
                "n_test": int(len(prep.splits["test"])), "exhaustive_predictions": n_exh,
                "exhaustive": base, "exhaustive_test_pairs_matter": int(matter_test.sum()), "ranker": args.ranker, "sample": args.sample, "seed": args.seed,
@@ -344,6 +344,12 @@ def cmd_report(args) -> int:
     plot(summary, out / "cascade.png")
     print(f"wrote {out / 'summary.json'} and {out / 'cascade.png'}")
     return 0
+
+
+def _rel(path) -> str:
+    """A path inside the repository as written relative to it, so the summary reads the same in any clone."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
 
 
 def _nan(x):
