@@ -301,6 +301,14 @@ def test_estimate_prints_exhaustive_and_cascade_cost(tiny, capsys):
     assert main(["estimate", "--task", str(tiny / "task"), "--cascade", "top=2,sample=0.5"]) == 0
     out = capsys.readouterr().out
     assert "exhaustive" in out and "cascade (top 2, sample 0.5)" in out
+    # The floor bound: n_cal x k + 2 m (firing rates sum to at most k), capped at n_cal x m.
+    from harness.simulate.cost import rewritten_count
+    from harness.task.spec import load_task
+
+    spec = load_task(str(tiny / "task"))
+    m, n_cal = rewritten_count(spec), spec.contexts.calibration
+    bound = min(n_cal * spec.coder.k + 2 * m, n_cal * m)
+    assert f"adds at most {bound:,}" in " ".join(out.split())
 
 
 def test_embedding_ranker_unit_vectors_and_self_similarity(tmp_path):

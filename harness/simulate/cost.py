@@ -79,8 +79,12 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
     print_table(console, (Column("split"), *(Column(n, numeric=True) for n in costs)), counts,
                 title=f"{spec.id} ({spec.hash[:12]}): simulator predictions ({cost.latents:,} latents)")
     if cascade is not None:
+        # The floor is sum_j min(ceil(r_j n_cal) + 1, n_cal) over rewritten latents, and firing rates sum to at
+        # most k (TopK keeps k latents per token): so at most n_cal k + 2m more, whatever the fire rates are.
+        n_cal = spec.contexts.calibration
+        floor = min(n_cal * spec.coder.k + 2 * cost.latents, n_cal * cost.latents)
         console.print(f"the cascade makes {cost.total / max(costs[list(costs)[1]].total, 1):.1f}x fewer predictions "
-                      "(expected; its random sample varies, and its calibration floor adds a few)")
+                      f"(expected; its random sample varies, and its calibration floor adds at most {floor:,})")
     rows = [m for m in load_throughputs() if backend in ("auto", m["backend"])]
     if not rows:
         raise HarnessError(f"no measured throughput for backend {backend!r} in {THROUGHPUT_FILE}: "
