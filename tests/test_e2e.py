@@ -182,6 +182,32 @@ def test_top_examples_cache_follows_top_n(tiny, monkeypatch):
     assert np.all(np.diff(big["value"], axis=1)[big["block"][:, 1:] >= 0] <= 0)
 
 
+def test_prepare_keeps_the_top_examples_of_its_own_encoding_pass(tiny, tmp_path, monkeypatch):
+    """A fresh prepare writes the baselines' top examples from the pass that builds the activation table;
+    they equal what explain computes by encoding the sample again, and explain then reads them."""
+    from harness.baselines import explain
+    from harness.data.prepare import prepare
+    from harness.task.inputs import TaskInputs
+    from harness.task.spec import load_task
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))   # a fresh cache: prepare encodes
+    spec = load_task(str(tiny / "task"))
+    prep = prepare(spec)
+    kept = dict(np.load(prep.cache_dir / "top_examples.npz"))
+    inputs = TaskInputs(spec, "cpu")
+    model, _ = inputs.subject()
+    calls = []
+    original = explain.encode_positions
+    monkeypatch.setattr(explain, "encode_positions", lambda *a, **k: calls.append(1) or original(*a, **k))
+    assert set(explain.top_examples(prep, model, inputs.coder(), "cpu")) >= {"block", "pos", "value"}
+    assert not calls                                           # read from prepare's file, not re-encoded
+    (prep.cache_dir / "top_examples.npz").unlink()
+    again = explain.top_examples(prep, model, inputs.coder(), "cpu")
+    assert calls                                               # no file: explain encodes the sample itself
+    for key in ("block", "pos", "value", "rewritten"):
+        np.testing.assert_array_equal(again[key], kept[key])
+
+
 def test_verify_result_recomputes_tiny_results(tiny, capsys):
     """Every number of fresh tiny-task results is recomputed from the side file; a tampered number fails."""
     task = str(tiny / "task")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from harness.data.prepare import Prepared, encode_positions, prepare
+from harness.data.select import TOP_EXAMPLES, top_examples_table
 from harness.errors import HarnessError
 from harness.io import cache_root, load_cached, load_npz, progress, save_npz, writable_file
 from harness.model.patch import resolve_hookpoint
@@ -21,7 +22,7 @@ from harness.task.inputs import TaskInputs
 from harness.task.spec import load_task
 from harness.task.submission import save_submission
 
-TOP_N = 100  # top-activating examples kept per latent (top-tokens counts them all; llm shows the first few)
+TOP_N = TOP_EXAMPLES  # top-activating examples per latent (top-tokens counts them all; llm shows the first few)
 
 
 def top_examples(prep: Prepared, model, coder, device) -> dict[str, np.ndarray]:
@@ -32,27 +33,10 @@ def top_examples(prep: Prepared, model, coder, device) -> dict[str, np.ndarray]:
         return cached
     spec = prep.spec
     lo, T = spec.min_position(), spec.contexts.T
-    vals, inds = encode_positions(model, resolve_hookpoint(model, spec.coder.hookpoint), coder, spec.coder.kind, prep.splits["activation"],
-                                  lo, T, "top-activating examples", device)
-    n, span, k = vals.shape
-    flat_v, flat_i = vals.reshape(-1), inds.reshape(-1).astype(np.int64)
-    ctx = np.repeat(np.arange(n * span), k)
-    keep = flat_v > 0
-    flat_v, flat_i, ctx = flat_v[keep], flat_i[keep], ctx[keep]
-    order = np.lexsort((-flat_v, flat_i))  # by latent, then by activation descending
-    flat_v, flat_i, ctx = flat_v[order], flat_i[order], ctx[order]
-    m = len(prep.rewritten)
-    block = np.full((m, TOP_N), -1, np.int64)
-    pos = np.full((m, TOP_N), -1, np.int64)
-    value = np.zeros((m, TOP_N), np.float32)
-    starts = np.searchsorted(flat_i, prep.rewritten, side="left")
-    ends = np.searchsorted(flat_i, prep.rewritten, side="right")
-    for r, (a, b) in enumerate(zip(starts, ends, strict=True)):
-        take = min(TOP_N, b - a)
-        c = ctx[a:a + take]
-        block[r, :take], pos[r, :take] = c // span, c % span + lo
-        value[r, :take] = flat_v[a:a + take]
-    save_npz(f, block=block, pos=pos, value=value, rewritten=prep.rewritten)
+    # Only for a task prepared before prepare kept its top examples: prepare writes this file in its own pass.
+    vals, inds = encode_positions(model, resolve_hookpoint(model, spec.coder.hookpoint), coder, spec.coder.kind,
+                                  prep.splits["activation"], lo, T, "top-activating examples", device)
+    save_npz(f, **top_examples_table(vals, inds, prep.rewritten, lo, TOP_N))
     return load_npz(f)
 
 

@@ -25,6 +25,7 @@ from harness.data.select import (
     make_splits,
     split_sizes,
     token_concentration,
+    top_examples_table,
 )
 from harness.data.table import ActivationTable, build_activation_table
 from harness.errors import HarnessError
@@ -153,6 +154,7 @@ def prepare(spec: TaskSpec, device: str | torch.device = "cpu", inputs: TaskInpu
     f_table, f_stats = cache / "activation_table.npz", cache / "latent_stats.npz"
     table = load_cached(f_table, ActivationTable.load)
     stats = load_cached(f_stats, keys=("top_token_share", "top_token"))
+    encoded = None   # the activation sample's codes, when this run encodes it
     # A format-1 table keeps only a quantile grid (inexact above Q - 1 non-zero values): rebuild it once.
     if table is None or stats is None or not table.exact:
         m, _ = subject()
@@ -168,7 +170,11 @@ def prepare(spec: TaskSpec, device: str | torch.device = "cpu", inputs: TaskInpu
         table.save(tmp)
         os.replace(tmp, f_table)
         table = ActivationTable.load(f_table)
+        encoded = (v, i)
     rewritten = choose_rewritten(spec, table, coder.num_latents, stats)
+    if encoded is not None:
+        # The baselines' top-activating examples come from the same pass (harness explain reads them).
+        save_npz(cache / "top_examples.npz", **top_examples_table(*encoded, rewritten, lo))
 
     f_det = cache / "detection.npz"
     det = load_cached(f_det, keys=("pos", "neg", "contexts", "rewritten"))

@@ -143,3 +143,31 @@ def choose_detection(vals: np.ndarray, inds: np.ndarray, rewritten: np.ndarray, 
         take = rng.choice(cand, min(n_neg, len(cand)), replace=False)
         neg[r, : len(take)] = take
     return pos, neg, contexts
+
+
+TOP_EXAMPLES = 100  # top-activating examples kept per rewritten latent (top-tokens counts them all; llm shows a few)
+
+
+def top_examples_table(vals: np.ndarray, inds: np.ndarray, rewritten: np.ndarray, lo: int,
+                       top_n: int = TOP_EXAMPLES) -> dict[str, np.ndarray]:
+    """Per rewritten latent, its `top_n` highest activations in an encoded sample: (block, position, value),
+    -1 / 0 padded. `vals`, `inds` [n_blocks, span, k] as `encode_positions` returns them for positions lo..."""
+    n, span, k = vals.shape
+    flat_v, flat_i = vals.reshape(-1), inds.reshape(-1).astype(np.int64)
+    ctx = np.repeat(np.arange(n * span), k)
+    keep = flat_v > 0
+    flat_v, flat_i, ctx = flat_v[keep], flat_i[keep], ctx[keep]
+    order = np.lexsort((-flat_v, flat_i))  # by latent, then by activation descending
+    flat_v, flat_i, ctx = flat_v[order], flat_i[order], ctx[order]
+    m = len(rewritten)
+    block = np.full((m, top_n), -1, np.int64)
+    pos = np.full((m, top_n), -1, np.int64)
+    value = np.zeros((m, top_n), np.float32)
+    starts = np.searchsorted(flat_i, rewritten, side="left")
+    ends = np.searchsorted(flat_i, rewritten, side="right")
+    for r, (a, b) in enumerate(zip(starts, ends, strict=True)):
+        take = min(top_n, b - a)
+        c = ctx[a:a + take]
+        block[r, :take], pos[r, :take] = c // span, c % span + lo
+        value[r, :take] = flat_v[a:a + take]
+    return {"block": block, "pos": pos, "value": value, "rewritten": np.asarray(rewritten)}
