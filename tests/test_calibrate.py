@@ -352,3 +352,27 @@ def test_weighted_detection_thresholds_equal_the_repeated_sample():
         assert got[j] == detection_thresholds(rep[:, None], rate[j:j + 1])[0]
     np.testing.assert_array_equal(detection_thresholds(calib, rate, np.ones_like(calib)),
                                   detection_thresholds(calib, rate))
+
+
+def test_top_examples_floor_leaves_the_top_examples_unchanged():
+    """Dropping entries below each latent's top-n floor (from the exact table of the same sample) before the
+    sort gives the same examples, ties included, as sorting everything."""
+    from harness.data.select import top_examples_floor, top_examples_table
+    from harness.data.table import build_activation_table
+
+    rng = np.random.default_rng(7)
+    n, span, k, m = 40, 6, 3, 12
+    inds = np.stack([np.stack([rng.choice(m, k, replace=False) for _ in range(span)]) for _ in range(n)])
+    vals = np.round(rng.exponential(size=(n, span, k)), 1).astype(np.float32)   # rounded: many ties
+    vals[rng.random(vals.shape) < 0.2] = 0.0
+    table = build_activation_table(vals.reshape(-1, k), inds.reshape(-1, k).astype(np.int64), m, 11, "inverted_cdf")
+    rewritten = np.array([0, 3, 5, 11])
+    for top_n in (1, 3, 10, 500):
+        full = top_examples_table(vals, inds.astype(np.uint16), rewritten, 4, top_n)
+        fast = top_examples_table(vals, inds.astype(np.uint16), rewritten, 4, top_n,
+                                  floor=top_examples_floor(table, rewritten, top_n))
+        for key in ("block", "pos", "value"):
+            np.testing.assert_array_equal(fast[key], full[key])
+    # by hand for one latent: its largest value first, at its block and position (+ lo)
+    b, s, c = np.unravel_index(np.argmax(np.where(inds == 3, vals, -1)), vals.shape)
+    assert full["value"][1, 0] == vals[b, s, c] and (full["block"][1, 0], full["pos"][1, 0]) == (b, s + 4)

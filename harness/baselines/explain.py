@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from harness.data.prepare import Prepared, encode_positions, prepare
-from harness.data.select import TOP_EXAMPLES, top_examples_table
+from harness.data.select import TOP_EXAMPLES, top_examples_floor, top_examples_table
 from harness.errors import HarnessError
 from harness.io import cache_root, load_cached, load_npz, progress, save_npz, writable_file
 from harness.model.patch import resolve_hookpoint
@@ -36,7 +36,8 @@ def top_examples(prep: Prepared, model, coder, device) -> dict[str, np.ndarray]:
     # Only for a task prepared before prepare kept its top examples: prepare writes this file in its own pass.
     vals, inds = encode_positions(model, resolve_hookpoint(model, spec.coder.hookpoint), coder, spec.coder.kind,
                                   prep.splits["activation"], lo, T, "top-activating examples", device)
-    save_npz(f, **top_examples_table(vals, inds, prep.rewritten, lo, TOP_N))
+    floor = top_examples_floor(prep.table, prep.rewritten, TOP_N) if prep.table.exact else None
+    save_npz(f, **top_examples_table(vals, inds, prep.rewritten, lo, TOP_N, floor))
     return load_npz(f)
 
 

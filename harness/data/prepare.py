@@ -25,6 +25,7 @@ from harness.data.select import (
     make_splits,
     split_sizes,
     token_concentration,
+    top_examples_floor,
     top_examples_table,
 )
 from harness.data.table import ActivationTable, build_activation_table
@@ -174,7 +175,8 @@ def prepare(spec: TaskSpec, device: str | torch.device = "cpu", inputs: TaskInpu
     rewritten = choose_rewritten(spec, table, coder.num_latents, stats)
     if encoded is not None:
         # The baselines' top-activating examples come from the same pass (harness explain reads them).
-        save_npz(cache / "top_examples.npz", **top_examples_table(*encoded, rewritten, lo))
+        save_npz(cache / "top_examples.npz",
+                 **top_examples_table(*encoded, rewritten, lo, floor=top_examples_floor(table, rewritten)))
 
     f_det = cache / "detection.npz"
     det = load_cached(f_det, keys=("pos", "neg", "contexts", "rewritten"))

@@ -148,15 +148,30 @@ def choose_detection(vals: np.ndarray, inds: np.ndarray, rewritten: np.ndarray, 
 TOP_EXAMPLES = 100  # top-activating examples kept per rewritten latent (top-tokens counts them all; llm shows a few)
 
 
+def top_examples_floor(table, rewritten: np.ndarray, top_n: int = TOP_EXAMPLES) -> np.ndarray:
+    """[num_latents] the smallest activation that can be among a rewritten latent's `top_n` in the sample its
+    exact activation table was built from (+inf for the other latents): lets `top_examples_table` skip the
+    full sort of every (position, slot) of a 10M-token sample."""
+    floor = np.full(table.num_latents, np.inf, np.float32)
+    for j in np.asarray(rewritten, np.int64):
+        nz = table.nonzero_values(int(j))
+        floor[j] = nz[-top_n] if len(nz) >= top_n else 0.0
+    return floor
+
+
 def top_examples_table(vals: np.ndarray, inds: np.ndarray, rewritten: np.ndarray, lo: int,
-                       top_n: int = TOP_EXAMPLES) -> dict[str, np.ndarray]:
+                       top_n: int = TOP_EXAMPLES, floor: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per rewritten latent, its `top_n` highest activations in an encoded sample: (block, position, value),
-    -1 / 0 padded. `vals`, `inds` [n_blocks, span, k] as `encode_positions` returns them for positions lo..."""
+    -1 / 0 padded, ties in sample order. `vals`, `inds` [n_blocks, span, k] as `encode_positions` returns them
+    for positions lo... `floor` (`top_examples_floor`): entries below it are dropped before sorting, which
+    leaves the answer unchanged (they could not be among the top) and the sort small."""
     n, span, k = vals.shape
-    flat_v, flat_i = vals.reshape(-1), inds.reshape(-1).astype(np.int64)
-    ctx = np.repeat(np.arange(n * span), k)
+    flat_v, flat_i = vals.reshape(-1), inds.reshape(-1)
     keep = flat_v > 0
-    flat_v, flat_i, ctx = flat_v[keep], flat_i[keep], ctx[keep]
+    if floor is not None:
+        keep &= flat_v >= floor[flat_i]
+    where = np.flatnonzero(keep)
+    flat_v, flat_i, ctx = flat_v[where], flat_i[where].astype(np.int64), where // k
     order = np.lexsort((-flat_v, flat_i))  # by latent, then by activation descending
     flat_v, flat_i, ctx = flat_v[order], flat_i[order], ctx[order]
     m = len(rewritten)
