@@ -312,11 +312,9 @@ def _verify_detection(side, res, chk: _Checker, rep: Report) -> np.ndarray | Non
                 share = np.array([wj[cal[:, j] >= v].sum() for v in cal[:, j]]) / wj.sum()
                 ok = (wj > 0) & (share >= rate[j] - 1e-9 / wj.sum())
                 want = cal[ok, j].max() if rate[j] > 0 and ok.any() else math.inf
-                chk.num(f"detection_threshold[{j}]", want if math.isfinite(want) else None,
-                        float(thr[j]) if math.isfinite(thr[j]) else None)
-                continue
-            k = int(math.ceil(round(rate[j] * ncal, 9)))
-            want = -np.sort(-cal[:, j])[k - 1] if k > 0 else math.inf
+            else:
+                k = int(math.ceil(round(rate[j] * ncal, 9)))
+                want = -np.sort(-cal[:, j])[k - 1] if k > 0 else math.inf
             chk.num(f"detection_threshold[{j}]", want if math.isfinite(want) else None,
                     float(thr[j]) if math.isfinite(thr[j]) else None)
     for key, arr in (("detection_threshold", thr), ("fire_rate", side.get("fire_rate"))):

@@ -33,6 +33,10 @@ CALIBRATION_MODES = ("quantile", "none", "prompt-fit")
 
 def fit_normaliser(pred_calib: np.ndarray) -> np.ndarray:
     """The fitted F_pred is just the sorted calibration sample (along axis 0 for [n_cal, m])."""
+    return np.sort(_checked_calibration(pred_calib), axis=0)
+
+
+def _checked_calibration(pred_calib: np.ndarray) -> np.ndarray:
     x = np.asarray(pred_calib, dtype=np.float64)
     if x.ndim not in (1, 2) or x.shape[0] == 0:
         raise HarnessError(f"calibration predictions must be a non-empty [n_cal] or [n_cal, m] "
@@ -40,7 +44,7 @@ def fit_normaliser(pred_calib: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise HarnessError("calibration predictions contain NaN or inf; rerun the simulator on "
                            "the calibration split")
-    return np.sort(x, axis=0)
+    return x
 
 
 def ecdf_midrank(sorted_calib: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -127,11 +131,11 @@ def quantile_levels(pred_calib: np.ndarray, x: np.ndarray, weights: np.ndarray |
     counted `weights[i, j]` times when weights are given (None: once each)."""
     if weights is None:
         return ecdf_midrank(fit_normaliser(pred_calib), x)
-    fit_normaliser(pred_calib)   # the same checks on the calibration sample
+    pred_calib = _checked_calibration(pred_calib)   # fit_normaliser's checks, without its sort
     w = np.asarray(weights, dtype=np.float64)
-    if w.shape != np.shape(pred_calib):
+    if w.shape != pred_calib.shape:
         raise HarnessError(f"calibration weights have shape {w.shape}, the calibration predictions "
-                           f"{np.shape(pred_calib)}")
+                           f"{pred_calib.shape}")
     x = np.asarray(x, dtype=np.float64)
     out = np.empty(x.shape, dtype=np.float64)
     for col in range(w.shape[1]):

@@ -273,13 +273,17 @@ class PrefixSimulator(TorchSimulatorBase):
             cache = copy.deepcopy(head_cache) if head_cache is not None else None
             cache = self._run(ctx_ids, cache, n_head)[1]
             suffixes = [self.builder.suffix(explanations[int(e)]) for e in pairs[rows, 1]]
-            # Similar lengths in one batch waste less on padding.
-            for sel in plan_batches([len(s) for s in suffixes], self.batch_size):
-                p, m = self._suffix_answers(cache, len(prefix), [suffixes[i] for i in sel])
-                probs[rows[sel]], mass[rows[sel]] = p, m
-                if progress is not None:
-                    progress(len(sel))
+            self._batched(cache, len(prefix), suffixes, rows, self.batch_size, probs, mass, progress)
         return probs, mass
+
+    def _batched(self, cache, prefix_len: int, seqs: list[list[int]], rows: np.ndarray, max_batch: int,
+                 probs: np.ndarray, mass: np.ndarray, progress: Progress | None) -> None:
+        """Answers for `seqs` appended to the cached prefix, into `probs` / `mass` at `rows`; similar lengths
+        share a batch, which wastes less on padding."""
+        for sel in plan_batches([len(s) for s in seqs], max_batch):
+            probs[rows[sel]], mass[rows[sel]] = self._suffix_answers(cache, prefix_len, [seqs[i] for i in sel])
+            if progress is not None:
+                progress(len(sel))
 
     def _checked_prefix(self, context: SimContext, n_head: int) -> list[int]:
         prefix = self.builder.prefix(context.text, context.last_token)
@@ -295,8 +299,4 @@ class PrefixSimulator(TorchSimulatorBase):
         # Rows are up to ~5x longer than a suffix: the batch limit is scaled so a batch holds about as many
         # token positions as a suffix batch would.
         per_batch = max(1, self.batch_size * 16 // max(16, int(np.mean([len(t) for t in tails]))))
-        for sel in plan_batches([len(t) for t in tails], per_batch):
-            p, m = self._suffix_answers(head_cache, n_head, [tails[i] for i in sel])
-            probs[rows[sel]], mass[rows[sel]] = p, m
-            if progress is not None:
-                progress(len(sel))
+        self._batched(head_cache, n_head, tails, rows, per_batch, probs, mass, progress)
