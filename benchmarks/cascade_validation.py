@@ -295,6 +295,48 @@ def ranker_recall(args, prep, latents, sub, inputs, exhaustive_side: Path, tops)
     return out
 
 
+def error_check(prep, latents, sub, inputs, exhaustive_side: Path, tops, samples, seeds: int) -> list[dict]:
+    """The cascade's error estimate against the truth over `seeds` random samples per (M, sample rate), from
+    the exhaustive predictions alone (no patching: the estimate reads only predictions and the selection).
+    Truth: test pairs the cascade did not simulate whose exhaustive calibrated value is > 0."""
+    from harness.simulate.cascade import (
+        CascadeSettings,
+        Selection,
+        error_estimate,
+        matter_counts,
+        matter_probabilities,
+        plan_for,
+    )
+    from harness.simulate.run import scored_contexts
+
+    with np.load(exhaustive_side) as z:
+        pc, pt, matter = z["pred_calibration"], z["pred_test"], z["sim_values__quantile"] > 0
+    c = len(pc)
+    counts2 = matter_counts(prep.table, latents, c)
+    scored = scored_contexts(prep, inputs.subject()[1])
+    explanations = [sub.explanations[int(j)] for j in latents]
+    rows = []
+    for M in tops:
+        for rate in samples:
+            est, lo, hi, true = [], [], [], []
+            for seed in range(seeds):
+                sel = plan_for(CascadeSettings(top=int(M), sample=rate, seed=seed), prep, scored, explanations,
+                               latents).selection
+                probs = matter_probabilities(pc, pt, sel, counts2)
+                e = error_estimate(probs[c:], Selection(sel.selected[c:], sel.sampled[c:]))["missed"]
+                est.append(e["value"])
+                lo.append(e["lo"])
+                hi.append(e["hi"])
+                true.append(int((matter & ~sel.simulated[c:]).sum()))
+            est_a, true_a = np.asarray(est), np.asarray(true)
+            rows.append({"top": int(M), "sample": rate, "seeds": seeds,
+                         "seed0": {"value": est[0], "lo": lo[0], "hi": hi[0], "true": true[0]},
+                         "mean_estimate": float(est_a.mean()), "mean_true": float(true_a.mean()),
+                         "ratio": float(est_a.mean() / max(true_a.mean(), 1e-12)),
+                         "coverage": float(np.mean((np.asarray(lo) <= true_a) & (true_a <= np.asarray(hi))))})
+    return rows
+
+
 def cmd_report(args) -> int:
     from harness.simulate.cascade import CascadeSettings
 
@@ -307,6 +349,7 @@ def cmd_report(args) -> int:
     base = metrics_of(exh, exh_side, sc.bootstrap, sc.seed)
     n_exh = exh["provenance"]["n_predictions"]
     recall = ranker_recall(args, prep, latents, sub, inputs, exh_side, sorted(set(args.tops) | {16}))
+    check = error_check(prep, latents, sub, inputs, exh_side, args.error_tops, args.error_samples, args.error_seeds)
     # The truth the error estimate guesses at: exhaustive test pairs that matter (calibrated value > 0).
     with np.load(exh_side) as z:
         matter_test = z["sim_values__quantile"] > 0
@@ -334,7 +377,7 @@ def cmd_report(args) -> int:
                "n_latents": int(len(latents)), "n_calibration": int(len(prep.splits["calibration"])),
                "n_test": int(len(prep.splits["test"])), "exhaustive_predictions": n_exh,
                "exhaustive": base, "exhaustive_test_pairs_matter": int(matter_test.sum()), "ranker": args.ranker, "sample": args.sample, "seed": args.seed,
-               "ranker_recall": recall, "cascades": rows,
+               "ranker_recall": recall, "cascades": rows, "error_check": check,
                "simulator": dict(exh["simulator"]), "bootstrap": {"draws": sc.bootstrap, "seed": sc.seed}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False, default=_nan) + "\n")
@@ -386,6 +429,17 @@ def table_md(s: dict) -> str:
         out.append(f"| {r['top']} | {r.get('calibration', 'fill')} | {r['n_llm_predictions']:,} | {r['saving_pairs']:.1f}x / {r['saving']:.1f}x | "
                    + " | ".join(cells) + f" | {e['value']:.1f} [{e['lo']:.1f}, {e['hi']:.1f}] / "
                    f"{r.get('test_missed_true', 'n/a')} |")
+    if s.get("error_check"):
+        n = s["error_check"][0]["seeds"]
+        out += ["", f"Error estimate against the truth (test pairs not simulated that matter in the exhaustive run), "
+                f"ranker `{s['ranker']}`, weighted calibration; seed 0, and over seeds 0-{n - 1} of the random sample:",
+                "", "| M | sample | seed 0: estimate [95% CI] | seed 0: true | mean estimate | mean true | ratio | "
+                "true inside the CI |", "|---|---|---|---|---|---|---|---|"]
+        for r in s["error_check"]:
+            e = r["seed0"]
+            out.append(f"| {r['top']} | {r['sample']:g} | {e['value']:.0f} [{e['lo']:.0f}, {e['hi']:.0f}] | "
+                       f"{e['true']} | {r['mean_estimate']:.0f} | {r['mean_true']:.0f} | {r['ratio']:.2f} | "
+                       f"{r['coverage']:.0%} of {n} |")
     rec = s["ranker_recall"]
     tops = list(next(v for v in rec.values() if isinstance(v, dict)))
     out += ["", f"First-stage recall: share of the {rec['n_matter']} of {rec['n_pairs']:,} exhaustive calibration + "
@@ -465,6 +519,9 @@ def main(argv=None) -> int:
     r.add_argument("--sample", type=float, default=SAMPLE)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--ranker", default="lexical")
+    r.add_argument("--error-tops", type=int, nargs="+", default=[1, 2, 4, 8])
+    r.add_argument("--error-samples", type=float, nargs="+", default=[0.02, 0.05])
+    r.add_argument("--error-seeds", type=int, default=20)
     r.add_argument("--calibrations", nargs="+", default=["weighted", "fill"], choices=["weighted", "fill"])
     args = ap.parse_args(argv)
     if args.override is None:

@@ -142,8 +142,8 @@ def _print_summary(r: Mapping[str, Any]) -> None:
         c, e = r["cascade"], r["cascade"]["error"]["test"]
         console.print(f"cascade {c['settings']}: {c['n_llm_predictions']:,} simulator predictions of "
                       f"{c['exhaustive_predictions']:,} ({c['saving']:.1f}x fewer); test pairs not simulated that "
-                      f"would matter, estimated from {e['n_sampled']:,} sampled: {_fmt(e['missed'])} (an upper bound: "
-                      "benchmarks/RESULTS.md, Cascade)",
+                      f"would matter, estimated from {e['n_sampled']:,} sampled: {_fmt(e['missed'])} (the sample's "
+                      "CI; validated in benchmarks/RESULTS.md, Cascade)",
                       highlight=False)
     for w in r.get("warnings", []):
         # Degenerate predictions (constant, saturated, copied): scored as they are, but said out loud.

@@ -119,13 +119,14 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
             for mode in CALIBRATION_MODES}
     cascade_section = {}
     if plan is not None:
+        from harness.simulate.cascade import matter_counts
         from harness.simulate.cascade import summary as cascade_summary
 
-        # A pair matters when its calibrated value is non-zero; calibration pairs are mapped by their own fit.
-        matters = np.vstack([calibrate("quantile", pred.calibration, pred.calibration, prep.table, latents,
-                                       cal_w) > 0,
-                             sims["quantile"] > 0])
-        cascade_section = cascade_summary(plan, matters, int(pred.stats["n_predictions"]) - int(plan.mask.sum()))
+        # What the cascade missed is judged by the exhaustive map's criterion, not its own (whose cut rests on a
+        # latent's few real calibration predictions and over-counts ~16x: benchmarks/RESULTS.md, Cascade).
+        cascade_section = cascade_summary(plan, pred.calibration, pred.test,
+                                          matter_counts(prep.table, latents, plan.n_calibration),
+                                          int(pred.stats["n_predictions"]) - int(plan.mask.sum()))
     subsets = choose_subsets(latents, sc.fractions, sel_scores, sc.seed)
     patched = run_conditions(model, coder, spec.coder.hookpoint, spec.coder.kind, prep.splits["test"], prep.k,
                              latents, sims, subsets, inputs.device)

@@ -20,6 +20,8 @@ from harness.simulate.cascade import (
     explanation_terms,
     lexical_scores,
     lowest_score,
+    matter_counts,
+    matter_probabilities,
     parse_cascade,
     select,
 )
@@ -160,7 +162,7 @@ def test_error_estimate_against_hand_computation():
     matters[[3, 17, 40], 5] = True              # 3 of the sampled matter
     matters[:, 0] = True                        # selected pairs never count
     matters[60:, 7] = True                      # neither do unsampled ones: the estimate cannot see them
-    e = error_estimate(matters, Selection(selected, sampled))
+    e = error_estimate(matters.astype(float), Selection(selected, sampled))
     assert (e["n_unselected"], e["n_sampled"], e["n_sampled_matter"], e["n_not_simulated"]) == (1000, 50, 3, 950)
     assert e["matter_rate"]["value"] == 3 / 50
     assert e["missed"]["value"] == pytest.approx(3 / 50 * 950)
@@ -186,9 +188,82 @@ def test_error_estimate_against_hand_computation():
     assert e["missed"]["hi"] == pytest.approx(e["matter_rate"]["hi"] * 950)
 
     # None of the sampled pairs matters: the upper bound is 1 - (0.025)^(1/n) in closed form.
-    e0 = error_estimate(np.zeros((n, m), bool), Selection(selected, sampled))
+    e0 = error_estimate(np.zeros((n, m)), Selection(selected, sampled))
     assert e0["missed"]["value"] == 0 and e0["matter_rate"]["lo"] == 0
     assert e0["matter_rate"]["hi"] == pytest.approx(1 - 0.025 ** (1 / 50), rel=1e-9)
+
+
+def test_matter_probabilities_by_hand():
+    # 4 calibration rows, 2 test rows, 2 latents; the sampled values 1, 4 (latent 0) and 7 (latent 1) form the
+    # pooled sample of unselected predictions.
+    pc = np.array([[5.0, 0.0], [1.0, 0.0], [2.0, 7.0], [3.0, 0.0]])
+    pt = np.array([[4.0, 0.0], [0.5, 0.0]])
+    selected = np.zeros((6, 2), bool)
+    sampled = np.zeros((6, 2), bool)
+    selected[0, 0] = True
+    sampled[[1, 4], 0] = True
+    selected[:, 1] = True
+    selected[2, 1], sampled[2, 1] = False, True
+    counts2 = np.array([6, 7])            # matters at mid-rank count >= 3 of 4, resp. 3.5 of 4
+    p = matter_probabilities(pc, pt, Selection(selected, sampled), counts2)
+    # test pair (0, latent 0), x = 4: known calibration values 5 and 1 give 2·D = 2; both unknown rows (2, 3)
+    # must lie below 4; pooled G(4) without the pair itself: of {1, 7}, one below -> 1/2; P = (1/2)^2.
+    assert p[4, 0] == pytest.approx(0.25)
+    # calibration pair (1, latent 0), x = 1: its own 1/2 gives 2·D = 1; 5 more half-counts need 3 rows of 2.
+    assert p[1, 0] == 0.0
+    # calibration pair (2, latent 1), x = 7: every calibration value is known, 7 is the maximum: 2·D = 7.
+    assert p[2, 1] == 1.0
+    assert p[~sampled].sum() == 0
+    # test split: 2 unselected test pairs (latent 0), 1 sampled, so 1 not simulated, estimated at 0.25 matter.
+    e = error_estimate(p[4:], Selection(selected[4:], sampled[4:]))
+    assert (e["n_unselected"], e["n_sampled"], e["n_not_simulated"]) == (2, 1, 1)
+    assert e["missed"]["value"] == pytest.approx(0.25)
+
+
+def test_matter_counts_match_calibration():
+    from harness.data.table import build_activation_table
+    from harness.score.calibrate import calibrate
+
+    rng = np.random.default_rng(0)
+    col = np.where(rng.random(200) < 0.15, rng.exponential(size=200), 0.0).astype(np.float32)
+    table = build_activation_table(col[:, None], np.zeros((200, 1), np.int64), 2, n_quantiles=101)
+    (counts2,) = matter_counts(table, np.array([0]), 8)
+    for _ in range(50):
+        pc = rng.integers(0, 6, (8, 1)).astype(float)     # ties, as the simulator's answers have
+        pt = rng.integers(-1, 8, (30, 1)).astype(float)   # some below and above every calibration value
+        nonzero = calibrate("quantile", pc, pt, table, np.array([0]))[:, 0] > 0
+        xc = np.clip(pt[:, 0], pc.min(), pc.max())
+        two_d = (pc[:, 0][None, :] < xc[:, None]).sum(1) * 2 + (pc[:, 0][None, :] == xc[:, None]).sum(1)
+        np.testing.assert_array_equal(nonzero, two_d >= counts2)
+
+
+def test_error_estimate_covers_the_true_miss_count():
+    """Synthetic cascades in which the true miss count is known: every latent's predictions come from one
+    distribution (the pooled model's premise), a noisy ranker picks the top M, and the exhaustive criterion is
+    applied to every pair. The estimate's 95% CI must hold the true count in >= 90% of 200 seeds, and its mean
+    must be within 20% of the mean true count."""
+    n_cal, n_test, m = 40, 60, 40
+    est, true, inside = [], [], 0
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        pred = rng.normal(size=(n_cal + n_test, m))
+        fire = rng.uniform(0.02, 0.12, m)
+        counts2 = np.ceil(2 * n_cal * (1 - fire)).astype(np.int64)
+        sel = select(pred + rng.normal(scale=2.0, size=pred.shape), CascadeSettings(top=2, sample=0.05, seed=seed),
+                     n_cal, fire)
+        pc, pt = pred[:n_cal], pred[n_cal:]
+        srt = np.sort(pc, axis=0)
+        two_d = np.stack([np.searchsorted(srt[:, j], np.clip(pt[:, j], srt[0, j], srt[-1, j]), "left")
+                          + np.searchsorted(srt[:, j], np.clip(pt[:, j], srt[0, j], srt[-1, j]), "right")
+                          for j in range(m)], axis=1)
+        truth = int(((two_d >= counts2) & ~sel.simulated[n_cal:]).sum())
+        probs = matter_probabilities(pc, pt, sel, counts2)
+        e = error_estimate(probs[n_cal:], Selection(sel.selected[n_cal:], sel.sampled[n_cal:]))["missed"]
+        est.append(e["value"])
+        true.append(truth)
+        inside += e["lo"] <= truth <= e["hi"]
+    assert inside / 200 >= 0.9
+    assert np.mean(est) == pytest.approx(np.mean(true), rel=0.2)
 
 
 # ---------------------------------------------------------------- on the tiny task

@@ -306,31 +306,96 @@ def lowest_score(prompt_version: str) -> float:
 
 # ---------------------------------------------------------------- error estimate
 
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact binomial interval for a proportion k/n."""
+def clopper_pearson(k: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval for a proportion k/n (the beta-quantile form, which also takes a fractional k)."""
     from scipy.stats import beta
 
     if n <= 0:
         return 0.0, 1.0
     a = (1 - level) / 2
-    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    lo = 0.0 if k <= 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k >= n else float(beta.ppf(1 - a, k + 1, n - k))
     return lo, hi
 
 
-def error_estimate(matters: np.ndarray, sel: Selection, level: float = 0.95) -> dict:
-    """How many unselected pairs the simulator would have scored high enough to matter, from the random sample.
+def matter_counts(table, latents: np.ndarray, n_calibration: int) -> np.ndarray:
+    """[m] per latent, the smallest mid-rank count 2·D (D = #{calibration predictions below x} + ½·#{equal}, so
+    2·D is an integer) at which the exhaustive quantile map q_j(D / n_cal) is non-zero; 2·n_cal + 1 where none
+    is. A prediction "matters" in the exhaustive run exactly when its 2·D reaches this count."""
+    from harness.data.table import true_quantile
 
-    `matters` [n_contexts, m] is read only where `sel.sampled`: whether that pair's real prediction, calibrated,
-    is non-zero. The sample is a uniform draw among unselected pairs, so the share of sampled pairs that
-    matter (with its Clopper-Pearson interval) estimates the share among the unselected pairs that were not
-    sampled; those got the lowest score, so `missed` is that share times their number. Sampled pairs were
-    simulated for real and are not missed.
+    c = int(n_calibration)
+    u = np.arange(2 * c + 1) / (2 * c)
+    out = np.full(len(latents), 2 * c + 1, np.int64)
+    for i, j in enumerate(np.asarray(latents)):
+        nz = np.nonzero(true_quantile(table, int(j), u) > 0)[0]
+        if len(nz):
+            out[i] = int(nz[0])
+    return out
+
+
+def _count2(sorted_values: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """2·(#{values < x} + ½·#{values == x}) for each x, `sorted_values` ascending."""
+    return (np.searchsorted(sorted_values, x, side="left") + np.searchsorted(sorted_values, x, side="right"))
+
+
+def matter_probabilities(pred_calibration: np.ndarray, pred_test: np.ndarray, sel: Selection,
+                         counts2: np.ndarray) -> np.ndarray:
+    """[n_cal + n_test, m]: for each sampled pair, the probability that it matters in the exhaustive run (its
+    mid-rank count among the latent's n_cal exhaustive calibration predictions reaches `counts2`, from
+    `matter_counts`); 0 elsewhere.
+
+    The count has a known part (the latent's simulated calibration predictions, selected and sampled) and an
+    unknown part: each of the latent's R calibration pairs that were not simulated lies below the pair's value
+    x with probability G(x), so the count is the known part + 2·Binomial(R, G(x)). G is the distribution of
+    unselected predictions, estimated from the random sample pooled over latents (the pair itself left out):
+    per latent the sample is ~1-2 pairs at a 2% rate, and a per-latent G from so few makes the steep binomial
+    tail swing between 0 and 1 (measured: ~9x over-estimate with per-latent G alone, ~1.5x pooled;
+    benchmarks/RESULTS.md, Cascade). A test prediction above every calibration one is clipped to the maximum
+    (`ecdf_midrank`), so its count is at most 2·n_cal - 1.
     """
-    matters = np.asarray(matters, bool)
+    from scipy.stats import binom
+
+    pc, pt = np.asarray(pred_calibration, np.float64), np.asarray(pred_test, np.float64)
+    c, m = pc.shape
+    allp = np.vstack([pc, pt])
+    if allp.shape != sel.selected.shape or len(counts2) != m:
+        raise HarnessError(f"cascade error estimate: predictions {allp.shape}, selection {sel.selected.shape} and "
+                           f"{len(counts2)} matter counts disagree")
+    sampled, simulated = sel.sampled, sel.simulated
+    pool = np.sort(allp[sampled])
+    out = np.zeros(allp.shape)
+    if len(pool) < 2:
+        return out
+    for j in np.nonzero(sampled.any(axis=0))[0]:
+        rows = np.nonzero(sampled[:, j])[0]
+        x = allp[rows, j]
+        known = np.sort(pc[simulated[:c, j], j])
+        # A calibration pair is one of the known values itself: its "equal" half is its own ½ in the mid-rank.
+        base = _count2(known, x)
+        unknown = c - int(simulated[:c, j].sum())
+        g = (_count2(pool, x) - 1) / (2.0 * (len(pool) - 1))   # pooled G(x), the pair itself left out
+        need = np.ceil((int(counts2[j]) - base) / 2.0).astype(np.int64)   # unknown values below x still needed
+        p = np.where(need <= 0, 1.0, binom.sf(need - 1, unknown, np.clip(g, 0.0, 1.0)))
+        out[rows, j] = np.where(int(counts2[j]) > 2 * c - 1, 0.0, p)
+    return out
+
+
+def error_estimate(probs: np.ndarray, sel: Selection, level: float = 0.95) -> dict:
+    """How many pairs that were not simulated would matter in the exhaustive run, from the random sample.
+
+    `probs` [n_contexts, m] is read only where `sel.sampled` (`matter_probabilities`). The sample is a uniform
+    draw among unselected pairs, so the mean probability over sampled pairs estimates the share that matter
+    among the unselected pairs that were not sampled; `missed` is that share times their number (a ratio
+    Horvitz-Thompson estimate). Its interval is Clopper-Pearson with the summed probabilities as the count (a
+    sum of [0, 1] values varies no more than a binomial count with the same mean), so it covers the sampling
+    error but not a misfit of the pooled G (measured against exhaustive runs in benchmarks/RESULTS.md,
+    Cascade). Sampled pairs were simulated for real and are not missed.
+    """
+    probs = np.asarray(probs, np.float64)
     n_unselected = int(sel.unselected.sum())
     n_sampled = int(sel.sampled.sum())
-    k = int((matters & sel.sampled).sum())
+    k = float(probs[sel.sampled].sum())
     n_rest = n_unselected - n_sampled
     lo, hi = clopper_pearson(k, n_sampled, level)
     rate = k / n_sampled if n_sampled else float("nan")
@@ -339,9 +404,8 @@ def error_estimate(matters: np.ndarray, sel: Selection, level: float = 0.95) -> 
             "matter_rate": {"value": rate, "lo": lo, "hi": hi},
             "missed": {"value": rate * n_rest if n_sampled else float("nan"), "lo": lo * n_rest, "hi": hi * n_rest},
             "level": level,
-            # Under this run's calibration: with few real calibration rows per latent it over-counts (measured
-            # ~16x at 40 calibration contexts, benchmarks/RESULTS.md, Cascade), so read it as an upper bound.
-            "criterion": "calibrated (quantile) value > 0 under this run's calibration (an upper bound)"}
+            "criterion": "exhaustive quantile map's value > 0, estimated per sampled pair (known calibration "
+                         "predictions + a pooled model of the unsimulated ones)"}
 
 
 def expected_predictions(n_contexts: int, m: int, settings: CascadeSettings) -> float:
@@ -388,9 +452,12 @@ def plan_for(settings: CascadeSettings, prep, ctxs: Sequence, explanations: Sequ
                 cache_root())
 
 
-def summary(p: CascadePlan, matters: np.ndarray, n_detection: int) -> dict:
-    """The result file's `cascade` section; `matters` [n_cal + n_test, m] as in `error_estimate`."""
+def summary(p: CascadePlan, pred_calibration: np.ndarray, pred_test: np.ndarray, counts2: np.ndarray,
+            n_detection: int) -> dict:
+    """The result file's `cascade` section, from the run's predictions (real where simulated) and the latents'
+    `matter_counts`."""
     sel, c = p.selection, p.n_calibration
+    probs = matter_probabilities(pred_calibration, pred_test, sel, counts2)
     n_pairs = sel.selected.size
     n_sim = int(sel.simulated.sum())
     parts = {"calibration": Selection(sel.selected[:c], sel.sampled[:c]),
@@ -410,8 +477,8 @@ def summary(p: CascadePlan, matters: np.ndarray, n_detection: int) -> dict:
         "n_llm_predictions": n_sim + int(n_detection),
         "exhaustive_predictions": n_pairs + int(n_detection),
         "saving": (n_pairs + n_detection) / max(n_sim + n_detection, 1),
-        "error": {"all": error_estimate(matters, sel),
-                  **{k: error_estimate(matters[:c] if k == "calibration" else matters[c:], v)
+        "error": {"all": error_estimate(probs, sel),
+                  **{k: error_estimate(probs[:c] if k == "calibration" else probs[c:], v)
                      for k, v in parts.items()}},
     }
 
