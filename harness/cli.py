@@ -313,6 +313,41 @@ def cmd_check_simulator(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_oracle(args) -> int:
+    from harness.oracle import run_oracle, table_rows
+    from harness.terminal import Column, print_table
+
+    levels = None
+    if args.levels is not None:
+        try:
+            levels = [float(x) for x in args.levels.split(",") if x.strip()]
+        except ValueError:
+            raise HarnessError(f"--levels {args.levels!r}: give comma-separated AUROCs in (0.5, 1], e.g. "
+                               "0.6,0.7,0.8,0.9,0.95,1.0") from None
+    report, path = run_oracle(args.task, levels, seed=args.seed, results_dir=Path(args.results),
+                              output=Path(args.output) if args.output else None, device=args.device,
+                              overrides=args.override, command="harness " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    if args.format == "json":
+        from harness.report.result import to_jsonable
+
+        _print_json(to_jsonable(report.to_dict()))
+        return 0
+    rows = table_rows(report)
+    title = (f"noisy oracle on {report.task.id}: {report.n_latents} latents, {report.n_test} test contexts; "
+             f"latent_zero - coder {_fmt(report.recovery_denominator.to_dict())} nats")
+    print_table(console, (Column("form", key=True), Column("a", key=True), Column("AUROC", numeric=True),
+                          Column("recovery"), Column("sim - zero (nats)")),
+                [r[:5] for r in rows], title=title, fmt=args.format)
+    print_table(console, (Column("form", key=True), Column("a", key=True), Column("sensitivity"),
+                          Column("specificity")), [r[:2] + r[5:] for r in rows], fmt=args.format)
+    _say(f"{report.n_latents_unfired_in_calibration} of {report.n_latents} latents never fire on the "
+         f"{report.n_calibration} calibration contexts (no calibrated value of theirs can be non-zero)")
+    for d in report.diagnostics:
+        _say(f"graded a=1, calibration {d.calibration}: recovery {_fmt(d.recovery.to_dict())}")
+    _say(f"oracle: {one_line(str(path))} ({report.provenance.wall_seconds:.0f} s)")
+    return 0
+
+
 def cmd_site(args) -> int:
     from harness.report.site import build_site
 
@@ -498,6 +533,19 @@ def build_parser() -> argparse.ArgumentParser:
     _device(s)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-v", "--verbose", action="store_true", help="one line per case, token and latent")
+    _overrides(s)
+
+    s = verb("oracle", "the noisy-oracle reference: a simulator reading the true activations, degraded to target "
+             "detection AUROCs, scored through the task's calibration and patching", cmd_oracle)
+    _task(s)
+    s.add_argument("--levels", metavar="A[,A...]",
+                   help="target detection AUROCs in (0.5, 1] (default: 0.6,0.7,0.8,0.9,0.95,1.0)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the oracle's noise (default 0)")
+    _results(s)
+    s.add_argument("-o", "--output", metavar="DIR",
+                   help="folder to write oracle.json and oracle.png into (default: <results>/<task id>)")
+    _device(s)
+    _format(s, ("auto", "rich", "md", "json"))
     _overrides(s)
 
     s = verb("site", "build the static leaderboard site with per-latent failure pages", cmd_site)

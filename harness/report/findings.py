@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from harness.errors import HarnessError
+from harness.oracle import ORACLE_FILE
 from harness.report.result import load_result
 from harness.score.metrics import bootstrap_indices, mean_ci, paired_difference, paired_ranking_auroc
 
@@ -61,6 +62,8 @@ def _fmt(v, lo, hi) -> str:
 def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: int = 2000, seed: int = 0) -> list[Finding]:
     files = {}
     for p in sorted((Path(results_dir) / task_id).glob("*.json")):
+        if p.name == ORACLE_FILE:   # the noisy-oracle reference, not a method's result
+            continue
         r = load_result(p)
         files[str(r.submission.get("method"))] = (p, r)
     for m in (real, control):

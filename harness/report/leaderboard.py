@@ -33,6 +33,7 @@ from tabulate import tabulate
 
 from harness.errors import HarnessError
 from harness.io import atomic_write_text, one_line
+from harness.oracle import ORACLE_FILE
 from harness.report.result import Result, load_result
 from harness.terminal import Column, fits, markdown, print_table
 
@@ -186,7 +187,8 @@ def collect_results(
     rejected: list[Rejected] = []
     newest: dict[tuple[str, str, str, str], Row] = {}
     for p in sorted(root.rglob("*.json")):
-        if not p.is_file():
+        # The noisy-oracle reference (harness/oracle.py) sits beside the results but is never ranked.
+        if not p.is_file() or p.name == ORACLE_FILE:
             continue
         try:
             res = load_result(p)

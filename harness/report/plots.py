@@ -174,3 +174,33 @@ def plot_sens_spec_by_bin(bins: Sequence[dict], path: str | os.PathLike) -> Path
     ax.grid(axis="y", alpha=0.3)
     _legend(ax, 8)
     return _save(fig, path)
+
+
+def plot_oracle(report, path: str | os.PathLike) -> Path:
+    """Recovery, sensitivity and specificity of the noisy oracle vs its target detection AUROC, both forms, with
+    95% CI bands (harness/oracle.py)."""
+    fig = Figure(figsize=(14, 4))
+    axes = fig.subplots(1, 3, gridspec_kw={"wspace": 0.35})
+    styles = {"graded": ("tab:blue", "o"), "binary": ("tab:orange", "s")}
+    for ax, key, label in zip(axes, ("recovery", "sensitivity", "specificity"),
+                              ("recovery", "sensitivity (macro)", "specificity (macro)"), strict=True):
+        for form, (colour, marker) in styles.items():
+            rows = sorted((r for r in report.rows if r.form == form), key=lambda r: r.target_auroc)
+            if not rows:
+                continue
+            x = np.array([r.target_auroc for r in rows])
+            v, lo, hi = (np.array([_f(getattr(r[key], k)) for r in rows]) for k in ("value", "lo", "hi"))
+            ax.plot(x, v, color=colour, marker=marker, label=form)
+            ax.fill_between(x, lo, hi, color=colour, alpha=0.2, linewidth=0)
+        if key == "recovery":
+            ax.axhline(1.0, color="tab:green", linestyle=":", label="true latents (1)")
+            ax.axhline(0.0, color="tab:red", linestyle=":", label="latents deleted (0)")
+            # A recovery CI can run to ±inf where the denominator is not significant: keep the points readable.
+            lo_y, hi_y = ax.get_ylim()
+            ax.set_ylim(max(lo_y, -2.0), min(hi_y, 2.0))
+        ax.set_xlabel("oracle's target detection AUROC")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        _legend(ax, 7)
+    fig.suptitle(f"Noisy oracle on {report.task.id} (quantile calibration; bands: 95% CI)", parse_math=False)
+    return _save(fig, path)

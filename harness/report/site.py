@@ -405,27 +405,27 @@ def build_site(out_dir: str | os.PathLike, results_dir: str | os.PathLike = "res
     hashes = {s.id: s.hash for s in specs}
     out.mkdir(parents=True, exist_ok=True)
     summary = []
-    per_task: list[tuple[Any, list[MethodEntry], list]] = []
+    per_task: list[tuple[Any, list[MethodEntry], list, Any]] = []
     for spec in specs:
         rows, rejected = collect_results(results_dir, spec.id, task_hashes=hashes)
         entries = []
         for k, r in enumerate(rows):
             loaded = load_with_side(r.path, require_side=False)
             entries.append(MethodEntry(r, loaded, _safe(Path(r.path).stem), PALETTE[k % len(PALETTE)]))
-        per_task.append((spec, entries, rejected))
-    n_pages = sum(len(e.loaded.latents) for _, es, _ in per_task for e in es)
+        per_task.append((spec, entries, rejected, _oracle_of(Path(results_dir) / spec.id)))
+    n_pages = sum(len(e.loaded.latents) for _, es, _, _ in per_task for e in es)
 
     from harness.io import progress
 
     with progress() as prog:
         bar = prog.add_task("site: latent pages", total=n_pages)
-        for spec, entries, rejected in per_task:
+        for spec, entries, rejected, oracle in per_task:
             tdir = out / _safe(spec.id)
             tdir.mkdir(parents=True, exist_ok=True)
             decode, dnote = load_decoder(spec) if entries else (None, "")
             for e in entries:
                 _write_method(tdir, spec, e, decode, dnote, n_cases, lambda: prog.advance(bar, 1))
-            _write(tdir / "index.html", _task_page(spec, entries, rejected))
+            _write(tdir / "index.html", _task_page(spec, entries, rejected, oracle))
             best = entries[0].row.recovery["value"] if entries else math.nan
             summary.append((spec, len(entries), best, entries[0].row.method if entries else ""))
     index = _write(out / "index.html", _index_page(summary))
@@ -463,12 +463,72 @@ _INTERVALS = (
 )
 
 
-def _task_page(spec, entries: list[MethodEntry], rejected) -> str:
+def _oracle_of(task_dir: Path):
+    """The task's noisy-oracle report (harness/oracle.py), a note if it is unusable, or None if there is none."""
+    from harness.oracle import ORACLE_FILE, load_oracle
+
+    path = task_dir / ORACLE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return load_oracle(path)
+    except HarnessError as e:
+        return str(e)
+
+
+def _oracle_section(spec, oracle) -> Raw | None:
+    """The noisy oracle as reference curves beside the leaderboard: what detection AUROC a method needs before
+    partial rewriting tells it from deleting the latents. Never a row of the ranking."""
+    if oracle is None:
+        return None
+    title = el("h2", "Reference: noisy oracle (not ranked)")
+    if isinstance(oracle, str):
+        return join(title, el("p", oracle, class_="mut"))
+    if oracle.task.hash != spec.hash:
+        return join(title, el("p", f"oracle.json was computed for task hash {oracle.task.hash[:12]}, not the current "
+                                   f"{spec.hash[:12]}: rerun `harness oracle --task {spec.id}`", class_="mut"))
+    colours = {"graded": "#1f77b4", "binary": "#ff7f0e"}
+    figs = []
+    for key, ylabel in (("recovery", "recovery"), ("sim_minus_zero_mean", "simulated − latent zero (nats)"),
+                        ("sensitivity", "sensitivity"), ("specificity", "specificity")):
+        series = []
+        for form, colour in colours.items():
+            rows = sorted((r for r in oracle.rows if r.form == form), key=lambda r: r.target_auroc)
+            pts = [(r.target_auroc, _f(r[key].value), _f(r[key].lo), _f(r[key].hi)) for r in rows]
+            series.append(Series(f"oracle · {form}", colour, pts, form == "binary"))
+        hl = ([(1.0, "#2ca02c", "true latents (1)"), (0.0, "#d62728", "latents deleted (0)")] if key == "recovery"
+              else [(0.0, "#d62728", "latents deleted (0)")] if key == "sim_minus_zero_mean" else [])
+        figs.append(el("figure", line_chart(series, xlabel="oracle's target detection AUROC", ylabel=ylabel,
+                                            hlines=hl, h=260),
+                       el("figcaption", f"{ylabel} vs the oracle's detection AUROC (bars: 95% CI)")))
+    hdr = el("tr", el("th", "form", class_="t"), el("th", "target AUROC"), el("th", "realised AUROC"),
+             el("th", "recovery"), el("th", "simulated − latent zero"), el("th", "sens."), el("th", "spec."))
+
+    def iv(e, d=2):
+        ok = math.isfinite(_f(e.lo)) and math.isfinite(_f(e.hi))
+        return fmt(e.value, d) + (f" [{fmt(e.lo, d)}, {fmt(e.hi, d)}]" if ok else " (no CI)")
+
+    body = [el("tr", el("td", r.form, class_="t"), el("td", f"{r.target_auroc:g}"), el("td", fmt(r.realised_auroc.value)),
+               el("td", iv(r.recovery)), el("td", iv(r.sim_minus_zero_mean, 3)), el("td", iv(r.sensitivity)),
+               el("td", iv(r.specificity))) for r in oracle.rows]
+    table = el("div", el("table", el("thead", hdr), el("tbody", body)), class_="wrap")
+    help_ = el("p", "A simulator that reads each context's true activation, degraded by Gaussian noise to a target "
+                    "detection AUROC (graded: knows the magnitude; binary: knows only whether the latent fires), "
+                    "scored through this task's own calibration and patching. It knows the answers, so it is a "
+                    "reference for the leaderboard above, not a method. Noise model: ", oracle.provenance.noise_model,
+               f". {oracle.n_test} test contexts, seed {oracle.provenance.seed}; `harness oracle --task {spec.id}`.",
+               class_="help")
+    return join(title, help_, table, el("div", figs, class_="grid"),
+                legend([(f"oracle · {f}", c, f == "binary") for f, c in colours.items()]))
+
+
+def _task_page(spec, entries: list[MethodEntry], rejected, oracle=None) -> str:
     crumbs = [("tasks", "../index.html"), (spec.id, None)]
     head = join(el("h1", f"Leaderboard: {spec.id}"), el("p", spec.description, class_="help"),
                 el("p", f"Task hash {spec.hash}", class_="mut"))
     if not entries:
-        return page(spec.id, join(head, el("p", "No results for this task yet: run `harness eval`.")), crumbs)
+        return page(spec.id, join(head, el("p", "No results for this task yet: run `harness eval`."),
+                                  _oracle_section(spec, oracle)), crumbs)
     doms = {}
     for key, *_ in _INTERVALS:
         vals = [v for e in entries for v in (getattr(e.row, key)[k] for k in ("value", "lo", "hi"))]
@@ -507,7 +567,8 @@ def _task_page(spec, entries: list[MethodEntry], rejected) -> str:
                class_="help")
     rej = (el("details", el("summary", f"{len(rejected)} result file(s) not ranked"),
               el("ul", [el("li", f"{rj.path}: {rj.reason}") for rj in rejected])) if rejected else None)
-    sections = [head, table, help_, rej, _curves(entries), _calibration(entries), _sens_spec(entries)]
+    sections = [head, table, help_, rej, _oracle_section(spec, oracle), _curves(entries), _calibration(entries),
+                _sens_spec(entries)]
     return page(f"{spec.id} leaderboard", join(*sections), crumbs, sortable=True)
 
 

@@ -1,0 +1,290 @@
+"""`harness oracle`: the noisy-oracle reference of a task (docs/protocol.md, Noisy-oracle reference).
+
+A "simulator" that reads each pair's true activation, degraded to a target detection AUROC a in two forms
+(`harness.score.oracle`), scored exactly as `harness eval` scores a submission: the task's quantile calibration,
+TopK re-sparsification and patching (`score.calibrate`, `score.conditions`), the protocol's intervals
+(`score.metrics`). One prefix pass over the test split patches every (form, a) at once. The report says what
+detection quality an explanation method needs before partial rewriting can tell it from deleting the latents.
+
+Not a method: it knows the answers. Its file (`ORACLE_FILE` in the task's results folder) is read by the site
+as a reference line beside the leaderboard and skipped by everything that ranks results.
+
+This module deliberately has no `from __future__ import annotations`: its records are loaded back by
+`harness.report.result`'s type-driven loader, which resolves only real (not string) annotations here.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from harness import __version__
+from harness.errors import HarnessError
+from harness.report.result import Interval, Record, TaskRef, _load, to_jsonable
+
+ORACLE_FILE = "oracle.json"
+ORACLE_FIGURE = "oracle.png"
+SCHEMA = "harness-oracle/1"
+
+
+@dataclass
+class OracleRow(Record):
+    form: str                        # graded | binary
+    target_auroc: float              # a
+    realised_auroc: Interval         # macro detection AUROC on the detection split, CI over latents
+    sigma_median: float              # median over latents of the noise scale σ_j (graded: activation units)
+    recovery: Interval               # Fieller
+    sim_minus_zero_mean: Interval    # mean CE(simulated) − CE(latent_zero), nats, paired bootstrap
+    sensitivity: Interval            # macro, bootstrap over test contexts
+    specificity: Interval
+    active_share: float              # share of (test context, latent) pairs non-zero after calibration + TopK
+
+
+@dataclass
+class OracleDiagnostic(Record):
+    """The graded a = 1 oracle under the other calibrations: where information is lost on the CE path."""
+
+    name: str
+    calibration: str                 # none: raw true activations patched (must recover exactly what coder does)
+    recovery: Interval
+    sim_minus_zero_mean: Interval
+    note: str = ""
+
+
+@dataclass
+class OracleProvenance(Record):
+    harness_version: str
+    date: str
+    command: str
+    seed: int
+    levels: list[float]
+    bootstrap_draws: int
+    bootstrap_seed: int
+    device: str
+    wall_seconds: float
+    noise_model: str
+
+
+@dataclass
+class OracleReport(Record):
+    schema: str
+    task: TaskRef
+    provenance: OracleProvenance
+    n_latents: int
+    n_calibration: int
+    n_test: int
+    n_detection_positive: int        # detection positives over all latents (each's true activation read)
+    # Latents that never fire on the calibration split: the quantile map can send none of their test predictions
+    # above the zero mass (a test value above every calibration value is read as the maximum, here 0).
+    n_latents_unfired_in_calibration: int
+    recovery_denominator: Interval   # CE(latent_zero) − CE(coder), the nats there are to recover
+    rows: list[OracleRow]
+    diagnostics: list[OracleDiagnostic] = field(default_factory=list)
+    figure: str = ""
+
+    def to_json(self, path: Path) -> Path:
+        import json
+
+        from harness.io import atomic_write_text
+
+        text = json.dumps(to_jsonable(self.to_dict()), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        return atomic_write_text(Path(path), text)
+
+
+NOISE_MODEL = ("prediction = signal + sigma_j * N(0,1), signal = true activation (graded) or 1{activation > 0} "
+               "(binary); sigma_j solves mean_i Phi(signal_i / (sigma_j sqrt 2)) = a over latent j's detection "
+               "positives (its expected detection AUROC; binary: sigma = 1/(sqrt2 Phi^-1(a))); the same N(0,1) "
+               "draws at every level and form; a = 1 is no noise")
+
+
+def load_oracle(path: str | Path) -> OracleReport:
+    """An oracle report written by `harness oracle`; one clear line if it is not one."""
+    import json
+
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HarnessError(f"{p}: not a readable oracle report ({e}) — rerun `harness oracle`") from None
+    if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+        raise HarnessError(f"{p}: not an oracle report (schema {SCHEMA!r} expected) — rerun `harness oracle`")
+    return _load(OracleReport, d, str(p))
+
+
+def _iv(e) -> Interval:
+    return Interval(e.value, e.lo, e.hi, e.note)
+
+
+def _pct(x: np.ndarray, value: float) -> Interval:
+    from harness.score.metrics import _percentile_ci
+
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return Interval(value, math.nan, math.nan, "no resample defines it")
+    return Interval(value, *_percentile_ci(x))
+
+
+def detection_positive_values(prep, model, coder, spec, device) -> list[np.ndarray]:
+    """Per rewritten latent, the true activation at each of its detection positives (in `det_pos` order).
+
+    `prepare` keeps only which contexts are positives, so their blocks are encoded again (the same
+    `encode_positions` pass `prepare` chose them with)."""
+    from harness.data.prepare import encode_positions
+    from harness.model.patch import resolve_hookpoint
+
+    T, lo = spec.contexts.T, spec.min_position()
+    pos = prep.det_pos
+    rows = np.unique(pos[pos >= 0])
+    blocks = np.unique(prep.det_contexts[rows, 0])
+    out = [np.zeros(0) for _ in range(len(pos))]
+    if not len(blocks):
+        return out
+    v, i = encode_positions(model, resolve_hookpoint(model, spec.coder.hookpoint), coder, spec.coder.kind,
+                            prep.splits["detection"][blocks], lo, T, "oracle: detection positives", device)
+    where = {int(b): n for n, b in enumerate(blocks)}
+    for e, j in enumerate(prep.rewritten):
+        vals = []
+        for r in pos[e][pos[e] >= 0]:
+            b, end = prep.det_contexts[r]
+            slot_v, slot_i = v[where[int(b)], int(end) - lo], i[where[int(b)], int(end) - lo]
+            hit = slot_v[(slot_i.astype(np.int64) == int(j)) & (slot_v > 0)]
+            vals.append(float(hit[0]) if len(hit) else 0.0)
+        out[e] = np.asarray(vals)
+    return out
+
+
+def run_oracle(task: str, levels=None, seed: int = 0, results_dir: Path = Path("results"),
+               output: Path | None = None, device: str = "auto", overrides=(), command: str = "",
+               console=None) -> tuple[OracleReport, Path]:
+    from harness.data.prepare import prepare
+    from harness.io import progress, writable_dir
+    from harness.report.write import true_values
+    from harness.score.calibrate import calibrate
+    from harness.score.conditions import ALL, run_conditions, simulated, zero
+    from harness.score.detection import detection_table, threshold_values
+    from harness.score.metrics import (
+        bootstrap_indices,
+        mean_ci,
+        paired_difference,
+        recovery,
+        recovery_denominator,
+        sensitivity_specificity,
+    )
+    from harness.score.oracle import DEFAULT_LEVELS, FORMS, bootstrap_sens_spec, check_levels, noise_scales, noisy
+    from harness.task.inputs import TaskInputs
+    from harness.task.spec import load_task
+
+    started = time.time()
+    levels = check_levels(DEFAULT_LEVELS if levels is None else levels)
+    spec = load_task(task, list(overrides))
+    inputs = TaskInputs(spec, device)
+    inputs.check()
+    out_dir = writable_dir(Path(output) if output is not None else Path(results_dir) / spec.id, "output")
+    prep = prepare(spec, inputs=inputs)
+    model, _ = inputs.subject()
+    coder = inputs.coder()
+    latents = np.asarray(prep.rewritten, dtype=np.int64)
+    m = len(latents)
+
+    cal_x = true_values(prep.calib_latents, latents).astype(np.float64)
+    test_x = true_values(prep.test_latents, latents).astype(np.float64)
+    pos_x = detection_positive_values(prep, model, coder, spec, inputs.device)
+    n_neg = (prep.det_neg >= 0).sum(1)
+    fallback = [prep.table.nonzero_values(int(j)) if prep.table.exact else np.zeros(0) for j in latents]
+
+    rng = np.random.default_rng(seed)
+    eps_cal, eps_test = rng.standard_normal(cal_x.shape), rng.standard_normal(test_x.shape)
+    eps_pos = [rng.standard_normal(len(p)) for p in pos_x]
+    eps_neg = [rng.standard_normal(int(k)) for k in n_neg]
+
+    fire_rate = prep.table.fire_rate[latents]
+    sc = spec.scoring
+    sims: dict[str, np.ndarray] = {}
+    meta: dict[str, tuple[str, float, np.ndarray, np.ndarray]] = {}
+    with progress() as prog:
+        bar = prog.add_task("oracle: noise, predictions, calibration", total=len(FORMS) * len(levels))
+        for form in FORMS:
+            for a in levels:
+                sigma = noise_scales(form, pos_x, fallback, a)
+                p_cal = noisy(form, cal_x, sigma, eps_cal)
+                p_test = noisy(form, test_x, sigma, eps_test)
+                det_pos = [noisy(form, x[:, None], sigma[e:e + 1], z[:, None])[:, 0]
+                           for e, (x, z) in enumerate(zip(pos_x, eps_pos, strict=True))]
+                det_neg = [sigma[e] * z for e, z in enumerate(eps_neg)]
+                auroc, _ = detection_table(det_pos, det_neg, threshold_values(spec, p_cal, fire_rate))
+                name = f"{form}@{a:g}"
+                sims[name] = calibrate("quantile", p_cal, p_test, prep.table, latents)
+                meta[name] = (form, a, auroc, sigma)
+                if form == "graded" and a == 1.0:
+                    sims[f"{name}/none"] = calibrate("none", p_cal, p_test, prep.table, latents)
+                    sims[f"{name}/prompt-fit"] = calibrate("prompt-fit", p_cal, p_test, prep.table, latents)
+                prog.advance(bar)
+
+    patched = run_conditions(model, coder, spec.coder.hookpoint, spec.coder.kind, prep.splits["test"], prep.k,
+                             latents, sims, {ALL: latents}, inputs.device)
+    base = prep.ce_base
+    n_test = len(base["clean"])
+    boot = bootstrap_indices(n_test, sc.bootstrap, sc.seed)
+    z = patched.ce[zero(ALL)]
+    rows = []
+    for name, (form, a, auroc, sigma) in meta.items():
+        s = patched.ce[simulated(name, ALL)]
+        active = patched.active_sim[name]
+        sens, spec_ = sensitivity_specificity(patched.active_true, active)
+        b_sens, b_spec = bootstrap_sens_spec(patched.active_true, active, boot)
+        fin = auroc[np.isfinite(auroc)]
+        rows.append(OracleRow(
+            form=form, target_auroc=a,
+            realised_auroc=(_iv(mean_ci(fin, bootstrap_indices(len(fin), sc.bootstrap, sc.seed))) if len(fin) >= 2
+                            else Interval(float(np.mean(fin)) if len(fin) else math.nan, math.nan, math.nan,
+                                          "fewer than 2 latents with detection examples")),
+            sigma_median=float(np.median(sigma)),
+            recovery=_iv(recovery(z, s, base["coder"])),
+            sim_minus_zero_mean=_iv(paired_difference(s, z, boot)["mean"]),
+            sensitivity=_pct(b_sens, float(np.nanmean(sens)) if np.isfinite(sens).any() else math.nan),
+            specificity=_pct(b_spec, float(np.nanmean(spec_)) if np.isfinite(spec_).any() else math.nan),
+            active_share=float(active.mean())))
+    diags = []
+    for cal, note in (("none", "the true activations patched as they are: any shortfall from 1 is the patching "
+                               "path itself (TopK of the true code is the code)"),
+                      ("prompt-fit", "quantile map fit on the test predictions themselves: a shortfall here but "
+                                     "not under 'none' is the activation sample's distribution differing from the "
+                                     "last position's")):
+        key = f"graded@1/{cal}"
+        if key in sims:
+            s = patched.ce[simulated(key, ALL)]
+            diags.append(OracleDiagnostic(name="graded@1", calibration=cal, recovery=_iv(recovery(z, s, base["coder"])),
+                                          sim_minus_zero_mean=_iv(paired_difference(s, z, boot)["mean"]), note=note))
+
+    report = OracleReport(
+        schema=SCHEMA, task=TaskRef(id=spec.id, hash=spec.hash),
+        provenance=OracleProvenance(
+            harness_version=__version__, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            command=command, seed=seed, levels=list(levels), bootstrap_draws=sc.bootstrap, bootstrap_seed=sc.seed,
+            device=str(inputs.device), wall_seconds=round(time.time() - started, 1), noise_model=NOISE_MODEL),
+        n_latents=m, n_calibration=len(cal_x), n_test=n_test, n_detection_positive=int(sum(len(p) for p in pos_x)),
+        n_latents_unfired_in_calibration=int(((cal_x > 0).sum(0) == 0).sum()),
+        recovery_denominator=_iv(recovery_denominator(z, base["coder"], boot)), rows=rows, diagnostics=diags)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from harness.report.plots import plot_oracle
+
+    report.figure = plot_oracle(report, out_dir / ORACLE_FIGURE).name
+    path = report.to_json(out_dir / ORACLE_FILE)
+    return report, path
+
+
+def table_rows(report: OracleReport) -> list[list[str]]:
+    """form, a, realised AUROC, recovery, simulated − latent zero, sensitivity, specificity: value [lo, hi]."""
+    def iv(e: Interval, d: int, sign: bool = False) -> str:
+        f = (lambda x: f"{x:+.{d}f}") if sign else (lambda x: f"{x:.{d}f}")
+        if not math.isfinite(e.value):
+            return "n/a"
+        if not (math.isfinite(e.lo) and math.isfinite(e.hi)):
+            return f"{f(e.value)} (unbounded)" if "unbounded" in e.note else f"{f(e.value)} (no CI)"
+        return f"{f(e.value)} [{f(e.lo)}, {f(e.hi)}]"
+
+    return [[r.form, f"{r.target_auroc:g}", f"{r.realised_auroc.value:.3f}", iv(r.recovery, 2),
+             iv(r.sim_minus_zero_mean, 3, True), iv(r.sensitivity, 2), iv(r.specificity, 2)] for r in report.rows]
