@@ -19,7 +19,6 @@ from harness.report.reproduce import (
     split_deltas,
 )
 
-
 # ---------------------------------------------------------------- pure parts
 
 def test_allocate_is_proportional_by_largest_remainder():
