@@ -281,6 +281,20 @@ def cmd_verify_result(args) -> int:
     return worst
 
 
+def cmd_reproduce(args) -> int:
+    from harness.report.reproduce import print_reproduction, reproduce
+
+    rep = reproduce(args.result, args.sample, args.seed, task=args.task, submission=args.submission,
+                    backend=args.backend, device=args.device,
+                    endpoints=[e for e in (args.endpoints or "").split(",") if e], served_model=args.served_model)
+    if args.format == "json":
+        _print_json(rep.to_dict())
+    else:
+        print_reproduction(rep, console, args.format)
+    # Non-zero when a move exceeds the tolerance, so CI can gate on a result reproducing.
+    return 0 if rep.ok else 1
+
+
 def cmd_gaming(args) -> int:
     from harness.baselines.gaming import run_gaming
 
@@ -434,6 +448,8 @@ def _format(p, choices):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.report.reproduce import DEFAULT_SAMPLE
+
     p = _Parser(prog="harness", description=__doc__, epilog=VOCABULARY,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -520,6 +536,25 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb("verify-result", "recompute every number of result files from their side files (exit 0 all match, "
              "1 a number differs, 3 side file too old to recompute some)", cmd_verify_result)
     s.add_argument("result_files", nargs="+", metavar="RESULT.json", help="result files (a shell glob works)")
+
+    s = verb("reproduce", "re-simulate a seeded sample of a result's stored predictions here (no prediction "
+             "store) and compare: exit 0 within tolerance, 1 beyond", cmd_reproduce)
+    s.add_argument("--result", required=True, metavar="FILE", help="a result file, results/<task>/<tag>.json")
+    s.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, metavar="N",
+                   help=f"predictions to re-simulate, stratified over calibration, test and detection pairs "
+                        f"(default {DEFAULT_SAMPLE})")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    _task(s, required=False, help="the task folder, for a task that is not registered under tasks/")
+    _submission(s, required=False, help="the submission the result scored, when it is no longer at the path the "
+                                        "result records (its sha256 must match)")
+    s.add_argument("--backend", choices=BACKENDS, metavar="{" + ",".join(BACKENDS) + "}",
+                   help=_BACKEND_HELP.replace("auto (the default) is prefix",
+                                              "auto is prefix; default: the engine the result records"))
+    _device(s)
+    _servers(s)
+    s.add_argument("--format", choices=("auto", "rich", "md", "json"), default="auto",
+                   help="auto (default): tables sized to the terminal, Markdown when output is not a terminal; "
+                        "rich, md: that layout; json: one object with every number and each sampled pair")
 
     s = verb("check-simulator", "does the task's simulator read explanations? three tests, pass/fail "
              "(exit 1 if one fails)", cmd_check_simulator)

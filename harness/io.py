@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -99,8 +100,9 @@ def batch_size() -> int:
 
 
 def progress() -> Progress:
+    # On stderr: progress is not a command's product, so stdout (a table, JSON) can be piped or parsed whole.
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), transient=False)
+                    TimeRemainingColumn(), transient=False, console=Console(stderr=True))
 
 
 def cache_root() -> Path:

@@ -78,6 +78,56 @@ def scored_contexts(prep: Prepared, tokenizer) -> list[SimContext]:
     return [c for split in ("calibration", "test") for c in sim_contexts(tokenizer, list(prep.splits[split][:, :T]))]
 
 
+@dataclass
+class PairLayout:
+    """Every (context, latent) pair a result's predictions come from, in the order `simulate_all` makes them.
+
+    `contexts` are the calibration contexts, the test contexts, then the detection contexts the scored latents
+    use; `pairs` index them as (context, latent column). Detection pair i is latent `det_latent[i]`'s
+    positive (`det_positive[i]`) example number `det_slot[i]`: its column in the side file's `det_pred_pos` /
+    `det_pred_neg`.
+    """
+
+    contexts: list[SimContext]
+    n_cal: int
+    n_test: int
+    pairs: np.ndarray          # [n, 2] calibration and test pairs, row-major over the mask
+    det_pairs: np.ndarray      # [n_det, 2]
+    det_latent: np.ndarray     # [n_det] latent column
+    det_positive: np.ndarray   # [n_det] bool
+    det_slot: np.ndarray       # [n_det] index among that latent's positives (or negatives)
+
+
+def pair_layout(prep: Prepared, tokenizer, latents: np.ndarray, only: np.ndarray | None = None,
+                scored: list[SimContext] | None = None) -> PairLayout:
+    """The pairs `simulate_all` predicts; `only` and `scored` as there."""
+    scored = scored if scored is not None else scored_contexts(prep, tokenizer)
+    n_cal = len(prep.splits["calibration"])
+    n_test = len(scored) - n_cal
+    row_of = {int(j): r for r, j in enumerate(prep.rewritten)}
+    rows = np.asarray([row_of[int(j)] for j in latents])
+    pos, neg = prep.det_pos[rows], prep.det_neg[rows]
+    det_rows = np.unique(np.concatenate([pos[pos >= 0], neg[neg >= 0]]))
+    det_index = {int(r): i for i, r in enumerate(det_rows)}
+    det = sim_contexts(tokenizer, [prep.splits["detection"][b, : e + 1] for b, e in prep.det_contexts[det_rows]])
+    m = len(latents)
+    mask = np.ones((len(scored), m), bool) if only is None else np.asarray(only, bool)
+    # Row-major, as the exhaustive order: with every pair selected a cascade run is the exhaustive run.
+    pairs = np.stack(np.nonzero(mask), axis=1).astype(np.int64).reshape(-1, 2)
+    det_pairs, det_latent, det_positive, det_slot = [], [], [], []
+    for e in range(m):
+        for positive, ex in ((True, pos[e][pos[e] >= 0]), (False, neg[e][neg[e] >= 0])):
+            for i, r in enumerate(ex):
+                det_pairs.append((len(scored) + det_index[int(r)], e))
+                det_latent.append(e)
+                det_positive.append(positive)
+                det_slot.append(i)
+    return PairLayout(contexts=scored + det, n_cal=n_cal, n_test=n_test, pairs=pairs,
+                      det_pairs=np.asarray(det_pairs, np.int64).reshape(-1, 2),
+                      det_latent=np.asarray(det_latent, np.int64), det_positive=np.asarray(det_positive, bool),
+                      det_slot=np.asarray(det_slot, np.int64))
+
+
 def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latents: np.ndarray,
                  only: np.ndarray | None = None, fill: float = 0.0,
                  scored: list[SimContext] | None = None) -> Predictions:
@@ -89,24 +139,12 @@ def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latent
     from harness.simulate.prompt import prompt_score
     from harness.simulate.store import CachedSimulator, PredictionStore
 
-    scored = scored if scored is not None else scored_contexts(prep, tokenizer)
-    n_cal = len(prep.splits["calibration"])
-    cal, tst = scored[:n_cal], scored[n_cal:]
-    row_of = {int(j): r for r, j in enumerate(prep.rewritten)}
-    rows = np.asarray([row_of[int(j)] for j in latents])
-    pos, neg = prep.det_pos[rows], prep.det_neg[rows]
-    det_rows = np.unique(np.concatenate([pos[pos >= 0], neg[neg >= 0]]))
-    det_index = {int(r): i for i, r in enumerate(det_rows)}
-    det = sim_contexts(tokenizer, [prep.splits["detection"][b, : e + 1] for b, e in prep.det_contexts[det_rows]])
-    contexts = cal + tst + det
-    m = len(latents)
-    mask = np.ones((len(cal) + len(tst), m), bool) if only is None else np.asarray(only, bool)
-    # Row-major, as the exhaustive order: with every pair selected a cascade run is the exhaustive run.
-    pairs = [(int(c), int(e)) for c, e in zip(*np.nonzero(mask), strict=True)]
-    det_pairs = []
-    for e in range(m):
-        for r in list(pos[e][pos[e] >= 0]) + list(neg[e][neg[e] >= 0]):
-            det_pairs.append((len(cal) + len(tst) + det_index[int(r)], e))
+    lay = pair_layout(prep, tokenizer, latents, only, scored)
+    n_cal, m = lay.n_cal, len(latents)
+    mask = np.ones((lay.n_cal + lay.n_test, m), bool) if only is None else np.asarray(only, bool)
+    pairs = [(int(c), int(e)) for c, e in lay.pairs]
+    det_pairs = [(int(c), int(e)) for c, e in lay.det_pairs]
+    contexts = lay.contexts
     store = PredictionStore(cache_root() / "predictions.sqlite")
     cached = CachedSimulator(sim, store)
     with progress() as prog:
@@ -117,13 +155,8 @@ def simulate_all(prep: Prepared, tokenizer, sim, explanations: list[str], latent
     grid = np.full(mask.shape, fill, np.float32)
     grid[mask] = ev[: len(pairs)]
     det_ev = ev[len(pairs):]
-    pos_pred, neg_pred, i = [], [], 0
-    for e in range(m):
-        p, q = int((pos[e] >= 0).sum()), int((neg[e] >= 0).sum())
-        pos_pred.append(det_ev[i:i + p])
-        i += p
-        neg_pred.append(det_ev[i:i + q])
-        i += q
+    pos_pred = [det_ev[(lay.det_latent == e) & lay.det_positive] for e in range(m)]
+    neg_pred = [det_ev[(lay.det_latent == e) & ~lay.det_positive] for e in range(m)]
     stats: dict[str, int | float | str] = {
         "n_predictions": len(pairs) + len(det_pairs), "n_computed": cached.n_computed, "n_cached": cached.n_cached,
         "answer_mass_mean": float(np.mean(mass)) if len(mass) else float("nan")}
