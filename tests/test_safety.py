@@ -146,3 +146,199 @@ def test_json_text_escapes_what_json_leaves_raw():
     obj = {"m": "a\x7f\x9b\u2028\u202e\x1b z"}
     text = json_text(obj)
     assert _raw_controls(text) == [] and json.loads(text) == obj
+
+
+# ---------------------------------------------------------------- 2. readers of a results folder
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _drop_array(path: Path, key: str) -> None:
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != key}
+    np.savez_compressed(path, **arrays)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing key"])
+def test_readers_skip_a_damaged_side_file(built, capsys, damage):
+    res_dir = _copy_results(built, f"damaged-{damage.replace(' ', '-')}")
+    side = next((res_dir / TASK_ID).glob("a-*.per_context.npz"))
+    _truncate(side) if damage == "truncated" else _drop_array(side, "ce_latent_zero__all")
+    capsys.readouterr()
+
+    assert main(["leaderboard", "--task", "task", "--results", str(res_dir), "--format", "json"]) == 0
+    cap = capsys.readouterr()
+    assert [r["method"] for r in json.loads(cap.out)] == ["b"]
+    (line,) = cap.err.strip().splitlines()
+    assert side.name in line and "side file is damaged" in line
+    if damage == "missing key":
+        assert "'ce_latent_zero__all'" in line
+
+    assert main(["site", "--task", "task", "--results", str(res_dir), "-o", str(built / f"site-{side.stem}")]) == 0
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("rejected")]
+    assert len(err) == 1 and side.name in err[0]
+    assert not (built / f"site-{side.stem}" / TASK_ID / side.name.split(".")[0]).exists()
+
+    # eval into that folder: writes its result, then its leaderboard step skips the damaged one, saying so.
+    assert main(["eval", "--task", "task", "--submission", "b.json", "--results", str(res_dir),
+                 "--backend", "prefix"]) == 0
+    cap = capsys.readouterr()
+    skipped = [x for x in cap.err.splitlines() if x.startswith("skipped")]
+    assert len(skipped) == 1 and side.name in skipped[0]
+    assert "| 1      | b " in cap.out and "| a " not in cap.out
+
+
+# ---------------------------------------------------------------- 3. verify-result
+
+def _edited(src: Path, dest: Path, edit) -> Path:
+    d = json.loads(src.read_text())
+    edit(d)
+    dest.write_text(json.dumps(d))
+    return dest
+
+
+# Fields a hand edit would target first (issue 22 found these unchecked); the slow test below changes every one.
+FAST_FIELDS = [
+    ("submission", "coverage"), ("submission", "n_explanations"), ("provenance", "n_predictions"),
+    ("provenance", "n_computed"), ("provenance", "wall_seconds"), ("provenance", "answer_mass_mean"),
+    ("methods", "intervals", "level"), ("per_latent", "score", 0), ("sens_spec_by_detection_bin", 0, "n"),
+    ("conditions", 0, "n_latents"), ("submission", "method"), ("simulator", "model_key"), ("task", "hash"),
+]
+
+
+def _set(d, path, value=None):
+    o = d
+    for k in path[:-1]:
+        o = o[k]
+    v = o[path[-1]]
+    if value is None:
+        value = v + "x" if isinstance(v, str) else (v + 1 if isinstance(v, int) else v * 1.5 + 0.1)
+    o[path[-1]] = value
+
+
+def test_verify_fails_on_edited_identity_and_count_fields(built):
+    from harness.report.verify import verify_result
+
+    src = _result(built, "a")
+    assert verify_result(src).status == 0
+    for path in FAST_FIELDS:
+        rep = verify_result(_edited(src, src.with_name("edited.json"), lambda d, p=path: _set(d, p)))
+        assert rep.status == 1, path
+        assert rep.lines()[-1].strip().startswith("verdict: FAIL"), path
+    src.with_name("edited.json").unlink()
+
+
+def test_verify_gives_a_verdict_on_a_damaged_side_file(built, capsys):
+    res_dir = _copy_results(built, "verify-damaged")
+    p = _result(built, "a", "verify-damaged")
+    side = next((res_dir / TASK_ID).glob("a-*.per_context.npz"))
+    _truncate(side)
+    assert main(["verify-result", str(p)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "sha256" in out[1] and "side file is damaged" in out[2] and out[-1].strip().startswith("verdict: FAIL")
+    # An edit that breaks the structure (a subset fraction no side array has) is a verdict too.
+    shutil.copy(built / "results" / TASK_ID / side.name, side)
+    frac = next(i for i, c in enumerate(json.loads(p.read_text())["conditions"]) if c["selection"] != "all")
+    _edited(p, p, lambda d: _set(d, ("conditions", frac, "fraction"), 0.123))
+    assert main(["verify-result", str(p)]) == 1
+    assert "verdict: FAIL" in capsys.readouterr().out
+
+
+def _numeric_paths(x, p=()):
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _numeric_paths(v, (*p, k))
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from _numeric_paths(v, (*p, i))
+    elif isinstance(x, (int, float)) and not isinstance(x, bool):
+        yield p
+
+
+@pytest.mark.slow
+def test_verify_fails_on_a_change_to_any_numeric_field(built):
+    """Every numeric field of a result, changed in turn (about 2 s each)."""
+    from harness.report.verify import verify_result
+
+    src = _result(built, "a")
+    paths = list(_numeric_paths(json.loads(src.read_text())))
+    assert len(paths) > 500
+    missed = []
+    for path in paths:
+        if verify_result(_edited(src, src.with_name("edited.json"), lambda d, p=path: _set(d, p))).status != 1:
+            missed.append(path)
+    src.with_name("edited.json").unlink()
+    assert missed == []
+
+
+# ---------------------------------------------------------------- 4. the prediction store
+
+def test_store_detects_changed_and_undigested_rows(tmp_path):
+    from harness.simulate.store import PredictionStore
+
+    store = PredictionStore(tmp_path / "p.sqlite")
+    rows = [(f"e{k % 3}", f"c{k}", np.full(10, k / 100, np.float32), 0.5) for k in range(40)]
+    store.put_many("m", "v1", rows)
+    con = sqlite3.connect(tmp_path / "p.sqlite")
+    con.execute("UPDATE predictions SET probs=? WHERE context_id='c7'", [np.full(10, 0.9, np.float32).tobytes()])
+    con.execute("UPDATE predictions SET digit_mass=0.25 WHERE context_id='c8'")
+    con.execute("UPDATE predictions SET digest=NULL WHERE context_id='c9'")
+    con.commit()
+    con.close()
+    failed, unverified = [], []
+    got = store.get_many("m", "v1", [(e, c) for e, c, _, _ in rows], failed, unverified)
+    assert sorted(failed) == [("e1", "c7"), ("e2", "c8")] and unverified == [("e0", "c9")]
+    assert len(got) == 37
+    # Rewritten when recomputed (first-write-wins does not keep the bad row), then read back clean.
+    store.put_many("m", "v1", [rows[7], rows[8], rows[9]], {("e1", "c7"), ("e2", "c8"), ("e0", "c9")})
+    failed, unverified = [], []
+    got = store.get_many("m", "v1", [(e, c) for e, c, _, _ in rows], failed, unverified)
+    assert failed == unverified == [] and len(got) == 40
+    np.testing.assert_array_equal(got[("e1", "c7")][0], np.full(10, 0.07, np.float32))
+
+
+def test_store_that_sqlite_cannot_read_stops_with_one_line(tmp_path):
+    from harness.simulate.store import PredictionStore
+
+    path = tmp_path / "p.sqlite"
+    store = PredictionStore(path)
+    store.put_many("m", "v1", [(f"e{k}", f"c{k}", np.full(10, 0.5, np.float32), 0.5) for k in range(3000)])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(HarnessError) as e:
+        PredictionStore(path).get_many("m", "v1", [(f"e{k}", f"c{k}") for k in range(3000)])
+    assert str(path) in str(e.value) and "move it away" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_eval_with_altered_store_values_says_so_and_equals_the_undamaged_result(built, capsys):
+    from harness.io import cache_root
+
+    path = cache_root() / "predictions.sqlite"
+    con = sqlite3.connect(path)
+    from harness.simulate.base import explanation_sha
+
+    rows = con.execute("SELECT model_key, prompt_version, explanation_sha256, context_id, probs FROM predictions "
+                       "WHERE explanation_sha256=? ORDER BY context_id LIMIT 200",
+                       [explanation_sha("the tokens the and a")]).fetchall()   # submission a's explanation
+    assert len(rows) == 200
+    for mk, pv, e, c, blob in rows:
+        probs = np.frombuffer(blob, np.float32)[::-1].copy()   # same size, other values: integrity_check is ok
+        con.execute("UPDATE predictions SET probs=? WHERE model_key=? AND prompt_version=? AND "
+                    "explanation_sha256=? AND context_id=?", [probs.tobytes(), mk, pv, e, c])
+    con.commit()
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    capsys.readouterr()
+    assert main(["eval", "--task", "task", "--submission", "a.json", "--results", "results-store",
+                 "--backend", "prefix"]) == 0
+    err = [x for x in capsys.readouterr().err.splitlines() if "integrity" in x]
+    assert len(err) == 1 and str(path) in err[0] and "200 stored predictions fail" in err[0]
+    good, again = (json.loads(_result(built, "a", r).read_text()) for r in ("results", "results-store"))
+    for section in ("headline", "ce_means", "per_latent"):
+        assert json.dumps(again[section], sort_keys=True) == json.dumps(good[section], sort_keys=True), section
+    # The rows were rewritten: the next eval finds nothing to report.
+    assert main(["eval", "--task", "task", "--submission", "a.json", "--results", "results-store",
+                 "--backend", "prefix"]) == 0
+    assert "integrity" not in capsys.readouterr().err
