@@ -90,7 +90,7 @@ def portable_command(argv: list[str]) -> str:
     return " ".join(shlex.quote(arg(a)) for a in argv)
 
 
-def side_record(task: Record, submission: Record, simulator: Record, prov: Record, warnings: list) -> np.ndarray:
+def side_record(task: Record, submission: Record, simulator: Record, prov: Record, warnings: list) -> np.str_:
     """The result's identity sections as canonical JSON, stored in the side file (whose sha256 the result
     records): an edited method name, simulator key, task hash, coverage or count then disagrees with it."""
     import json
