@@ -90,7 +90,7 @@ def portable_command(argv: list[str]) -> str:
     return " ".join(shlex.quote(arg(a)) for a in argv)
 
 
-def side_record(task: Record, submission: Record, simulator: Record, prov: Record, warnings: list) -> np.str_:
+def side_record(task: Record, submission: Record, simulator: Record, prov: Record, warnings: list) -> np.ndarray:
     """The result's identity sections as canonical JSON, stored in the side file (whose sha256 the result
     records): an edited method name, simulator key, task hash, coverage or count then disagrees with it."""
     import json
@@ -99,7 +99,7 @@ def side_record(task: Record, submission: Record, simulator: Record, prov: Recor
 
     record = {"task": task.to_dict(), "submission": submission.to_dict(), "simulator": simulator.to_dict(),
               "provenance": prov.to_dict(), "warnings": [w.to_dict() for w in warnings]}
-    return np.str_(json.dumps(to_jsonable(record), sort_keys=True, ensure_ascii=False, allow_nan=False))
+    return np.array(json.dumps(to_jsonable(record), sort_keys=True, ensure_ascii=False, allow_nan=False))
 
 
 def write_side_file(path: Path, prep: Prepared, latents: np.ndarray, ce: dict[Condition, np.ndarray],
