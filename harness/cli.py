@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.text import Text
 
 from harness.errors import HarnessError
 from harness.io import env_int, one_line, writable_dir, writable_file
+from harness.terminal import console as safe_console
+from harness.terminal import write as write_out
 
 # No markup, no emoji codes: method names, task ids and paths come from users, and "[/b]" or ":x:" in
-# them is text ("[/b]" as markup raises MarkupError, "[coder]" would vanish from a message).
-console = Console(stderr=False, markup=False, emoji=False)
+# them is text ("[/b]" as markup raises MarkupError, "[coder]" would vanish from a message). A SafeConsole:
+# an ESC or OSC sequence in a submitted method name prints as text, never reaches the terminal raw.
+console = safe_console()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,9 +54,9 @@ def _say(msg: str) -> None:
 
 
 def _print_json(obj) -> None:
-    import json
+    from harness.terminal import json_text
 
-    sys.stdout.write(json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    sys.stdout.write(json_text(obj) + "\n")
 
 
 def cmd_prepare(args) -> int:
@@ -84,6 +85,7 @@ CASCADE_HELP = ("simulate only the M latents per context a cheap first stage ran
 def cmd_eval(args) -> int:
     from harness.evaluate import EvalConfig, evaluate
     from harness.report.leaderboard import print_leaderboard, write_leaderboard
+    from harness.report.write import portable_command
     from harness.simulate.cascade import parse_cascade
 
     if args.leaderboard:
@@ -92,13 +94,16 @@ def cmd_eval(args) -> int:
                      results_dir=Path(args.results), overrides=args.override,
                      endpoints=[e for e in (args.endpoints or "").split(",") if e], served_model=args.served_model,
                      cascade=parse_cascade(args.cascade) if args.cascade is not None else None,
-                     command="harness " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                     command="harness " + portable_command(sys.argv[1:]))
     result, path = evaluate(cfg)
     _print_summary(result)
     _say(f"result: {one_line(str(path))}")
     # The spec just evaluated defines the hash, whether or not it is registered under tasks/.
     tid, thash = result["task"]["id"], result["task"]["hash"]
-    rows, _ = _leaderboard_rows(Path(args.results), tid, {tid: thash})
+    rows, rejected = _leaderboard_rows(Path(args.results), tid, {tid: thash})
+    for rj in rejected:
+        if rj.damaged:   # other rejections (older task hash...) are `harness leaderboard`'s to list
+            _note(Text.assemble(("skipped", "yellow"), f" {one_line(rj.path)}: {one_line(rj.reason)}"))
     print_leaderboard(rows, console, title=f"leaderboard: {tid}")
     if args.leaderboard:
         _say(f"leaderboard: {one_line(str(write_leaderboard(tid, rows, args.leaderboard, task_hash=thash)))}")
@@ -136,7 +141,8 @@ def _print_summary(r: Mapping[str, Any]) -> None:
         c = next(c for c in r["conditions"] if c["name"] == "simulated" and c["calibration"] == mode
                  and c["selection"] == "all")
         rows.append([f"recovery, calibration={mode}", _fmt(c["recovery"])])
-    title = f"{r['task']['id']} · {r['submission']['method']} · coverage {r['submission']['coverage']:.0%}"
+    title = (f"{one_line(str(r['task']['id']))} · {one_line(str(r['submission']['method']))} · "
+             f"coverage {r['submission']['coverage']:.0%}")
     print_table(console, (Column("metric"), Column("value [95% CI]", numeric=True)), rows, title=title)
     if r.get("cascade"):
         c, e = r["cascade"], r["cascade"]["error"]["test"]
@@ -147,7 +153,7 @@ def _print_summary(r: Mapping[str, Any]) -> None:
                       highlight=False)
     for w in r.get("warnings", []):
         # Degenerate predictions (constant, saturated, copied): scored as they are, but said out loud.
-        Console(stderr=True).print(f"[yellow]warning:[/] {w['message']}", highlight=False, soft_wrap=True)
+        _note(Text.assemble(("warning:", "yellow"), f" {one_line(str(w['message']))}"))
 
 
 def _leaderboard_rows(results: Path, task_id: str | None, known: dict[str, str] | None = None):
@@ -184,11 +190,11 @@ def cmd_leaderboard(args) -> int:
         if args.format == "json":
             _print_json(to_json(rows))
         else:
-            sys.stdout.write(render(rows, "csv"))
+            write_out(render(rows, "csv"))
     for spec, rows in boards:
         if args.format in ("md", "html"):
             heading = f"## {spec.id}\n\n" if len(boards) > 1 else ""
-            sys.stdout.write(heading + render(rows, args.format) + "\n")
+            write_out(heading + render(rows, args.format) + "\n")
         elif args.format in ("auto", "rich"):
             print_leaderboard(rows, console, title=spec.id, fmt=args.format)
         if args.leaderboard:
@@ -206,7 +212,7 @@ def _task_rows(results: Path, spec):
 
 
 def _note(msg) -> None:
-    Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True).print(msg)
+    safe_console(stderr=True, highlight=False, soft_wrap=True).print(msg)
 
 
 def cmd_validate(args) -> int:
@@ -227,10 +233,21 @@ def cmd_import_delphi(args) -> int:
 
     writable_file(args.output, "output")
     d = import_delphi(args.delphi, task_id=args.task, method=args.method, description=args.description,
-                      hookpoint=args.hookpoint)
+                      hookpoint=args.hookpoint, max_chars=_max_chars(args.task))
     path = save_submission(d, args.output)
     _say(f"wrote {one_line(str(path))}: {len(d['explanations'])} explanations")
     return 0
+
+
+def _max_chars(task: str) -> int | None:
+    """The task's explanation cap, for import-delphi; None when the task cannot be loaded here (then a
+    generous default bounds each file, and `validate` applies the task's own cap later)."""
+    from harness.task.spec import load_task
+
+    try:
+        return load_task(task).simulator.max_explanation_chars
+    except HarnessError:
+        return None
 
 
 def cmd_make_tiny_task(args) -> int:
@@ -256,7 +273,7 @@ def cmd_findings(args) -> int:
     from harness.report.findings import analyse, render
 
     text = render(analyse(Path(args.results), args.task, args.real, args.control), args.task)
-    sys.stdout.write(text + "\n")
+    write_out(text + "\n")
     return 0
 
 
@@ -304,7 +321,7 @@ def cmd_gaming(args) -> int:
         Path(args.output) if args.output else None, backend=args.backend, device=args.device,
         overrides=args.override, endpoints=[e for e in (args.endpoints or "").split(",") if e],
         served_model=args.served_model)
-    sys.stdout.write(text + "\n")
+    write_out(text + "\n")
     # Non-zero when an adversarial submission beats the control: usable as a CI gate.
     return 1 if any(e.above_control for e in entries if e.method.startswith("gaming-")) else 0
 
@@ -365,7 +382,7 @@ def cmd_oracle(args) -> int:
 def cmd_site(args) -> int:
     from harness.report.site import build_site
 
-    index = build_site(Path(args.output), Path(args.results), args.task, console=console)
+    index = build_site(Path(args.output), Path(args.results), args.task, console=console, warn=_note)
     _say(f"site: {index.resolve()}")
     return 0
 
@@ -734,13 +751,13 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as e:
         return _error(e)
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted: finished work is cached; rerun the same command to resume")
+        safe_console(stderr=True).print("interrupted: finished work is cached; rerun the same command to resume")
         return 130
 
 
 def _error(e: HarnessError) -> int:
     # one_line: a message quoting user text (a newline in a method name, a lone surrogate) stays one line.
-    Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True).print(
+    safe_console(stderr=True, highlight=False, soft_wrap=True).print(
         Text.assemble(("error:", "bold red"), " ", one_line(str(e))))
     return 2
 

@@ -31,8 +31,10 @@ from harness.report.result import (
 from harness.report.write import (
     draw_figures,
     method_notes,
+    portable_path,
     provenance,
     result_tag,
+    side_record,
     write_side_file,
 )
 from harness.score.calibrate import CALIBRATION_MODES, calibrate
@@ -147,7 +149,16 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
         tag += "-" + cfg.cascade.tag()
     out_dir.mkdir(parents=True, exist_ok=True)
     side = out_dir / f"{tag}.per_context.npz"
+    task_ref = TaskRef(id=spec.id, hash=spec.hash)
+    sub_info = SubmissionInfo(method=sub.method, description=sub.description, sha256=sub.sha256,
+                              path=portable_path(cfg.submission), n_explanations=len(sub.explanations), coverage=cov)
+    sim_info = SimulatorInfo(model_key=sim_ref.key(), prompt_version=spec.simulator.prompt_version, backend=sim.name)
+    prov = provenance(spec, cfg.command, inputs.device, score_source, started, pred.stats)
+    result_warnings = [PredictionWarning(**w.to_dict()) for w in warnings]
     side_sha = write_side_file(side, prep, latents, patched.ce, subsets, dict(
+        # The identity fields, copied where the result's sha256 covers them: `verify-result` compares each.
+        record=side_record(task_ref, sub_info, sim_info, prov, result_warnings),
+        rewritten=np.asarray(prep.rewritten, dtype=np.int64),
         pred_calibration=pred.calibration.astype(np.float32), pred_test=pred.test.astype(np.float32),
         det_pred_pos=padded(pred.detection_pos), det_pred_neg=padded(pred.detection_neg),
         detection_threshold=det_thr, fire_rate=fire_rate, active_true=patched.active_true,
@@ -157,12 +168,10 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
         **({"calibration_weights": cal_w} if cal_w is not None else {})))
     zero_output = base["zero_output"]
     result = Result(
-        task=TaskRef(id=spec.id, hash=spec.hash),
-        submission=SubmissionInfo(method=sub.method, description=sub.description, sha256=sub.sha256,
-                                  path=str(cfg.submission), n_explanations=len(sub.explanations), coverage=cov),
-        simulator=SimulatorInfo(model_key=sim_ref.key(), prompt_version=spec.simulator.prompt_version,
-                                backend=sim.name),
-        provenance=provenance(spec, cfg.command, inputs.device, score_source, started, pred.stats),
+        task=task_ref,
+        submission=sub_info,
+        simulator=sim_info,
+        provenance=prov,
         headline=head,
         ce_means=CeMeans(clean=float(base["clean"].mean()), coder=float(base["coder"].mean()),
                          zero_output=float(np.mean(zero_output)) if np.isfinite(zero_output).all() else None,
@@ -177,7 +186,7 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
         sens_spec_by_detection_bin=bins,
         side_files=SideFiles(per_context=SideFile(path=side.name, sha256=side_sha)),
         methods=method_notes(spec, prep.table),
-        warnings=[PredictionWarning(**w.to_dict()) for w in warnings],
+        warnings=result_warnings,
         cascade=cascade_section,
     )
     result.figures = draw_figures(result, out_dir, tag, prep, latents, pred.test, sims["quantile"])

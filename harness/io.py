@@ -30,16 +30,32 @@ from rich.progress import (
 
 from harness.errors import HarnessError
 
-# Categories that would break "one line" or the terminal: controls (\n, \r, ESC...), line/paragraph
-# separators (str.splitlines splits on them) and lone surrogates (not encodable as UTF-8).
+# Categories that would break "one line" or the terminal: controls (\n, \r, ESC, the C1 range with its
+# one-byte CSI...), line/paragraph separators (str.splitlines splits on them) and lone surrogates (not
+# encodable as UTF-8).
 _UNPRINTABLE = {"Cc", "Zl", "Zp", "Cs"}
+# Bidirectional overrides and isolates: printable, but they reorder the text after them on screen, so a
+# name could show as another name ("Trojan source").
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def unsafe_char(ch: str) -> bool:
+    """A character that must never reach a terminal raw: it breaks the line, drives the terminal
+    (an ESC or CSI sequence: recolour, clear, set the title, write the clipboard) or reorders the text."""
+    return unicodedata.category(ch) in _UNPRINTABLE or ch in BIDI_CONTROLS
+
+
+def escape_unsafe(text: str, keep: str = "") -> str:
+    """`text` with every unsafe character but those in `keep` written as a Python escape (ESC -> \\x1b)."""
+    if text.isprintable():   # fast path: no Cc, Cf, Zl, Zp or Cs character at all
+        return text
+    return "".join(ascii(ch)[1:-1] if ch not in keep and unsafe_char(ch) else ch for ch in text)
 
 
 def one_line(text: str) -> str:
-    """`text` with every line-breaking, control or unencodable character written as a Python escape."""
-    if text.isprintable():
-        return text
-    return "".join(ascii(ch)[1:-1] if unicodedata.category(ch) in _UNPRINTABLE else ch for ch in text)
+    """`text` with every line-breaking, control, reordering or unencodable character written as a Python
+    escape: one visible line whatever the text holds."""
+    return escape_unsafe(text)
 
 
 def env_int(name: str, default: int) -> int:

@@ -7,20 +7,76 @@ One rule for every table the CLI prints (`--format auto`, the default):
   the other columns wrapped (never cut to "…");
 - a terminal too narrow even for that: one block per row, its identifiers as the block's first line.
 
-`--format json` is for scripts: the rows as a JSON list of objects (not printed through here).
+`--format json` is for scripts: the rows as a JSON list of objects (`json_text`).
+
+It is also the one place text leaves the program for a terminal. Method names, descriptions, explanations
+and result fields are whatever a submitter or a results folder holds, and ESC, CSI, OSC (set the window
+title, write the clipboard), CR, NUL or U+2028 in them would drive or break the terminal of whoever runs
+the harness. `SafeConsole` (every rich print) and `write`/`json_text` (plain stdout) write each such
+character as a visible escape; the newlines the program itself lays out pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import IO, Any
 
 from rich.cells import cell_len
 from rich.console import Console
 from rich.padding import Padding
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 from tabulate import tabulate
+
+from harness.io import escape_unsafe
+
+
+class SafeConsole(Console):
+    """A rich Console that cannot be driven by the text it prints.
+
+    Escaping happens on the rendered segments, after rich has laid out tables and wrapped lines, so it
+    holds for every renderable (tables, titles, captions, Text, str) without each caller remembering it.
+    Rich's own styles are applied after this step and its control segments (cursor moves of a live
+    progress bar) are left alone; only the characters of the text itself are escaped. A newline inside
+    a text is kept (rich has already broken the line there); identifiers meant to be one line are passed
+    through `harness.io.one_line` where they are formatted.
+    """
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(
+            seg if seg.control else Segment(escape_unsafe(seg.text, keep="\n"), seg.style, seg.control)
+            for seg in buffer)
+
+
+def console(*, stderr: bool = False, **kw: Any) -> SafeConsole:
+    """A SafeConsole without markup or emoji codes: user text like "[/b]" or ":x:" prints as typed."""
+    return SafeConsole(stderr=stderr, **{"markup": False, "emoji": False, **kw})
+
+
+def write(text: str, file: IO[str] | None = None) -> None:
+    """Plain text (Markdown, CSV, HTML) to stdout: every unsafe character escaped, layout newlines and tabs kept."""
+    (file or sys.stdout).write(escape_unsafe(text, keep="\n\t"))
+
+
+_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def json_text(obj: Any) -> str:
+    """`obj` as indented JSON that is safe on a terminal and still decodes to `obj`.
+
+    json escapes U+0000-U+001F itself; DEL, the C1 controls (U+0080-U+009F, among them the one-byte
+    CSI), the line separators, bidirectional controls and lone surrogates it writes raw. They only ever
+    occur inside strings, where \\uXXXX is the same character to a JSON reader.
+    """
+    import json
+
+    text = json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
 
 # Below this many characters per non-identifier column a rich table is mostly wrapped fragments.
 _MIN_OTHER = 12

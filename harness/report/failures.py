@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.io import sha256_file
-from harness.report.result import Result, load_result
+from harness.io import one_line, sha256_file
+from harness.report.result import DamagedSideFile, Result, load_result, read_side_file
+from harness.terminal import console as safe_console
 
 TOP_N = 5
 
@@ -65,6 +66,7 @@ class Loaded:
     result: Result
     side: dict[str, np.ndarray] | None
     side_note: str = ""
+    damaged: bool = False   # the side file is there but cannot be read whole
 
     @property
     def latents(self) -> list[int]:
@@ -81,18 +83,22 @@ def load_with_side(path: str | os.PathLike, *, require_side: bool = True) -> Loa
             raise HarnessError(note)
         return Loaded(p, res, None, note)
     side_path = p.parent / info["path"]
-    note = ""
+    note, damaged = "", False
+    side: dict[str, np.ndarray] | None = None
     if not side_path.is_file():
         note = f"{side_path}: side file not found — it must sit next to {p.name}; re-run `harness eval`"
-    elif info.get("sha256") and sha256_file(side_path) != info["sha256"]:
-        # A side file from another run would produce contexts that disagree with the result's numbers.
-        note = f"{side_path}: sha256 differs from the one {p.name} records — the side file belongs to another run"
-    if note:
+    else:
+        try:
+            side = read_side_file(side_path)
+        except DamagedSideFile as e:
+            note, damaged = str(e), True
+        if side is not None and info.get("sha256") and sha256_file(side_path) != info["sha256"]:
+            # A side file from another run would produce contexts that disagree with the result's numbers.
+            note = f"{side_path}: sha256 differs from the one {p.name} records — the side file belongs to another run"
+    if note or side is None:
         if require_side:
             raise HarnessError(note)
-        return Loaded(p, res, None, note)
-    with np.load(side_path, allow_pickle=False) as z:
-        side = {k: z[k] for k in z.files}
+        return Loaded(p, res, None, note, damaged)
     for k in ("latents", "true_test", "pred_test"):
         if k not in side:
             note = f"{side_path}: no {k!r} array — written by an older harness; re-run `harness eval`"
@@ -318,14 +324,14 @@ def _num(x: float | None, d: int = 3) -> str:
 
 
 def print_report(rep: LatentReport, loaded: Loaded, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = console or Console()
+    console = console or safe_console()
     res = loaded.result
     # Text objects, never markup strings: a method name or explanation holding "[red]" must print as typed.
-    console.print(Text(f"{res.task['id']} · {res.submission.get('method', '?')} · latent {rep.latent}", style="bold"))
+    console.print(Text(f"{one_line(str(res.task['id']))} · {one_line(str(res.submission.get('method', '?')))} · "
+                       f"latent {rep.latent}", style="bold"))
     console.print(Text("explanation: ") + (Text(repr(rep.explanation)) if rep.explanation is not None
                                            else Text(f"unavailable ({rep.explanation_note})", style="dim")))
     console.print(Text(f"detection AUROC {_num(rep.auroc, 2)} · sensitivity {_num(rep.sensitivity, 2)} · "

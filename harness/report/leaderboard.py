@@ -34,8 +34,9 @@ from tabulate import tabulate
 from harness.errors import HarnessError
 from harness.io import atomic_write_text, one_line
 from harness.oracle import ORACLE_FILE
-from harness.report.result import Result, load_result
+from harness.report.result import DamagedSideFile, Result, load_result, read_side_file
 from harness.terminal import Column, fits, markdown, print_table
+from harness.terminal import console as safe_console
 
 NAN = math.nan
 
@@ -99,6 +100,7 @@ class Row:
     rank_by: str = "sim_minus_zero"
     rank: str = ""                             # "3", or "=2" when tied with the row above, "?2" when untested
     vs_above: dict[str, float] | None = None   # mean paired difference with the row above, with CI
+    rank_series: np.ndarray | None = None      # per-context simulated − latent zero, read once from the side file
 
     @property
     def simulator(self) -> str:
@@ -109,6 +111,7 @@ class Row:
 class Rejected:
     path: str
     reason: str
+    damaged: bool = False   # its side file cannot be read: said by every reader, eval's leaderboard step too
 
 
 def _est(d: Any) -> dict[str, float]:
@@ -215,6 +218,14 @@ def collect_results(
             rejected.append(Rejected(str(p), "a cascade result (eval --cascade): leaderboards rank exhaustive runs only"))
             continue
         row = row_from_result(res, str(p))
+        if row.side_file and Path(row.side_file).is_file():
+            # Read here, once: a damaged side file rejects its row with one line instead of breaking
+            # the table (and the site, and every later eval into this folder) with a zip traceback.
+            try:
+                row.rank_series = _rank_series_of(read_side_file(row.side_file, RANK_KEYS))
+            except DamagedSideFile as e:
+                rejected.append(Rejected(str(p), str(e), damaged=True))
+                continue
         key = (tid, row.submission_sha256, row.model_key, row.prompt_version)
         old = newest.get(key)
         if old is None or _parse_date(row.date) >= _parse_date(old.date):
@@ -234,11 +245,21 @@ def sort_rows(rows: list[Row]) -> list[Row]:
     return sorted(rows, key=key)
 
 
-def _rank_series(path: str) -> np.ndarray | None:
+RANK_KEYS = ("ce_simulated__quantile__all", "ce_latent_zero__all")
+
+
+def _rank_series_of(side: Mapping[str, np.ndarray]) -> np.ndarray:
+    return side["ce_simulated__quantile__all"] - side["ce_latent_zero__all"]
+
+
+def _rank_series(r: Row) -> np.ndarray | None:
+    if r.rank_series is not None:
+        return r.rank_series
+    if not r.side_file:
+        return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return z["ce_simulated__quantile__all"] - z["ce_latent_zero__all"]
-    except (OSError, KeyError, ValueError):
+        return _rank_series_of(read_side_file(r.side_file, RANK_KEYS))
+    except DamagedSideFile:
         return None
 
 
@@ -265,8 +286,7 @@ def mark_ties(rows: list[Row]) -> list[Row]:
             a = np.asarray([pa[j] for j in both]) if len(both) >= 2 else None
             b = np.asarray([pb[j] for j in both]) if len(both) >= 2 else None
         else:
-            a = _rank_series(r.side_file) if r.side_file else None
-            b = _rank_series(prev.side_file) if prev.side_file else None
+            a, b = _rank_series(r), _rank_series(prev)
         if a is None or b is None or a.shape != b.shape or math.isnan(r.sim_minus_zero_mean["value"]):
             r.rank, r.vs_above = f"?{group}", None   # untested: keep the group, say so
         else:
@@ -489,10 +509,9 @@ _BOOKKEEPING = ("date", "simulator", "coverage", "balanced accuracy", "specifici
 def print_leaderboard(rows: list[Row], console=None, *, title: str | None = None, fmt: str = "auto") -> None:
     """The leaderboard by the rule of `harness.terminal`: Markdown when piped, a terminal table whose
     bookkeeping columns give way to a narrow width (rank, method and the scores stay), every id whole."""
-    from rich.console import Console
     from rich.text import Text
 
-    console = console or Console(markup=False, emoji=False)
+    console = console or safe_console()
     if not rows:
         console.print(Text(f"{title + ': ' if title else ''}no results yet (`harness eval` writes them)"), soft_wrap=True)
         return

@@ -407,6 +407,35 @@ def load_result(path: str | os.PathLike) -> Result:
         raise HarnessError(f"{where}: {e}") from None
 
 
+class DamagedSideFile(HarnessError):
+    """A side file that cannot be read whole: truncated, corrupted, or lacking an array a reader needs."""
+
+
+def read_side_file(path: str | os.PathLike, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays `keys` (every array when None) of a per-context side file, each read whole.
+
+    Reading an array checks its zip CRC-32, so a truncated or corrupted file is caught here as one
+    `DamagedSideFile` line naming it, never a zipfile/zlib traceback in the middle of a report.
+    """
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            names = list(z.files) if keys is None else list(keys)
+            missing = [k for k in names if k not in z.files]
+            if missing:
+                raise KeyError(f"no {', '.join(repr(k) for k in missing[:3])} array")
+            return {k: z[k] for k in names}
+    except FileNotFoundError:
+        raise DamagedSideFile(f"{p}: side file not found — it must sit next to its result; re-run `harness eval`") \
+            from None
+    except Exception as e:  # any unreadable side file is one line; KeyboardInterrupt is not an Exception
+        from harness.io import one_line
+
+        why = one_line(str(e).strip("'\"") or type(e).__name__)
+        raise DamagedSideFile(f"{p}: side file is damaged ({why}) — re-run `harness eval` for this submission") \
+            from None
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--schema"]:
         SCHEMA_FILE.write_text(schema_text())

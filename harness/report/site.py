@@ -17,7 +17,7 @@ import html
 import math
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import numpy as np
 
 from harness import __version__
 from harness.errors import HarnessError
+from harness.io import one_line
 from harness.report.failures import (
     Loaded,
     case_titles,
@@ -36,7 +37,7 @@ from harness.report.failures import (
     load_with_side,
     test_windows,
 )
-from harness.report.leaderboard import COLUMNS_HELP, RANK_BY_AUROC_HELP, Row, collect_results
+from harness.report.leaderboard import COLUMNS_HELP, RANK_BY_AUROC_HELP, Rejected, Row, collect_results
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
@@ -389,8 +390,9 @@ class MethodEntry:
 
 
 def build_site(out_dir: str | os.PathLike, results_dir: str | os.PathLike = "results", task: str | None = None,
-               *, console=None, n_cases: int = 5) -> Path:
-    """Write the site under ``out_dir`` and return its index.html."""
+               *, console=None, n_cases: int = 5, warn: Callable[[str], None] | None = None) -> Path:
+    """Write the site under ``out_dir`` and return its index.html; ``warn`` gets one line per result file
+    left out (damaged side file, other task hash...), which the task page also lists."""
     from harness.task.spec import list_tasks
 
     out = Path(out_dir)
@@ -409,9 +411,16 @@ def build_site(out_dir: str | os.PathLike, results_dir: str | os.PathLike = "res
     for spec in specs:
         rows, rejected = collect_results(results_dir, spec.id, task_hashes=hashes)
         entries = []
-        for k, r in enumerate(rows):
+        for r in rows:
             loaded = load_with_side(r.path, require_side=False)
-            entries.append(MethodEntry(r, loaded, _safe(Path(r.path).stem), PALETTE[k % len(PALETTE)]))
+            if loaded.damaged:
+                # Readable enough to rank (the two arrays the leaderboard reads) but not whole: left out.
+                rejected.append(Rejected(r.path, loaded.side_note, damaged=True))
+                continue
+            entries.append(MethodEntry(r, loaded, _safe(Path(r.path).stem), PALETTE[len(entries) % len(PALETTE)]))
+        for rj in rejected:
+            if warn is not None:
+                warn(f"rejected {one_line(rj.path)}: {one_line(rj.reason)}")
         per_task.append((spec, entries, rejected, _oracle_of(Path(results_dir) / spec.id)))
     n_pages = sum(len(e.loaded.latents) for _, es, _, _ in per_task for e in es)
 
@@ -425,11 +434,25 @@ def build_site(out_dir: str | os.PathLike, results_dir: str | os.PathLike = "res
             decode, dnote = load_decoder(spec) if entries else (None, "")
             for e in entries:
                 _write_method(tdir, spec, e, decode, dnote, n_cases, lambda: prog.advance(bar, 1))
-            _write(tdir / "index.html", _task_page(spec, entries, rejected, oracle))
+            _write(tdir / "index.html", _task_page(spec, entries, rejected, oracle, results_dir))
             best = entries[0].row.recovery["value"] if entries else math.nan
             summary.append((spec, len(entries), best, entries[0].row.method if entries else ""))
     index = _write(out / "index.html", _index_page(summary))
     return index
+
+
+def _public_path(path: str) -> str:
+    """A path recorded by an older harness may be absolute (/home/<name>/...): a page shows its file name."""
+    return Path(path).name if Path(path).is_absolute() else path
+
+
+def _public_text(text: str, root: str | os.PathLike) -> str:
+    """`text` with the results folder's absolute location cut to the folder's name (pages are published;
+    the evaluator's folders are not)."""
+    r = Path(root)
+    for base in {str(r.resolve()), str(r.absolute())}:
+        text = text.replace(base.rstrip("/") + "/", "")
+    return text
 
 
 def _write(path: Path, text: str) -> Path:
@@ -522,7 +545,8 @@ def _oracle_section(spec, oracle) -> Raw | None:
                 legend([(f"oracle · {f}", c, f == "binary") for f, c in colours.items()]))
 
 
-def _task_page(spec, entries: list[MethodEntry], rejected, oracle=None) -> str:
+def _task_page(spec, entries: list[MethodEntry], rejected, oracle=None,
+               results_dir: str | os.PathLike = "results") -> str:
     crumbs = [("tasks", "../index.html"), (spec.id, None)]
     head = join(el("h1", f"Leaderboard: {spec.id}"), el("p", spec.description, class_="help"),
                 el("p", f"Task hash {spec.hash}", class_="mut"))
@@ -566,7 +590,8 @@ def _task_page(spec, entries: list[MethodEntry], rejected, oracle=None) -> str:
                "Click a header to sort.",
                class_="help")
     rej = (el("details", el("summary", f"{len(rejected)} result file(s) not ranked"),
-              el("ul", [el("li", f"{rj.path}: {rj.reason}") for rj in rejected])) if rejected else None)
+              el("ul", [el("li", _public_text(f"{rj.path}: {rj.reason}", results_dir)) for rj in rejected]))
+           if rejected else None)
     sections = [head, table, help_, rej, _oracle_section(spec, oracle), _curves(entries), _calibration(entries),
                 _sens_spec(entries)]
     return page(f"{spec.id} leaderboard", join(*sections), crumbs, sortable=True)
@@ -673,7 +698,7 @@ def _write_method(tdir: Path, spec, e: MethodEntry, decode, dnote: str, n_cases:
     r = e.row
     kv = el("dl", [join(el("dt", k), el("dd", v)) for k, v in (
         ("method", r.method), ("description", res.submission.get("description", "")),
-        ("submission", f"{res.submission.get('path', '')} (sha256 {r.submission_sha256[:12]})"),
+        ("submission", f"{_public_path(str(res.submission.get('path', '')))} (sha256 {r.submission_sha256[:12]})"),
         ("simulator", f"{res.simulator.get('model_key', '?')} ({res.simulator.get('prompt_version', '?')}, "
                       f"{res.simulator.get('backend', '?')})"),
         ("recovery", _est_text(r.recovery, 3)), ("ΔCE median (simulated)", _est_text(r.delta_ce_median_simulated, 4)),
@@ -686,7 +711,7 @@ def _write_method(tdir: Path, spec, e: MethodEntry, decode, dnote: str, n_cases:
              el("th", "# FN", title="test contexts: latent fired, simulator not"))
     table = el("div", el("table", el("thead", hdr), el("tbody", rows), class_="sortable", id="latents"), class_="wrap")
     notes = [el("p", f"Explanations unavailable: {enote}", class_="mut") if enote else None,
-             el("p", loaded.side_note, class_="mut") if loaded.side_note else None]
+             el("p", _public_text(loaded.side_note, loaded.path.parent), class_="mut") if loaded.side_note else None]
     body = join(el("h1", r.method), kv, notes, el("h2", "Latents"),
                 el("p", "Click a latent for its failure report. Click a header to sort.", class_="help"), table,
                 el("h2", "Figures written by harness eval") if figs else None, el("div", figs, class_="grid"))

@@ -13,6 +13,7 @@ says which); 2 the files cannot be read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.report.result import DamagedSideFile, read_side_file
 
 LEVEL = 0.95
 
@@ -47,6 +49,9 @@ class Report:
         if self.missing:
             out.append("  cannot recompute (side file predates these fields; rerun `harness eval`): "
                        + "; ".join(f"{k} (needs {v})" for k, v in self.missing.items()))
+        out.append("  verdict: " + ("FAIL: the result does not match its side file" if self.status == 1 else
+                                    "INCOMPLETE: every number checked matches, some could not be checked"
+                                    if self.status == 3 else "OK: every number matches"))
         return out
 
 
@@ -87,16 +92,23 @@ def _mean_est(x: np.ndarray, boot: np.ndarray) -> tuple:
     return float(x.mean()), float(lo), float(hi)
 
 
-def _median_est(x: np.ndarray) -> tuple:
+@functools.cache
+def _order_stat(n: int) -> int:
+    """Order-statistic interval: the widest-coverage pair (l, n+1-l) still leaving ≤ 2.5% in each tail
+    (0: none does). One vectorised binomial CDF per sample size: every median of a result shares n."""
     from scipy.stats import binom
 
+    ks = np.arange(1, n // 2 + 1)
+    ok = ks[binom.cdf(ks - 1, n, 0.5) <= (1 - LEVEL) / 2]
+    return int(ok.max()) if ok.size else 0
+
+
+def _median_est(x: np.ndarray) -> tuple:
     n = len(x)
-    # Order-statistic interval: the widest-coverage pair (l, n+1-l) still leaving ≤ 2.5% in each tail.
-    ls = [k for k in range(1, n // 2 + 1) if binom.cdf(k - 1, n, 0.5) <= (1 - LEVEL) / 2]
-    srt = np.sort(x)
-    if not ls:
+    l = _order_stat(n)
+    if not l:
         return float(np.median(x)), None, None
-    l = max(ls)
+    srt = np.sort(x)
     return float(np.median(x)), float(srt[l - 1]), float(srt[n - l])
 
 
@@ -189,9 +201,23 @@ def verify_result(path: str | Path) -> Report:
     if digest != side_info.get("sha256"):
         rep.mismatches.append(f"side file sha256 {digest[:16]}… differs from the result's "
                               f"{str(side_info.get('sha256'))[:16]}…")
-    with np.load(side_path, allow_pickle=False) as z:
-        side = {k: z[k] for k in z.files}
+    try:
+        side = read_side_file(side_path)
+    except DamagedSideFile as e:
+        rep.mismatches.append(str(e))
+        return rep
+    try:
+        _verify(res, side, chk, rep)
+    except Exception as e:  # noqa: BLE001 — an edited or foreign file: a verdict, never a traceback
+        from harness.io import one_line
 
+        rep.mismatches.append("the result and its side file do not fit together "
+                              f"({type(e).__name__}: {one_line(str(e))[:200]}) — one of them was edited or "
+                              "belongs to another run")
+    return rep
+
+
+def _verify(res: dict, side: dict[str, np.ndarray], chk: _Checker, rep: Report) -> None:
     methods = res.get("methods") or {}
     boot_cfg = (methods.get("intervals") or {}).get("bootstrap") or {}
     legacy = not methods
@@ -255,7 +281,8 @@ def verify_result(path: str | Path) -> Report:
     auroc = _verify_detection(side, res, chk, rep)
     _verify_calibration(side, chk, rep)
     _verify_subsets(side, res, auroc, chk, rep)
-    return rep
+    _verify_identity(side, res, chk, rep)
+    _verify_layout(side, res, auroc, chk, rep)
 
 
 def _verify_masks(side, res, chk: _Checker, rep: Report) -> None:
@@ -406,3 +433,109 @@ def _verify_subsets(side, res, auroc, chk: _Checker, rep: Report) -> None:
         for c in res["conditions"]:
             if c["selection"] == rule and f"{c['fraction']:g}" == frac:
                 chk.num(f"conditions[{rule}@{frac}].n_latents", len(side[key]), c["n_latents"])
+
+
+def _same(a, b) -> bool:
+    return json.dumps(a, sort_keys=True, ensure_ascii=False) == json.dumps(b, sort_keys=True, ensure_ascii=False)
+
+
+def _verify_identity(side, res, chk: _Checker, rep: Report) -> None:
+    """Identity, counts and provenance: against the copy the side file holds (its sha256 is in the result),
+    coverage also recomputed from the side file's latents and, when the file is here, the submission."""
+    if "record" not in side or "rewritten" not in side:
+        rep.missing["task, submission, simulator, provenance and warnings fields"] = "record, rewritten"
+        return
+    record = json.loads(str(side["record"]))
+    for section in ("task", "submission", "simulator", "provenance"):
+        got, want = record.get(section) or {}, res.get(section) or {}
+        for key in sorted(set(got) | set(want)):
+            rep.checked += 1
+            if key not in got or key not in want or not _same(got[key], want[key]):
+                rep.mismatches.append(f"{section}.{key}: result says {json.dumps(want.get(key))[:80]}, side file "
+                                      f"records {json.dumps(got.get(key))[:80]}")
+    rep.checked += 1
+    if not _same(record.get("warnings", []), res.get("warnings", [])):
+        rep.mismatches.append("warnings differ from those the side file records")
+    sub, prov = res["submission"], res["provenance"]
+    latents, rewritten = side["latents"].astype(np.int64), side["rewritten"].astype(np.int64)
+    rep.checked += 1
+    if not np.isin(latents, rewritten).all():
+        rep.mismatches.append("the side file's scored latents are not all among its rewritten latents")
+    chk.num("submission.coverage", len(latents) / len(rewritten) if len(rewritten) else 0.0, sub["coverage"])
+    _verify_submission_file(sub, rewritten, latents, chk, rep)
+    rep.checked += 1
+    if prov["n_computed"] + prov["n_cached"] > prov["n_predictions"] or min(prov["n_computed"], prov["n_cached"]) < 0:
+        # Pairs sharing a key (one explanation on several latents) are computed once: ≤, not =.
+        rep.mismatches.append(f"provenance: {prov['n_computed']} computed + {prov['n_cached']} cached predictions "
+                              f"exceed the {prov['n_predictions']} made")
+    if not res.get("cascade"):
+        det = int(np.isfinite(side["det_pred_pos"]).sum() + np.isfinite(side["det_pred_neg"]).sum())
+        chk.num("provenance.n_predictions (calibration + test + detection pairs)",
+                side["pred_calibration"].size + side["pred_test"].size + det, prov["n_predictions"], rel=0, abs_=0)
+
+
+def _verify_submission_file(sub, rewritten, latents, chk: _Checker, rep: Report) -> None:
+    """The submission itself, when its recorded path (relative to here) holds the file the hash names."""
+    from harness.task.submission import submission_sha256
+
+    p = Path(str(sub.get("path", "")))
+    try:
+        d = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+        ok = isinstance(d, dict) and submission_sha256(d) == sub["sha256"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        rep.notes.append(f"submission file {p} is not here (or is another version): coverage and explanation "
+                         "count checked against the side file only")
+        return
+    assert isinstance(d, dict)
+    explained = {int(k) for k in d["explanations"]}
+    chk.num("submission.n_explanations (from the submission file)", len(explained), sub["n_explanations"],
+            rel=0, abs_=0)
+    chk.num("submission.coverage (from the submission file)",
+            float(np.isin(rewritten, list(explained)).mean()) if len(rewritten) else 0.0, sub["coverage"])
+    rep.checked += 1
+    if sorted(j for j in rewritten.tolist() if j in explained) != sorted(latents.tolist()):
+        rep.mismatches.append("the scored latents are not the rewritten latents the submission explains")
+
+
+def _verify_layout(side, res, auroc, chk: _Checker, rep: Report) -> None:
+    """Fields that set how the numbers were computed rather than being computed: level, bins, condition
+    sizes, selection scores."""
+    from harness.score.metrics import DEFAULT_AUROC_EDGES
+
+    level = ((res.get("methods") or {}).get("intervals") or {}).get("level")
+    if level is not None:
+        chk.num("methods.intervals.level", LEVEL, level, rel=0, abs_=0)
+    m = len(side["latents"])
+    subsets = {k.removeprefix("subset__"): len(v) for k, v in side.items() if k.startswith("subset__")}
+    for i, c in enumerate(res["conditions"]):
+        tag = f"conditions[{i}]"
+        if c["selection"] == "all" or c["fraction"] == 1.0:   # every latent: no subset array is stored
+            if c["selection"] == "all":
+                chk.num(f"{tag}.fraction", 1.0, c["fraction"], rel=0, abs_=0)
+            chk.num(f"{tag}.n_latents", m, c["n_latents"], rel=0, abs_=0)
+        else:
+            name = f"{c['selection']}@{c['fraction']:g}"
+            rep.checked += 1
+            if name not in subsets:
+                rep.mismatches.append(f"{tag}: no subset {name} in the side file (fraction edited?)")
+            else:
+                chk.num(f"{tag}.n_latents", subsets[name], c["n_latents"], rel=0, abs_=0)
+    scores = side["selection_scores"].astype(np.float64)
+    for j, (got, want) in enumerate(zip(scores, res["per_latent"]["score"], strict=True)):
+        chk.num(f"per_latent.score[{j}]", got if math.isfinite(got) else None, want)
+    bins = res["sens_spec_by_detection_bin"]
+    edges = [float(e) for e in DEFAULT_AUROC_EDGES]
+    rep.checked += 1
+    if len(bins) != len(edges) - 1:
+        rep.mismatches.append(f"sens_spec_by_detection_bin: {len(bins)} bins, the protocol has {len(edges) - 1}")
+        return
+    sens = np.array([np.nan if v is None else v for v in res["per_latent"]["sensitivity"]], float)
+    a = np.array([np.nan if v is None else v for v in res["per_latent"]["auroc"]], float) if auroc is None else auroc
+    for i, b in enumerate(bins):
+        chk.num(f"sens_spec_by_detection_bin[{i}].lo", edges[i], b["lo"], rel=0, abs_=0)
+        chk.num(f"sens_spec_by_detection_bin[{i}].hi", edges[i + 1], b["hi"], rel=0, abs_=0)
+        last = i == len(bins) - 1
+        inb = (a >= edges[i]) & ((a <= edges[i + 1]) if last else (a < edges[i + 1]))
+        chk.num(f"sens_spec_by_detection_bin[{i}].n", int((inb & np.isfinite(sens)).sum()), b["n"], rel=0, abs_=0)

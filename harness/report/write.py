@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import sys
 import time
@@ -16,7 +17,7 @@ from harness import __version__
 from harness.data.prepare import Prepared
 from harness.data.table import ActivationTable
 from harness.io import save_npz, sha256_file
-from harness.report.result import Provenance, Result
+from harness.report.result import Provenance, Record, Result
 from harness.score.conditions import Condition, Subset
 from harness.score.metrics import CI_LEVEL
 from harness.task.spec import TaskSpec
@@ -57,6 +58,48 @@ def table_excerpt(table: ActivationTable, latents: np.ndarray, pred_cal: np.ndar
         values.append(table.nonzero_values(int(j))[r])
     return (np.array([len(r) for r in ranks], np.int64), np.concatenate(ranks),
             np.concatenate(values).astype(np.float32))
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """A path as a result may record it: relative to the working folder when under it, else to the home
+    folder (`~/...`), else as given.
+
+    Results and pages are shared; the evaluator's own folders (/home/<name>/...) are not theirs to publish.
+    """
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        try:
+            return prefix + str(p.relative_to(base))
+        except ValueError:
+            pass
+    return str(p)
+
+
+def portable_command(argv: list[str]) -> str:
+    """The command line as run, each absolute path argument written as `portable_path` writes it."""
+    import shlex
+
+    def arg(a: str) -> str:
+        name, eq, val = a.partition("=")
+        if eq and val.startswith("/"):
+            return f"{name}={portable_path(val)}"
+        return portable_path(a) if a.startswith("/") else a
+
+    return " ".join(shlex.quote(arg(a)) for a in argv)
+
+
+def side_record(task: Record, submission: Record, simulator: Record, prov: Record, warnings: list) -> np.ndarray:
+    """The result's identity sections as canonical JSON, stored in the side file (whose sha256 the result
+    records): an edited method name, simulator key, task hash, coverage or count then disagrees with it."""
+    import json
+
+    from harness.report.result import to_jsonable
+
+    record = {"task": task.to_dict(), "submission": submission.to_dict(), "simulator": simulator.to_dict(),
+              "provenance": prov.to_dict(), "warnings": [w.to_dict() for w in warnings]}
+    return np.array(json.dumps(to_jsonable(record), sort_keys=True, ensure_ascii=False, allow_nan=False))
 
 
 def write_side_file(path: Path, prep: Prepared, latents: np.ndarray, ce: dict[Condition, np.ndarray],

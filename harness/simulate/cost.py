@@ -10,12 +10,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
-
 from harness.errors import HarnessError
 from harness.simulate.cascade import CascadeSettings, expected_predictions
 from harness.task.spec import TaskSpec, load_task
 from harness.terminal import Column, print_table
+from harness.terminal import console as safe_console
 
 # Package data (not a repo path), so a wheel install can estimate too.
 THROUGHPUT_FILE = Path(__file__).resolve().parent / "throughput.json"
@@ -70,7 +69,7 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
                    cascade: CascadeSettings | None = None) -> Cost:
     spec = load_task(task, list(overrides))
     cost = prediction_cost(spec)
-    console = console or Console(markup=False, emoji=False)
+    console = console or safe_console()
     costs = {"exhaustive": cost}
     if cascade is not None:
         costs[f"cascade (top {cascade.top}, sample {cascade.sample:g})"] = cascade_cost(spec, cascade)

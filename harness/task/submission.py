@@ -27,7 +27,8 @@ No other top-level keys are accepted, so a typo ("explanation") fails loudly ins
 producing an empty submission.
 
 Parsing is bounded, so a hostile file costs a one-line error, not a crash: ``method`` is at most
-100 characters; no JSON value is nested more than 8 levels deep (a submission needs 2); every string
+100 characters of visible text (no control character, line separator or bidirectional override: it is
+printed on terminals); ``description`` is at most 10,000 characters; no JSON value is nested more than 8 levels deep (a submission needs 2); every string
 must be valid Unicode (a ``\\ud800`` escape without its pair is not); and a file larger than
 1 MiB + num_latents × (12 × max_chars + 100) bytes (every explanation at full length, written in
 ``\\u`` escapes) is refused before it is read.
@@ -50,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.io import atomic_write_text
+from harness.io import atomic_write_text, unsafe_char
 
 REQUIRED_KEYS = ("task", "method", "description", "explanations")
 OPTIONAL_KEYS = ("scores",)
@@ -59,6 +60,8 @@ OPTIONAL_KEYS = ("scores",)
 _LATENT_KEY = re.compile(r"0|[1-9][0-9]*")
 
 MAX_METHOD_CHARS = 100
+MAX_DESCRIPTION_CHARS = 10_000
+DELPHI_DEFAULT_MAX_CHARS = 4096   # import-delphi without a known task: a generous cap on one explanation
 MAX_DEPTH = 8
 # A JSON string (with \\ and \" escapes) or one structural bracket: strings are skipped when counting depth.
 _DEPTH_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
@@ -193,6 +196,25 @@ def _is_surrogate_text(s: str) -> bool:
     return False
 
 
+def check_method(method: str, where: str) -> None:
+    """A method name is one line of visible text: a control character (ESC, CR, NUL...), a line separator
+    or a bidirectional override in it can only break or drive the terminal of whoever prints it."""
+    for i, ch in enumerate(method):
+        if unsafe_char(ch):
+            raise HarnessError(
+                f'{where}: "method" holds the control character {ascii(ch)} at position {i}; a method name is one '
+                "line of visible text — remove it"
+            )
+
+
+def check_description(description: str, where: str) -> None:
+    if len(description) > MAX_DESCRIPTION_CHARS:
+        raise HarnessError(
+            f'{where}: "description" is {len(description):,} characters; it is copied into every result, '
+            f"leaderboard and page — keep it to {MAX_DESCRIPTION_CHARS:,} and link to a longer write-up"
+        )
+
+
 def max_file_bytes(num_latents: int, max_chars: int) -> int:
     return (1 << 20) + num_latents * (12 * max_chars + 100)
 
@@ -262,9 +284,11 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
             f'{where}: "method" is {len(method)} characters; it is a name shown on the leaderboard — keep it to '
             f'{MAX_METHOD_CHARS} and put the details in "description"'
         )
+    check_method(method, where)
     description = data["description"]
     if not isinstance(description, str):
         raise HarnessError(f'{where}: "description" must be a string (it may be empty)')
+    check_description(description, where)
 
     raw_expl = data["explanations"]
     if not isinstance(raw_expl, _Obj):
@@ -395,19 +419,27 @@ def import_delphi(
     method: str,
     description: str,
     hookpoint: str | None = None,
+    max_chars: int | None = None,
 ) -> dict:
     """Build a submission dict from a Delphi (or sae-auto-interp) explanations folder.
 
     ``folder`` is either the ``explanations/`` folder itself or a run folder containing one. Each
     file holds one latent's explanation, as a JSON string (what Delphi writes) or plain text.
     Explanations for several hookpoints in one folder need ``hookpoint`` to pick one, since latent
-    indices of different hookpoints are unrelated. The result is not validated against the task:
-    ``save_submission`` it and load it with ``load_submission``.
+    indices of different hookpoints are unrelated. Each file's size is checked before it is read: at most
+    what an explanation of ``max_chars`` characters (the task's cap; 4,096 when not given) can take in
+    JSON escapes, so a stray 200 MB file costs one error line, not the memory to read it; a longer
+    explanation is refused here rather than written into a submission `validate` would refuse. The
+    result is otherwise not validated against the task: ``save_submission`` it and load it with
+    ``load_submission``.
     """
     for name, value in (("method", method), ("description", description)):
         # Command-line text that is not valid UTF-8 arrives as lone surrogates (surrogateescape).
         if _is_surrogate_text(value):
             raise HarnessError(f"the {name} {ascii(value)} is not valid Unicode text — give it in UTF-8")
+    check_method(method, "--method")
+    check_description(description, "--description")
+    cap = max_chars if max_chars is not None else DELPHI_DEFAULT_MAX_CHARS
     root = Path(folder)
     if not root.is_dir():
         raise HarnessError(f"{root}: Delphi folder not found — point to the run's explanations/ folder")
@@ -450,7 +482,7 @@ def import_delphi(
             raise HarnessError(
                 f"{source[idx]} and {f} both explain latent {idx} — remove one of them"
             )
-        explanations[idx] = _read_delphi_text(f)
+        explanations[idx] = _read_delphi_text(f, cap)
         source[idx] = f
 
     return {
@@ -461,7 +493,11 @@ def import_delphi(
     }
 
 
-def _read_delphi_text(f: Path) -> str:
+def _read_delphi_text(f: Path, max_chars: int) -> str:
+    size, limit = f.stat().st_size, 12 * max_chars + 1024   # every character as a \\u escape, plus quotes
+    if size > limit:
+        raise HarnessError(f"{f}: {size:,} bytes, more than an explanation of at most {max_chars:,} characters "
+                           f"can take ({limit:,}) — remove the file or point to the explanations/ folder")
     try:
         raw = f.read_text(encoding="utf-8").strip()
     except UnicodeDecodeError:
@@ -476,5 +512,8 @@ def _read_delphi_text(f: Path) -> str:
             if _is_surrogate_text(decoded):
                 raise HarnessError(f"{f}: holds a lone surrogate escape (\\ud800-\\udfff without its pair), which is "
                                    "not Unicode text — fix the escape or re-export the explanation")
-            return decoded.strip()
+            raw = decoded.strip()
+    if len(raw) > max_chars:
+        raise HarnessError(f"{f}: the explanation is {len(raw):,} characters; the task caps explanations at "
+                           f"{max_chars:,} — shorten it")
     return raw
