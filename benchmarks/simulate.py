@@ -555,7 +555,8 @@ def parse_args(argv=None):
     p.add_argument("--max-chars", type=int, default=400)
     p.add_argument("--corpus-tokenizer", help="tokenizer folder that made the corpus, when it is not the model's "
                    "(e.g. the converted SmolLM2 folder, for another simulator on the default corpus)")
-    p.add_argument("--prompt", default="v1", help="prompt version: v1 (digits, the paper's) or yn1 (yes/no log-odds)")
+    p.add_argument("--prompt", default="v1", help="prompt version: v2 (digits, the paper's) or yn2 (yes/no "
+                   "log-odds); v1/yn1 are their texts tokenised in pieces, as RESULTS.md measured (default v1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vllm-python", help="python of an environment with vLLM (default: this one, else .venv-vllm/bin/python)")
     p.add_argument("--no-vllm", action="store_true", help="skip vLLM")
@@ -676,7 +677,7 @@ def main(argv=None) -> int:
 
     from harness.simulate import make_simulator, prompt_score
 
-    def expected_value(probs):   # the prompt's own score: Σ d·P(d) for v1, log-odds for yn1
+    def expected_value(probs):   # the prompt's own score: Σ d·P(d) for v1/v2, log-odds for yn1/yn2
         return prompt_score(args.prompt, probs)
     from harness.simulate.prompt import get_builder
 

@@ -68,7 +68,7 @@ def test_common_facts(tid):
     s = load_task(str(task_toml(tid)))
     assert s.contexts.T == 32 and s.contexts.min_position == 16
     assert (s.simulator.model["id"], s.simulator.model["revision"]) == LLAMA3
-    assert s.simulator.model["source"] == "hub" and s.simulator.prompt_version == "v1"
+    assert s.simulator.model["source"] == "hub" and s.simulator.prompt_version == "v2"
     assert s.scoring.bootstrap >= 1000 and s.scoring.quantile_method == "inverted_cdf"
     assert s.subject["source"] == "hub" and s.coder.source == "hub" and s.corpus.source == "hub"
     if tid.endswith("-lite"):

@@ -96,7 +96,7 @@ def test_task_hash_tracks_numbers_not_prose(task_toml):
     assert load_task(str(task_toml), ["description=\"other words\""]).hash == base.hash
     assert load_task(str(task_toml), ["contexts.T=25"]).hash != base.hash
     assert load_task(str(task_toml), ["scoring.seed=7"]).hash != base.hash
-    assert load_task(str(task_toml), ["simulator.prompt_version=\"v2\""]).hash != base.hash
+    assert load_task(str(task_toml), ["simulator.prompt_version=\"v1\""]).hash != base.hash
 
 
 @pytest.mark.parametrize("edit,needle", [

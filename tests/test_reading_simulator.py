@@ -136,6 +136,10 @@ def test_yn1_question_precedes_the_explanation(yn_tok):
     p = build_prompt(yn_tok, "yn1", "The cat", " sat", "animals on a farm", 400)
     assert yn_tok.decode(p.suffix_ids) == 'animals on a farm"<|im_end|>\n<|im_start|>assistant\n'
     assert "Answer Yes or No.\n\nExplanation: \"" in yn_tok.decode(p.prefix_ids)
+    # yn2 cuts before the space that opens the quote, where the tokenizer itself always cuts: one token more.
+    q = build_prompt(yn_tok, "yn2", "The cat", " sat", "animals on a farm", 400)
+    assert yn_tok.decode(q.suffix_ids) == ' "animals on a farm"<|im_end|>\n<|im_start|>assistant\n'
+    assert yn_tok.decode(q.prefix_ids).endswith("Answer Yes or No.\n\nExplanation:")
 
 
 def test_prompt_score_by_hand():
@@ -150,25 +154,26 @@ def test_prompt_score_by_hand():
         prompt_score("yn1", digits)
 
 
-def test_yn1_engines_agree_with_a_full_forward(yn_tok):
+@pytest.mark.parametrize("version", ["yn1", "yn2"])
+def test_yn_engines_agree_with_a_full_forward(yn_tok, version):
     """Plain and prefix engines give log P(Yes) - log P(No) of a full forward, computed here independently."""
     model = build_model("llama", len(yn_tok), 3)
     ctxs = [SimContext(f"c{i}", t[:40], t[40:46]) for i, t in enumerate(synthetic_texts(3, 5))]
     expl = ["numbers", "the word cat and other animals", "", "code"]
     pairs = [(c, e) for c in range(3) for e in range(4)]
-    plain = PlainSimulator(model, yn_tok, "yn1", 400, "k", batch_size=5)
-    prefix = PrefixSimulator(model, yn_tok, "yn1", 400, "k", batch_size=3)
+    plain = PlainSimulator(model, yn_tok, version, 400, "k", batch_size=5)
+    prefix = PrefixSimulator(model, yn_tok, version, 400, "k", batch_size=3)
     pp, _ = plain.predict(ctxs, expl, pairs)
     qp, _ = prefix.predict(ctxs, expl, pairs)
     yes, no = answer_token_ids(yn_tok, ("Yes", "No"))
     ref = []
     with torch.inference_mode():
         for c, e in pairs:
-            ids = build_prompt(yn_tok, "yn1", ctxs[c].text, ctxs[c].last_token, expl[e], 400).ids
+            ids = build_prompt(yn_tok, version, ctxs[c].text, ctxs[c].last_token, expl[e], 400).ids
             logits = model(torch.tensor([ids])).logits[0, -1].double()
             ref.append(float(logits[yes] - logits[no]))
-    np.testing.assert_allclose(prompt_score("yn1", pp), ref, atol=2e-4)
-    np.testing.assert_allclose(prompt_score("yn1", qp), ref, atol=2e-4)
+    np.testing.assert_allclose(prompt_score(version, pp), ref, atol=2e-4)
+    np.testing.assert_allclose(prompt_score(version, qp), ref, atol=2e-4)
 
 
 def test_answers_must_be_single_tokens():

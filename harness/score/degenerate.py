@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 # The digit prompt answers on 0..9; other prompts (log-odds, raw scores) have no fixed top.
-SCALE_TOP = {"v1": 9.0}
+SCALE_TOP = {"v1": 9.0, "v2": 9.0}
 
 
 @dataclass

@@ -232,7 +232,7 @@ rewritten = {rewritten}
 [simulator]
 source = "local"
 path = "simulator"
-prompt_version = "v1"
+prompt_version = "v2"
 max_explanation_chars = 400
 
 [scoring]
