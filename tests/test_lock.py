@@ -6,10 +6,10 @@ with); the lock is the one environment that scripts/install.sh and CI build (`ba
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version

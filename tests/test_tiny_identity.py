@@ -87,3 +87,19 @@ def test_key_ignores_serialisation_but_not_values(task, tmp_path):
     (folder / "tokenizer.json").write_text(json.dumps(tok))
     assert _key(folder) != SIMULATOR_KEY
 
+
+
+def test_unreadable_folder_is_one_clear_error(task, tmp_path):
+    import shutil
+
+    from harness.errors import HarnessError
+
+    folder = tmp_path / "simulator"
+    shutil.copytree(task / "simulator", folder)
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(HarnessError, match="save_pretrained folder"):
+        _key(folder)
+    shutil.copy(task / "simulator" / "config.json", folder / "config.json")
+    (folder / "model.safetensors").write_bytes(b"\x01")
+    with pytest.raises(HarnessError, match="cannot read its config, weights or tokenizer"):
+        _key(folder)

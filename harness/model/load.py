@@ -160,18 +160,24 @@ def _folder_fingerprint(folder: Path) -> str:
     shape and values in name order (not the file's layout or header metadata), and the tokenizer's vocab,
     merges, added tokens and chat template (not tokenizer.json's format). A model written by another
     transformers or tokenizers version, with the same numbers, gets the same key (docs/protocol-choices.md)."""
+    import struct
+
     h = hashlib.sha256()
-    h.update(_canonical_json(_config_values(folder / "config.json")))
-    shards = sorted(folder.glob("*.safetensors"))
-    if shards:
-        _hash_safetensors(h, shards)
-    else:
+    try:
+        h.update(_canonical_json(_config_values(folder / "config.json")))
+        shards = sorted(folder.glob("*.safetensors"))
+        if shards:
+            _hash_safetensors(h, shards)
+        h.update(_canonical_json(_tokenizer_values(folder)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as e:
+        raise HarnessError(f"model folder {folder}: cannot read its config, weights or tokenizer ({e}) — it must be "
+                           "a transformers save_pretrained folder; re-save or re-download it") from None
+    if not shards:
         weights = _weights_file(folder)     # pickled .bin: its bytes are all there is to go on
         if weights is not None:
             with open(weights, "rb") as f:
                 h.update(f.read(1 << 20))
             h.update(str(weights.stat().st_size).encode())
-    h.update(_canonical_json(_tokenizer_values(folder)))
     return h.hexdigest()[:12]
 
 
@@ -190,6 +196,8 @@ def _config_values(path: Path) -> dict:
         return [clean(v) for v in x] if isinstance(x, list) else x
 
     cfg = clean(json.loads(path.read_text(encoding="utf-8")))
+    if not isinstance(cfg, dict):
+        raise ValueError("config.json is not a JSON object")
     if "torch_dtype" in cfg:                      # transformers 4's name for what 5 calls dtype
         cfg.setdefault("dtype", cfg.pop("torch_dtype"))
     return cfg
