@@ -346,6 +346,7 @@ def cmd_check_simulator(args) -> int:
 
 def cmd_oracle(args) -> int:
     from harness.oracle import run_oracle, table_rows
+    from harness.report.write import portable_command
     from harness.terminal import Column, print_table
 
     levels = None
@@ -357,7 +358,7 @@ def cmd_oracle(args) -> int:
                                "0.6,0.7,0.8,0.9,0.95,1.0") from None
     report, path = run_oracle(args.task, levels, seed=args.seed, results_dir=Path(args.results),
                               output=Path(args.output) if args.output else None, device=args.device,
-                              overrides=args.override, command="harness " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                              overrides=args.override, command="harness " + portable_command(sys.argv[1:]))
     if args.format == "json":
         from harness.report.result import to_jsonable
 

@@ -232,7 +232,10 @@ ALL_FLAGS = set().union(*(_options(p) for p in _subparsers().values()))
 
 # Flags of other programs that harness messages tell users to run: pip, the Hugging Face CLI, vllm serve.
 FOREIGN = {"--no-deps", "--revision", "--repo-type", "--include", "--port", "--max-logprobs",
-           "--enable-prefix-caching", "--upgrade", "--dataset"}
+           "--enable-prefix-caching", "--upgrade", "--dataset",
+           # pip's and pip-compile's, in scripts/install.sh and scripts/lock.sh
+           "--require-hashes", "--no-build-isolation", "--generate-hashes", "--upgrade-package", "--extra",
+           "--strip-extras", "--allow-unsafe", "--no-emit-index-url", "--no-emit-find-links"}
 FLAG = re.compile(r"(?<![\w(-])--[a-z][a-z0-9-]*(?![\w:-])")
 
 

@@ -206,7 +206,14 @@ def test_model_keys(workdir, tmp_path):
     # from_dict with the task folder makes the path absolute, so key() works from any working directory
     anchored = ModelRef.from_dict({"source": "local", "path": "llama"}, "t [subject]", base_dir=workdir)
     assert Path(anchored.path).is_absolute() and anchored.key() == key
-    (tmp_path / "llama" / "config.json").write_text((tmp_path / "llama" / "config.json").read_text() + " ")
+    # The key is the config's values, not its bytes: whitespace is the same model, another value is not.
+    cfg_path = tmp_path / "llama" / "config.json"
+    cfg_path.write_text(cfg_path.read_text() + " ")
+    assert ref.key(tmp_path) == key
+    import json
+    cfg = json.loads(cfg_path.read_text())
+    cfg["rms_norm_eps"] = cfg["rms_norm_eps"] * 2
+    cfg_path.write_text(json.dumps(cfg))
     assert ref.key(tmp_path) != key
 
 

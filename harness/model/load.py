@@ -8,6 +8,7 @@ first and every way of not finding a model ends in one HarnessError that says ho
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
@@ -145,17 +146,113 @@ def _weights_file(folder: Path) -> Path | None:
     return None
 
 
+# Config keys that say which software wrote the file, not which model it is.
+_CONFIG_VOLATILE = ("transformers_version", "_name_or_path")
+# Above this many bytes of safetensors weights, each tensor contributes only its first bytes: a retrained or
+# re-converted model changes every tensor's first bytes, and a multi-GB folder is keyed in milliseconds.
+_FULL_HASH_BYTES = 64 << 20
+_TENSOR_PREFIX_BYTES = 64 << 10
+
+
 def _folder_fingerprint(folder: Path) -> str:
-    # config + the first MiB of weights (a safetensors header lists every tensor) + the weights' size:
-    # cheap for multi-GB folders, and any retrained or re-converted model changes it.
+    """What defines the model, not how this software version serialised it: the config's values (less the
+    writer's version stamp, nulls, the torch_dtype/dtype spelling), every safetensors tensor's name, dtype,
+    shape and values in name order (not the file's layout or header metadata), and the tokenizer's vocab,
+    merges, added tokens and chat template (not tokenizer.json's format). A model written by another
+    transformers or tokenizers version, with the same numbers, gets the same key (docs/protocol-choices.md)."""
+    import struct
+
     h = hashlib.sha256()
-    h.update((folder / "config.json").read_bytes())
-    weights = _weights_file(folder)
-    if weights is not None:
-        with open(weights, "rb") as f:
-            h.update(f.read(1 << 20))
-        h.update(str(weights.stat().st_size).encode())
+    try:
+        h.update(_canonical_json(_config_values(folder / "config.json")))
+        shards = sorted(folder.glob("*.safetensors"))
+        if shards:
+            _hash_safetensors(h, shards)
+        h.update(_canonical_json(_tokenizer_values(folder)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as e:
+        raise HarnessError(f"model folder {folder}: cannot read its config, weights or tokenizer ({e}) — it must be "
+                           "a transformers save_pretrained folder; re-save or re-download it") from None
+    if not shards:
+        weights = _weights_file(folder)     # pickled .bin: its bytes are all there is to go on
+        if weights is not None:
+            with open(weights, "rb") as f:
+                h.update(f.read(1 << 20))
+            h.update(str(weights.stat().st_size).encode())
     return h.hexdigest()[:12]
+
+
+def _canonical_json(x: Any) -> bytes:
+    import json
+
+    return json.dumps(x, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _config_values(path: Path) -> dict:
+    import json
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items() if v is not None and k not in _CONFIG_VOLATILE}
+        return [clean(v) for v in x] if isinstance(x, list) else x
+
+    cfg = clean(json.loads(path.read_text(encoding="utf-8")))
+    if not isinstance(cfg, dict):
+        raise ValueError("config.json is not a JSON object")
+    if "torch_dtype" in cfg:                      # transformers 4's name for what 5 calls dtype
+        cfg.setdefault("dtype", cfg.pop("torch_dtype"))
+    return cfg
+
+
+def _hash_safetensors(h, shards: list[Path]) -> None:
+    import json
+    import struct
+
+    entries = []
+    for path in shards:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        entries += [(name, path, 8 + n, info) for name, info in header.items()]
+    total = sum(info["data_offsets"][1] - info["data_offsets"][0] for *_, info in entries)
+    limit = None if total <= _FULL_HASH_BYTES else _TENSOR_PREFIX_BYTES
+    with contextlib.ExitStack() as stack:
+        handles: dict[Path, Any] = {}
+        for name, path, base, info in sorted(entries, key=lambda e: e[0]):
+            if path not in handles:
+                handles[path] = stack.enter_context(open(path, "rb"))
+            f = handles[path]
+            lo, hi = info["data_offsets"]
+            f.seek(base + lo)
+            h.update(f"{name}|{info['dtype']}|{info['shape']}|{hi - lo}|".encode())
+            h.update(f.read(hi - lo if limit is None else min(limit, hi - lo)))
+
+
+def _tokenizer_values(folder: Path) -> dict:
+    """The tokenizer's content: tokenizers changed how it writes merges ("a b" → ["a", "b"]) and transformers
+    moved the chat template from tokenizer_config.json to chat_template.jinja, so both are read either way."""
+    import json
+
+    out: dict[str, Any] = {}
+    tok = folder / "tokenizer.json"
+    if tok.is_file():
+        d = json.loads(tok.read_text(encoding="utf-8"))
+        model = d.get("model") or {}
+        vocab = model.get("vocab")
+        if isinstance(vocab, dict):
+            out["vocab"] = sorted((int(i), str(t)) for t, i in vocab.items())
+        elif isinstance(vocab, list):             # Unigram: [piece, score] pairs
+            out["vocab"] = vocab
+        out["merges"] = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges") or []]
+        out["added"] = sorted((int(t["id"]), t["content"], bool(t.get("special"))) for t in d.get("added_tokens") or [])
+    template = folder / "chat_template.jinja"
+    if template.is_file():
+        out["chat_template"] = template.read_text(encoding="utf-8")
+    elif (folder / "tokenizer_config.json").is_file():
+        cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        if isinstance(cfg.get("chat_template"), str):
+            out["chat_template"] = cfg["chat_template"]
+    return out
 
 
 def _check_local_folder(folder: Path) -> None:

@@ -34,11 +34,20 @@ from tabulate import tabulate
 from harness.errors import HarnessError
 from harness.io import atomic_write_text, one_line
 from harness.oracle import ORACLE_FILE
+from harness.report.environment import compared, differences, reference_index
 from harness.report.result import DamagedSideFile, Result, load_result, read_side_file
 from harness.terminal import Column, fits, markdown, print_table
 from harness.terminal import console as safe_console
 
 NAN = math.nan
+
+ENV_MARK = "†"
+ENV_HELP = (
+    f"{ENV_MARK} computed in another environment than the task's reference row (its `top-tokens` result, else "
+    "the environment most rows share): installed packages, torch, transformers, device, kernel path or thread "
+    "count differ, so its numbers may differ from a reference-environment run in the last digits "
+    "(docs/protocol-choices.md, Tolerances)."
+)
 
 RANK_METRIC = "simulated − latent zero (mean)"
 
@@ -101,6 +110,12 @@ class Row:
     rank: str = ""                             # "3", or "=2" when tied with the row above, "?2" when untested
     vs_above: dict[str, float] | None = None   # mean paired difference with the row above, with CI
     rank_series: np.ndarray | None = None      # per-context simulated − latent zero, read once from the side file
+    environment: dict[str, str] | None = None  # recorded environment fields (harness/report/environment.py)
+    env_differs: list[str] | None = None       # fields differing from the task's reference row; [] = same
+
+    @property
+    def method_cell(self) -> str:
+        return f"{self.method} {ENV_MARK}" if self.env_differs else self.method
 
     @property
     def simulator(self) -> str:
@@ -170,6 +185,7 @@ def row_from_result(res: Result, path: str) -> Row:
         date=one_line(str(res.provenance.get("date", ""))),
         submission_sha256=str(res.submission.get("sha256", "")),
         path=path,
+        environment=compared(res.provenance),
     )
 
 
@@ -230,8 +246,20 @@ def collect_results(
         old = newest.get(key)
         if old is None or _parse_date(row.date) >= _parse_date(old.date):
             newest[key] = row
-    rows = mark_ties(sort_rows(list(newest.values())))
+    rows = mark_environments(mark_ties(sort_rows(list(newest.values()))))
     return rows, rejected
+
+
+def mark_environments(rows: list[Row]) -> list[Row]:
+    """Fill `env_differs`: per task, the fields in which each row's environment differs from the task's
+    reference row (environment.reference_index)."""
+    for tid in dict.fromkeys(r.task_id for r in rows):
+        group = [r for r in rows if r.task_id == tid]
+        envs = [r.environment or {} for r in group]
+        ref = reference_index([r.method for r in group], envs, [r.date for r in group])
+        for r, env in zip(group, envs, strict=True):
+            r.env_differs = differences(env, envs[ref]) if ref is not None else []
+    return rows
 
 
 def sort_rows(rows: list[Row]) -> list[Row]:
@@ -327,7 +355,7 @@ def fmt_est(e: dict[str, float], digits: int = 2, note: str = "") -> str:
 def _display_cells(r: Row) -> list[str]:
     return [
         r.rank,
-        r.method,
+        r.method_cell,
         fmt_est(r.sim_minus_zero_mean, 4),
         fmt_est(r.recovery, 2, r.recovery_note),
         fmt_est(r.delta_ce_median_simulated, 3),
@@ -365,6 +393,7 @@ CSV_COLUMNS = (
     "sensitivity", "specificity", "detection_auroc", "coverage",
     "simulator_model_key", "prompt_version", "date", "submission_sha256",
     "rank", "vs_above_mean", "vs_above_lo", "vs_above_hi", "balanced_accuracy", "recovery_note",
+    "environment_differs",
 )  # fmt: skip
 
 
@@ -380,7 +409,7 @@ def _csv_row(r: Row) -> list[str]:
     out += [r.model_key, r.prompt_version, r.date, r.submission_sha256]
     v = r.vs_above or {}
     out += [r.rank] + [_csv_num(v.get(k, NAN)) for k in ("value", "lo", "hi")]
-    out += [_csv_num(r.balanced_accuracy), r.recovery_note]
+    out += [_csv_num(r.balanced_accuracy), r.recovery_note, ";".join(r.env_differs or [])]
     return out
 
 
@@ -435,6 +464,7 @@ def render_page(task_id: str, task_hash: str, rows: list[Row]) -> str:
         "",
         *([RANK_BY_AUROC_HELP, ""] if any(r.rank_by == "detection_auroc" for r in rows) else []),
         *([LEGACY_HELP, ""] if any(r.legacy for r in rows) else []),
+        *([ENV_HELP, ""] if any(r.env_differs for r in rows) else []),
         render(rows, "md") if rows else "_No results for this task yet._",
         "",
     ]
@@ -492,6 +522,9 @@ def row_json(r: Row) -> dict[str, Any]:
         "date": r.date,
         "submission_sha256": r.submission_sha256,
         "result": r.path,
+        "environment": dict(r.environment or {}),
+        # Fields differing from the task's reference row ([] = same environment, so far as both record it).
+        "environment_differs": list(r.env_differs or []),
     }
 
 
@@ -522,4 +555,5 @@ def print_leaderboard(rows: list[Row], console=None, *, title: str | None = None
                 break
             keep = [i for i, h in enumerate(headers) if h != name]
             headers, body = [headers[i] for i in keep], [[cells[i] for i in keep] for cells in body]
-    print_table(console, _columns(headers), body, title=title, caption=CAPTION, fmt=fmt)
+    caption = CAPTION + (f"\n{ENV_HELP}" if any(r.env_differs for r in rows) else "")
+    print_table(console, _columns(headers), body, title=title, caption=caption, fmt=fmt)

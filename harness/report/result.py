@@ -120,6 +120,12 @@ class Provenance(Record):
     n_cached: int = 0
     answer_mass_mean: float = math.nan
     prediction_source: str = ""       # computed | store | mixed
+    # The environment (harness/report/environment.py); empty or 0 in results written before these existed.
+    lock_sha256: str = ""             # the checkout's requirements.lock
+    packages_sha256: str = ""         # the installed distributions' name==version lines (pip freeze, no paths)
+    cpu: str = ""                     # CPU model name
+    kernel: str = ""                  # kernel path: cpu:<torch capability>+<bf16/AMX flags> | cuda:<GPU> sm_XY
+    threads: int = 0                  # torch intra-op threads
 
 
 @dataclass

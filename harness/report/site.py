@@ -37,7 +37,15 @@ from harness.report.failures import (
     load_with_side,
     test_windows,
 )
-from harness.report.leaderboard import COLUMNS_HELP, RANK_BY_AUROC_HELP, Rejected, Row, collect_results
+from harness.report.leaderboard import (
+    COLUMNS_HELP,
+    ENV_HELP,
+    ENV_MARK,
+    RANK_BY_AUROC_HELP,
+    Rejected,
+    Row,
+    collect_results,
+)
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
@@ -567,7 +575,9 @@ def _task_page(spec, entries: list[MethodEntry], rejected, oracle=None,
     for pos, (e, (mark, why)) in enumerate(zip(entries, marks, strict=True), 1):
         r = e.row
         cells = [el("td", r.rank, data_v=pos),
-                 el("td", el("a", r.method, href=f"{e.slug}/index.html"), class_="t", data_v=r.method)]
+                 el("td", el("a", r.method, href=f"{e.slug}/index.html"),
+                    *((" ", el("span", ENV_MARK, title="differs in: " + ", ".join(r.env_differs)))
+                      if r.env_differs else ()), class_="t", data_v=r.method)]
         for key, _, d, _ in _INTERVALS:
             est = getattr(r, key)
             txt = fmt(est["value"], d) + (f" [{fmt(est['lo'], d)}, {fmt(est['hi'], d)}]"
@@ -588,6 +598,7 @@ def _task_page(spec, entries: list[MethodEntry], rejected, oracle=None,
                "Rank and “vs next” follow the leaderboard's rule (ties marked “=” in the rank): “>” the paired-"
                "difference CI with the next row excludes 0, “≈” it includes 0, “?” no paired test was possible. "
                "Click a header to sort.",
+               *((" " + ENV_HELP.replace("`", ""),) if any(e.row.env_differs for e in entries) else ()),
                class_="help")
     rej = (el("details", el("summary", f"{len(rejected)} result file(s) not ranked"),
               el("ul", [el("li", _public_text(f"{rj.path}: {rj.reason}", results_dir)) for rj in rejected]))

@@ -123,12 +123,14 @@ def provenance(spec: TaskSpec, command: str, device: Any, selection_scores: str,
                stats: dict[str, Any]) -> Provenance:
     import torch
 
+    from harness.report.environment import capture
+
     return Provenance(
         harness_version=__version__, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         seed=spec.scoring.seed, command=command, python=sys.version.split()[0], torch=torch.__version__,
         transformers=_version("transformers"), platform=platform.platform(), device=str(device),
         overrides=list(spec.overrides), selection_scores=selection_scores,
-        wall_seconds=round(time.time() - started, 1), **stats)
+        wall_seconds=round(time.time() - started, 1), **capture(device), **stats)
 
 
 def method_notes(spec: TaskSpec, table: ActivationTable) -> dict[str, Any]:

@@ -80,7 +80,6 @@ def build_model(arch: str, vocab_size: int, seed: int, *, hidden: int = 64, laye
     """A random causal LM of the given family, small enough to run a test in milliseconds."""
     from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 
-    torch.manual_seed(seed)
     if arch == "gpt_neox":
         cfg = GPTNeoXConfig(
             vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
@@ -97,25 +96,45 @@ def build_model(arch: str, vocab_size: int, seed: int, *, hidden: int = 64, laye
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}: use gpt_neox or llama")
     model = AutoModelForCausalLM.from_config(cfg)
-    # Random init gives near-uniform logits; scaling the head makes CE differences between conditions visible.
+    # The weights come from seeded_uniform, not from transformers' initialisers or torch's generator: those
+    # change with package versions and CPU kernels, and the tiny task must be the same on every machine.
+    # Matrices: uniform with the init's std (0.02); norm weights 1 and biases 0, as the initialisers set them.
     with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                values = seeded_uniform(seed, name, tuple(p.shape)) * (0.02 * 3 ** 0.5)
+            else:
+                values = np.full(tuple(p.shape), 1.0 if "norm" in name and name.endswith("weight") else 0.0)
+            p.copy_(torch.from_numpy(values.astype(np.float32)))
+        # Random init gives near-uniform logits; scaling the head makes CE differences between conditions visible.
         model.get_output_embeddings().weight.mul_(3.0)
     return model.eval()
 
 
+def seeded_uniform(seed: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """float64 values uniform on [-1, 1), the same on every machine and numpy version: PCG64's raw 64-bit
+    stream (fixed by its definition, unlike Generator's distribution methods) cut to 24-bit integers, so
+    every value and its float32 image are exact; one stream per (seed, tensor name)."""
+    sub = int.from_bytes(hashlib.sha256(f"{seed}|{name}".encode()).digest()[:8], "little")
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = np.random.PCG64(sub).random_raw(n) >> np.uint64(40)
+    return ((raw.astype(np.float64) - 2.0 ** 23) / 2.0 ** 23).reshape(shape)
+
+
 def build_coder_tensors(d_in: int, num_latents: int, skip: bool, seed: int) -> dict:
     """Random sparsify-format tensors; encoder rows are unit vectors with biases tuned so ~k fire."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(num_latents, d_in, generator=g)
-    w = w / w.norm(dim=1, keepdim=True)
-    tensors = {
-        "encoder.weight": w.contiguous(),
-        "encoder.bias": (-0.1 * torch.rand(num_latents, generator=g)).contiguous(),
-        "W_dec": (0.3 * torch.randn(num_latents, d_in, generator=g)).contiguous(),
-        "b_dec": (0.01 * torch.randn(d_in, generator=g)).contiguous(),
+    # float64 numpy from seeded_uniform, then float32: the same tensors on every machine (see build_model).
+    w = seeded_uniform(seed, "encoder.weight", (num_latents, d_in))
+    w = w / np.sqrt((w * w).sum(axis=1, keepdims=True))
+    arrays = {
+        "encoder.weight": w,
+        "encoder.bias": -0.05 * (seeded_uniform(seed, "encoder.bias", (num_latents,)) + 1.0),
+        "W_dec": 0.3 * 3 ** 0.5 * seeded_uniform(seed, "W_dec", (num_latents, d_in)),
+        "b_dec": 0.01 * 3 ** 0.5 * seeded_uniform(seed, "b_dec", (d_in,)),
     }
     if skip:
-        tensors["W_skip"] = (0.05 * torch.randn(d_in, d_in, generator=g)).contiguous()
+        arrays["W_skip"] = 0.05 * 3 ** 0.5 * seeded_uniform(seed, "W_skip", (d_in, d_in))
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
     return tensors
 
 
