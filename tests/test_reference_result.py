@@ -70,7 +70,15 @@ def _comparable(result: dict, arrays: dict[str, np.ndarray]) -> dict:
     r["submission"].pop("path", None)
     side = r["side_files"]["per_context"]
     side.pop("sha256")
-    side["arrays"] = {k: _digest(a) for k, a in arrays.items() if not _is_float_array(a)}
+    side["arrays"] = {k: _digest(a) for k, a in arrays.items() if not _is_float_array(a) and k != "record"}
+    if "record" in arrays:
+        # The side file's copy of the result's identity sections: the same volatile fields come out, and the
+        # rest is compared like the result itself (floats within the tolerance).
+        rec = json.loads(str(arrays["record"]))
+        for key in VOLATILE_PROVENANCE:
+            rec["provenance"].pop(key, None)
+        rec["submission"].pop("path", None)
+        side["record"] = rec
     side["float_arrays"] = sorted(k for k, a in arrays.items() if _is_float_array(a))
     return r
 
