@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from harness.errors import HarnessError
-from harness.simulate.cascade import CascadeSettings, expected_predictions
+from harness.simulate.cascade import CascadeSettings, expected_predictions, task_cascade
 from harness.task.spec import TaskSpec, load_task
 from harness.terminal import Column, print_table
 
@@ -69,6 +69,7 @@ def cascade_cost(spec: TaskSpec, cascade: CascadeSettings) -> Cost:
 def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
                    cascade: CascadeSettings | None = None) -> Cost:
     spec = load_task(task, list(overrides))
+    cascade = task_cascade(spec, cascade)   # a task that fixes its cascade is estimated with it
     cost = prediction_cost(spec)
     console = console or Console(markup=False, emoji=False)
     costs = {"exhaustive": cost}
