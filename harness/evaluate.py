@@ -53,7 +53,7 @@ from harness.score.metrics import (
     bootstrap_indices,
     sensitivity_specificity,
 )
-from harness.simulate.cascade import CascadeSettings
+from harness.simulate.cascade import CascadeSettings, task_cascade
 from harness.simulate.run import load_simulator, scored_contexts, simulate_all
 from harness.task.inputs import TaskInputs
 from harness.task.spec import load_task
@@ -97,10 +97,11 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
     explanations = [sub.explanations[int(j)] for j in latents]
     scored = scored_contexts(prep, tok)   # decoded once, for the cascade's first stage and the simulator
     plan = None
-    if cfg.cascade is not None:
+    cascade = task_cascade(spec, cfg.cascade)
+    if cascade is not None:
         from harness.simulate.cascade import plan_for
 
-        plan = plan_for(cfg.cascade, prep, scored, explanations, latents)
+        plan = plan_for(cascade, prep, scored, explanations, latents)
     pred = simulate_all(prep, tok, sim, explanations, latents, only=plan.mask if plan else None,
                         fill=plan.fill if plan else 0.0, scored=scored)
 
@@ -145,8 +146,8 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
 
     # --- report
     tag = result_tag(sub.method, sub.sha256, sim_ref.key())
-    if cfg.cascade is not None:
-        tag += "-" + cfg.cascade.tag()
+    if cascade is not None and not spec.simulator.cascade:
+        tag += "-" + cascade.tag()   # a task's own cascade is part of its hash: its results need no tag
     out_dir.mkdir(parents=True, exist_ok=True)
     side = out_dir / f"{tag}.per_context.npz"
     task_ref = TaskRef(id=spec.id, hash=spec.hash)

@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=d.epochs)
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--batch-tokens", type=int, default=d.batch_tokens)
+    ap.add_argument("--no-skip", action="store_true", help="train a transcoder without skip connection")
+    ap.add_argument("--corpus-file", type=Path, default=None,
+                    help="train on this committed corpus.npz instead of the generated chunks (default <task-dir>/corpus.npz)")
     ap.add_argument("--eval-windows", type=int, default=200, help="held-out windows of 256 tokens for FVU / dead")
     ap.add_argument("--ce-contexts", type=int, default=500, help="held-out contexts for the CE report")
     args = ap.parse_args(argv)
@@ -167,11 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         from harness.build import train_transcoder as TT
 
         tcfg = TT.TrainConfig(num_latents=args.num_latents, k=args.k, epochs=args.epochs, lr=args.lr,
-                              batch_tokens=args.batch_tokens)
+                              batch_tokens=args.batch_tokens, skip_connection=not args.no_skip)
         TT.run_steps(steps, work=work, cache=args.cache, task_dir=task_dir, layer=args.layer, log=log,
                      load_subject=lambda n=None: load_subject(args.cache, console, n),
                      train_tokens=args.train_tokens, cfg=tcfg, eval_windows=args.eval_windows,
-                     ce_contexts=args.ce_contexts)
+                     ce_contexts=args.ce_contexts, corpus_file=args.corpus_file)
     return 0
 
 

@@ -47,6 +47,9 @@ class TrainConfig:
     dead_tokens: int = 50_000
     seed: int = 0
     ckpt_every: int = 100
+    # False: y_hat = z W_dec + b_dec only. Deleting every latent then leaves b_dec (about the mean output),
+    # which is what gives a layer-0 coder its large CE denominator (docs: the CE task's README).
+    skip_connection: bool = True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -99,7 +102,7 @@ def make_coder(d_in: int, cfg: TrainConfig, b_dec: torch.Tensor | None = None):
     torch.manual_seed(cfg.seed)
     sc_cfg = SparseCoderConfig(activation="topk", num_latents=cfg.num_latents, k=cfg.k,
                                expansion_factor=max(1, cfg.num_latents // d_in), normalize_decoder=False,
-                               multi_topk=False, skip_connection=True, transcode=True)
+                               multi_topk=False, skip_connection=cfg.skip_connection, transcode=True)
     coder = SparseCoder(d_in, sc_cfg, device="cpu", dtype=torch.float32)
     if b_dec is not None:
         coder.b_dec.data.copy_(b_dec)
@@ -271,7 +274,15 @@ def last_position_ce(model, layer: int, coder, contexts: np.ndarray, batch_size:
     def coder_out(last):
         return coder(last.x).sae_out.to(last.y.dtype)
 
+    def latent_zero_out(last):
+        # Every latent deleted: b_dec (+ the skip path where there is one), what the protocol's latent_zero leaves.
+        out = coder.b_dec.expand_as(last.x)
+        if coder.W_skip is not None:
+            out = out + last.x @ coder.W_skip.T
+        return out.to(last.y.dtype)
+
     return engine(model, contexts, {"clean": None, "coder": (hp, coder_out),
+                                    "latent_zero": (hp, latent_zero_out),
                                     "zero_output": (hp, lambda last: torch.zeros_like(last.y))},
                   batch_size=batch_size, progress=progress)
 
@@ -279,7 +290,8 @@ def last_position_ce(model, layer: int, coder, contexts: np.ndarray, batch_size:
 # ---------------------------------------------------------------------------------------------------
 # the build steps (called by harness.build.smollm2_task)
 
-def load_training_activations(work: Path, n_chunks: int, layer: int, load_subject, log, window: int = 256) -> tuple:
+def load_training_activations(work: Path, n_chunks: int, layer: int, load_subject, log, window: int = 256,
+                              corpus_file: Path | None = None) -> tuple:
     """x, y (bf16) of the training part: captured during generation, or collected (and kept, so that an
     interrupted run resumes) by a forward pass for chunks lacking them."""
     from safetensors.torch import load_file
@@ -289,6 +301,10 @@ def load_training_activations(work: Path, n_chunks: int, layer: int, load_subjec
     xs, ys = [], []
     model = None
     folder = C.acts_dir(work / "corpus", layer)
+    if n_chunks == 0 or not (work / "corpus").is_dir():
+        if corpus_file is None:
+            raise FileNotFoundError(f"no corpus chunks under {work / 'corpus'} and no corpus file given")
+        return _activations_from_corpus_file(work, corpus_file, layer, load_subject, log, window)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n_chunks):
         p = folder / f"{C.chunk_name('train', i)}.safetensors"
@@ -309,12 +325,39 @@ def load_training_activations(work: Path, n_chunks: int, layer: int, load_subjec
     return torch.cat(xs), torch.cat(ys)
 
 
+def _activations_from_corpus_file(work: Path, corpus_file: Path, layer: int, load_subject, log, window: int) -> tuple:
+    """x, y (bf16) from the committed corpus.npz's training part, for a build without the generation chunks
+    (a new coder on the committed corpus). Windows of `window` tokens laid end to end over tokens[:eval_start];
+    kept in the work folder so a rerun does not collect again."""
+    from safetensors.torch import load_file, save_file
+
+    cache = work / f"layers.{layer}.mlp" / "train_acts.safetensors"
+    if cache.is_file():
+        t = load_file(str(cache))
+        return t["x"], t["y"]
+    with np.load(corpus_file) as z:
+        tokens, eval_start = z["tokens"], int(z["eval_start"])
+    # float32, the dtype the tasks run the subject in (and on CPUs without AVX-512 BF16 torch's bf16 GEMMs
+    # are emulated: measured 47x slower than float32 on an AMD EPYC Zen 3).
+    model = truncate_layers(load_subject()[0], layer + 1)
+    w = corpus_windows(tokens, 0, eval_start, window)
+    x, y = collect_mlp_activations(model, layer, w)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"x": x.to(torch.bfloat16).contiguous(), "y": y.to(torch.bfloat16).contiguous()}, str(cache))
+    log(f"train: collected {len(x)} activation pairs of layer {layer} from corpus.npz's training part")
+    return x.to(torch.bfloat16), y.to(torch.bfloat16)
+
+
 def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log, load_subject,
               train_tokens: int = 0, cfg: TrainConfig = TrainConfig(), eval_windows: int = 200,
-              eval_T: int = 256, ce_contexts: int = 500, ce_T: int = 64, seed: int = 0) -> None:
+              eval_T: int = 256, ce_contexts: int = 500, ce_T: int = 64, seed: int = 0,
+              corpus_file: Path | None = None) -> None:
     from harness.io import sha256_file
 
-    summary = json.loads((work / "corpus_summary.json").read_text())
+    corpus_file = corpus_file or task_dir / "corpus.npz"
+    sp = work / "corpus_summary.json"
+    # A coder trained on an already committed corpus has no generation summary: its chunks are not needed.
+    summary = json.loads(sp.read_text()) if sp.is_file() else {"train_chunks": 0, "corpus_file": corpus_file.name}
     coder_dir = task_dir / "coder" / f"layers.{layer}.mlp"
     # Checkpoints and reports per layer: a build for another layer must never resume this one's.
     lwork = work / f"layers.{layer}.mlp"
@@ -322,15 +365,16 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
     report_path = lwork / "report.json"
 
     if "train" in steps:
-        x, y = load_training_activations(work, summary["train_chunks"], layer, load_subject, log)
+        x, y = load_training_activations(work, summary["train_chunks"], layer, load_subject, log,
+                                         corpus_file=corpus_file)
         if train_tokens:
             x, y = x[:train_tokens], y[:train_tokens]
         log(f"train: {len(x)} training activation pairs, {cfg}")
         torch.manual_seed(cfg.seed)
         coder, stats = train(x, y, cfg, ckpt_dir=lwork / "train", log=log)
+        stats["train_rows"] = len(x)
         del x, y
         save_coder(coder, coder_dir)
-        stats["train_rows"] = int(summary["train_tokens"] if not train_tokens else train_tokens)
         stats["config"] = asdict(cfg)
         (lwork / "train_stats.json").write_text(json.dumps(stats, indent=1))
         log(f"train: saved {coder_dir}")
@@ -340,7 +384,7 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
 
         coder = SparseCoder.load_from_disk(coder_dir)
         model, _ = load_subject()
-        with np.load(task_dir / "corpus.npz") as z:
+        with np.load(corpus_file) as z:
             tokens = z["tokens"]
             eval_start = int(z["eval_start"])
         # Held-out reconstruction: consecutive windows at the start of the evaluation part.
@@ -360,13 +404,18 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
         save_npz(lwork / "ce_heldout.npz", contexts=ctx, **ce)
         ce_stats: dict[str, Any] = {c: {"mean": float(v.mean()), "median": float(np.median(v))} for c, v in ce.items()}
         boot = np.random.default_rng(seed).integers(0, len(ctx), size=(2000, len(ctx)))
-        for c in ("coder", "zero_output"):
+        for c in ("coder", "latent_zero", "zero_output"):
             d = ce[c] - ce["clean"]
             means = d[boot].mean(1)
             ce_stats[c]["delta_mean_ci95"] = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
         d = ce["zero_output"] - ce["coder"]
         means = d[boot].mean(1)
         ce_stats["zero_minus_coder_mean_ci95"] = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+        d = ce["latent_zero"] - ce["coder"]
+        means = d[boot].mean(1)
+        ce_stats["latent_zero_minus_coder"] = {
+            "mean": float(d.mean()), "sd": float(d.std(ddof=1)),
+            "mean_ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]}
         for c in ce:
             v = ce_stats[c]
             log(f"evaluate: CE {c}: mean {v['mean']:.4f} median {v['median']:.4f} "
@@ -381,7 +430,7 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
     if "finish" in steps:
         arts = {}
         for rel in [f"coder/layers.{layer}.mlp/sae.safetensors", f"coder/layers.{layer}.mlp/cfg.json",
-                    "corpus.npz"]:
+                    os.path.relpath(corpus_file, task_dir)]:
             p = task_dir / rel
             if p.is_file():
                 arts[rel] = sha256_file(p)

@@ -95,6 +95,19 @@ def parse_cascade(text: str) -> CascadeSettings:
         raise HarnessError(f"--cascade {text!r}: {e}") from e
 
 
+def task_cascade(spec, asked: CascadeSettings | None) -> CascadeSettings | None:
+    """The cascade an eval runs: the task's own where it fixes one (`[simulator] cascade`; asking for another is
+    refused, since its results would not be comparable with the task's leaderboard), else what was asked (None:
+    exhaustive)."""
+    if not spec.simulator.cascade:
+        return asked
+    fixed = parse_cascade(spec.simulator.cascade)
+    if asked is not None and asked != fixed:
+        raise HarnessError(f"task {spec.id} fixes its cascade ({spec.simulator.cascade}); --cascade asks for another: "
+                           "drop --cascade, or change the task with --override simulator.cascade=... (a new hash)")
+    return fixed
+
+
 # ---------------------------------------------------------------- first stage
 
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"|\u201c([^\u201d]*)\u201d')

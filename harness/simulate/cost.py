@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.simulate.cascade import CascadeSettings, expected_predictions
+from harness.simulate.cascade import CascadeSettings, expected_predictions, task_cascade
 from harness.task.spec import TaskSpec, load_task
 from harness.terminal import Column, print_table
 from harness.terminal import console as safe_console
@@ -68,6 +68,7 @@ def cascade_cost(spec: TaskSpec, cascade: CascadeSettings) -> Cost:
 def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
                    cascade: CascadeSettings | None = None) -> Cost:
     spec = load_task(task, list(overrides))
+    cascade = task_cascade(spec, cascade)   # a task that fixes its cascade is estimated with it
     cost = prediction_cost(spec)
     console = console or safe_console()
     costs = {"exhaustive": cost}

@@ -87,6 +87,10 @@ class SimulatorSpec:
     prompt_version: str
     max_explanation_chars: int
     batch_size: int = 32
+    # A cascade the task fixes (`harness.simulate.cascade.parse_cascade` syntax, e.g. "top=8,sample=0.02"),
+    # so that every submission is simulated the same way and the leaderboard compares like with like.
+    # Empty: exhaustive, unless `harness eval --cascade` asks otherwise.
+    cascade: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,8 @@ def _canonical(spec: TaskSpec) -> dict:
     if d["simulator"]["model"].get("source") != "local":
         d["simulator"]["model"].pop("path", None)
     d["simulator"].pop("batch_size", None)  # speed only
+    if not d["simulator"].get("cascade"):
+        d["simulator"].pop("cascade", None)  # added later: specs without it keep their hash
     if d["scoring"].get("rank_by") == "sim_minus_zero":
         d["scoring"].pop("rank_by")  # added later: specs that keep the default keep their hash
     if not d["latents"].get("min_fire_rate"):
@@ -349,7 +355,7 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
 
     sim = _table(raw, "simulator", where)
     w = f"{where} [simulator]"
-    _only(sim, MODEL_KEYS | {"prompt_version", "max_explanation_chars", "batch_size"}, w)
+    _only(sim, MODEL_KEYS | {"prompt_version", "max_explanation_chars", "batch_size", "cascade"}, w)
     sim_model = _model_dict({k: v for k, v in sim.items() if k in MODEL_KEYS}, w)
     _typed(sim, SimulatorSpec, w)
     if sim.get("batch_size", 32) < 1:
@@ -359,7 +365,12 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
         prompt_version=_need(sim, "prompt_version", str, w),
         max_explanation_chars=_need(sim, "max_explanation_chars", int, w),
         batch_size=int(sim.get("batch_size", 32)),
+        cascade=str(sim.get("cascade", "")),
     )
+    if simulator.cascade:
+        from harness.simulate.cascade import parse_cascade
+
+        parse_cascade(simulator.cascade)   # a malformed setting fails at load, naming the task file
 
     sc = _table(raw, "scoring", where)
     w = f"{where} [scoring]"
