@@ -306,6 +306,12 @@ def test_cascade_with_every_latent_selected_reproduces_the_exhaustive_result(tin
         assert cas[key] == full[key], key
     assert sorted(cas_side) == sorted(full_side)
     for k, v in full_side.items():
+        if k == "record":
+            # The result's identity sections, which hold the run bookkeeping above: compared less provenance.
+            a, b = json.loads(str(cas_side[k])), json.loads(str(v))
+            a.pop("provenance"), b.pop("provenance")
+            assert a == b
+            continue
         np.testing.assert_array_equal(cas_side[k], v, err_msg=k)
 
 
