@@ -99,8 +99,8 @@ def main(argv=None) -> int:
         for n in ns:
             b = np.random.default_rng(args.seed).integers(0, n, (args.draws, n))
             m = d[:n][b].mean(1)
-            cis[n] = [float(d[:n].mean()), float(np.quantile(m, .025)), float(np.quantile(m, .975))]
-            cells.append(f"{d[:n].mean():+.4f} [{np.quantile(m, .025):+.4f}, {np.quantile(m, .975):+.4f}]")
+            cis[n] = mean, lo, hi = float(d[:n].mean()), float(np.quantile(m, .025)), float(np.quantile(m, .975))
+            cells.append(f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]")
         sd, mean = float(d.std(ddof=1)), float(d.mean())
         need = {rho: contexts_for_recovery(mean, sd, rho) for rho in (0.0, 0.5)}
         print(f"| {k} | {share} | " + " | ".join(cells) + f" | {sd:.3f} | {need[0.0]:,.0f} / {need[0.5]:,.0f} |")

@@ -329,7 +329,9 @@ def _activations_from_corpus_file(work: Path, corpus_file: Path, layer: int, loa
     """x, y (bf16) from the committed corpus.npz's training part, for a build without the generation chunks
     (a new coder on the committed corpus). Windows of `window` tokens laid end to end over tokens[:eval_start];
     kept in the work folder so a rerun does not collect again."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from harness.build import corpus as C
 
     cache = work / f"layers.{layer}.mlp" / "train_acts.safetensors"
     if cache.is_file():
@@ -342,10 +344,11 @@ def _activations_from_corpus_file(work: Path, corpus_file: Path, layer: int, loa
     model = truncate_layers(load_subject()[0], layer + 1)
     w = corpus_windows(tokens, 0, eval_start, window)
     x, y = collect_mlp_activations(model, layer, w)
+    x, y = x.to(torch.bfloat16), y.to(torch.bfloat16)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"x": x.to(torch.bfloat16).contiguous(), "y": y.to(torch.bfloat16).contiguous()}, str(cache))
+    C.save_acts(cache, x, y)   # atomic: a killed run never leaves a truncated cache to resume from
     log(f"train: collected {len(x)} activation pairs of layer {layer} from corpus.npz's training part")
-    return x.to(torch.bfloat16), y.to(torch.bfloat16)
+    return x, y
 
 
 def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log, load_subject,
@@ -404,18 +407,17 @@ def run_steps(steps, *, work: Path, cache: Path, task_dir: Path, layer: int, log
         save_npz(lwork / "ce_heldout.npz", contexts=ctx, **ce)
         ce_stats: dict[str, Any] = {c: {"mean": float(v.mean()), "median": float(np.median(v))} for c, v in ce.items()}
         boot = np.random.default_rng(seed).integers(0, len(ctx), size=(2000, len(ctx)))
-        for c in ("coder", "latent_zero", "zero_output"):
-            d = ce[c] - ce["clean"]
+
+        def mean_ci95(d: np.ndarray) -> list[float]:
             means = d[boot].mean(1)
-            ce_stats[c]["delta_mean_ci95"] = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
-        d = ce["zero_output"] - ce["coder"]
-        means = d[boot].mean(1)
-        ce_stats["zero_minus_coder_mean_ci95"] = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+            return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+
+        for c in ("coder", "latent_zero", "zero_output"):
+            ce_stats[c]["delta_mean_ci95"] = mean_ci95(ce[c] - ce["clean"])
+        ce_stats["zero_minus_coder_mean_ci95"] = mean_ci95(ce["zero_output"] - ce["coder"])
         d = ce["latent_zero"] - ce["coder"]
-        means = d[boot].mean(1)
-        ce_stats["latent_zero_minus_coder"] = {
-            "mean": float(d.mean()), "sd": float(d.std(ddof=1)),
-            "mean_ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]}
+        ce_stats["latent_zero_minus_coder"] = {"mean": float(d.mean()), "sd": float(d.std(ddof=1)),
+                                               "mean_ci95": mean_ci95(d)}
         for c in ce:
             v = ce_stats[c]
             log(f"evaluate: CE {c}: mean {v['mean']:.4f} median {v['median']:.4f} "
