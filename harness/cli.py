@@ -100,7 +100,10 @@ def cmd_eval(args) -> int:
     _say(f"result: {one_line(str(path))}")
     # The spec just evaluated defines the hash, whether or not it is registered under tasks/.
     tid, thash = result["task"]["id"], result["task"]["hash"]
-    rows, rejected = _leaderboard_rows(Path(args.results), tid, {tid: thash})
+    from harness.task.spec import load_task
+
+    fixed = {tid} if load_task(args.task, args.override).simulator.cascade else set()
+    rows, rejected = _leaderboard_rows(Path(args.results), tid, {tid: thash}, fixed)
     for rj in rejected:
         if rj.damaged:   # other rejections (older task hash...) are `harness leaderboard`'s to list
             _note(Text.assemble(("skipped", "yellow"), f" {one_line(rj.path)}: {one_line(rj.reason)}"))
@@ -156,17 +159,23 @@ def _print_summary(r: Mapping[str, Any]) -> None:
         _note(Text.assemble(("warning:", "yellow"), f" {one_line(str(w['message']))}"))
 
 
-def _leaderboard_rows(results: Path, task_id: str | None, known: dict[str, str] | None = None):
+def _leaderboard_rows(results: Path, task_id: str | None, known: dict[str, str] | None = None,
+                      known_fixed: set[str] | frozenset[str] = frozenset()):
+    """`known`: hashes of tasks given by folder (not registered); `known_fixed`: those of them that fix a cascade."""
     from harness.report.leaderboard import collect_results
     from harness.task.spec import list_tasks
 
-    hashes = {s.id: s.hash for s in list_tasks()}
+    specs = list_tasks()
+    hashes = {s.id: s.hash for s in specs}
+    fixed = {s.id for s in specs if s.simulator.cascade} | set(known_fixed)
     hashes.update(known or {})
     if task_id and task_id not in hashes:
         from harness.task.spec import load_task
 
-        hashes[task_id] = load_task(task_id).hash
-    return collect_results(results, task_id, task_hashes=hashes)
+        spec = load_task(task_id)
+        hashes[task_id] = spec.hash
+        fixed |= {spec.id} if spec.simulator.cascade else set()
+    return collect_results(results, task_id, task_hashes=hashes, fixed_cascade=fixed)
 
 
 def cmd_leaderboard(args) -> int:
@@ -205,7 +214,8 @@ def cmd_leaderboard(args) -> int:
 
 def _task_rows(results: Path, spec):
     """A task's ranked rows; files that cannot be ranked are named on stderr, so stdout stays one table."""
-    rows, rejected = _leaderboard_rows(results, spec.id, {spec.id: spec.hash})
+    rows, rejected = _leaderboard_rows(results, spec.id, {spec.id: spec.hash},
+                                       {spec.id} if spec.simulator.cascade else set())
     for rj in rejected:
         _note(Text.assemble(("rejected", "yellow"), f" {one_line(rj.path)}: {one_line(rj.reason)}"))
     return rows

@@ -378,18 +378,69 @@ def test_cascade_selection_on_the_tiny_task(tiny):
         assert e["n_not_simulated"] == e["n_unselected"] - e["n_sampled"] and 0 <= e["n_sampled_matter"] <= e["n_sampled"]
 
 
-def test_estimate_prints_exhaustive_and_cascade_cost(tiny, capsys):
-    assert main(["estimate", "--task", str(tiny / "task"), "--cascade", "top=2,sample=0.5"]) == 0
-    out = capsys.readouterr().out
-    assert "exhaustive" in out and "cascade (top 2, sample 0.5)" in out
-    # The floor bound: n_cal x k + 2 m (firing rates sum to at most k), capped at n_cal x m.
-    from harness.simulate.cost import rewritten_count
+def test_task_fixed_cascade_is_ranked_and_reproduced(tiny, capsys):
+    """A task whose spec fixes the cascade ranks its (cascade) results, and `reproduce` re-simulates a sample
+    of the pairs it simulated only: the fill score of an unselected pair is never drawn."""
+    from harness.report.leaderboard import collect_results
+    from harness.report.reproduce import simulated_pairs
     from harness.task.spec import load_task
+
+    sub, _ = _submission(tiny)
+    fix = ["--override", 'simulator.cascade="top=2,sample=0.25,seed=3"']
+    cas, side = _eval(tiny, sub, "fixed", *fix)
+    spec = load_task(str(tiny / "task"), [fix[1]])
+    assert cas["task"]["hash"] == spec.hash and cas["cascade"]["n_simulated"] < cas["cascade"]["n_pairs"]
+    hashes = {spec.id: spec.hash}
+    rows, rejected = collect_results(tiny / "fixed", task_hashes=hashes, fixed_cascade={spec.id})
+    assert len(rows) == 1 and not rejected
+    rows, rejected = collect_results(tiny / "fixed", task_hashes=hashes)
+    assert not rows and "cascade" in rejected[0].reason
+
+    fill = np.float32(cas["cascade"]["fill_score"])
+    cal_ok, tst_ok = simulated_pairs(side["pred_calibration"], side["pred_test"], spec.simulator.prompt_version)
+    assert len(cal_ok) + len(tst_ok) == cas["cascade"]["n_simulated"]
+    assert (side["pred_calibration"].reshape(-1)[cal_ok] != fill).all()
+    (path,) = (tiny / "fixed" / "tiny-llama-transcoder").glob("*.json")
+    capsys.readouterr()
+    rc = main(["reproduce", "--result", str(path), "--task", str(tiny / "task"), "--sample", "40",
+               "--format", "json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert rc == 0 and rep["ok"], rep
+    picked = [d for d in rep["deltas"] if d["split"] in ("calibration", "test")]
+    assert picked and all(d["stored"] != fill for d in picked)
+    assert abs(rep["headline_move"]) < 1e-9   # float32: the weighted calibration gives the stored headline
+
+
+def test_estimate_prints_exhaustive_and_cascade_cost(tiny, capsys):
+    """The cascade's calibration count includes its floor: bounded (n_cal k + 2m, firing rates sum to at most k)
+    before the task is prepared, counted from the activation sample's firing rates after."""
+    from harness.data.table import ActivationTable
+    from harness.simulate.cost import rewritten_count
+    from harness.task.spec import load_task, task_cache_dir
 
     spec = load_task(str(tiny / "task"))
     m, n_cal = rewritten_count(spec), spec.contexts.calibration
-    bound = min(n_cal * spec.coder.k + 2 * m, n_cal * m)
-    assert f"adds at most {bound:,}" in " ".join(out.split())
+    top_and_sample = round(n_cal * (2 + 0.5 * (m - 2)))
+
+    def calibration_cell() -> str:
+        assert main(["estimate", "--task", str(tiny / "task"), "--cascade", "top=2,sample=0.5"]) == 0
+        out = capsys.readouterr().out
+        assert "exhaustive" in out and "cascade (top 2, sample 0.5)" in out
+        return out, next(line for line in out.splitlines() if line.startswith("| calibration")).split("|")[3].strip()
+
+    table = task_cache_dir(spec) / "activation_table.npz"
+    if not table.is_file():
+        out, cell = calibration_cell()
+        bound = min(n_cal * spec.coder.k + 2 * m, n_cal * m)
+        assert cell == f"{min(top_and_sample + bound, n_cal * m):,}" and "upper bound" in out
+        assert main(["prepare", "--task", str(tiny / "task")]) == 0
+        capsys.readouterr()
+    from harness.data.prepare import prepare
+
+    rate = ActivationTable.load(table).fire_rate[prepare(spec).rewritten]   # the rewritten latents' rates
+    floor = int(np.minimum(np.ceil(rate * n_cal) + 1, n_cal).sum())
+    out, cell = calibration_cell()
+    assert cell == f"{min(top_and_sample + floor, n_cal * m):,}" and "counted from the prepared" in " ".join(out.split())
 
 
 def test_embedding_ranker_unit_vectors_and_self_similarity(tmp_path):

@@ -148,6 +148,11 @@ def test_baselines_and_findings(tiny, capsys):
     diff = np.mean([a_real[j] - a_ctrl[j] for j in both])
     row = next(ln for ln in table.splitlines() if "detects its latents better" in ln)
     assert f"| {diff:+.3f} [" in row and f"{len(both)} latents" in row
+    # Its detectable effect: (z_.975 + z_.8) / z_.975 = 1.43 CI half-widths (rounded CI ends: within 0.002).
+    import re
+
+    m = re.search(r"\[([+-]\d\.\d+), ([+-]\d\.\d+)\].*?\| ±([\d.e-]+) AUROC \|", row)
+    assert m and abs(float(m[3]) - 1.4286 * (float(m[2]) - float(m[1])) / 2) < 2e-3, row
     # The side file holds each scored latent's true activation on each test context, from the prepare cache.
     side = next((res / "tiny-llama-transcoder").glob("shuffled*.per_context.npz"))
     with np.load(side) as z:

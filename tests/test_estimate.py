@@ -5,8 +5,8 @@ import json
 import pytest
 from rich.console import Console
 
-from harness.simulate import cost as estimate
 from harness.errors import HarnessError
+from harness.simulate import cost as estimate
 from harness.task.spec import load_task
 
 
@@ -35,3 +35,47 @@ def test_missing_measurement_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(estimate, "THROUGHPUT_FILE", tmp_path / "none.json")
     with pytest.raises(HarnessError, match="benchmarks/simulate.py"):
         estimate.print_estimate("pythia160m-l6-sae-lite", "prefix", console=Console(file=open("/dev/null", "w")))
+
+
+def test_rows_measured_on_this_cpu_come_first_and_are_marked(tmp_path, monkeypatch):
+    here = "Some CPU (family 1 model 2, AVX2, KVM guest)"
+    monkeypatch.setattr(estimate, "cpu_description", lambda: here)
+    f = tmp_path / "throughput.json"
+    f.write_text(json.dumps({"measurements": [
+        {"backend": "prefix", "model": "fast", "device": "cpu", "predictions_per_s": 100.0,
+         "cpu": "Intel(R) Xeon(R) Processor (family 6 model 207, AVX-512, AMX-BF16, KVM guest)"},
+        {"backend": "prefix", "model": "slow", "device": "cpu", "predictions_per_s": 1.0, "cpu": here}]}))
+    monkeypatch.setattr(estimate, "THROUGHPUT_FILE", f)
+    console = Console(record=True, width=250)
+    estimate.print_estimate("pythia160m-l6-transcoder-lite", "prefix", console=console)
+    table = console.export_text().split("projected")[1]
+    assert table.index("* Some CPU (1/2, AVX2)") < table.index("Intel Xeon (6/207, AVX-512, AMX-BF16)")
+    assert "measured on this CPU" in table
+    # No row from this CPU: said so, not silently projected from another machine.
+    monkeypatch.setattr(estimate, "cpu_description", lambda: "Other CPU")
+    console = Console(record=True, width=250)
+    estimate.print_estimate("pythia160m-l6-transcoder-lite", "prefix", console=console)
+    assert "No throughput was measured on this CPU (Other CPU)" in " ".join(console.export_text().split())
+
+
+def test_absurd_task_and_short_corpus_are_said(tmp_path, monkeypatch):
+    import numpy as np
+
+    f = tmp_path / "throughput.json"
+    f.write_text(json.dumps({"measurements": [
+        {"backend": "prefix", "model": "m", "device": "cpu", "predictions_per_s": 10.0}]}))
+    monkeypatch.setattr(estimate, "THROUGHPUT_FILE", f)
+    # A local token file of 3,300 tokens = 100 blocks of T+1 = 33; the mini task's splits need 1,880 blocks.
+    np.savez(tmp_path / "c.npz", tokens=np.arange(3300, dtype=np.uint16))
+    ovs = [f'corpus.path="{tmp_path / "c.npz"}"', "corpus.offset=0"]
+    console = Console(record=True, width=200)
+    estimate.print_estimate("smollm2-135m-l8-offline-mini", "prefix", overrides=ovs, console=console)
+    text = " ".join(console.export_text().split())
+    assert "the corpus supplies 100 blocks of T+1 = 33 tokens and the splits need 1,880" in text
+    assert "even at the fastest" not in text     # 1,600 predictions at 10/s: minutes
+    # The paper's task at 10 predictions/s: 662M predictions, about two years.
+    console = Console(record=True, width=200)
+    estimate.print_estimate("pythia160m-l6-transcoder", "prefix", console=console)
+    text = " ".join(console.export_text().split())
+    assert "warning: even at the fastest measured throughput this task takes" in text
+    assert "corpus supplies" not in text         # a hub corpus: not known offline

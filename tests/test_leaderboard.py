@@ -179,6 +179,19 @@ def test_collect_rejects_and_dedups(results_dir):
     assert "not a known task" in {os.path.basename(r.path): r.reason for r in rejected_all}["o.json"]
 
 
+def test_same_method_name_from_different_submissions_is_told_apart(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    make_result("twin", sha="1" * 64, recovery=0.3).to_json(d / "a.json")
+    make_result("twin", sha="2" * 64, recovery=0.2).to_json(d / "b.json")
+    make_result("twin", sha="3" * 64, recovery=0.1, model_key="local:other-sim").to_json(d / "c.json")
+    make_result("solo", sha="4" * 64, recovery=0.0).to_json(d / "e.json")
+    rows, _ = collect_results(d, "tiny-task", task_hashes={"tiny-task": HASH})
+    # Same simulator, different submissions: each name carries its submission's sha256 prefix. The row on
+    # another simulator is already told apart by its simulator column, and a unique name stays as it is.
+    assert sorted(r.method for r in rows) == ["solo", "twin", "twin (11111111)", "twin (22222222)"]
+
+
 def test_collect_missing_dir(tmp_path):
     with pytest.raises(HarnessError, match="not found"):
         collect_results(tmp_path / "nope", task_hashes={})

@@ -209,6 +209,7 @@ def render_report(spec, entries: list[Entry], level: float, results_dir: Path) -
         warn = ", ".join(e.warnings) or "none"
         lines.append(f"| {e.method} | " + " | ".join(_fmt(c) for c in e.comparisons)
                      + f" | {'**yes**' if e.above_control else 'no'} | {warn} |")
-    rows, _ = collect_results(results_dir, spec.id, task_hashes={spec.id: spec.hash})
+    rows, _ = collect_results(results_dir, spec.id, task_hashes={spec.id: spec.hash},
+                               fixed_cascade={spec.id} if spec.simulator.cascade else ())
     lines += ["", "## Leaderboard of the suite", "", render(rows, "md"), ""]
     return "\n".join(lines)

@@ -11,6 +11,8 @@ from the task's reference row.
 from __future__ import annotations
 
 import hashlib
+import platform
+import subprocess
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,10 +61,30 @@ def cpu_info(cpuinfo: str | None = None) -> tuple[str, list[str]]:
         elif key in ("flags", "Features") and not flags:
             flags = set(value.split())
     if not model:
-        import platform
-
         model = platform.processor()
     return model, [f for f in _CPU_FLAGS if f in flags]
+
+
+def cpu_description() -> str:
+    """lscpu's model name with family/model and the vector extensions that decide CPU throughput, e.g. "AMD EPYC
+    (family 25 model 1, AVX2, KVM guest)" (a VM may hide the name): the key under which throughput is recorded."""
+    try:
+        info = {}
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
+            k, _, v = line.partition(":")
+            info[k.strip()] = v.strip()
+    except (OSError, subprocess.SubprocessError):
+        return platform.processor() or "unknown CPU"
+    flags = set(info.get("Flags", "").split())
+    ext = [name for flag, name in (("avx512f", "AVX-512"), ("amx_bf16", "AMX-BF16"), ("avx2", "AVX2")) if flag in flags]
+    if "AVX-512" in ext and "AVX2" in ext:
+        ext.remove("AVX2")
+    out = info.get("Model name") or platform.processor() or "unknown CPU"
+    if info.get("CPU family") and info.get("Model"):
+        out += f" (family {info['CPU family']} model {info['Model']}"
+        guest = f", {info['Hypervisor vendor']} guest" if info.get("Hypervisor vendor") else ""
+        out += (", " + ", ".join(ext) if ext else "") + guest + ")"
+    return out
 
 
 def kernel_path(device: Any, cpuinfo: str | None = None) -> str:

@@ -23,6 +23,19 @@ class Finding:
     claim: str
     evidence: str
     holds: bool | None  # None: not decidable from the data (CI covers 0)
+    detectable: str = "-"   # the smallest true effect this task would show with 80% power (`detectable`)
+
+
+# A true effect of (z_0.975 + z_0.8) standard errors is declared (CI excludes 0) four times in five: with the
+# bootstrap CI's half-width standing for 1.96 SE, that is 2.80 / 1.96 = 1.43 half-widths.
+_POWER_80 = (1.959964 + 0.841621) / 1.959964
+
+
+def detectable(lo: float, hi: float, unit: str = " nats") -> str:
+    """The smallest effect a paired CI of this width detects with 80% power, e.g. `±0.082 nats`."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "-"
+    return f"±{_POWER_80 * (hi - lo) / 2:.3g}{unit}"
 
 
 def _side(result_path: Path, result) -> dict[str, np.ndarray]:
@@ -79,16 +92,17 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
     raw, q = s["ce_simulated__none__all"], s["ce_simulated__quantile__all"]
     v, lo, hi = _diff(raw, zero, boot)
     out.append(Finding("Uncalibrated predictions are worse than deleting the latents (simulated[none] − latent_zero > 0)",
-                       _fmt(v, lo, hi), _verdict(lo, hi, want_negative=False)))
+                       _fmt(v, lo, hi), _verdict(lo, hi, want_negative=False), detectable(lo, hi)))
     v, lo, hi = _diff(q, raw, boot)
     out.append(Finding("Quantile normalisation helps (simulated[quantile] − simulated[none] < 0)",
-                       _fmt(v, lo, hi), _verdict(lo, hi, want_negative=True)))
+                       _fmt(v, lo, hi), _verdict(lo, hi, want_negative=True), detectable(lo, hi)))
     v, lo, hi = _diff(q, zero, boot)
     out.append(Finding("Calibrated simulation beats deleting the latents (simulated[quantile] − latent_zero < 0)",
-                       _fmt(v, lo, hi), _verdict(lo, hi, want_negative=True)))
+                       _fmt(v, lo, hi), _verdict(lo, hi, want_negative=True), detectable(lo, hi)))
 
     rows = []
     wins = []
+    widths = []
     for key in sorted(k for k in s if k.startswith("ce_simulated__quantile__top-scoring@")):
         frac = key.split("@")[1]
         top, rnd = s[key], s[f"ce_simulated__quantile__random@{frac}"]
@@ -98,9 +112,12 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
         v, lo, hi = _diff(top_gain, rnd_gain, boot)
         rows.append(f"f={frac}: {_fmt(v, lo, hi)}")
         wins.append(_verdict(lo, hi, want_negative=True))
+        widths.append((lo, hi))
     holds = True if wins and all(w is True for w in wins) else (False if any(w is False for w in wins) else None)
     out.append(Finding("Top-scoring selection beats random selection (per fraction: [sim − latent_zero] of top-scoring "
-                       "minus that of random < 0)", "; ".join(rows), holds))
+                       "minus that of random < 0)", "; ".join(rows), holds,
+                       # the widest fraction's: what every fraction could show
+                       detectable(*max(widths, key=lambda w: w[1] - w[0])) if widths else "-"))
 
     auroc = np.asarray(r.per_latent["auroc"], float)
     sens = np.asarray(r.per_latent["sensitivity"], float)
@@ -117,7 +134,8 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
     v, lo, hi = _diff(q, sc["ce_simulated__quantile__all"], boot)
     out.append(Finding(f"A real method ({real}) beats its shuffled control ({control}) (CE difference < 0)",
                        _fmt(v, lo, hi) + f"; recovery {r.headline['recovery']['value']:+.3f} vs "
-                       f"{rc.headline['recovery']['value']:+.3f}", _verdict(lo, hi, want_negative=True)))
+                       f"{rc.headline['recovery']['value']:+.3f}", _verdict(lo, hi, want_negative=True),
+                       detectable(lo, hi)))
 
     if "true_test" not in s:
         raise HarnessError(f"{p}: its side file predates true activations in side files; rerun `harness eval` on it "
@@ -137,7 +155,7 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
                        f"{d.value:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] (AUROC {a['a'].value:.3f} vs {a['b'].value:.3f}); "
                        f"the two sets' predictions on the same cells correlate at r = {r_same:.2f}, and the context "
                        f"alone explains {100 * ctx_share:.0f}% of the real set's prediction variance",
-                       _verdict(d.lo, d.hi, want_negative=False)))
+                       _verdict(d.lo, d.hi, want_negative=False), detectable(d.lo, d.hi, " AUROC")))
 
     # Detection: each latent's AUROC on its own positives and negatives, paired by latent (bootstrap over latents).
     ar = dict(zip(r.per_latent["latent"], np.asarray(r.per_latent["auroc"], float), strict=True))
@@ -151,13 +169,14 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
                            "(mean per-latent detection AUROC, real − control > 0, bootstrap over latents)",
                            f"{dd.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] (AUROC {np.mean([ar[j] for j in both]):.3f} vs "
                            f"{np.mean([ac[j] for j in both]):.3f}; {len(both)} latents)",
-                           _verdict(lo, hi, want_negative=False)))
+                           _verdict(lo, hi, want_negative=False), detectable(lo, hi, " AUROC")))
     return out
 
 
 def render(findings: list[Finding], task_id: str) -> str:
     word = {True: "holds", False: "does not hold (reversed)", None: "not shown (not significant)"}
-    lines = [f"| finding | evidence (mean paired difference, 95% CI) | verdict on {task_id} |", "|---|---|---|"]
+    lines = [f"| finding | evidence (mean paired difference, 95% CI) | detectable (80% power) | verdict on {task_id} |",
+             "|---|---|---|---|"]
     for f in findings:
-        lines.append(f"| {f.claim} | {f.evidence} | **{word[f.holds]}** |")
+        lines.append(f"| {f.claim} | {f.evidence} | {f.detectable} | **{word[f.holds]}** |")
     return "\n".join(lines)

@@ -23,7 +23,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,11 +194,13 @@ def collect_results(
     task_id: str | None = None,
     *,
     task_hashes: dict[str, str],
+    fixed_cascade: Collection[str] = (),
 ) -> tuple[list[Row], list[Rejected]]:
     """Rows (newest per task × submission × simulator × prompt, best recovery first) and rejections.
 
     ``task_hashes`` maps every known task id to its current hash. With ``task_id`` set, results of
-    other tasks are skipped without being reported.
+    other tasks are skipped without being reported. ``fixed_cascade``: ids of tasks whose spec fixes the
+    cascade (`[simulator] cascade`), whose every result is a cascade run made the same way, so ranked.
     """
     root = Path(results_dir)
     if not root.is_dir():
@@ -229,8 +231,9 @@ def collect_results(
                 )
             )
             continue
-        if res.cascade:
+        if res.cascade and tid not in fixed_cascade:
             # An approximation of the exhaustive result (harness/simulate/cascade.py): not ranked beside them.
+            # A task that fixes its cascade has no exhaustive results: its hash (matched above) pins the cascade.
             rejected.append(Rejected(str(p), "a cascade result (eval --cascade): leaderboards rank exhaustive runs only"))
             continue
         row = row_from_result(res, str(p))
@@ -246,8 +249,20 @@ def collect_results(
         old = newest.get(key)
         if old is None or _parse_date(row.date) >= _parse_date(old.date):
             newest[key] = row
-    rows = mark_environments(mark_ties(sort_rows(list(newest.values()))))
+    rows = mark_environments(mark_ties(sort_rows(name_duplicates(list(newest.values())))))
     return rows, rejected
+
+
+def name_duplicates(rows: list[Row]) -> list[Row]:
+    """Rows of one task and simulator whose submissions differ but whose method names are the same would be
+    indistinguishable: each such name gets its submission's sha256 prefix, e.g. `top-tokens (3f41a2c9)`."""
+    groups: dict[tuple[str, str, str, str], set[str]] = {}
+    for r in rows:
+        groups.setdefault((r.task_id, r.model_key, r.prompt_version, r.method), set()).add(r.submission_sha256)
+    for r in rows:
+        if len(groups[(r.task_id, r.model_key, r.prompt_version, r.method)]) > 1:
+            r.method = f"{r.method} ({r.submission_sha256[:8]})"
+    return rows
 
 
 def mark_environments(rows: list[Row]) -> list[Row]:

@@ -95,6 +95,17 @@ def sample_indices(sizes: Sequence[int], n: int, seed: int) -> list[np.ndarray]:
             for s, k in zip(sizes, allocate(sizes, n), strict=True)]
 
 
+def simulated_pairs(cal: np.ndarray, tst: np.ndarray, cascade_prompt: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the calibration and test pairs that were simulated: all of them, or for a cascade result
+    (`cascade_prompt`: its prompt version) those not holding the fill score the cascade gives unselected pairs."""
+    if cascade_prompt is None:
+        return np.arange(cal.size), np.arange(tst.size)
+    from harness.simulate.cascade import lowest_score
+
+    fill = np.float32(lowest_score(cascade_prompt))
+    return np.flatnonzero(cal.reshape(-1) != fill), np.flatnonzero(tst.reshape(-1) != fill)
+
+
 def detection_order(det_pos: np.ndarray, det_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The side file's detection predictions in the order they were simulated (per latent, positives then
     negatives): (latent column, positive?, slot) per prediction; NaN padding is skipped."""
@@ -282,9 +293,6 @@ def _load(path: str | Path, task: str | None, submission: str | None) -> _Inputs
     if missing:
         raise HarnessError(f"{side_path}: no {', '.join(missing)} — written by an older harness; re-run "
                            "`harness eval`")
-    if res.cascade:
-        raise HarnessError(f"{p}: a cascade result — the pairs it did not simulate hold filled values that "
-                           "re-simulation would not give; reproduce the exhaustive result instead")
     tid, thash = res.task.id, res.task.hash
     try:
         spec = load_task(task or tid, list(res.provenance.overrides or []))
@@ -340,8 +348,12 @@ def reproduce(path: str | Path, sample: int = DEFAULT_SAMPLE, seed: int = 0, *, 
     dpos, dneg = side["det_pred_pos"].astype(np.float32), side["det_pred_neg"].astype(np.float32)
     m = len(inp.latents)
     d_lat, d_pos, d_slot = detection_order(dpos, dneg)
-    # Drawn before any model loads, from the side file alone: the same seed picks the same pairs anywhere.
-    picks = sample_indices((cal.size, tst.size, len(d_lat)), sample, seed)
+    # Drawn before any model loads, from the side file alone: the same seed picks the same pairs anywhere. A
+    # cascade result's unsimulated pairs hold the prompt's lowest score, which re-simulation would not give:
+    # only its simulated pairs are drawn (a real prediction at exactly that score is never drawn either).
+    cal_ok, tst_ok = simulated_pairs(cal, tst, spec.simulator.prompt_version if res.cascade else None)
+    picks = sample_indices((len(cal_ok), len(tst_ok), len(d_lat)), sample, seed)
+    picks = [cal_ok[picks[0]], tst_ok[picks[1]], picks[2]]
 
     inputs = TaskInputs(spec, device)
     inputs.check(simulator=True)
@@ -392,7 +404,9 @@ def reproduce(path: str | Path, sample: int = DEFAULT_SAMPLE, seed: int = 0, *, 
         h_result = res.headline.detection_auroc
     else:
         h_stored = float(np.mean(side["ce_simulated__quantile__all"] - side["ce_latent_zero__all"]))
-        h_new = _patched_sim_minus_zero(spec, inputs, prep, model, inp.latents, new_cal, new_tst)
+        # A cascade's calibration rows are weighted as eval weighted them (the side file keeps the weights).
+        h_new = _patched_sim_minus_zero(spec, inputs, prep, model, inp.latents, new_cal, new_tst,
+                                        side.get("calibration_weights"))
         interval = res.headline.sim_minus_zero_mean
         h_result = interval.value
     if h_result is not None and math.isfinite(h_stored) and abs(h_stored - h_result) > 1e-9 * max(1, abs(h_result)):
@@ -417,12 +431,12 @@ def _engine_of(recorded: str) -> str:
             "http": "http"}.get(recorded, "auto")
 
 
-def _patched_sim_minus_zero(spec, inputs, prep, model, latents, pred_cal, pred_test) -> float:
+def _patched_sim_minus_zero(spec, inputs, prep, model, latents, pred_cal, pred_test, cal_weights=None) -> float:
     """sim_minus_zero as eval computes it: quantile-calibrate, patch the full rewritten set, mean CE difference."""
     from harness.score.calibrate import calibrate
     from harness.score.conditions import ALL, run_conditions, simulated, zero
 
-    sims = {"quantile": calibrate("quantile", pred_cal, pred_test, prep.table, latents)}
+    sims = {"quantile": calibrate("quantile", pred_cal, pred_test, prep.table, latents, cal_weights)}
     patched = run_conditions(model, inputs.coder(), spec.coder.hookpoint, spec.coder.kind, prep.splits["test"],
                              prep.k, latents, sims, {ALL: latents}, inputs.device)
     return float(np.mean(patched.ce[simulated("quantile", ALL)] - patched.ce[zero(ALL)]))

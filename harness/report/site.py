@@ -417,7 +417,8 @@ def build_site(out_dir: str | os.PathLike, results_dir: str | os.PathLike = "res
     summary = []
     per_task: list[tuple[Any, list[MethodEntry], list, Any]] = []
     for spec in specs:
-        rows, rejected = collect_results(results_dir, spec.id, task_hashes=hashes)
+        rows, rejected = collect_results(results_dir, spec.id, task_hashes=hashes,
+                                         fixed_cascade={s.id for s in specs if s.simulator.cascade})
         entries = []
         for r in rows:
             loaded = load_with_side(r.path, require_side=False)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.report.environment import cpu_description
 from harness.simulate.cascade import CascadeSettings, expected_predictions, task_cascade
 from harness.task.spec import TaskSpec, load_task
 from harness.terminal import Column, print_table
@@ -56,13 +57,67 @@ def load_throughputs(path: Path | None = None) -> list[dict]:
     return json.loads(path.read_text()).get("measurements", [])
 
 
-def cascade_cost(spec: TaskSpec, cascade: CascadeSettings) -> Cost:
-    """Expected predictions under a cascade: calibration and test contexts see top + sample x rest latents each;
-    detection is simulated in full (harness/simulate/cascade.py)."""
+def calibration_floor_cost(spec: TaskSpec, m: int) -> tuple[int, bool]:
+    """(predictions the cascade's calibration floor adds, whether that count is exact).
+
+    The floor is sum_j min(ceil(r_j n_cal) + 1, n_cal) over rewritten latents (`cascade.calibration_floor`).
+    Exact where this task's activation sample is already prepared (the rewritten set is chosen from it as
+    `prepare` chooses it); otherwise a bound: firing rates sum to at most k (TopK keeps k latents per token), so at most n_cal k + 2m. Pairs the
+    floor shares with the per-context top are counted twice, which keeps the estimate on the high side."""
+    from harness.simulate.cascade import calibration_floor
+    from harness.task.spec import task_cache_dir
+
+    n_cal = spec.contexts.calibration
+    cache = task_cache_dir(spec)
+    if (cache / "activation_table.npz").is_file() and (cache / "latent_stats.npz").is_file():
+        from harness.data.select import choose_rewritten
+        from harness.data.table import ActivationTable
+        from harness.io import load_npz
+
+        try:
+            table = ActivationTable.load(cache / "activation_table.npz")
+            chosen = choose_rewritten(spec, table, len(table.fire_rate), load_npz(cache / "latent_stats.npz"))
+        except (OSError, ValueError, KeyError, HarnessError):
+            chosen = None   # a damaged cache: prepare rebuilds it; the bound stands meanwhile
+        if chosen is not None and len(chosen) == m:
+            return int(calibration_floor(table.fire_rate[chosen], n_cal).sum()), True
+    return min(n_cal * spec.coder.k + 2 * m, n_cal * m), False
+
+
+def cascade_cost(spec: TaskSpec, cascade: CascadeSettings) -> tuple[Cost, bool]:
+    """Expected predictions under a cascade: calibration and test contexts see top + sample x rest latents each,
+    calibration adds its floor; detection is simulated in full (harness/simulate/cascade.py). With whether the
+    floor is exact (else an upper bound)."""
     m, c = rewritten_count(spec), spec.contexts
     full = prediction_cost(spec)
-    return Cost(m, round(expected_predictions(c.calibration, m, cascade)),
-                round(expected_predictions(c.test, m, cascade)), full.detection)
+    floor, exact = calibration_floor_cost(spec, m)
+    return Cost(m, min(round(expected_predictions(c.calibration, m, cascade)) + floor, full.calibration),
+                round(expected_predictions(c.test, m, cascade)), full.detection), exact
+
+
+def corpus_shortfall(spec: TaskSpec) -> str | None:
+    """Why the corpus cannot supply the task's splits, where that is known offline (a local token file), or
+    None. The same arithmetic `prepare` refuses with later (`data.select.make_splits`), said before anything runs."""
+    import numpy as np
+
+    from harness.data.select import split_sizes
+
+    c = spec.corpus
+    if c.source != "local-tokens":
+        return None
+    path = spec.resolve(c.path)
+    try:
+        with np.load(path) as z:
+            n_tokens = max(int(z["tokens"].shape[0]) - c.offset, 0)
+    except (OSError, KeyError, ValueError, IndexError):
+        return None   # prepare names a missing or malformed file in its own words
+    sizes = split_sizes(spec)
+    blocks, need = n_tokens // (spec.contexts.T + 1), sum(sizes.values())
+    if blocks >= need:
+        return None
+    return (f"the corpus supplies {blocks:,} blocks of T+1 = {spec.contexts.T + 1} tokens and the splits need "
+            f"{need:,} ({', '.join(f'{k} {v:,}' for k, v in sizes.items())}): `harness prepare` will refuse this "
+            "task; shrink the split sizes or use a larger corpus")
 
 
 def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
@@ -72,33 +127,61 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
     cost = prediction_cost(spec)
     console = console or safe_console()
     costs = {"exhaustive": cost}
+    exact = True
     if cascade is not None:
-        costs[f"cascade (top {cascade.top}, sample {cascade.sample:g})"] = cascade_cost(spec, cascade)
+        costs[f"cascade (top {cascade.top}, sample {cascade.sample:g})"], exact = cascade_cost(spec, cascade)
     counts = [[split, *(f"{getattr(c, split):,}" for c in costs.values())]
               for split in ("calibration", "test", "detection", "total")]
     print_table(console, (Column("split"), *(Column(n, numeric=True) for n in costs)), counts,
                 title=f"{spec.id} ({spec.hash[:12]}): simulator predictions ({cost.latents:,} latents)")
     if cascade is not None:
-        # The floor is sum_j min(ceil(r_j n_cal) + 1, n_cal) over rewritten latents, and firing rates sum to at
-        # most k (TopK keeps k latents per token): so at most n_cal k + 2m more, whatever the fire rates are.
-        n_cal = spec.contexts.calibration
-        floor = min(n_cal * spec.coder.k + 2 * cost.latents, n_cal * cost.latents)
+        how = ("the calibration floor counted from the prepared activation sample" if exact else
+               "an upper bound on the calibration floor: run `harness prepare` for the exact count")
         console.print(f"the cascade makes {cost.total / max(costs[list(costs)[1]].total, 1):.1f}x fewer predictions "
-                      f"(expected; its random sample varies, and its calibration floor adds at most {floor:,})")
+                      f"(expected: its random sample varies; {how})")
     rows = [m for m in load_throughputs() if backend in ("auto", m["backend"])]
     if not rows:
         raise HarnessError(f"no measured throughput for backend {backend!r} in {THROUGHPUT_FILE}: "
                            "run `python benchmarks/simulate.py` to measure it")
-    cols = (Column("backend", key=True), Column("model", key=True), Column("device"),
+    # Throughput depends on the CPU's vector units far more than on its clock (bf16 is 5x slower than float32
+    # where the CPU has no native bf16), so each row names its CPU and rows measured on this one are marked.
+    here = cpu_description()
+    cols = (Column("backend", key=True), Column("model", key=True), Column("device"), Column("CPU"),
             Column("predictions/s", numeric=True), *(Column(f"time, {n}", numeric=True) for n in costs))
-    cells = [[m["backend"], m["model"], m["device"], f"{m['predictions_per_s']:.1f}",
-              *(_hms(c.total / m["predictions_per_s"]) for c in costs.values())]
-             for m in sorted(rows, key=lambda m: -m["predictions_per_s"])]
+    cells = [[m["backend"], m["model"], m["device"], ("* " if m.get("cpu") == here else "") + _short_cpu(m.get("cpu", "?")),
+              f"{m['predictions_per_s']:.1f}", *(_hms(c.total / m["predictions_per_s"]) for c in costs.values())]
+             for m in sorted(rows, key=lambda m: (m.get("cpu") != here, -m["predictions_per_s"]))]
     print_table(console, cols, cells, title="projected simulation time at measured throughputs")
+    if not any(m.get("cpu") == here for m in rows):
+        console.print(f"No throughput was measured on this CPU ({here}): the times above are other machines'. "
+                      "`python benchmarks/simulate.py` measures it.")
+    else:
+        console.print(f"* measured on this CPU ({here})")
     sim = (spec.simulator_ref().describe() if spec.simulator.model.get("source") == "gguf-parts" else
            spec.simulator.model.get("id") or spec.simulator.model.get("file") or spec.simulator.model.get("path"))
     console.print(f"The task's simulator is {sim}; a row measured on another model scales roughly with its size.")
+    fastest = max(m["predictions_per_s"] for m in rows)
+    cheapest = min(c.total for c in costs.values())
+    if cheapest / fastest > _DAY:
+        console.print(f"warning: even at the fastest measured throughput this task takes "
+                      f"{_hms(cheapest / fastest)}: a multi-GPU job, or shrink it (fewer latents or contexts, "
+                      "or a cascade)", highlight=False)
+    short = corpus_shortfall(spec)
+    if short:
+        console.print(f"warning: {short}", highlight=False)
     return cost
+
+
+_DAY = 24 * 3600.0
+
+
+def _short_cpu(cpu: str) -> str:
+    """"Intel(R) Xeon(R) Processor (family 6 model 207, AVX-512, AMX-BF16, KVM guest)" -> "Intel Xeon (6/207,
+    AVX-512, AMX-BF16)": what tells throughputs apart, narrow enough for an 80-column table."""
+    import re
+
+    out = re.sub(r"\(R\)|\(TM\)| Processor|, \w+ guest", "", cpu)
+    return re.sub(r"family (\d+) model (\d+)", r"\1/\2", out).strip()
 
 
 def _hms(s: float) -> str:
