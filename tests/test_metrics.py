@@ -303,3 +303,13 @@ def test_derangement_moves_every_item_and_is_seeded():
         assert sorted(perm) == list(range(n)) and not np.any(perm == np.arange(n))
     np.testing.assert_array_equal(derangement(np.random.default_rng(1), 9), derangement(np.random.default_rng(1), 9))
     assert list(derangement(np.random.default_rng(0), 1)) == [0]
+
+
+def test_detectable_effect_by_hand():
+    from harness.report.findings import detectable
+
+    # 80% power at two-sided 5%: (1.959964 + 0.841621) / 1.959964 = 1.4294 CI half-widths.
+    assert detectable(-0.1, 0.1) == "±0.143 nats"
+    assert detectable(0.2, 0.6, " AUROC") == "±0.286 AUROC"
+    assert detectable(0.0, 0.0) == "- (no variation)"
+    assert detectable(-float("inf"), 1.0) == "-"

@@ -35,6 +35,8 @@ def detectable(lo: float, hi: float, unit: str = " nats") -> str:
     """The smallest effect a paired CI of this width detects with 80% power, e.g. `±0.082 nats`."""
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return "-"
+    if hi <= lo:   # no variation across resamples: nothing about an effect's size can be read off
+        return "- (no variation)"
     return f"±{_POWER_80 * (hi - lo) / 2:.3g}{unit}"
 
 
