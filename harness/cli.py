@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +102,7 @@ def cmd_eval(args) -> int:
     tid, thash = result["task"]["id"], result["task"]["hash"]
     from harness.task.spec import load_task
 
-    fixed = {tid} if load_task(args.task, args.override).simulator.cascade else set()
-    rows, rejected = _leaderboard_rows(Path(args.results), tid, {tid: thash}, fixed)
+    rows, rejected = _leaderboard_rows(Path(args.results), tid, [load_task(args.task, args.override)])
     for rj in rejected:
         if rj.damaged:   # other rejections (older task hash...) are `harness leaderboard`'s to list
             _note(Text.assemble(("skipped", "yellow"), f" {one_line(rj.path)}: {one_line(rj.reason)}"))
@@ -159,23 +158,18 @@ def _print_summary(r: Mapping[str, Any]) -> None:
         _note(Text.assemble(("warning:", "yellow"), f" {one_line(str(w['message']))}"))
 
 
-def _leaderboard_rows(results: Path, task_id: str | None, known: dict[str, str] | None = None,
-                      known_fixed: set[str] | frozenset[str] = frozenset()):
-    """`known`: hashes of tasks given by folder (not registered); `known_fixed`: those of them that fix a cascade."""
+def _leaderboard_rows(results: Path, task_id: str | None, known: Sequence[Any] = ()):
+    """`known`: task specs given by folder (not registered) or with overrides; they win over a registered one."""
     from harness.report.leaderboard import collect_results
     from harness.task.spec import list_tasks
 
-    specs = list_tasks()
-    hashes = {s.id: s.hash for s in specs}
-    fixed = {s.id for s in specs if s.simulator.cascade} | set(known_fixed)
-    hashes.update(known or {})
-    if task_id and task_id not in hashes:
+    by_id = {s.id: s for s in [*list_tasks(), *known]}
+    if task_id and task_id not in by_id:
         from harness.task.spec import load_task
 
-        spec = load_task(task_id)
-        hashes[task_id] = spec.hash
-        fixed |= {spec.id} if spec.simulator.cascade else set()
-    return collect_results(results, task_id, task_hashes=hashes, fixed_cascade=fixed)
+        by_id[task_id] = load_task(task_id)
+    return collect_results(results, task_id, task_hashes={i: s.hash for i, s in by_id.items()},
+                           fixed_cascade={i for i, s in by_id.items() if s.simulator.cascade})
 
 
 def cmd_leaderboard(args) -> int:
@@ -214,8 +208,7 @@ def cmd_leaderboard(args) -> int:
 
 def _task_rows(results: Path, spec):
     """A task's ranked rows; files that cannot be ranked are named on stderr, so stdout stays one table."""
-    rows, rejected = _leaderboard_rows(results, spec.id, {spec.id: spec.hash},
-                                       {spec.id} if spec.simulator.cascade else set())
+    rows, rejected = _leaderboard_rows(results, spec.id, [spec])
     for rj in rejected:
         _note(Text.assemble(("rejected", "yellow"), f" {one_line(rj.path)}: {one_line(rj.reason)}"))
     return rows

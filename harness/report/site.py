@@ -413,12 +413,12 @@ def build_site(out_dir: str | os.PathLike, results_dir: str | os.PathLike = "res
     if not Path(results_dir).is_dir():
         raise HarnessError(f"{results_dir}: results folder not found — run `harness eval` first or pass --results")
     hashes = {s.id: s.hash for s in specs}
+    fixed = {s.id for s in specs if s.simulator.cascade}
     out.mkdir(parents=True, exist_ok=True)
     summary = []
     per_task: list[tuple[Any, list[MethodEntry], list, Any]] = []
     for spec in specs:
-        rows, rejected = collect_results(results_dir, spec.id, task_hashes=hashes,
-                                         fixed_cascade={s.id for s in specs if s.simulator.cascade})
+        rows, rejected = collect_results(results_dir, spec.id, task_hashes=hashes, fixed_cascade=fixed)
         entries = []
         for r in rows:
             loaded = load_with_side(r.path, require_side=False)

@@ -62,8 +62,9 @@ def calibration_floor_cost(spec: TaskSpec, m: int) -> tuple[int, bool]:
 
     The floor is sum_j min(ceil(r_j n_cal) + 1, n_cal) over rewritten latents (`cascade.calibration_floor`).
     Exact where this task's activation sample is already prepared (the rewritten set is chosen from it as
-    `prepare` chooses it); otherwise a bound: firing rates sum to at most k (TopK keeps k latents per token), so at most n_cal k + 2m. Pairs the
-    floor shares with the per-context top are counted twice, which keeps the estimate on the high side."""
+    `prepare` chooses it); otherwise a bound: firing rates sum to at most k (TopK keeps k latents per token),
+    so at most n_cal k + 2m. Pairs the floor shares with the per-context top are counted twice, which keeps
+    the estimate on the high side."""
     from harness.simulate.cascade import calibration_floor
     from harness.task.spec import task_cache_dir
 
