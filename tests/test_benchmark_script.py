@@ -121,6 +121,22 @@ def test_shared_prefix_attention_matches_library_path_and_plain(tiny, arch):
     assert model.config._attn_implementation == "sdpa"   # only switched during a suffix pass
 
 
+@pytest.mark.parametrize("budget", [1, 62, 10_000])   # prefixes of 40, 27, 35 tokens: 62 pairs two
+def test_contexts_batched_together_match_plain(tiny, budget):
+    """A cascade's scattered pairs (a few explanations per context, some contexts with one): prefixes of
+    different lengths batched together (right-padded), suffix batches that mix contexts, or one context at a
+    time (budget 1), all give the plain engine's answers."""
+    tok, ctxs, expl, _ = tiny
+    model = build_model("llama", len(tok), 5)
+    pairs = [(2, 4), (0, 1), (2, 0), (1, 3), (0, 2), (2, 2), (1, 1)]
+    ref, ref_mass = PlainSimulator(model, tok, "v1", 400, "t").predict(ctxs, expl, pairs)
+    sim = PrefixSimulator(model, tok, "v1", 400, "t", batch_size=4, prefix_batch_tokens=budget)
+    got, mass = sim.predict(ctxs, expl, pairs)
+    assert sim.shared_attention
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+    np.testing.assert_allclose(mass, ref_mass, rtol=1e-4)
+
+
 def test_shared_prefix_attention_falls_back_when_unsupported(tiny, monkeypatch):
     from transformers import AttentionInterface
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,6 +33,25 @@ def _returned_cache(out):
 # What one more suffix batch costs beyond its tokens (dispatch, the head, the cache views), counted in padded
 # token positions: the batch planner trades it against padding.
 BATCH_OVERHEAD_TOKENS = 16
+
+
+# Context tokens per prefix batch when contexts are scored against a few explanations each (a cascade's
+# pairs): enough rows for the GEMMs to run near their large-matrix rate, little padding memory.
+PREFIX_BATCH_TOKENS = 2048
+
+
+def _chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive runs of indices whose lengths sum to at most `budget` (a longer one alone)."""
+    out: list[list[int]] = []
+    total = 0
+    for i, n in enumerate(lengths):
+        if out and total + n <= budget:
+            out[-1].append(i)
+            total += n
+        else:
+            out.append([i])
+            total = n
+    return out
 
 
 def plan_batches(lengths, max_batch: int, overhead: float = BATCH_OVERHEAD_TOKENS) -> list[np.ndarray]:
@@ -118,10 +138,20 @@ class _Unsupported(Exception):
     """The model's attention asks for something this function does not do (sliding window, softcap, sinks)."""
 
 
+@dataclass(frozen=True)
+class _PrefixState:
+    """What a suffix pass attends to besides its own tokens: per layer (keys, values) [B, Hkv, P, d] of B
+    prefixes; `rows` [n]: which prefix each suffix row extends (None: B = 1, every row the same); `pad` [n, P]:
+    True at positions past that row's prefix (right padding of a batch of prefixes; None: none)."""
+    kv: list
+    rows: torch.Tensor | None = None
+    pad: torch.Tensor | None = None
+
+
 def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """query [n, H, s, d]; key/value [n, Hkv, s, d] of the suffix only; the prefix's in the context variable."""
-    kv = _prefix_kv.get()
-    if kv is None:  # the name is set but no suffix pass is running: behave as plain sdpa would
+    """query [n, H, s, d]; key/value [n, Hkv, s, d] of the suffix only; the prefixes in the context variable."""
+    state = _prefix_kv.get()
+    if state is None:  # the name is set but no suffix pass is running: behave as plain sdpa would
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
@@ -129,9 +159,9 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
             or any(kwargs.get(k) is not None for k in ("sliding_window", "softcap", "s_aux", "head_mask"))):
         raise _Unsupported("attention options beyond plain causal attention")
     layer = getattr(module, "layer_idx", None)
-    if layer is None or not 0 <= layer < len(kv):
+    if layer is None or not 0 <= layer < len(state.kv):
         raise _Unsupported("attention module without a usable layer index")
-    kp, vp = kv[layer]                                       # [1, Hkv, P, d] each
+    kp, vp = state.kv[layer]                                 # [B, Hkv, P, d] each
     n, n_heads, s, d = query.shape
     n_kv = key.shape[1]
     if n_heads % n_kv or kp.shape[1] != n_kv or kp.shape[-1] != d or vp.shape[-1] != value.shape[-1]:
@@ -139,25 +169,37 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     g = n_heads // n_kv
     p_len = kp.shape[2]
     scale = scaling if scaling is not None else d ** -0.5
-    # Head h uses key/value head h // g (as transformers' repeat_kv); lay queries out as [Hkv, n, g*s, d].
-    q = query.reshape(n, n_kv, g, s, d).permute(1, 0, 2, 3, 4).reshape(n_kv, n, g * s, d)
-    sp = torch.matmul(q.reshape(n_kv, n * g * s, d), kp[0].transpose(1, 2)).float()  # [Hkv, n*g*s, P]
-    ss = torch.matmul(q, key.transpose(0, 1).transpose(2, 3)).float()                  # [Hkv, n, g*s, s]
+    # Head h uses key/value head h // g (as transformers' repeat_kv): queries as [n, Hkv, g*s, d].
+    q = query.reshape(n, n_kv, g * s, d)
+    if state.rows is None:
+        # One prefix for every row: a single matmul per key/value head over all rows' queries.
+        qh = q.transpose(0, 1).reshape(n_kv, n * g * s, d)
+        sp = torch.matmul(qh, kp[0].transpose(1, 2)).view(n_kv, n, g * s, p_len).transpose(0, 1).float()
+    else:
+        kr, vr = kp.index_select(0, state.rows), vp.index_select(0, state.rows)
+        sp = torch.matmul(q, kr.transpose(2, 3)).float()                               # [n, Hkv, g*s, P]
+    ss = torch.matmul(q, key.transpose(2, 3)).float()                                  # [n, Hkv, g*s, s]
     sp.mul_(scale)
     ss.mul_(scale)
+    if state.pad is not None:
+        sp.masked_fill_(state.pad[:, None, None, :], float("-inf"))
     pos = torch.arange(s, device=query.device)
     future = pos[None, :] > pos.repeat(g)[:, None]                                      # [g*s, s]
     ss.masked_fill_(future, float("-inf"))
-    m = torch.maximum(sp.view(n_kv, n, g * s, p_len).amax(-1), ss.amax(-1)).unsqueeze(-1)  # [Hkv, n, g*s, 1]
-    ep = torch.exp(sp.view(n_kv, n, g * s, p_len).sub_(m))
+    m = torch.maximum(sp.amax(-1), ss.amax(-1)).unsqueeze(-1)                          # [n, Hkv, g*s, 1]
+    ep = torch.exp(sp.sub_(m))
     es = torch.exp(ss.sub_(m))
     denom = ep.sum(-1, keepdim=True) + es.sum(-1, keepdim=True)
-    out = torch.matmul(ep.view(n_kv, n * g * s, p_len).to(vp.dtype), vp[0]).view(n_kv, n, g * s, -1)
-    out = out + torch.matmul(es.to(value.dtype), value.transpose(0, 1))
+    if state.rows is None:
+        epf = ep.to(vp.dtype).transpose(0, 1).reshape(n_kv, n * g * s, p_len)
+        out = torch.matmul(epf, vp[0]).view(n_kv, n, g * s, -1).transpose(0, 1)
+    else:
+        out = torch.matmul(ep.to(vr.dtype), vr)
+    out = out + torch.matmul(es.to(value.dtype), value)
     out = (out / denom.to(out.dtype)).to(query.dtype)
     d_v = out.shape[-1]
     # -> [n, s, H, d_v], as the library's attention functions return it.
-    return out.view(n_kv, n, g, s, d_v).permute(1, 3, 0, 2, 4).reshape(n, s, n_heads, d_v), None
+    return out.reshape(n, n_kv, g, s, d_v).permute(0, 3, 1, 2, 4).reshape(n, s, n_heads, d_v), None
 
 
 def _register_attention() -> bool:
@@ -173,8 +215,10 @@ class PrefixSimulator(TorchSimulatorBase):
     name = "transformers-prefix"
 
     def __init__(self, model, tokenizer, prompt_version: str, max_chars: int, model_key: str,
-                 batch_size: int = 16, shared_prefix_attention: bool = True):
+                 batch_size: int = 16, shared_prefix_attention: bool = True,
+                 prefix_batch_tokens: int = PREFIX_BATCH_TOKENS):
         super().__init__(model, tokenizer, prompt_version, max_chars, model_key, batch_size)
+        self.prefix_batch_tokens = max(1, int(prefix_batch_tokens))
         # Turned off for good the first time the model's attention needs more than it offers.
         self.shared_attention = bool(shared_prefix_attention) and _register_attention()
         self._head_ids = self.builder.head_ids
@@ -205,17 +249,21 @@ class PrefixSimulator(TorchSimulatorBase):
         out = self._suffix_logits(cache, prefix_len, suffixes)
         return self.read_out(out) if self.lm_head is not None else answers_from_logits(out, self.answer_ids)
 
+    def _padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded ids [n, width], their mask, and each row's last real position."""
+        n, width = len(seqs), max(len(s) for s in seqs)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, :len(s)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return ids, mask, mask.sum(dim=1) - 1
+
     def _suffix_logits(self, cache, prefix_len: int, suffixes: list[list[int]]) -> torch.Tensor:
         """Logits at each suffix's last token, or the final hidden state there where the head is plain."""
-        n = len(suffixes)
-        width = max(len(s) for s in suffixes)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        smask = torch.zeros((n, width), dtype=torch.long)
-        for i, s in enumerate(suffixes):
-            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-            smask[i, :len(s)] = 1
-        ids, smask = ids.to(self.device), smask.to(self.device)
-        last = smask.sum(dim=1) - 1
+        ids, smask, last = self._padded(suffixes)
+        n, width = ids.shape
         rows = torch.arange(n, device=self.device)
         if self.shared_attention and _plain_layers(cache):
             try:
@@ -233,12 +281,17 @@ class PrefixSimulator(TorchSimulatorBase):
         return out.logits[rows, last]
 
     def _shared_suffix_logits(self, cache, prefix_len: int, ids, rows, last) -> torch.Tensor:
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
         n, width = ids.shape
         pos = (prefix_len + torch.arange(width, device=self.device)).unsqueeze(0).expand(n, width)
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        return self._attend_prefixes(_PrefixState(kv), ids, pos, rows, last)
+
+    def _attend_prefixes(self, state: _PrefixState, ids, pos, rows, last) -> torch.Tensor:
+        """Logits (or the final hidden state, where the head is plain) at each row's `last` token, the suffix
+        pass reading its prefixes through `shared_prefix_attention`."""
         config = self.model.config
         previous = config._attn_implementation
-        token = _prefix_kv.set(kv)
+        token = _prefix_kv.set(state)
         config._attn_implementation = SHARED_PREFIX_ATTENTION
         try:
             if self.lm_head is not None:
@@ -267,14 +320,58 @@ class PrefixSimulator(TorchSimulatorBase):
             self._lone_pairs(contexts, explanations, pairs, np.asarray(lone), head_cache, n_head, probs, mass,
                              progress)
             groups = [(c, rows) for c, rows in groups if len(rows) > 1]
-        for c, rows in groups:
-            prefix = self._checked_prefix(contexts[c], n_head)
-            ctx_ids = torch.tensor([prefix[n_head:]], dtype=torch.long, device=self.device)
-            cache = copy.deepcopy(head_cache) if head_cache is not None else None
-            cache = self._run(ctx_ids, cache, n_head)[1]
-            suffixes = [self.builder.suffix(explanations[int(e)]) for e in pairs[rows, 1]]
-            self._batched(cache, len(prefix), suffixes, rows, self.batch_size, probs, mass, progress)
+        prefixes = [self._checked_prefix(contexts[c], n_head) for c, _ in groups]
+        suffixes = [[self.builder.suffix(explanations[int(e)]) for e in pairs[rows, 1]] for _, rows in groups]
+        for chunk in _chunks([len(p) - n_head for p in prefixes], self.prefix_batch_tokens):
+            if len(chunk) > 1 and self.shared_attention:
+                try:
+                    self._many_contexts([prefixes[i] for i in chunk], [suffixes[i] for i in chunk],
+                                        [groups[i][1] for i in chunk], head_cache, n_head, probs, mass, progress)
+                    continue
+                except _Unsupported:
+                    self.shared_attention = False
+            for i in chunk:
+                ctx_ids = torch.tensor([prefixes[i][n_head:]], dtype=torch.long, device=self.device)
+                cache = copy.deepcopy(head_cache) if head_cache is not None else None
+                cache = self._run(ctx_ids, cache, n_head)[1]
+                self._batched(cache, len(prefixes[i]), suffixes[i], groups[i][1], self.batch_size, probs, mass,
+                              progress)
         return probs, mass
+
+    def _many_contexts(self, prefixes: list[list[int]], suffixes: list[list[list[int]]], rows: list[np.ndarray],
+                       head_cache, n_head: int, probs: np.ndarray, mass: np.ndarray,
+                       progress: Progress | None) -> None:
+        """Several contexts at once: their prefixes in one batch (right-padded after the shared head), then
+        their suffixes in batches that mix contexts, each row attending to its own context's prefix.
+
+        A context in a cascade run has a few suffixes only (~5 on the CE task): one context at a time, the
+        products have ~60 rows, at which a float32 GEMM on a 2-core AVX2 CPU runs at ~60% of its rate at
+        ~500 rows (benchmarks/RESULTS.md, Engine). Same FLOPs, bigger products."""
+        b = len(prefixes)
+        lens = torch.tensor([len(p) for p in prefixes], dtype=torch.long, device=self.device)
+        ids, _, _ = self._padded([p[n_head:] for p in prefixes])
+        cache = _repeat_cache(head_cache, b) if head_cache is not None else None
+        cache = self._run(ids, cache, n_head)[1]
+        if not _plain_layers(cache):
+            raise _Unsupported("the prefix batch's cache is not plain dynamic layers")
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        p_len = int(kv[0][0].shape[2])
+        owner = np.concatenate([np.full(len(r), i) for i, r in enumerate(rows)])
+        out_rows = np.concatenate(rows)
+        seqs = [s for per_context in suffixes for s in per_context]
+        for sel in plan_batches([len(s) for s in seqs], self.batch_size):
+            own = torch.as_tensor(owner[sel], dtype=torch.long, device=self.device)
+            ids, _, last = self._padded([seqs[i] for i in sel])
+            n, width = ids.shape
+            start = lens[own].unsqueeze(1)
+            pos = start + torch.arange(width, device=self.device).unsqueeze(0)
+            pad = torch.arange(p_len, device=self.device).unsqueeze(0) >= start
+            state = _PrefixState(kv, own, pad if bool(pad.any()) else None)
+            out = self._attend_prefixes(state, ids, pos, torch.arange(n, device=self.device), last)
+            answers = self.read_out(out) if self.lm_head is not None else answers_from_logits(out, self.answer_ids)
+            probs[out_rows[sel]], mass[out_rows[sel]] = answers
+            if progress is not None:
+                progress(len(sel))
 
     def _batched(self, cache, prefix_len: int, seqs: list[list[int]], rows: np.ndarray, max_batch: int,
                  probs: np.ndarray, mass: np.ndarray, progress: Progress | None) -> None:
