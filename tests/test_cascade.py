@@ -410,6 +410,18 @@ def test_task_fixed_cascade_is_ranked_and_reproduced(tiny, capsys):
     assert picked and all(d["stored"] != fill for d in picked)
     assert abs(rep["headline_move"]) < 1e-9   # float32: the weighted calibration gives the stored headline
 
+    # `harness estimate --submission` counts what this eval selected, pair for pair.
+    from harness.simulate.cascade import parse_cascade
+    from harness.simulate.cost import submission_cascade_cost
+
+    cost = submission_cascade_cost(spec, parse_cascade(spec.simulator.cascade), str(sub))
+    assert cost.calibration + cost.test == cas["cascade"]["n_simulated"]
+    assert cost.detection == cas["cascade"]["n_detection"] and cost.total == cas["cascade"]["n_llm_predictions"]
+    assert main(["estimate", "--task", str(tiny / "task"), fix[0], fix[1], "--submission", str(sub)]) == 0
+    out = capsys.readouterr().out
+    assert "counted exactly" in out
+    assert next(x for x in out.splitlines() if x.startswith("| total")).split("|")[3].strip() == f"{cost.total:,}"
+
 
 def test_estimate_prints_exhaustive_and_cascade_cost(tiny, capsys):
     """The cascade's calibration count includes its floor: bounded (n_cal k + 2m, firing rates sum to at most k)

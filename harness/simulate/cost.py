@@ -96,6 +96,35 @@ def cascade_cost(spec: TaskSpec, cascade: CascadeSettings) -> tuple[Cost, bool]:
                 round(expected_predictions(c.test, m, cascade)), full.detection), exact
 
 
+def submission_cascade_cost(spec: TaskSpec, cascade: CascadeSettings, submission: str) -> Cost:
+    """The cascade's predictions for one submission, counted by running its first stage as `harness eval` does
+    (the ranker reads the explanations, so overlaps between the per-context top and the calibration floor are
+    known only then). Prepares the task first if its cache lacks a step (minutes: the subject runs over every
+    split)."""
+    import numpy as np
+
+    from harness.data.prepare import prepare
+    from harness.simulate.cascade import plan_for
+    from harness.simulate.run import pair_layout, scored_contexts
+    from harness.task.inputs import TaskInputs
+    from harness.task.submission import coverage, load_submission
+
+    inputs = TaskInputs(spec)
+    sub = load_submission(submission, task_id=spec.id, num_latents=inputs.num_latents(),
+                          max_chars=spec.simulator.max_explanation_chars)
+    prep = prepare(spec, inputs=inputs)
+    scored, _ = coverage(sub, prep.rewritten)
+    latents = np.asarray(scored, dtype=np.int64)
+    if not len(latents):
+        raise HarnessError(f"{submission}: explains none of the task's {len(prep.rewritten)} rewritten latents")
+    tok = inputs.subject()[1]
+    ctxs = scored_contexts(prep, tok)
+    plan = plan_for(cascade, prep, ctxs, [sub.explanations[int(j)] for j in latents], latents)
+    lay = pair_layout(prep, tok, latents, plan.mask, ctxs)
+    n_cal = lay.n_cal
+    return Cost(len(latents), int(plan.mask[:n_cal].sum()), int(plan.mask[n_cal:].sum()), len(lay.det_pairs))
+
+
 def corpus_shortfall(spec: TaskSpec) -> str | None:
     """Why the corpus cannot supply the task's splits, where that is known offline (a local token file), or
     None. The same arithmetic `prepare` refuses with later (`data.select.make_splits`), said before anything runs."""
@@ -122,24 +151,32 @@ def corpus_shortfall(spec: TaskSpec) -> str | None:
 
 
 def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
-                   cascade: CascadeSettings | None = None) -> Cost:
+                   cascade: CascadeSettings | None = None, submission: str | None = None) -> Cost:
     spec = load_task(task, list(overrides))
     cascade = task_cascade(spec, cascade)   # a task that fixes its cascade is estimated with it
     cost = prediction_cost(spec)
     console = console or safe_console()
     costs = {"exhaustive": cost}
     exact = True
-    if cascade is not None:
+    if cascade is not None and submission:
+        costs[f"cascade (top {cascade.top}, sample {cascade.sample:g})"] = submission_cascade_cost(
+            spec, cascade, submission)
+    elif cascade is not None:
         costs[f"cascade (top {cascade.top}, sample {cascade.sample:g})"], exact = cascade_cost(spec, cascade)
     counts = [[split, *(f"{getattr(c, split):,}" for c in costs.values())]
               for split in ("calibration", "test", "detection", "total")]
     print_table(console, (Column("split"), *(Column(n, numeric=True) for n in costs)), counts,
                 title=f"{spec.id} ({spec.hash[:12]}): simulator predictions ({cost.latents:,} latents)")
     if cascade is not None:
-        how = ("the calibration floor counted from the prepared activation sample" if exact else
-               "an upper bound on the calibration floor: run `harness prepare` for the exact count")
-        console.print(f"the cascade makes {cost.total / max(costs[list(costs)[1]].total, 1):.1f}x fewer predictions "
-                      f"(expected: its random sample varies; {how})")
+        if submission:
+            console.print(f"the cascade makes {cost.total / max(costs[list(costs)[1]].total, 1):.1f}x fewer "
+                          f"predictions (counted exactly for {submission}, as its eval will select them)")
+        else:
+            how = ("the calibration floor counted from the prepared activation sample" if exact else
+                   "an upper bound on the calibration floor: run `harness prepare` for the exact count")
+            console.print(f"the cascade makes {cost.total / max(costs[list(costs)[1]].total, 1):.1f}x fewer "
+                          f"predictions (expected: its random sample varies; {how}; --submission counts them "
+                          "exactly)")
     rows = [m for m in load_throughputs() if backend in ("auto", m["backend"])]
     if not rows:
         raise HarnessError(f"no measured throughput for backend {backend!r} in {THROUGHPUT_FILE}: "
@@ -148,9 +185,11 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
     # where the CPU has no native bf16), so each row names its CPU and rows measured on this one are marked.
     here = cpu_description()
     cols = (Column("backend", key=True), Column("model", key=True), Column("device"), Column("CPU"),
-            Column("predictions/s", numeric=True), *(Column(f"time, {n}", numeric=True) for n in costs))
-    cells = [[m["backend"], m["model"], m["device"], ("* " if m.get("cpu") == here else "") + _short_cpu(m.get("cpu", "?")),
-              f"{m['predictions_per_s']:.1f}", *(_hms(c.total / m["predictions_per_s"]) for c in costs.values())]
+            Column("pairs/context", numeric=True), Column("predictions/s", numeric=True),
+            *(Column(f"time, {n}", numeric=True) for n in costs))
+    cells = [[m["backend"], m["model"], m["device"], ("* " if m.get("cpu") == here else "") + short_cpu(m.get("cpu", "?")),
+              _per_context(m), f"{m['predictions_per_s']:.1f}",
+              *(_hms(c.total / m["predictions_per_s"]) for c in costs.values())]
              for m in sorted(rows, key=lambda m: (m.get("cpu") != here, -m["predictions_per_s"]))]
     print_table(console, cols, cells, title="projected simulation time at measured throughputs")
     if not any(m.get("cpu") == here for m in rows):
@@ -158,6 +197,12 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
                       "`python benchmarks/simulate.py` measures it.")
     else:
         console.print(f"* measured on this CPU ({here})")
+    if cascade is not None:
+        c = spec.contexts
+        per = (costs[list(costs)[1]].calibration + costs[list(costs)[1]].test) / max(c.calibration + c.test, 1)
+        console.print(f"The cascade scores each context against ~{per:.1f} latents: its predictions run at the rate of "
+                      "rows measured with about that many pairs per context (`benchmarks/simulate.py --per-context "
+                      "N`); a row with many pairs per context shares each prefix more widely and overstates it.")
     sim = (spec.simulator_ref().describe() if spec.simulator.model.get("source") == "gguf-parts" else
            spec.simulator.model.get("id") or spec.simulator.model.get("file") or spec.simulator.model.get("path"))
     console.print(f"The task's simulator is {sim}; a row measured on another model scales roughly with its size.")
@@ -176,7 +221,17 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
 _DAY = 24 * 3600.0
 
 
-def _short_cpu(cpu: str) -> str:
+def _per_context(m: dict) -> str:
+    """Pairs per context in the row's workload (older rows say it in their workload text only)."""
+    import re
+
+    if m.get("per_context"):
+        return str(m["per_context"])
+    hit = re.match(r"\d+ contexts x (\d+) explanations", m.get("workload", ""))
+    return hit.group(1) if hit else "?"
+
+
+def short_cpu(cpu: str) -> str:
     """"Intel(R) Xeon(R) Processor (family 6 model 207, AVX-512, AMX-BF16, KVM guest)" -> "Intel Xeon (6/207,
     AVX-512, AMX-BF16)": what tells throughputs apart, narrow enough for an 80-column table."""
     import re

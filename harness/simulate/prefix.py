@@ -1,14 +1,18 @@
 """Shared-prefix transformers engine: each context's prompt prefix runs once, its suffixes run in batches.
 
-Per predict call the instruction head (identical for every context) is run once; per context the
-context tokens are appended to a copy of that cache; the context's suffixes are cut into batches of
-similar length (`plan_batches`) and each batch runs against the context's KV cache. A context scored against
-one explanation only (detection, the gaming suite) shares nothing with other pairs beyond the head, so those
-pairs run together: the context tokens and the explanation suffix as one "suffix" per row against the head's
-cache, in batches across contexts, instead of one tiny batch per context. By default the suffix
-pass reads that cache through `shared_prefix_attention` (one matmul of all rows against the one prefix, no
-per-row copies); models whose attention needs more fall back to repeating the cache along the batch. Only
-the hidden state at each row's last real token goes through the LM head.
+Per predict call the instruction head (identical for every context) is run once. Contexts then go in chunks
+of about `prefix_batch_tokens` context tokens: the chunk's context tokens run as one right-padded batch on
+copies of the head's cache, and the chunk's suffixes are cut into batches of similar length
+(`plan_batches`) that mix contexts, each row attending to its own context's prefix (padding masked). A
+cascade scores a context against a few explanations only (~5 on the CE task), so one context at a time its
+products would have ~60 rows, where a float32 GEMM runs well below its large-matrix rate; chunked, the
+same FLOPs run 1.6-1.7x faster on the CE task's pairs (benchmarks/RESULTS.md). A context scored against one
+explanation only (detection, the gaming suite) shares nothing with other pairs beyond the head, so those
+pairs run together: the context tokens and the explanation suffix as one "suffix" per row against the
+head's cache, in batches across contexts. The suffix pass reads the prefixes through
+`shared_prefix_attention` (one matmul of all rows against a single prefix, or a gathered one per row when
+contexts mix); models whose attention needs more fall back to one context at a time with the cache
+repeated along the batch. Only the hidden state at each row's last real token goes through the LM head.
 """
 
 from __future__ import annotations
@@ -322,7 +326,10 @@ class PrefixSimulator(TorchSimulatorBase):
             groups = [(c, rows) for c, rows in groups if len(rows) > 1]
         prefixes = [self._checked_prefix(contexts[c], n_head) for c, _ in groups]
         suffixes = [[self.builder.suffix(explanations[int(e)]) for e in pairs[rows, 1]] for _, rows in groups]
-        for chunk in _chunks([len(p) - n_head for p in prefixes], self.prefix_batch_tokens):
+        # Shortest prefixes first: a prefix batch pads to its longest context, so similar lengths go together.
+        by_length = np.argsort([len(p) for p in prefixes], kind="stable")
+        for cut in _chunks([len(prefixes[i]) - n_head for i in by_length], self.prefix_batch_tokens):
+            chunk = [int(by_length[i]) for i in cut]
             if len(chunk) > 1 and self.shared_attention:
                 try:
                     self._many_contexts([prefixes[i] for i in chunk], [suffixes[i] for i in chunk],

@@ -1,7 +1,7 @@
 """Versioned simulator prompts: the model's own tokenisation of the prompt text, with untrusted text
 unable to forge structure, split into a per-context prefix and a per-explanation suffix.
 
-Tokenisation (`v2`, `yn2`). The ids are what the simulator's tokenizer makes of the whole rendered prompt
+Tokenisation (`v2`, `yn2`, `yn3`). The ids are what the simulator's tokenizer makes of the whole rendered prompt
 (`tokenizer(text, add_special_tokens=False)`, as `apply_chat_template(tokenize=True)` does), with one
 deliberate difference: a special token's text written inside the context or the explanation
 ("<|im_end|>") stays plain characters. Hugging Face tokenizers cut the text at added tokens *before*
@@ -31,7 +31,7 @@ merges across the split fails with an error rather than scoring with non-canonic
 the explanation itself would not do: ' "' joins with an explanation that starts with punctuation.)
 
 Read-outs. `v1`/`v2` (the paper's) ask for a digit 0-9 and score Σ d·P(d) over the ten digit tokens.
-`yn1`/`yn2` ask whether the marked token matches the explanation and score log P("Yes") − log P("No") at
+`yn1`/`yn2`/`yn3` ask whether the marked token matches the explanation and score log P("Yes") − log P("No") at
 the first assistant token: a 1.5B model follows a yes/no question where it hedges on a 0-9 scale
 (docs/findings.md). Its question stands *before* the explanation, so each prediction's suffix is only the
 explanation and the turn's end (the cost of a prediction in the prefix engine is its suffix length).
@@ -83,7 +83,7 @@ _V1_INSTRUCTIONS = (
 )
 
 # v1/yn1 were tokenised in pieces on the belief that cutting after a newline or a quote matches a byte-level
-# BPE pre-tokeniser's cuts; it does not (module docstring). v2/yn2 keep the text and tokenise it whole.
+# BPE pre-tokeniser's cuts; it does not (module docstring). v2/yn2/yn3 keep the text and tokenise it whole.
 _V1_USER = (
     "Text:\n{context}\n\n"
     "Explanation: \"{explanation}\"\n\n"
@@ -104,6 +104,14 @@ _YN1_USER = (
     "Explanation: \"{explanation}\""
 )
 
+# yn3: yn2 without the question in the user turn (the instructions already ask it, last). Everything that does
+# not depend on the context then sits in the instruction head, which engines compute once per run: each
+# context's own prefix is its text and ~5 tokens instead of ~25 more (about 13% of the CE task's tokens).
+_YN3_USER = (
+    "Text:\n{context}\n\n"
+    "Explanation: \"{explanation}\""
+)
+
 _V1 = PromptTemplate(version="v1", instructions=_V1_INSTRUCTIONS, user=_V1_USER)
 _YN1 = PromptTemplate(version="yn1", instructions=_YN1_INSTRUCTIONS, user=_YN1_USER,
                       answers=("No", "Yes"), score="log-odds")
@@ -114,6 +122,7 @@ PROMPT_VERSIONS: dict[str, PromptTemplate] = {
     # Same text as v1/yn1; the ids are the tokenizer's own tokenisation of it.
     "v2": dataclasses.replace(_V1, version="v2", suffix_lead=' "'),
     "yn2": dataclasses.replace(_YN1, version="yn2", suffix_lead=' "'),
+    "yn3": dataclasses.replace(_YN1, version="yn3", user=_YN3_USER, suffix_lead=' "'),
 }
 
 # Alphanumeric so that no chat template's filters (trim, escaping) alter them.
@@ -309,7 +318,7 @@ def _trusted_ids(tokenizer, items: list[str | int]) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class _Layout:
-    """v2/yn2: the rendered template cut where the tokenizer itself cuts (added tokens) and at the split.
+    """v2/yn2/yn3: the rendered template cut where the tokenizer itself cuts (added tokens) and at the split.
 
     The context's run is `lead + context + ctx_close`; the explanation's run is `exp_open + suffix_lead +
     explanation + closing`, tokenised whole and cut after `open_ids`. Where no added token separates the two
@@ -402,7 +411,7 @@ class PromptBuilder:
 
     @property
     def canonical(self) -> bool:
-        """Whether the ids are the tokenizer's own tokenisation of `text()` (v2/yn2; not v1/yn1)."""
+        """Whether the ids are the tokenizer's own tokenisation of `text()` (v2/yn2/yn3; not v1/yn1)."""
         return isinstance(self.pieces, _Layout)
 
     @property
