@@ -62,6 +62,23 @@ def test_tiny_run_records_and_replaces_its_section(bench, capsys, tmp_path):
     assert "| prefix | float32 |" in text and "torch " in text
 
 
+def test_per_context_workload_is_its_own_row(bench, capsys, tmp_path):
+    """--per-context N scores each context against N of the explanations (a cascade's workload): recorded as a
+    row of its own beside the dense one, and the one-context-at-a-time engine agrees with the batched one."""
+    js, md = tmp_path / "throughput.json", tmp_path / "RESULTS.md"
+    rec = ["--no-vllm", "--json-out", str(js), "--results-md", str(md)]
+    assert bench.main(SMALL + rec) == 0
+    assert bench.main(SMALL + rec + ["--per-context", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "3 contexts x 2 of 4 explanations each (a cascade's workload) = 6 predictions" in out
+    assert "agreement: ok" in out
+    rows = [r for r in json.loads(js.read_text())["measurements"] if r["backend"] == "prefix"]
+    assert sorted(r["per_context"] for r in rows) == [2, 4]
+    assert md.read_text().count("<!-- simulate: tiny random Llama") == 2
+    assert bench.main(SMALL + ["--no-vllm", "--no-record", "--per-context", "2", "--prefix-batch-tokens", "1"]) == 0
+    assert "agreement: ok" in capsys.readouterr().out
+
+
 def test_script_runs_as_a_command_from_elsewhere(tmp_path):
     """A fresh clone: run by path from another folder, no vLLM in the interpreter given."""
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")

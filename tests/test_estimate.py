@@ -79,3 +79,11 @@ def test_absurd_task_and_short_corpus_are_said(tmp_path, monkeypatch):
     text = " ".join(console.export_text().split())
     assert "warning: even at the fastest measured throughput this task takes" in text
     assert "corpus supplies" not in text         # a hub corpus: not known offline
+
+
+def test_pairs_per_context_column():
+    """Rows say how many pairs per context their workload had (a cascade's pairs run at the sparse rows' rate);
+    rows written before the field existed say it in their workload text."""
+    assert estimate._per_context({"per_context": 4}) == "4"
+    assert estimate._per_context({"workload": "8 contexts x 16 explanations = 128 predictions; T=32"}) == "16"
+    assert estimate._per_context({"workload": "something else"}) == "?"

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.cli import main
+from tests.conftest import evaluate_tiny_submissions
 from tests.test_fuzz import any_text, assert_clean, json_values, run
 
 TASK_ID = "tiny-llama-transcoder"
@@ -36,17 +36,7 @@ def evaluated(tmp_path_factory):
     mp.chdir(root)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            assert main(["make-tiny-task", "-o", str(root / "task")]) == 0
-            from harness.data.prepare import prepare
-            from harness.task.spec import load_task
-
-            latents = prepare(load_task(str(root / "task"))).rewritten
-            for name, text in (("a", "the tokens the and a"), ("b", "digits and numbers")):
-                (root / f"{name}.json").write_text(json.dumps({
-                    "task": TASK_ID, "method": name, "description": "d",
-                    "explanations": {str(j): text for j in latents}}))
-                assert main(["eval", "--task", "task", "--submission", f"{name}.json", "--results", "results",
-                             "--backend", "prefix"]) == 0
+            evaluate_tiny_submissions(root, {"a": "the tokens the and a", "b": "digits and numbers"})
         yield root
     finally:
         mp.undo()

@@ -16,6 +16,7 @@ import pytest
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.io import unsafe_char
+from tests.conftest import evaluate_tiny_submissions
 
 TASK_ID = "tiny-llama-transcoder"
 # Clear the screen, set the window title (OSC 0), write the clipboard (OSC 52), recolour via the one-byte
@@ -37,17 +38,8 @@ def built(tmp_path_factory):
     mp.setenv("HARNESS_CACHE", str(root / "cache"))
     mp.chdir(root)
     try:
-        assert main(["make-tiny-task", "-o", str(root / "task")]) == 0
-        from harness.data.prepare import prepare
-        from harness.task.spec import load_task
-
-        latents = prepare(load_task(str(root / "task"))).rewritten
-        for name, text in (("a", "the tokens the and a"), ("b", "digits and numbers")):
-            (root / f"{name}.json").write_text(json.dumps({
-                "task": TASK_ID, "method": name, "description": "d",
-                "explanations": {str(j): text for j in latents[:-1]}}))   # one rewritten latent left out
-            assert main(["eval", "--task", "task", "--submission", f"{name}.json", "--results", "results",
-                         "--backend", "prefix"]) == 0
+        # One rewritten latent left out of each submission.
+        evaluate_tiny_submissions(root, {"a": "the tokens the and a", "b": "digits and numbers"}, leave_out=1)
         yield root
     finally:
         mp.undo()

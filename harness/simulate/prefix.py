@@ -359,7 +359,7 @@ class PrefixSimulator(TorchSimulatorBase):
         ids, _, _ = self._padded([p[n_head:] for p in prefixes])
         cache = _repeat_cache(head_cache, b) if head_cache is not None else None
         cache = self._run(ids, cache, n_head)[1]
-        if not _plain_layers(cache):
+        if cache is None or not _plain_layers(cache):
             raise _Unsupported("the prefix batch's cache is not plain dynamic layers")
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         p_len = int(kv[0][0].shape[2])
