@@ -235,7 +235,9 @@ FOREIGN = {"--no-deps", "--revision", "--repo-type", "--include", "--port", "--m
            "--enable-prefix-caching", "--upgrade", "--dataset",
            # pip's and pip-compile's, in scripts/install.sh and scripts/lock.sh
            "--require-hashes", "--no-build-isolation", "--generate-hashes", "--upgrade-package", "--extra",
-           "--strip-extras", "--allow-unsafe", "--no-emit-index-url", "--no-emit-find-links"}
+           "--strip-extras", "--allow-unsafe", "--no-emit-index-url", "--no-emit-find-links",
+           # benchmarks/simulate.py's, which `harness estimate` tells users to run for a cascade-shaped workload
+           "--per-context"}
 FLAG = re.compile(r"(?<![\w(-])--[a-z][a-z0-9-]*(?![\w:-])")
 
 
