@@ -875,10 +875,12 @@ def _share(x) -> str:
 def update_throughput(path: Path, results, rate, model, device, cpu, date, workload, per_context: int) -> None:
     """Replaces the rows of the same model, device, CPU and pairs per context: a measurement on another CPU or
     of another workload shape is another row (the estimate shows them side by side)."""
+    from harness.simulate.cost import pairs_per_context
+
     data = json.loads(path.read_text()) if path.is_file() else {}
     rows = [m for m in data.get("measurements", [])
             if not (m.get("model") == model and m.get("device") == device and m.get("backend") in results
-                    and m.get("cpu") == cpu and m.get("per_context") == per_context)]
+                    and m.get("cpu") == cpu and pairs_per_context(m) == per_context)]
     for k in ("plain", "prefix", "vllm"):
         if k in results:
             rows.append({"backend": k, "model": model, "device": device, "predictions_per_s": round(rate[k], 2),

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.prepare import prepare
-from harness.errors import HarnessError
 from harness.io import writable_dir
 from harness.report.result import (
     CeMeans,
@@ -57,7 +56,7 @@ from harness.simulate.cascade import CascadeSettings, task_cascade
 from harness.simulate.run import load_simulator, scored_contexts, simulate_all
 from harness.task.inputs import TaskInputs
 from harness.task.spec import load_task
-from harness.task.submission import coverage, load_submission
+from harness.task.submission import load_submission, scored_latents
 
 
 @dataclass
@@ -85,10 +84,7 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
     sub = load_submission(cfg.submission, task_id=spec.id, num_latents=inputs.num_latents(),
                           max_chars=spec.simulator.max_explanation_chars)
     prep = prepare(spec, inputs=inputs)
-    scored, cov = coverage(sub, prep.rewritten)
-    if len(scored) == 0:
-        raise HarnessError(f"{cfg.submission}: explains none of the task's {len(prep.rewritten)} rewritten latents")
-    latents = np.asarray(scored, dtype=np.int64)
+    latents, cov = scored_latents(sub, prep.rewritten, cfg.submission)
     model, tok = inputs.subject()
     coder = inputs.coder()
 

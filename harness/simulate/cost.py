@@ -101,22 +101,18 @@ def submission_cascade_cost(spec: TaskSpec, cascade: CascadeSettings, submission
     (the ranker reads the explanations, so overlaps between the per-context top and the calibration floor are
     known only then). Prepares the task first if its cache lacks a step (minutes: the subject runs over every
     split)."""
-    import numpy as np
 
     from harness.data.prepare import prepare
     from harness.simulate.cascade import plan_for
     from harness.simulate.run import pair_layout, scored_contexts
     from harness.task.inputs import TaskInputs
-    from harness.task.submission import coverage, load_submission
+    from harness.task.submission import load_submission, scored_latents
 
     inputs = TaskInputs(spec)
     sub = load_submission(submission, task_id=spec.id, num_latents=inputs.num_latents(),
                           max_chars=spec.simulator.max_explanation_chars)
     prep = prepare(spec, inputs=inputs)
-    scored, _ = coverage(sub, prep.rewritten)
-    latents = np.asarray(scored, dtype=np.int64)
-    if not len(latents):
-        raise HarnessError(f"{submission}: explains none of the task's {len(prep.rewritten)} rewritten latents")
+    latents, _ = scored_latents(sub, prep.rewritten, submission)
     tok = inputs.subject()[1]
     ctxs = scored_contexts(prep, tok)
     plan = plan_for(cascade, prep, ctxs, [sub.explanations[int(j)] for j in latents], latents)
@@ -158,23 +154,25 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
     console = console or safe_console()
     costs = {"exhaustive": cost}
     exact = True
+    cas: Cost | None = None
     if cascade is not None and submission:
-        costs[f"cascade (top {cascade.top}, sample {cascade.sample:g})"] = submission_cascade_cost(
-            spec, cascade, submission)
+        cas = submission_cascade_cost(spec, cascade, submission)
     elif cascade is not None:
-        costs[f"cascade (top {cascade.top}, sample {cascade.sample:g})"], exact = cascade_cost(spec, cascade)
+        cas, exact = cascade_cost(spec, cascade)
+    if cascade is not None and cas is not None:
+        costs[f"cascade (top {cascade.top}, sample {cascade.sample:g})"] = cas
     counts = [[split, *(f"{getattr(c, split):,}" for c in costs.values())]
               for split in ("calibration", "test", "detection", "total")]
     print_table(console, (Column("split"), *(Column(n, numeric=True) for n in costs)), counts,
                 title=f"{spec.id} ({spec.hash[:12]}): simulator predictions ({cost.latents:,} latents)")
-    if cascade is not None:
+    if cas is not None:
         if submission:
-            console.print(f"the cascade makes {cost.total / max(costs[list(costs)[1]].total, 1):.1f}x fewer "
+            console.print(f"the cascade makes {cost.total / max(cas.total, 1):.1f}x fewer "
                           f"predictions (counted exactly for {submission}, as its eval will select them)")
         else:
             how = ("the calibration floor counted from the prepared activation sample" if exact else
                    "an upper bound on the calibration floor: run `harness prepare` for the exact count")
-            console.print(f"the cascade makes {cost.total / max(costs[list(costs)[1]].total, 1):.1f}x fewer "
+            console.print(f"the cascade makes {cost.total / max(cas.total, 1):.1f}x fewer "
                           f"predictions (expected: its random sample varies; {how}; --submission counts them "
                           "exactly)")
     rows = [m for m in load_throughputs() if backend in ("auto", m["backend"])]
@@ -197,9 +195,9 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
                       "`python benchmarks/simulate.py` measures it.")
     else:
         console.print(f"* measured on this CPU ({here})")
-    if cascade is not None:
+    if cas is not None:
         c = spec.contexts
-        per = (costs[list(costs)[1]].calibration + costs[list(costs)[1]].test) / max(c.calibration + c.test, 1)
+        per = (cas.calibration + cas.test) / max(c.calibration + c.test, 1)
         console.print(f"The cascade scores each context against ~{per:.1f} latents: its predictions run at the rate of "
                       "rows measured with about that many pairs per context (`benchmarks/simulate.py --per-context "
                       "N`); a row with many pairs per context shares each prefix more widely and overstates it.")
@@ -221,14 +219,19 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
 _DAY = 24 * 3600.0
 
 
-def _per_context(m: dict) -> str:
-    """Pairs per context in the row's workload (older rows say it in their workload text only)."""
+def pairs_per_context(m: dict) -> int | None:
+    """Pairs per context in a throughput row's workload (older rows say it in their workload text only)."""
     import re
 
     if m.get("per_context"):
-        return str(m["per_context"])
+        return int(m["per_context"])
     hit = re.match(r"\d+ contexts x (\d+) explanations", m.get("workload", ""))
-    return hit.group(1) if hit else "?"
+    return int(hit.group(1)) if hit else None
+
+
+def _per_context(m: dict) -> str:
+    n = pairs_per_context(m)
+    return "?" if n is None else str(n)
 
 
 def short_cpu(cpu: str) -> str:

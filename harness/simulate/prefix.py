@@ -250,7 +250,11 @@ class PrefixSimulator(TorchSimulatorBase):
 
     def _suffix_answers(self, cache, prefix_len: int, suffixes: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """(answer probs, answer mass) for each suffix appended to the cached prefix."""
-        out = self._suffix_logits(cache, prefix_len, suffixes)
+        return self._answers(self._suffix_logits(cache, prefix_len, suffixes))
+
+    def _answers(self, out: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(answer probs, answer mass) from `_suffix_logits`' output: logits, or the hidden state where the head
+        is plain."""
         return self.read_out(out) if self.lm_head is not None else answers_from_logits(out, self.answer_ids)
 
     def _padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -375,8 +379,7 @@ class PrefixSimulator(TorchSimulatorBase):
             pad = torch.arange(p_len, device=self.device).unsqueeze(0) >= start
             state = _PrefixState(kv, own, pad if bool(pad.any()) else None)
             out = self._attend_prefixes(state, ids, pos, torch.arange(n, device=self.device), last)
-            answers = self.read_out(out) if self.lm_head is not None else answers_from_logits(out, self.answer_ids)
-            probs[out_rows[sel]], mass[out_rows[sel]] = answers
+            probs[out_rows[sel]], mass[out_rows[sel]] = self._answers(out)
             if progress is not None:
                 progress(len(sel))
 

@@ -383,6 +383,14 @@ def coverage(sub: Submission, rewritten: np.ndarray) -> tuple[np.ndarray, float]
     return covered, frac
 
 
+def scored_latents(sub: Submission, rewritten: np.ndarray, source) -> tuple[np.ndarray, float]:
+    """`coverage`, refusing a submission that explains none of the rewritten latents (nothing to score)."""
+    covered, frac = coverage(sub, rewritten)
+    if not covered.size:
+        raise HarnessError(f"{source}: explains none of the task's {np.asarray(rewritten).size} rewritten latents")
+    return covered, frac
+
+
 def save_submission(sub_dict: dict | Submission, path: str | os.PathLike) -> Path:
     """Write a submission as pretty JSON in a fixed order (keys as in the docstring, latents numeric).
 
