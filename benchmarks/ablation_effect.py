@@ -25,9 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,8 +41,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
+    from cascade_validation import OVERRIDES  # benchmarks/, this script's folder, is first on sys.path
 
-    from benchmarks.cascade_validation import OVERRIDES
     from harness.data.prepare import prepare
     from harness.model.patch import Patcher
     from harness.task.inputs import TaskInputs

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import io
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,17 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from harness.cli import main  # noqa: E402
-from harness.simulate.run import sim_contexts  # noqa: E402
-from harness.simulate import expected_value, make_simulator  # noqa: E402
+from harness.cli import main
+from harness.simulate import expected_value, make_simulator
+from harness.simulate.run import sim_contexts
 
 
 def run(n_ctx: int, n_expl: int) -> list[dict]:
-    from harness.model.load import load_model
     from harness.data.prepare import prepare
     from harness.io import cache_root
+    from harness.model.load import load_model
     from harness.task.spec import load_task
 
     tmp = Path(tempfile.mkdtemp(prefix="batch-inv-"))
@@ -52,7 +49,8 @@ def run(n_ctx: int, n_expl: int) -> list[dict]:
     pairs = [(c, e) for c in range(n_ctx) for e in range(n_expl)]
     out = []
     for dtype in (torch.float32, torch.bfloat16):
-        m = model.to(dtype)
+        # transformers' stubs type `to` for generation mixins only (as in harness/model/load.py).
+        m = model.to(dtype)  # pyright: ignore[reportArgumentType]
         for backend in ("plain", "prefix"):
             sim = make_simulator(backend, m, tok, prompt_version=spec.simulator.prompt_version,
                                  max_chars=spec.simulator.max_explanation_chars, model_key="bench", batch_size=16)
@@ -79,7 +77,7 @@ def run(n_ctx: int, n_expl: int) -> list[dict]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--contexts", type=int, default=12)
     ap.add_argument("--explanations", type=int, default=6)
     a = ap.parse_args()

@@ -68,7 +68,7 @@ def main(paths: list[str]) -> None:
                 hw = (ref.hi - ref.lo) / 2
                 row = [movement(x, stat, b, hw) for b in DRAWS]
                 w = worst if sname == "mean" else worst_median
-                for b, m in zip(DRAWS, row):
+                for b, m in zip(DRAWS, row, strict=True):
                     w[b] = max(w[b], m)
                 print(f"{Path(p).name[:40]:40s} {name:22s} {sname:6s} " + " ".join(f"{m:8.3f}" for m in row))
     print("worst movement / half-width, means (bootstrap in the harness): "

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 TASK = "smollm2-135m-l8-offline"
 OVERRIDES = ['latents.rewritten={count=160, rule="random-alive", seed=0, min_fire_rate=0.02}',

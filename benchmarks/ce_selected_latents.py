@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> int:
@@ -32,10 +29,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from harness.score.metrics import bootstrap_indices, mean_ci
-    from harness.model.patch import Patcher
     from harness.data.prepare import prepare
     from harness.io import batch_size
+    from harness.model.patch import Patcher
+    from harness.score.metrics import bootstrap_indices, mean_ci
     from harness.task.inputs import TaskInputs
     from harness.task.spec import load_task
 

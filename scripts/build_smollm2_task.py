@@ -9,11 +9,8 @@ See harness/build/smollm2_task.py for the steps and options (--steps, --deadline
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from harness.build.smollm2_task import main  # noqa: E402
+from harness.build.smollm2_task import main
 
 if __name__ == "__main__":
     sys.exit(main())

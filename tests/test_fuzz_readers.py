@@ -2,7 +2,8 @@
 damaged anywhere, and a Delphi folder of any names and bytes.
 
 The property (as in test_fuzz.py): `leaderboard`, `site`, `failures` and `import-delphi` exit 0 (a reader of a
-results folder skips a damaged result, saying which) or exit 2 with one `error:` line; never a traceback. The
+results folder skips a damaged result, saying which) or exit 2 with one `error:` line; never a traceback.
+`verify-result` may also give its verdict (exit 1: a number differs; 3: some could not be checked). The
 results are a real tiny evaluation, made once per module; every example damages a copy.
 """
 
@@ -75,6 +76,9 @@ def _readers(root: Path, res_dir: Path, result: Path) -> None:
                  ["site", "--task", "task", "--results", str(res_dir), "-o", str(root / "site-fuzz")],
                  ["failures", "--result", str(result), "--latent", str(latent), "--task", "task", "-n", "2"]):
         assert_clean(*run(argv), argv)
+    argv = ["verify-result", str(result)]
+    rc, err = run(argv)
+    assert_clean(0 if rc in (1, 3) else rc, err, argv)
 
 
 @FEW

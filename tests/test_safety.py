@@ -182,6 +182,31 @@ def test_readers_skip_a_damaged_side_file(built, capsys, damage):
     assert "| 1      | b " in cap.out and "| a " not in cap.out
 
 
+def test_readers_skip_a_damaged_result_file(built, capsys):
+    """A result file cut short (a full disk, a killed copy): every reader names it in one line and goes on."""
+    res_dir = _copy_results(built, "damaged-result")
+    p = _result(built, "a", "damaged-result")
+    _truncate(p)
+    capsys.readouterr()
+
+    assert main(["leaderboard", "--task", "task", "--results", str(res_dir), "--format", "json"]) == 0
+    cap = capsys.readouterr()
+    assert [r["method"] for r in json.loads(cap.out)] == ["b"]
+    (line,) = cap.err.strip().splitlines()
+    assert p.name in line and "invalid JSON" in line
+
+    assert main(["site", "--task", "task", "--results", str(res_dir), "-o", str(built / "site-damaged-result")]) == 0
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("rejected")]
+    assert len(err) == 1 and p.name in err[0]
+
+    assert main(["eval", "--task", "task", "--submission", "b.json", "--results", str(res_dir),
+                 "--backend", "prefix"]) == 0
+    cap = capsys.readouterr()
+    skipped = [x for x in cap.err.splitlines() if x.startswith("skipped")]
+    assert len(skipped) == 1 and p.name in skipped[0] and "re-run `harness eval`" in skipped[0]
+    assert "| 1      | b " in cap.out and "| a " not in cap.out
+
+
 # ---------------------------------------------------------------- 3. verify-result
 
 def _edited(src: Path, dest: Path, edit) -> Path:
@@ -236,6 +261,23 @@ def test_verify_gives_a_verdict_on_a_damaged_side_file(built, capsys):
     _edited(p, p, lambda d: _set(d, ("conditions", frac, "fraction"), 0.123))
     assert main(["verify-result", str(p)]) == 1
     assert "verdict: FAIL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: [], lambda d: {**d, "side_files": "x"}, lambda d: {**d, "side_files": {"per_context": "x"}},
+    lambda d: {**d, "side_files": {"per_context": {"path": 5, "sha256": "0"}}},
+    lambda d: {**d, "side_files": {"per_context": {"path": None}}},
+], ids=["a list", "side_files a string", "per_context a string", "path a number", "path null"])
+def test_verify_gives_one_error_line_on_a_result_out_of_shape(built, capsys, edit):
+    src = _result(built, "a")
+    p = src.with_name("shape.json")
+    p.write_text(json.dumps(edit(json.loads(src.read_text()))))
+    try:
+        assert main(["verify-result", str(p)]) == 2
+    finally:
+        p.unlink()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and str(p) in line and "re-run `harness eval`" in line
 
 
 def _numeric_paths(x, p=()):
@@ -334,3 +376,80 @@ def test_eval_with_altered_store_values_says_so_and_equals_the_undamaged_result(
     assert main(["eval", "--task", "task", "--submission", "a.json", "--results", "results-store",
                  "--backend", "prefix"]) == 0
     assert "integrity" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 5. what a result records of the machine
+
+def test_result_records_no_absolute_path_of_the_evaluators_machine(built, tmp_path, monkeypatch, capsys):
+    """Paths given absolute: under the working folder relative, under the home folder `~/...`, elsewhere the
+    name alone. The `~/` form is still found by verify-result."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    shutil.copy(built / "a.json", home / "a.json")
+    out = tmp_path / "elsewhere"   # neither under the working folder nor under home
+    argv = ["eval", "--task", str(built / "task"), "--submission", str(home / "a.json"), "--results", str(out),
+            "--backend", "prefix"]
+    monkeypatch.setattr("sys.argv", ["harness", *argv])   # the recorded command is the process's own
+    assert main(argv) == 0
+    capsys.readouterr()
+    (p,) = (out / TASK_ID).glob("a-*.json")
+    d = json.loads(p.read_text())
+    assert d["submission"]["path"] == "~/a.json"
+    assert d["provenance"]["command"].startswith("harness eval --task task --submission '~/a.json' --results elsewhere")
+    with np.load(next((out / TASK_ID).glob("a-*.per_context.npz"))) as z:
+        record = str(z["record"])
+    for text in (p.read_text(), record):
+        assert str(tmp_path) not in text and str(built) not in text
+
+    from harness.report.verify import verify_result
+
+    rep = verify_result(p)
+    assert rep.status == 0 and not any("is not here" in n for n in rep.notes), rep.lines()
+
+
+def test_portable_path(tmp_path, monkeypatch):
+    from harness.report.write import portable_command, portable_path
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "work").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "home" / "work")
+    assert portable_path(tmp_path / "home" / "work" / "sub" / "a.json") == "sub/a.json"
+    assert portable_path(tmp_path / "home" / "s" / "a.json") == "~/s/a.json"
+    assert portable_path("/srv/alice/subs/a.json") == "a.json"
+    assert portable_path("rel/a.json") == "rel/a.json"
+    assert portable_command(["eval", "--results=/srv/alice/out", "/srv/alice/a.json"]) == "eval --results=out a.json"
+
+
+# ---------------------------------------------------------------- 6. size caps on import-delphi's inputs
+
+def test_delphi_file_size_checked_before_reading(tmp_path, monkeypatch):
+    from harness.task.submission import import_delphi
+
+    folder = tmp_path / "explanations"
+    folder.mkdir()
+    (folder / "layers.0.mlp_latent0.txt").write_text('"fine"')
+    big = folder / "layers.0.mlp_latent1.txt"
+    with big.open("wb") as f:
+        f.truncate(200 << 20)   # 200 MB, sparse: costs no disk, and must cost no memory
+    read = Path.read_text
+
+    def guarded(self, *a, **kw):
+        assert self != big, "the oversized file was read"
+        return read(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "read_text", guarded)
+    with pytest.raises(HarnessError) as e:
+        import_delphi(folder, task_id="t", method="m", description="", max_chars=100)
+    msg = str(e.value)
+    assert str(big) in msg and "209,715,200 bytes" in msg and "remove the file" in msg and "\n" not in msg
+
+
+def test_delphi_description_and_method_checked(tmp_path):
+    from harness.task.submission import MAX_DESCRIPTION_CHARS, import_delphi
+
+    (tmp_path / "layers.0.mlp_latent0.txt").write_text('"fine"')
+    with pytest.raises(HarnessError, match="10,001 characters"):
+        import_delphi(tmp_path, task_id="t", method="m", description="d" * (MAX_DESCRIPTION_CHARS + 1))
+    with pytest.raises(HarnessError, match="control character"):
+        import_delphi(tmp_path, task_id="t", method="m\x1b[2J", description="")

@@ -35,7 +35,7 @@ from harness.errors import HarnessError
 from harness.io import atomic_write_text, one_line
 from harness.oracle import ORACLE_FILE
 from harness.report.environment import compared, differences, reference_index
-from harness.report.result import DamagedSideFile, Result, load_result, read_side_file
+from harness.report.result import DamagedResult, DamagedSideFile, Result, load_result, read_side_file
 from harness.terminal import Column, fits, markdown, print_table
 from harness.terminal import console as safe_console
 
@@ -126,7 +126,7 @@ class Row:
 class Rejected:
     path: str
     reason: str
-    damaged: bool = False   # its side file cannot be read: said by every reader, eval's leaderboard step too
+    damaged: bool = False   # it or its side file cannot be read: said by every reader, eval's leaderboard step too
 
 
 def _est(d: Any) -> dict[str, float]:
@@ -214,7 +214,7 @@ def collect_results(
         try:
             res = load_result(p)
         except HarnessError as e:
-            rejected.append(Rejected(str(p), str(e).removeprefix(f"{p}: ")))
+            rejected.append(Rejected(str(p), str(e).removeprefix(f"{p}: "), damaged=isinstance(e, DamagedResult)))
             continue
         tid, thash = res.task["id"], res.task["hash"]
         if task_id is not None and tid != task_id:

@@ -386,6 +386,11 @@ def schema_text() -> str:
     return json.dumps(json_schema(), indent=1) + "\n"
 
 
+class DamagedResult(HarnessError):
+    """A result file cut short or edited out of shape: every reader of a results folder (eval's leaderboard step
+    too) names it in one line and goes on. A file of another schema or not a result at all is not damage."""
+
+
 def load_result(path: str | os.PathLike) -> Result:
     where = str(path)
     p = Path(path)
@@ -394,9 +399,11 @@ def load_result(path: str | os.PathLike) -> Result:
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise HarnessError(f"{where}: not UTF-8 text — this is not a harness result file") from None
+        # A cut in the middle of a multi-byte character reads as bad UTF-8: damage as likely as a foreign file.
+        raise DamagedResult(f"{where}: not UTF-8 text — this is not a harness result file, or it was cut short") \
+            from None
     except json.JSONDecodeError as e:
-        raise HarnessError(
+        raise DamagedResult(
             f"{where}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg} — re-run `harness eval` to rewrite it"
         ) from None
     except RecursionError:
@@ -410,7 +417,7 @@ def load_result(path: str | os.PathLike) -> Result:
     try:
         return Result.from_dict(d)
     except HarnessError as e:
-        raise HarnessError(f"{where}: {e}") from None
+        raise DamagedResult(f"{where}: {e}") from None
 
 
 class DamagedSideFile(HarnessError):

@@ -188,15 +188,23 @@ def verify_result(path: str | Path) -> Report:
         res = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise HarnessError(f"{path}: cannot read the result ({e})") from None
-    side_info = (res.get("side_files") or {}).get("per_context")
-    if not side_info:
-        raise HarnessError(f"{path}: the result names no per-context side file; nothing can be recomputed")
+    # Read as plain JSON (not through harness.report.result, whose code is under test), so its shape is
+    # checked here: a damaged result is one error line, like a damaged side file is a verdict.
+    side_files = res.get("side_files") if isinstance(res, dict) else None
+    side_info = side_files.get("per_context") if isinstance(side_files, dict) else None
+    if not isinstance(side_info, dict) or not isinstance(side_info.get("path"), str) or not side_info["path"]:
+        raise HarnessError(f"{path}: the result names no per-context side file (side_files.per_context.path); "
+                           "nothing can be recomputed — it is damaged or not a result: re-run `harness eval`")
     side_path = path.parent / side_info["path"]
     if not side_path.is_file():
         raise HarnessError(f"{path}: side file {side_path} not found next to the result")
     rep = Report(str(path))
     chk = _Checker(rep)
-    digest = hashlib.sha256(side_path.read_bytes()).hexdigest()
+    try:
+        digest = hashlib.sha256(side_path.read_bytes()).hexdigest()
+    except OSError as e:
+        raise HarnessError(f"{path}: cannot read its side file {side_path} ({e.strerror}) — check its permissions") \
+            from None
     rep.checked += 1
     if digest != side_info.get("sha256"):
         rep.mismatches.append(f"side file sha256 {digest[:16]}… differs from the result's "
@@ -478,7 +486,7 @@ def _verify_submission_file(sub, rewritten, latents, chk: _Checker, rep: Report)
     """The submission itself, when its recorded path (relative to here) holds the file the hash names."""
     from harness.task.submission import submission_sha256
 
-    p = Path(str(sub.get("path", "")))
+    p = Path(str(sub.get("path", ""))).expanduser()   # portable_path records a file under home as ~/...
     try:
         d = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
         ok = isinstance(d, dict) and submission_sha256(d) == sub["sha256"]

@@ -62,9 +62,10 @@ def table_excerpt(table: ActivationTable, latents: np.ndarray, pred_cal: np.ndar
 
 def portable_path(path: str | os.PathLike) -> str:
     """A path as a result may record it: relative to the working folder when under it, else to the home
-    folder (`~/...`), else as given.
+    folder (`~/...`), else its name alone.
 
-    Results and pages are shared; the evaluator's own folders (/home/<name>/...) are not theirs to publish.
+    Results and pages are shared; the evaluator's own folders (/home/<name>/..., /scratch/<name>/...) are not
+    theirs to publish. A name alone is still found by `verify-result` run where the file is.
     """
     p = Path(path)
     if not p.is_absolute():
@@ -74,7 +75,7 @@ def portable_path(path: str | os.PathLike) -> str:
             return prefix + str(p.relative_to(base))
         except ValueError:
             pass
-    return str(p)
+    return p.name
 
 
 def portable_command(argv: list[str]) -> str:
