@@ -8,5 +8,8 @@ cd "$(dirname "$0")/.."
 task="${1:?usage: scripts/gaming_suite.sh TASK [harness gaming options]}"
 shift
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HARNESS_THREADS="${HARNESS_THREADS:-1}"
-exec python -m harness.cli gaming --task "$task" --submissions "submissions/gaming/$task" \
+# The project's environment when there is one (as scripts/mini_baselines.sh), else whatever python is active.
+PY=${PYTHON:-python}
+[ -n "${PYTHON:-}" ] || [ ! -x .venv/bin/python ] || PY=.venv/bin/python
+exec "$PY" -m harness.cli gaming --task "$task" --submissions "submissions/gaming/$task" \
   --results gaming-results -o "docs/gaming-$task.md" "$@"

@@ -381,13 +381,14 @@ def test_eval_with_altered_store_values_says_so_and_equals_the_undamaged_result(
 # ---------------------------------------------------------------- 5. what a result records of the machine
 
 def test_result_records_no_absolute_path_of_the_evaluators_machine(built, tmp_path, monkeypatch, capsys):
-    """Paths given absolute: under the working folder relative, under the home folder `~/...`, elsewhere the
-    name alone. The `~/` form is still found by verify-result."""
+    """Paths given absolute: under the working folder relative, under the home folder `~/...` (elsewhere as
+    given: reproduce and verify-result read the submission from it). The `~/` form is still found by
+    verify-result."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     shutil.copy(built / "a.json", home / "a.json")
-    out = tmp_path / "elsewhere"   # neither under the working folder nor under home
+    out = home / "elsewhere"
     argv = ["eval", "--task", str(built / "task"), "--submission", str(home / "a.json"), "--results", str(out),
             "--backend", "prefix"]
     monkeypatch.setattr("sys.argv", ["harness", *argv])   # the recorded command is the process's own
@@ -396,7 +397,7 @@ def test_result_records_no_absolute_path_of_the_evaluators_machine(built, tmp_pa
     (p,) = (out / TASK_ID).glob("a-*.json")
     d = json.loads(p.read_text())
     assert d["submission"]["path"] == "~/a.json"
-    assert d["provenance"]["command"].startswith("harness eval --task task --submission '~/a.json' --results elsewhere")
+    assert d["provenance"]["command"].startswith("harness eval --task task --submission '~/a.json' --results '~/elsewhere'")
     with np.load(next((out / TASK_ID).glob("a-*.per_context.npz"))) as z:
         record = str(z["record"])
     for text in (p.read_text(), record):
@@ -416,9 +417,9 @@ def test_portable_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "home" / "work")
     assert portable_path(tmp_path / "home" / "work" / "sub" / "a.json") == "sub/a.json"
     assert portable_path(tmp_path / "home" / "s" / "a.json") == "~/s/a.json"
-    assert portable_path("/srv/alice/subs/a.json") == "a.json"
+    assert portable_path("/srv/alice/subs/a.json") == "/srv/alice/subs/a.json"
     assert portable_path("rel/a.json") == "rel/a.json"
-    assert portable_command(["eval", "--results=/srv/alice/out", "/srv/alice/a.json"]) == "eval --results=out a.json"
+    assert portable_command(["eval", f"--results={tmp_path}/home/out", "/srv/a.json"]) == "eval '--results=~/out' /srv/a.json"
 
 
 # ---------------------------------------------------------------- 6. size caps on import-delphi's inputs

@@ -62,10 +62,11 @@ def table_excerpt(table: ActivationTable, latents: np.ndarray, pred_cal: np.ndar
 
 def portable_path(path: str | os.PathLike) -> str:
     """A path as a result may record it: relative to the working folder when under it, else to the home
-    folder (`~/...`), else its name alone.
+    folder (`~/...`), else as given.
 
-    Results and pages are shared; the evaluator's own folders (/home/<name>/..., /scratch/<name>/...) are not
-    theirs to publish. A name alone is still found by `verify-result` run where the file is.
+    Results and pages are shared; the evaluator's own folders (/home/<name>/...) are not theirs to publish.
+    A path elsewhere is kept whole: `reproduce` and `verify-result` read the submission from it (a name alone
+    would make both ask for --submission on every result scored from a shared or temporary folder).
     """
     p = Path(path)
     if not p.is_absolute():
@@ -75,7 +76,7 @@ def portable_path(path: str | os.PathLike) -> str:
             return prefix + str(p.relative_to(base))
         except ValueError:
             pass
-    return p.name
+    return str(p)
 
 
 def portable_command(argv: list[str]) -> str:
