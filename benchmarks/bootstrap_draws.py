@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.score.metrics import Estimate, bootstrap_indices, mean_ci
+from harness.result import Interval
+from harness.score.metrics import bootstrap_indices, mean_ci
 
 
 def median_bootstrap(x, boot):
     """The percentile bootstrap the harness no longer uses for medians (for comparison only)."""
     stats = np.median(x[boot], axis=1)
     lo, hi = np.percentile(stats, [2.5, 97.5])
-    return Estimate(float(np.median(x)), float(lo), float(hi))
+    return Interval(float(np.median(x)), float(lo), float(hi))
 
 DRAWS = (1000, 2000, 5000, 10000, 20000)
 SEEDS = range(10)

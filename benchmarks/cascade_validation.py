@@ -243,15 +243,15 @@ def ranking_auroc(side: Path) -> np.ndarray:
 
 
 def metrics_of(result, side: Path, draws: int, seed: int) -> dict:
-    h, pl = result["headline"], result["per_latent"]
+    h, pl = result.headline, result.per_latent
     return {
-        "recovery": _plain(h["recovery"]),
-        "delta_ce_median": _plain(h["delta_ce_median"]),
-        "delta_ce_mean": _plain(h["delta_ce_mean"]),
-        "sensitivity": per_latent_ci(pl["sensitivity"], draws, seed),
-        "specificity": per_latent_ci(pl["specificity"], draws, seed),
+        "recovery": _plain(h.recovery),
+        "delta_ce_median": _plain(h.delta_ce_median),
+        "delta_ce_mean": _plain(h.delta_ce_mean),
+        "sensitivity": per_latent_ci(pl.sensitivity, draws, seed),
+        "specificity": per_latent_ci(pl.specificity, draws, seed),
         "ranking_auroc": per_latent_ci(ranking_auroc(side), draws, seed),
-        "detection_auroc": per_latent_ci(pl["auroc"], draws, seed),
+        "detection_auroc": per_latent_ci(pl.auroc, draws, seed),
     }
 
 
@@ -260,9 +260,14 @@ METRICS = ("recovery", "delta_ce_median", "delta_ce_mean", "sensitivity", "speci
 
 
 def _plain(x):
-    """An Estimate or Interval record as a plain {value, lo, hi} dict (NaN bounds as None)."""
-    d = x.to_dict() if hasattr(x, "to_dict") else dict(x)
+    """An Interval as a plain {value, lo, hi} dict (NaN bounds as None)."""
+    d = x.to_dict()
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()}
+
+
+def _plain_error(e) -> dict:
+    """A cascade error estimate as plain JSON (its intervals' NaN bounds as None)."""
+    return e.to_dict() | {"matter_rate": _plain(e.matter_rate), "missed": _plain(e.missed)}
 
 
 def ranker_recall(args, prep, latents, sub, inputs, exhaustive_side: Path, tops) -> dict:
@@ -270,8 +275,9 @@ def ranker_recall(args, prep, latents, sub, inputs, exhaustive_side: Path, tops)
     land in the top M of their context. Uses the exhaustive predictions only to *measure* the rankers."""
     from harness.io import cache_root
     from harness.score.calibrate import calibrate
-    from harness.simulate.cascade import RANKERS, first_stage_scores
+    from harness.simulate.cascade import first_stage_scores
     from harness.simulate.run import sim_contexts
+    from harness.task.cascade import RANKERS
 
     tok = inputs.subject()[1]
     T = prep.spec.contexts.T
@@ -299,7 +305,6 @@ def error_check(prep, latents, sub, inputs, exhaustive_side: Path, tops, samples
     the exhaustive predictions alone (no patching: the estimate reads only predictions and the selection).
     Truth: test pairs the cascade did not simulate whose exhaustive calibrated value is > 0."""
     from harness.simulate.cascade import (
-        CascadeSettings,
         Selection,
         error_estimate,
         matter_counts,
@@ -307,6 +312,7 @@ def error_check(prep, latents, sub, inputs, exhaustive_side: Path, tops, samples
         plan_for,
     )
     from harness.simulate.run import scored_contexts
+    from harness.task.cascade import CascadeSettings
 
     with np.load(exhaustive_side) as z:
         pc, pt, matter = z["pred_calibration"], z["pred_test"], z["sim_values__quantile"] > 0
@@ -322,10 +328,10 @@ def error_check(prep, latents, sub, inputs, exhaustive_side: Path, tops, samples
                 sel = plan_for(CascadeSettings(top=int(M), sample=rate, seed=seed), prep, scored, explanations,
                                latents).selection
                 probs = matter_probabilities(pc, pt, sel, counts2)
-                e = error_estimate(probs[c:], Selection(sel.selected[c:], sel.sampled[c:]))["missed"]
-                est.append(e["value"])
-                lo.append(e["lo"])
-                hi.append(e["hi"])
+                e = error_estimate(probs[c:], Selection(sel.selected[c:], sel.sampled[c:])).missed
+                est.append(e.value)
+                lo.append(e.lo)
+                hi.append(e.hi)
                 true.append(int((matter & ~sel.simulated[c:]).sum()))
             est_a, true_a = np.asarray(est), np.asarray(true)
             rows.append({"top": int(M), "sample": rate, "seeds": seeds,
@@ -337,7 +343,7 @@ def error_check(prep, latents, sub, inputs, exhaustive_side: Path, tops, samples
 
 
 def cmd_report(args) -> int:
-    from harness.simulate.cascade import CascadeSettings
+    from harness.task.cascade import CascadeSettings
 
     out = Path(args.out)
     results_dir = out / "results"
@@ -346,7 +352,7 @@ def cmd_report(args) -> int:
     exh, exh_path = run_eval(args, None, results_dir)
     exh_side = exh_path.with_name(exh_path.stem + ".per_context.npz")
     base = metrics_of(exh, exh_side, sc.bootstrap, sc.seed)
-    n_exh = exh["provenance"]["n_predictions"]
+    n_exh = exh.provenance.n_predictions
     recall = ranker_recall(args, prep, latents, sub, inputs, exh_side, sorted(set(args.tops) | {16}))
     check = error_check(prep, latents, sub, inputs, exh_side, args.error_tops, args.error_samples, args.error_seeds)
     # The truth the error estimate guesses at: exhaustive test pairs that matter (calibrated value > 0).
@@ -363,12 +369,14 @@ def cmd_report(args) -> int:
             b, v = base[k], met[k]
             inside[k] = (None if b is None or v is None or b["lo"] is None or b["hi"] is None
                          or v["value"] is None else bool(b["lo"] <= v["value"] <= b["hi"]))
-        c = dict(res["cascade"])
+        c = res.cascade
+        assert c is not None, "a cascade run's result has a cascade section"
         with np.load(side) as z:
-            filled = z["pred_test"] == np.float32(c["fill_score"])
-        rows.append({"top": int(M), "calibration": cal, "n_llm_predictions": c["n_llm_predictions"], "saving": c["saving"],
-                     "saving_pairs": c["n_pairs"] / max(c["n_simulated"], 1), "n_detection": c["n_detection"],
-                     "n_simulated_pairs": c["n_simulated"], "n_pairs": c["n_pairs"], "error": c["error"],
+            filled = z["pred_test"] == np.float32(c.fill_score)
+        rows.append({"top": int(M), "calibration": cal, "n_llm_predictions": c.n_llm_predictions, "saving": c.saving,
+                     "saving_pairs": c.n_pairs / max(c.n_simulated, 1), "n_detection": c.n_detection,
+                     "n_simulated_pairs": c.n_simulated, "n_pairs": c.n_pairs,
+                     "error": {k: _plain_error(v) for k, v in c.error.items()},
                      "test_missed_true": int((matter_test & filled).sum()),
                      "metrics": met, "inside_exhaustive_ci": inside})
     summary = {"task": spec.id, "task_hash": spec.hash, "overrides": list(args.override),
@@ -377,7 +385,7 @@ def cmd_report(args) -> int:
                "n_test": int(len(prep.splits["test"])), "exhaustive_predictions": n_exh,
                "exhaustive": base, "exhaustive_test_pairs_matter": int(matter_test.sum()), "ranker": args.ranker, "sample": args.sample, "seed": args.seed,
                "ranker_recall": recall, "cascades": rows, "error_check": check,
-               "simulator": dict(exh["simulator"]), "bootstrap": {"draws": sc.bootstrap, "seed": sc.seed}}
+               "simulator": exh.simulator.to_dict(), "bootstrap": {"draws": sc.bootstrap, "seed": sc.seed}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False, default=_nan) + "\n")
     text = table_md(summary)

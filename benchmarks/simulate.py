@@ -850,7 +850,7 @@ def main(argv=None) -> int:
             device = f"{torch.cuda.get_device_name(torch.device(args.device))} (1 GPU, torch {torch.__version__})"
         else:
             device = f"cpu ({os.cpu_count()} cores, {args.threads} thread{'s' if args.threads != 1 else ''})"
-        from harness.report.environment import cpu_description
+        from harness.environment import cpu_description
 
         cpu = cpu_description()
         versions = {"torch": torch.__version__, "transformers": dist_version("transformers"),

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from harness.report.failures import load_with_side
 from harness.report.leaderboard import collect_results
-from harness.report.plots import _series
+from harness.report.plots import curve_points
 from harness.report.site import PALETTE, Series, line_chart, page
 from harness.task.spec import load_task
 
@@ -63,7 +63,7 @@ def chart_data(results: str, task: str):
         for k, r in enumerate(rows):
             conds = load_with_side(r.path, require_side=False).result.conditions
             for sel, dash in (("top-scoring", False), ("random", True)):
-                x, v, lo, hi = _series(conds, "simulated", sel, key)
+                x, v, lo, hi = curve_points(conds, "simulated", sel, key)
                 points = [(float(a), float(b), float(c), float(d)) for a, b, c, d in zip(x, v, lo, hi, strict=True)]
                 series.append(Series(f"{r.method} · {sel}", PALETTE[k % len(PALETTE)], points, dash))
         charts.append((key, series))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 
@@ -15,6 +15,9 @@ from harness.errors import HarnessError
 from harness.io import env_int, one_line, writable_dir, writable_file
 from harness.terminal import console as safe_console
 from harness.terminal import write as write_out
+
+if TYPE_CHECKING:
+    from harness.result import Result
 
 # No markup, no emoji codes: method names, task ids and paths come from users, and "[/b]" or ":x:" in
 # them is text ("[/b]" as markup raises MarkupError, "[coder]" would vanish from a message). A SafeConsole:
@@ -86,7 +89,7 @@ def cmd_eval(args) -> int:
     from harness.evaluate import EvalConfig, evaluate
     from harness.report.leaderboard import print_leaderboard, write_leaderboard
     from harness.report.write import portable_command
-    from harness.simulate.cascade import parse_cascade
+    from harness.task.cascade import parse_cascade
 
     if args.leaderboard:
         writable_dir(args.leaderboard, "leaderboard")
@@ -99,7 +102,7 @@ def cmd_eval(args) -> int:
     _print_summary(result)
     _say(f"result: {one_line(str(path))}")
     # The spec just evaluated defines the hash, whether or not it is registered under tasks/.
-    tid, thash = result["task"]["id"], result["task"]["hash"]
+    tid, thash = result.task.id, result.task.hash
     from harness.task.spec import load_task
 
     rows, rejected = _leaderboard_rows(Path(args.results), tid, [load_task(args.task, args.override)])
@@ -112,50 +115,35 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _num(x) -> str:
-    return "n/a" if x is None or x != x else f"{x:.3f}"
-
-
-def _fmt(e) -> str:
-    if e is None:
-        return "n/a"
-    if e.get("value") is not None and (e.get("lo") is None or e.get("hi") is None):
-        # An interval is never dropped silently: say why it is missing.
-        return f"{_num(e['value'])} ({'unbounded' if 'unbounded' in e.get('note', '') else 'no CI'})"
-    return f"{_num(e['value'])} [{_num(e['lo'])}, {_num(e['hi'])}]"
-
-
-def _print_summary(r: Mapping[str, Any]) -> None:
+def _print_summary(r: Result) -> None:
+    from harness.report.format import interval, number
     from harness.terminal import Column, print_table
 
-    h, ce = r["headline"], r["ce_means"]
+    h, ce = r.headline, r.ce_means
     rows = [
-        ["recovery R (quantile, all rewritten)", _fmt(h["recovery"])],
-        ["ΔCE median simulated", _fmt(h["delta_ce_median"])],
-        ["ΔCE median latent_zero", _fmt(h["latent_zero_delta_ce_median"])],
-        ["simulated − latent_zero (mean)", _fmt(h["sim_minus_zero_mean"])],
-        ["sensitivity / specificity", f"{_num(h['sensitivity'])} / {_num(h['specificity'])}"],
-        ["detection AUROC / balanced accuracy",
-         f"{_num(h['detection_auroc'])} / {_num(h.get('detection_balanced_accuracy'))}"],
-        ["mean CE clean / coder / zero_output", f"{_num(ce['clean'])} / {_num(ce['coder'])} / {_num(ce['zero_output'])}"],
+        ["recovery R (quantile, all rewritten)", interval(h.recovery)],
+        ["ΔCE median simulated", interval(h.delta_ce_median)],
+        ["ΔCE median latent_zero", interval(h.latent_zero_delta_ce_median)],
+        ["simulated − latent_zero (mean)", interval(h.sim_minus_zero_mean)],
+        ["sensitivity / specificity", f"{number(h.sensitivity)} / {number(h.specificity)}"],
+        ["detection AUROC / balanced accuracy", f"{number(h.detection_auroc)} / {number(h.detection_balanced_accuracy)}"],
+        ["mean CE clean / coder / zero_output", f"{number(ce.clean)} / {number(ce.coder)} / {number(ce.zero_output)}"],
     ]
     for mode in ("none", "prompt-fit"):
-        c = next(c for c in r["conditions"] if c["name"] == "simulated" and c["calibration"] == mode
-                 and c["selection"] == "all")
-        rows.append([f"recovery, calibration={mode}", _fmt(c["recovery"])])
-    title = (f"{one_line(str(r['task']['id']))} · {one_line(str(r['submission']['method']))} · "
-             f"coverage {r['submission']['coverage']:.0%}")
+        c = next(c for c in r.conditions if c.name == "simulated" and c.calibration == mode and c.selection == "all")
+        rows.append([f"recovery, calibration={mode}", interval(c.recovery)])
+    title = f"{one_line(r.task.id)} · {one_line(r.submission.method)} · coverage {r.submission.coverage:.0%}"
     print_table(console, (Column("metric"), Column("value [95% CI]", numeric=True)), rows, title=title)
-    if r.get("cascade"):
-        c, e = r["cascade"], r["cascade"]["error"]["test"]
-        console.print(f"cascade {c['settings']}: {c['n_llm_predictions']:,} simulator predictions of "
-                      f"{c['exhaustive_predictions']:,} ({c['saving']:.1f}x fewer); test pairs not simulated that "
-                      f"would matter, estimated from {e['n_sampled']:,} sampled: {_fmt(e['missed'])} (the sample's "
+    if r.cascade:
+        c, e = r.cascade, r.cascade.error["test"]
+        console.print(f"cascade {c.settings.to_dict()}: {c.n_llm_predictions:,} simulator predictions of "
+                      f"{c.exhaustive_predictions:,} ({c.saving:.1f}x fewer); test pairs not simulated that "
+                      f"would matter, estimated from {e.n_sampled:,} sampled: {interval(e.missed)} (the sample's "
                       "CI; validated in benchmarks/RESULTS.md, Cascade)",
                       highlight=False)
-    for w in r.get("warnings", []):
+    for w in r.warnings:
         # Degenerate predictions (constant, saturated, copied): scored as they are, but said out loud.
-        _note(Text.assemble(("warning:", "yellow"), f" {one_line(str(w['message']))}"))
+        _note(Text.assemble(("warning:", "yellow"), f" {one_line(w.message)}"))
 
 
 def _leaderboard_rows(results: Path, task_id: str | None, known: Sequence[Any] = ()):
@@ -281,8 +269,8 @@ def cmd_findings(args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    from harness.simulate.cascade import parse_cascade
     from harness.simulate.cost import print_estimate
+    from harness.task.cascade import parse_cascade
 
     print_estimate(args.task, args.backend, overrides=args.override, console=console,
                    cascade=parse_cascade(args.cascade) if args.cascade is not None else None,
@@ -331,7 +319,7 @@ def cmd_gaming(args) -> int:
 
 
 def cmd_check_simulator(args) -> int:
-    from harness.simulate.check import run_check
+    from harness.simulator_check import run_check
 
     only = tuple(args.only.split(",")) if args.only else ("hand-written", "named-token", "real-vs-shuffled")
     results = run_check(args.task, args.override, backend=args.backend, device=args.device,
@@ -350,6 +338,7 @@ def cmd_check_simulator(args) -> int:
 
 def cmd_oracle(args) -> int:
     from harness.oracle import run_oracle, table_rows
+    from harness.report.format import interval
     from harness.report.write import portable_command
     from harness.terminal import Column, print_table
 
@@ -364,13 +353,13 @@ def cmd_oracle(args) -> int:
                               output=Path(args.output) if args.output else None, device=args.device,
                               overrides=args.override, command="harness " + portable_command(sys.argv[1:]))
     if args.format == "json":
-        from harness.report.result import to_jsonable
+        from harness.result import to_jsonable
 
         _print_json(to_jsonable(report.to_dict()))
         return 0
     rows = table_rows(report)
     title = (f"noisy oracle on {report.task.id}: {report.n_latents} latents, {report.n_test} test contexts; "
-             f"latent_zero - coder {_fmt(report.recovery_denominator.to_dict())} nats")
+             f"latent_zero - coder {interval(report.recovery_denominator)} nats")
     print_table(console, (Column("form", key=True), Column("a", key=True), Column("AUROC", numeric=True),
                           Column("recovery"), Column("sim - zero (nats)")),
                 [r[:5] for r in rows], title=title, fmt=args.format)
@@ -379,7 +368,7 @@ def cmd_oracle(args) -> int:
     _say(f"{report.n_latents_unfired_in_calibration} of {report.n_latents} latents never fire on the "
          f"{report.n_calibration} calibration contexts (no calibrated value of theirs can be non-zero)")
     for d in report.diagnostics:
-        _say(f"graded a=1, calibration {d.calibration}: recovery {_fmt(d.recovery.to_dict())}")
+        _say(f"graded a=1, calibration {d.calibration}: recovery {interval(d.recovery)}")
     _say(f"oracle: {one_line(str(path))} ({report.provenance.wall_seconds:.0f} s)")
     return 0
 
@@ -407,7 +396,7 @@ def cmd_failures(args) -> int:
     if args.latent not in loaded.latents:
         # Checked before the tokenizer loads: a wrong latent number answers at once.
         latent_report(loaded, args.latent)
-    spec, why = task_spec(loaded.result.task["id"], args.task)
+    spec, why = task_spec(loaded.result.task.id, args.task)
     expl, enote = explanations_of(loaded.result, spec) if spec is not None else (None, why)
     decode, dnote = load_decoder(spec) if spec is not None else (None, why)
     windows, wnote = test_windows(loaded, spec)
@@ -635,115 +624,14 @@ flags mean the same thing in every command:
   --results DIR        the results folder (read by leaderboard, findings, site; written by eval)
   --leaderboard [DIR]  also write the leaderboard page DIR/<task>.md (eval, leaderboard); opt-in
   -o, --output PATH    the file or folder a command writes
-  --format FORMAT      auto (terminal table, Markdown when piped), rich, md, json, ...
-Old spellings (--explanations, --source, --out, --id, --write, --report, --no-leaderboard, a positional
-submission, Delphi folder or result file) still work for one release, with a warning."""
-
-
-# Old spellings, accepted for one release with a warning on stderr. verb -> {old flag: new flag}.
-RENAMED = {
-    "eval": {"--explanations": "--submission"},
-    "explain": {"--source": "--submission"},
-    "gaming": {"--report": "--output"},
-    "make-tiny-task": {"--out": "--output", "--id": "--task"},
-}
-# verb -> the flag its old positional argument became.
-POSITIONAL = {"validate": "--submission", "import-delphi": "--delphi", "failures": "--result"}
-OLD_FLAGS = {old for names in RENAMED.values() for old in names} | {"--no-leaderboard", "--write", "--out"}
-
-
-def _deprecated(old: str, new: str) -> None:
-    _note(f"warning: {one_line(old)} is deprecated: use {one_line(new)} (the old spelling is removed in the next "
-          "release)")
-
-
-def upgrade_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
-    """Rewrite old spellings into today's flags, so the parser, its help and its errors know only today's."""
-    if not argv or argv[0] not in _verbs(parser):
-        return argv
-    verb, rest = argv[0], list(argv[1:])
-    renamed = RENAMED.get(verb, {})
-    for i, tok in enumerate(rest):
-        name, eq, val = tok.partition("=")
-        if name in renamed:
-            _deprecated(name, renamed[name])
-            rest[i] = renamed[name] + eq + val
-    if verb == "eval" and "--no-leaderboard" in rest:
-        _deprecated("--no-leaderboard", "nothing (eval writes no leaderboard page unless given --leaderboard)")
-        rest.remove("--no-leaderboard")
-        rest = _drop_flag(rest, "--leaderboard")
-    if verb == "leaderboard":
-        rest = _old_write(rest)
-    if verb in POSITIONAL:
-        rest = _positional_to_flag(_verbs(parser)[verb], rest, POSITIONAL[verb])
-    return [verb, *rest]
-
-
-def _verbs(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
-
-
-def _drop_flag(rest: list[str], flag: str) -> list[str]:
-    """`rest` without `flag` and its value (`flag VALUE` or `flag=VALUE`)."""
-    out, skip = [], False
-    for tok in rest:
-        if skip:
-            skip = False
-        elif tok == flag:
-            skip = True
-        elif not tok.startswith(flag + "="):
-            out.append(tok)
-    return out
-
-
-def _flag_value(rest: list[str], flag: str) -> str | None:
-    for i, tok in enumerate(rest):
-        if tok == flag and i + 1 < len(rest):
-            return rest[i + 1]
-        if tok.startswith(flag + "="):
-            return tok.split("=", 1)[1]
-    return None
-
-
-def _old_write(rest: list[str]) -> list[str]:
-    """`leaderboard --write [--out DIR]` is `--leaderboard [DIR]`; `--out` without `--write` wrote nothing."""
-    out_dir = _flag_value(rest, "--out")
-    if "--write" in rest:
-        _deprecated("--write [--out DIR]", "--leaderboard [DIR]")
-        rest = [t for t in _drop_flag(rest, "--out") if t != "--write"]
-        return [*rest, "--leaderboard", out_dir or "leaderboard"]
-    if out_dir is not None:
-        _deprecated("--out DIR", "--leaderboard DIR (which also writes the page)")
-        rest = _drop_flag(rest, "--out")
-    return rest
-
-
-def _positional_to_flag(verb: argparse.ArgumentParser, rest: list[str], flag: str) -> list[str]:
-    """The first bare argument (one that is no option's value) becomes `flag ARG`."""
-    takes_value = {o for a in verb._actions if a.nargs != 0 for o in a.option_strings}
-    out, i = [], 0
-    while i < len(rest):
-        tok = rest[i]
-        if tok.startswith("-") and len(tok) > 1:
-            out.append(tok)
-            if "=" not in tok and tok in takes_value and i + 1 < len(rest):
-                out.append(rest[i + 1])
-                i += 1
-        elif flag not in out:
-            _deprecated(f"a positional {flag.lstrip('-')} argument", f"{flag} {tok}")
-            out += [flag, tok]
-        else:
-            out.append(tok)
-        i += 1
-    return out
+  --format FORMAT      auto (terminal table, Markdown when piped), rich, md, json, ..."""
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         parser = build_parser()
-        args = parser.parse_args(upgrade_argv(list(sys.argv[1:] if argv is None else argv), parser))
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
         if os.environ.get("HARNESS_THREADS"):
             # On a shared CPU, one thread per process beats two fighting for a core (OpenMP spin-waits).
             import torch

@@ -15,7 +15,16 @@ import numpy as np
 
 from harness.data.prepare import prepare
 from harness.io import writable_dir
-from harness.report.result import (
+from harness.report.write import (
+    draw_figures,
+    method_notes,
+    portable_path,
+    provenance,
+    result_tag,
+    side_record,
+    write_side_file,
+)
+from harness.result import (
     CeMeans,
     DetectionBin,
     PerLatent,
@@ -26,15 +35,6 @@ from harness.report.result import (
     SimulatorInfo,
     SubmissionInfo,
     TaskRef,
-)
-from harness.report.write import (
-    draw_figures,
-    method_notes,
-    portable_path,
-    provenance,
-    result_tag,
-    side_record,
-    write_side_file,
 )
 from harness.score.calibrate import CALIBRATION_MODES, calibrate
 from harness.score.conditions import (
@@ -52,8 +52,8 @@ from harness.score.metrics import (
     bootstrap_indices,
     sensitivity_specificity,
 )
-from harness.simulate.cascade import CascadeSettings, task_cascade
 from harness.simulate.run import load_simulator, scored_contexts, simulate_all
+from harness.task.cascade import CascadeSettings, task_cascade
 from harness.task.inputs import TaskInputs
 from harness.task.spec import load_task
 from harness.task.submission import load_submission, scored_latents
@@ -116,7 +116,7 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
         sel_scores, score_source = np.nan_to_num(auroc, nan=-np.inf), "detection-auroc"
     sims = {mode: calibrate(mode, pred.calibration, pred.test, prep.table, latents, cal_w)
             for mode in CALIBRATION_MODES}
-    cascade_section = {}
+    cascade_section = None
     if plan is not None:
         from harness.simulate.cascade import matter_counts
         from harness.simulate.cascade import summary as cascade_summary

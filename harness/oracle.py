@@ -7,115 +7,34 @@ TopK re-sparsification and patching (`score.calibrate`, `score.conditions`), the
 detection quality an explanation method needs before partial rewriting can tell it from deleting the latents.
 
 Not a method: it knows the answers. Its file (`ORACLE_FILE` in the task's results folder) is read by the site
-as a reference line beside the leaderboard and skipped by everything that ranks results.
-
-This module deliberately has no `from __future__ import annotations`: its records are loaded back by
-`harness.report.result`'s type-driven loader, which resolves only real (not string) annotations here.
+as a reference line beside the leaderboard and skipped by everything that ranks results. The file's schema
+(`OracleReport`) lives with the result file's in `harness/result.py`.
 """
 
 import math
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from harness import __version__
-from harness.errors import HarnessError
-from harness.report.result import Interval, Record, TaskRef, _load, to_jsonable
-
-ORACLE_FILE = "oracle.json"
-ORACLE_FIGURE = "oracle.png"
-SCHEMA = "harness-oracle/1"
-
-
-@dataclass
-class OracleRow(Record):
-    form: str                        # graded | binary
-    target_auroc: float              # a
-    realised_auroc: Interval         # macro detection AUROC on the detection split, CI over latents
-    sigma_median: float              # median over latents of the noise scale σ_j (graded: activation units)
-    recovery: Interval               # Fieller
-    sim_minus_zero_mean: Interval    # mean CE(simulated) − CE(latent_zero), nats, paired bootstrap
-    sensitivity: Interval            # macro, bootstrap over test contexts
-    specificity: Interval
-    active_share: float              # share of (test context, latent) pairs non-zero after calibration + TopK
-
-
-@dataclass
-class OracleDiagnostic(Record):
-    """The graded a = 1 oracle under the other calibrations: where information is lost on the CE path."""
-
-    name: str
-    calibration: str                 # none: raw true activations patched (must recover exactly what coder does)
-    recovery: Interval
-    sim_minus_zero_mean: Interval
-    note: str = ""
-
-
-@dataclass
-class OracleProvenance(Record):
-    harness_version: str
-    date: str
-    command: str
-    seed: int
-    levels: list[float]
-    bootstrap_draws: int
-    bootstrap_seed: int
-    device: str
-    wall_seconds: float
-    noise_model: str
-
-
-@dataclass
-class OracleReport(Record):
-    schema: str
-    task: TaskRef
-    provenance: OracleProvenance
-    n_latents: int
-    n_calibration: int
-    n_test: int
-    n_detection_positive: int        # detection positives over all latents (each's true activation read)
-    # Latents that never fire on the calibration split: the quantile map can send none of their test predictions
-    # above the zero mass (a test value above every calibration value is read as the maximum, here 0).
-    n_latents_unfired_in_calibration: int
-    recovery_denominator: Interval   # CE(latent_zero) − CE(coder), the nats there are to recover
-    rows: list[OracleRow]
-    diagnostics: list[OracleDiagnostic] = field(default_factory=list)
-    figure: str = ""
-
-    def to_json(self, path: Path) -> Path:
-        import json
-
-        from harness.io import atomic_write_text
-
-        text = json.dumps(to_jsonable(self.to_dict()), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-        return atomic_write_text(Path(path), text)
-
+from harness.result import (
+    ORACLE_FIGURE,
+    ORACLE_FILE,
+    ORACLE_SCHEMA,
+    Interval,
+    OracleDiagnostic,
+    OracleProvenance,
+    OracleReport,
+    OracleRow,
+    TaskRef,
+)
 
 NOISE_MODEL = ("prediction = signal + sigma_j * N(0,1), signal = true activation (graded) or 1{activation > 0} "
                "(binary); sigma_j solves mean_i Phi(signal_i / (sigma_j sqrt 2)) = a over latent j's detection "
                "positives (its expected detection AUROC; binary: sigma = 1/(sqrt2 Phi^-1(a))); the same N(0,1) "
                "draws at every level and form; a = 1 is no noise")
-
-
-def load_oracle(path: str | Path) -> OracleReport:
-    """An oracle report written by `harness oracle`; one clear line if it is not one."""
-    import json
-
-    p = Path(path)
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HarnessError(f"{p}: not a readable oracle report ({e}) — rerun `harness oracle`") from None
-    if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-        raise HarnessError(f"{p}: not an oracle report (schema {SCHEMA!r} expected) — rerun `harness oracle`")
-    return _load(OracleReport, d, str(p))
-
-
-def _iv(e) -> Interval:
-    return Interval(e.value, e.lo, e.hi, e.note)
 
 
 def _pct(x: np.ndarray, value: float) -> Interval:
@@ -238,12 +157,12 @@ def run_oracle(task: str, levels=None, seed: int = 0, results_dir: Path = Path("
         fin = auroc[np.isfinite(auroc)]
         rows.append(OracleRow(
             form=form, target_auroc=a,
-            realised_auroc=(_iv(mean_ci(fin, bootstrap_indices(len(fin), sc.bootstrap, sc.seed))) if len(fin) >= 2
+            realised_auroc=(mean_ci(fin, bootstrap_indices(len(fin), sc.bootstrap, sc.seed)) if len(fin) >= 2
                             else Interval(float(np.mean(fin)) if len(fin) else math.nan, math.nan, math.nan,
                                           "fewer than 2 latents with detection examples")),
             sigma_median=float(np.median(sigma)),
-            recovery=_iv(recovery(z, s, base["coder"])),
-            sim_minus_zero_mean=_iv(paired_difference(s, z, boot)["mean"]),
+            recovery=recovery(z, s, base["coder"]),
+            sim_minus_zero_mean=paired_difference(s, z, boot)["mean"],
             sensitivity=_pct(b_sens, float(np.nanmean(sens)) if np.isfinite(sens).any() else math.nan),
             specificity=_pct(b_spec, float(np.nanmean(spec_)) if np.isfinite(spec_).any() else math.nan),
             active_share=float(active.mean())))
@@ -256,18 +175,18 @@ def run_oracle(task: str, levels=None, seed: int = 0, results_dir: Path = Path("
         key = f"graded@1/{cal}"
         if key in sims:
             s = patched.ce[simulated(key, ALL)]
-            diags.append(OracleDiagnostic(name="graded@1", calibration=cal, recovery=_iv(recovery(z, s, base["coder"])),
-                                          sim_minus_zero_mean=_iv(paired_difference(s, z, boot)["mean"]), note=note))
+            diags.append(OracleDiagnostic(name="graded@1", calibration=cal, recovery=recovery(z, s, base["coder"]),
+                                          sim_minus_zero_mean=paired_difference(s, z, boot)["mean"], note=note))
 
     report = OracleReport(
-        schema=SCHEMA, task=TaskRef(id=spec.id, hash=spec.hash),
+        schema=ORACLE_SCHEMA, task=TaskRef(id=spec.id, hash=spec.hash),
         provenance=OracleProvenance(
             harness_version=__version__, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             command=command, seed=seed, levels=list(levels), bootstrap_draws=sc.bootstrap, bootstrap_seed=sc.seed,
             device=str(inputs.device), wall_seconds=round(time.time() - started, 1), noise_model=NOISE_MODEL),
         n_latents=m, n_calibration=len(cal_x), n_test=n_test, n_detection_positive=int(sum(len(p) for p in pos_x)),
         n_latents_unfired_in_calibration=int(((cal_x > 0).sum(0) == 0).sum()),
-        recovery_denominator=_iv(recovery_denominator(z, base["coder"], boot)), rows=rows, diagnostics=diags)
+        recovery_denominator=recovery_denominator(z, base["coder"], boot), rows=rows, diagnostics=diags)
     out_dir.mkdir(parents=True, exist_ok=True)
     from harness.report.plots import plot_oracle
 
@@ -278,13 +197,8 @@ def run_oracle(task: str, levels=None, seed: int = 0, results_dir: Path = Path("
 
 def table_rows(report: OracleReport) -> list[list[str]]:
     """form, a, realised AUROC, recovery, simulated − latent zero, sensitivity, specificity: value [lo, hi]."""
-    def iv(e: Interval, d: int, sign: bool = False) -> str:
-        f = (lambda x: f"{x:+.{d}f}") if sign else (lambda x: f"{x:.{d}f}")
-        if not math.isfinite(e.value):
-            return "n/a"
-        if not (math.isfinite(e.lo) and math.isfinite(e.hi)):
-            return f"{f(e.value)} (unbounded)" if "unbounded" in e.note else f"{f(e.value)} (no CI)"
-        return f"{f(e.value)} [{f(e.lo)}, {f(e.hi)}]"
+    from harness.report.format import interval
 
-    return [[r.form, f"{r.target_auroc:g}", f"{r.realised_auroc.value:.3f}", iv(r.recovery, 2),
-             iv(r.sim_minus_zero_mean, 3, True), iv(r.sensitivity, 2), iv(r.specificity, 2)] for r in report.rows]
+    return [[r.form, f"{r.target_auroc:g}", f"{r.realised_auroc.value:.3f}", interval(r.recovery, 2),
+             interval(r.sim_minus_zero_mean, 3, sign=True), interval(r.sensitivity, 2), interval(r.specificity, 2)]
+            for r in report.rows]

@@ -23,7 +23,7 @@ MODULES = [
     "harness.model.load", "harness.model.coder", "harness.model.hooks", "harness.model.patch",
     "harness.simulate.base", "harness.simulate.prompt", "harness.simulate.store", "harness.simulate.run",
     "harness.score.calibrate", "harness.score.detection", "harness.score.conditions", "harness.score.metrics",
-    "harness.report.result", "harness.report.write", "harness.evaluate", "harness.score.oracle", "harness.oracle",
+    "harness.result", "harness.report.write", "harness.evaluate", "harness.score.oracle", "harness.oracle",
 ]
 
 

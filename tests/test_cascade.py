@@ -13,7 +13,6 @@ import pytest
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.simulate.cascade import (
-    CascadeSettings,
     Selection,
     calibration_weights,
     error_estimate,
@@ -22,9 +21,9 @@ from harness.simulate.cascade import (
     lowest_score,
     matter_counts,
     matter_probabilities,
-    parse_cascade,
     select,
 )
+from harness.task.cascade import CascadeSettings, parse_cascade
 
 # ---------------------------------------------------------------- settings
 
@@ -163,9 +162,9 @@ def test_error_estimate_against_hand_computation():
     matters[:, 0] = True                        # selected pairs never count
     matters[60:, 7] = True                      # neither do unsampled ones: the estimate cannot see them
     e = error_estimate(matters.astype(float), Selection(selected, sampled))
-    assert (e["n_unselected"], e["n_sampled"], e["n_sampled_matter"], e["n_not_simulated"]) == (1000, 50, 3, 950)
-    assert e["matter_rate"]["value"] == 3 / 50
-    assert e["missed"]["value"] == pytest.approx(3 / 50 * 950)
+    assert (e.n_unselected, e.n_sampled, e.n_sampled_matter, e.n_not_simulated) == (1000, 50, 3, 950)
+    assert e.matter_rate.value == 3 / 50
+    assert e.missed.value == pytest.approx(3 / 50 * 950)
     # Clopper-Pearson by its definition, from binomial tails (not the beta quantiles the code uses):
     # lo solves P(X >= 3 | p) = 0.025, hi solves P(X <= 3 | p) = 0.025.
     def tail_ge(p, k=3, n=50):
@@ -183,14 +182,14 @@ def test_error_estimate_against_hand_computation():
 
     lo = solve(tail_ge, 0.025, increasing=True)
     hi = solve(lambda p: 1 - tail_ge(p, k=4), 0.025, increasing=False)
-    assert e["matter_rate"]["lo"] == pytest.approx(lo, rel=1e-9)
-    assert e["matter_rate"]["hi"] == pytest.approx(hi, rel=1e-9)
-    assert e["missed"]["hi"] == pytest.approx(e["matter_rate"]["hi"] * 950)
+    assert e.matter_rate.lo == pytest.approx(lo, rel=1e-9)
+    assert e.matter_rate.hi == pytest.approx(hi, rel=1e-9)
+    assert e.missed.hi == pytest.approx(e.matter_rate.hi * 950)
 
     # None of the sampled pairs matters: the upper bound is 1 - (0.025)^(1/n) in closed form.
     e0 = error_estimate(np.zeros((n, m)), Selection(selected, sampled))
-    assert e0["missed"]["value"] == 0 and e0["matter_rate"]["lo"] == 0
-    assert e0["matter_rate"]["hi"] == pytest.approx(1 - 0.025 ** (1 / 50), rel=1e-9)
+    assert e0.missed.value == 0 and e0.matter_rate.lo == 0
+    assert e0.matter_rate.hi == pytest.approx(1 - 0.025 ** (1 / 50), rel=1e-9)
 
 
 def test_matter_probabilities_by_hand():
@@ -216,8 +215,8 @@ def test_matter_probabilities_by_hand():
     assert p[~sampled].sum() == 0
     # test split: 2 unselected test pairs (latent 0), 1 sampled, so 1 not simulated, estimated at 0.25 matter.
     e = error_estimate(p[4:], Selection(selected[4:], sampled[4:]))
-    assert (e["n_unselected"], e["n_sampled"], e["n_not_simulated"]) == (2, 1, 1)
-    assert e["missed"]["value"] == pytest.approx(0.25)
+    assert (e.n_unselected, e.n_sampled, e.n_not_simulated) == (2, 1, 1)
+    assert e.missed.value == pytest.approx(0.25)
 
 
 def test_matter_counts_match_calibration():
@@ -258,10 +257,10 @@ def test_error_estimate_covers_the_true_miss_count():
                           for j in range(m)], axis=1)
         truth = int(((two_d >= counts2) & ~sel.simulated[n_cal:]).sum())
         probs = matter_probabilities(pc, pt, sel, counts2)
-        e = error_estimate(probs[n_cal:], Selection(sel.selected[n_cal:], sel.sampled[n_cal:]))["missed"]
-        est.append(e["value"])
+        e = error_estimate(probs[n_cal:], Selection(sel.selected[n_cal:], sel.sampled[n_cal:])).missed
+        est.append(e.value)
         true.append(truth)
-        inside += e["lo"] <= truth <= e["hi"]
+        inside += e.lo <= truth <= e.hi
     assert inside / 200 >= 0.9
     assert np.mean(est) == pytest.approx(np.mean(true), rel=0.2)
 
@@ -411,7 +410,6 @@ def test_task_fixed_cascade_is_ranked_and_reproduced(tiny, capsys):
     assert abs(rep["headline_move"]) < 1e-9   # float32: the weighted calibration gives the stored headline
 
     # `harness estimate --submission` counts what this eval selected, pair for pair.
-    from harness.simulate.cascade import parse_cascade
     from harness.simulate.cost import submission_cascade_cost
 
     cost = submission_cascade_cost(spec, parse_cascade(spec.simulator.cascade), str(sub))

@@ -1,8 +1,9 @@
 """The CLI's vocabulary and tables: every id whole at 80 columns (piped and on a terminal), `--format json`
-with the right numbers, old spellings still working, and every flag a message or a doc names existing."""
+with the right numbers, and every flag a message or a doc names existing."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import io
 import json
@@ -13,7 +14,7 @@ import pytest
 from rich.console import Console
 
 import harness.cli as cli
-from harness.cli import build_parser, main, upgrade_argv
+from harness.cli import build_parser, main
 from harness.task.spec import list_tasks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,63 +165,12 @@ def test_leaderboard_stdout_is_only_the_document(tmp_path, capsys):
     assert len(json.loads(cap.out)) == len(_methods(MINI)) and "broken.json" in cap.err
 
 
-# ---------------------------------------------------------------- old spellings
-
-
-@pytest.mark.parametrize("old,new", [
-    (["eval", "--task", "t", "--explanations", "s.json"], ["eval", "--task", "t", "--submission", "s.json"]),
-    (["eval", "--explanations=s.json", "--no-leaderboard"], ["eval", "--submission=s.json"]),
-    (["eval", "--no-leaderboard", "--leaderboard", "lb"], ["eval"]),
-    (["explain", "--method", "shuffled", "--source", "a.json"], ["explain", "--method", "shuffled",
-                                                                 "--submission", "a.json"]),
-    (["gaming", "--task", "t", "--report", "r.md"], ["gaming", "--task", "t", "--output", "r.md"]),
-    (["make-tiny-task", "--out", "d", "--id", "x"], ["make-tiny-task", "--output", "d", "--task", "x"]),
-    (["validate", "s.json", "--task", "t"], ["validate", "--submission", "s.json", "--task", "t"]),
-    (["validate", "--task", "t", "s.json"], ["validate", "--task", "t", "--submission", "s.json"]),
-    (["failures", "r.json", "--latent", "3"], ["failures", "--result", "r.json", "--latent", "3"]),
-    (["import-delphi", "d/", "--task", "t", "-o", "s.json"], ["import-delphi", "--delphi", "d/", "--task", "t",
-                                                               "-o", "s.json"]),
-    (["leaderboard", "--write"], ["leaderboard", "--leaderboard", "leaderboard"]),
-    (["leaderboard", "--task", "t", "--write", "--out", "lb"], ["leaderboard", "--task", "t", "--leaderboard", "lb"]),
-    (["leaderboard", "--out", "lb"], ["leaderboard"]),   # --out without --write never wrote anything
-    (["eval", "--task", "t", "--submission", "s.json"], ["eval", "--task", "t", "--submission", "s.json"]),
-])
-def test_old_spellings_are_rewritten_with_a_warning(old, new, capsys):
-    assert upgrade_argv(old, build_parser()) == new
-    err = capsys.readouterr().err
-    assert ("deprecated" in err) == (old != new)
-
-
-def test_old_spellings_still_run(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    assert main(["make-tiny-task", "--out", str(tmp_path / "task"), "--id", "old-flags"]) == 0
-    assert "id = \"old-flags\"" in (tmp_path / "task" / "task.toml").read_text()
-    sub = tmp_path / "s.json"
-    sub.write_text(json.dumps({"task": "old-flags", "method": "m", "description": "", "explanations": {"0": "x"}}))
-    assert main(["validate", str(sub), "--task", str(tmp_path / "task")]) == 0
-    out, err = capsys.readouterr()
-    assert "ok:" in out and err.count("deprecated") == 3
-    lb = tmp_path / "lb"
-    assert main(["leaderboard", "--task", MINI, "--results", str(RESULTS), "--write", "--out", str(lb),
-                 "--format", "md"]) == 0
-    assert (lb / f"{MINI}.md").is_file()
-
-
-def test_leaderboard_page_is_written_only_when_asked(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert main(["leaderboard", "--task", MINI, "--results", str(RESULTS)]) == 0
-    assert not (tmp_path / "leaderboard").exists()
-    assert main(["leaderboard", "--task", MINI, "--results", str(RESULTS), "--leaderboard"]) == 0
-    page = (tmp_path / "leaderboard" / f"{MINI}.md").read_text()
-    assert all(f"| {m} " in page for m in _methods(MINI))
-    assert "wrote" in capsys.readouterr().err
-
-
 # ---------------------------------------------------------------- help and messages name real flags
 
 
 def _subparsers() -> dict:
-    return cli._verbs(build_parser())
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
 
 
 def _options(parser) -> set[str]:
@@ -228,7 +178,6 @@ def _options(parser) -> set[str]:
 
 
 ALL_FLAGS = set().union(*(_options(p) for p in _subparsers().values()))
-# (The old spellings, cli.OLD_FLAGS, may be named as such; a command that uses one fails the per-verb check.)
 
 # Flags of other programs that harness messages tell users to run: pip, the Hugging Face CLI, vllm serve.
 FOREIGN = {"--no-deps", "--revision", "--repo-type", "--include", "--port", "--max-logprobs",
@@ -256,7 +205,7 @@ def test_every_flag_a_message_names_exists():
         own_cli = path.name != "cli.py" and ("sys.argv" in src or "ArgumentParser(" in src)
         for line, text in _strings(path):
             bad += [f"{path.relative_to(REPO)}:{line}: {f}" for f in FLAG.findall(text)
-                    if not own_cli and f not in ALL_FLAGS | FOREIGN | cli.OLD_FLAGS]
+                    if not own_cli and f not in ALL_FLAGS | FOREIGN]
             bad += [f"{path.relative_to(REPO)}:{line}: harness {verb} {f}" for verb, f in _verb_flags(text)]
     assert not bad, bad
 
@@ -300,7 +249,7 @@ def test_every_flag_the_docs_mention_exists_somewhere():
             if path.name == "scaling.md":
                 continue   # vllm serve's own flags
             for f in set(FLAG.findall(path.read_text())):
-                if f not in ALL_FLAGS | FOREIGN | cli.OLD_FLAGS | _script_flags():
+                if f not in ALL_FLAGS | FOREIGN | _script_flags():
                     bad.append(f"{path.relative_to(REPO)}: {f}")
     assert not bad, bad
 

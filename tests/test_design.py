@@ -38,19 +38,8 @@ def test_nothing_in_the_product_imports_the_test_stand_ins():
 # The package's layers, lowest first: a module imports only its own layer and the ones before it. Shared
 # ground first, then the stages in the order an eval runs them (models before the task, whose inputs load
 # them), then what drives the stages.
-LAYERS = ["errors", "io", "terminal", "hub", "model", "task", "data", "simulate", "score", "report",
-          "oracle", "evaluate", "baselines", "build", "testing", "cli"]
-# Upward imports the code still has (issue 21 removes them): each listed with why it is there. The test fails
-# on any import not listed here, and on a listed one that is gone (so the list only shrinks).
-KNOWN_UPWARD = {
-    ("harness.task.spec", "harness.simulate.cascade"): "the spec checks its fixed cascade string",
-    ("harness.simulate.check", "harness.score.metrics"): "check-simulator computes AUROC",
-    ("harness.simulate.cost", "harness.report.environment"): "estimate names this CPU",
-    ("harness.score.conditions", "harness.report.result"): "condition rows are result-schema types",
-    ("harness.report.findings", "harness.oracle"): "reads the oracle's result type",
-    ("harness.report.leaderboard", "harness.oracle"): "reads the oracle's result type",
-    ("harness.report.site", "harness.oracle"): "reads the oracle's result type",
-}
+LAYERS = ["errors", "io", "terminal", "hub", "result", "environment", "model", "task", "data", "simulate", "score",
+          "report", "oracle", "simulator_check", "evaluate", "baselines", "build", "testing", "cli"]
 
 
 def _imports():
@@ -80,5 +69,4 @@ def test_imports_point_down_the_layers():
             if p.name != "__init__.py"} <= set(LAYERS), "a new top-level module or folder needs a place in LAYERS"
     upward = {(src, dst) for src, dst in _imports()
               if (a := _layer(src)) is not None and (b := _layer(dst)) is not None and b > a}
-    assert upward - set(KNOWN_UPWARD) == set(), "imports that point up the layers (docs/DESIGN.md)"
-    assert set(KNOWN_UPWARD) - upward == set(), "fixed: remove these from KNOWN_UPWARD"
+    assert upward == set(), "imports that point up the layers (docs/DESIGN.md)"

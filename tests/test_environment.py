@@ -1,4 +1,4 @@
-"""The environment a result records (harness/report/environment.py) and the leaderboard's mark for rows
+"""The environment a result records (harness/environment.py) and the leaderboard's mark for rows
 computed in another environment than the task's reference row."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import hashlib
 import io
 import json
 
-from harness.report.environment import (
+from harness.environment import (
     compared,
     cpu_info,
     differences,
@@ -17,7 +17,7 @@ from harness.report.environment import (
     reference_index,
 )
 from harness.report.leaderboard import ENV_MARK, collect_results, render, write_leaderboard
-from harness.report.result import Result
+from harness.result import Provenance, Result
 from tests.test_leaderboard import HASH, make_result
 
 CPUINFO = """processor\t: 0
@@ -48,8 +48,8 @@ def test_packages_digest_is_a_path_free_freeze():
 
 
 def test_differences_compare_only_what_both_record():
-    old = compared({"torch": "2.13.0+cpu", "transformers": "5.24.0", "kernel": "", "threads": 0})
-    new = compared({"torch": "2.13.0+cpu", "transformers": "5.25.0", "kernel": "cpu:AVX2", "threads": 2})
+    old = compared(Provenance(torch="2.13.0+cpu", transformers="5.24.0", kernel="", threads=0))
+    new = compared(Provenance(torch="2.13.0+cpu", transformers="5.25.0", kernel="cpu:AVX2", threads=2))
     assert old == {"torch": "2.13.0+cpu", "transformers": "5.24.0"}
     assert differences(new, old) == ["transformers"]
     assert differences(new, {**new, "threads": "16", "packages_sha256": "x"}) == ["threads"]
@@ -67,7 +67,7 @@ def test_reference_row_rule():
 def _with_env(method: str, sha: str, date: str, **env) -> Result:
     r = make_result(method, sha=sha * 64, date=date)
     for k, v in {"torch": "2.13.0+cpu", "transformers": "5.25.0", "kernel": "cpu:AVX2", "threads": 2, **env}.items():
-        r.provenance[k] = v
+        setattr(r.provenance, k, v)
     return r
 
 
@@ -77,7 +77,7 @@ def test_leaderboard_marks_rows_from_another_environment(tmp_path):
     _with_env("llm", "2", "2026-01-02", transformers="5.24.0").to_json(d / "b.json")
     _with_env("empty", "3", "2026-01-03").to_json(d / "c.json")
     old = make_result("legacy", sha="4" * 64)               # written before the environment fields
-    old.provenance["torch"] = "2.13.0+cpu"
+    old.provenance.torch = "2.13.0+cpu"
     old.to_json(d / "d.json")
     rows, _ = collect_results(d, "tiny-task", task_hashes={"tiny-task": HASH})
     marks = {r.method: r.env_differs for r in rows}
@@ -91,7 +91,10 @@ def test_leaderboard_marks_rows_from_another_environment(tmp_path):
     js = {r["method"]: r for r in json.loads(render(rows, "json"))}
     assert js["llm"]["environment_differs"] == ["transformers"] and js["llm"]["environment"]["transformers"] == "5.24.0"
     page = write_leaderboard("tiny-task", rows, tmp_path / "lb").read_text()
-    assert f"{ENV_MARK} computed in another environment" in page
+    assert f"{ENV_MARK} computed in another environment" in page and "Here: llm: transformers." in page
+    _with_env("llm", "2", "2026-01-02", transformers="5.24.0", threads=4).to_json(d / "b.json")
+    rows, _ = collect_results(d, "tiny-task", task_hashes={"tiny-task": HASH})
+    assert "Here: llm: transformers, thread count." in write_leaderboard("tiny-task", rows, tmp_path / "lb").read_text()
 
     # Same environment everywhere: no mark, no legend.
     (d / "b.json").unlink()

@@ -194,7 +194,7 @@ SAFE_TEXT = st.text(alphabet=st.characters(blacklist_characters="/\\\x00", black
 FLAGS = ["--task", "--submission", "--backend", "--device", "--results", "--leaderboard", "--override", "--format",
          "--method", "--seed", "-o", "--output", "--dir", "--real", "--control", "--arch", "--kind", "--hookpoint",
          "--description", "--delphi", "--result", "--latent", "--endpoints", "--help",
-         # old spellings, rewritten by cli.upgrade_argv
+         # spellings a pre-release harness took, removed: refused like any unknown flag
          "--explanations", "--no-leaderboard", "--write", "--out", "--source", "--id", "--report"]
 HEAVY = ("cmd_eval", "cmd_prepare", "cmd_explain", "cmd_make_tiny_task")
 

@@ -1,5 +1,6 @@
 import copy
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -12,7 +13,19 @@ from rich.console import Console
 from harness.errors import HarnessError
 from harness.report.leaderboard import collect_results, print_leaderboard, render, write_leaderboard
 from harness.report.plots import plot_activation_distributions, plot_partial_rewriting, plot_sens_spec_by_bin
-from harness.report.result import SCHEMA, Result, load_result
+from harness.result import (
+    SCHEMA,
+    BootstrapMethod,
+    DetectionThresholdMethod,
+    Interval,
+    IntervalMethods,
+    Methods,
+    QuantileEstimator,
+    Result,
+    SideFile,
+    SideFiles,
+    load_result,
+)
 
 NAN = float("nan")
 HASH = "a" * 64
@@ -82,19 +95,19 @@ def _same(a, b):
 
 def test_result_roundtrip_nan(tmp_path):
     r = make_result()
-    r.ce_means["zero_output"] = None  # an SAE task has no zero-output condition
-    r.per_latent["auroc"] = np.array([0.9, np.nan, 0.5], dtype=np.float32)  # numpy goes in, lists come out
-    r.headline["sensitivity"] = np.float64(np.nan)
+    r.ce_means.zero_output = None  # an SAE task has no zero-output condition
+    r.per_latent.auroc = np.array([0.9, np.nan, 0.5], dtype=np.float32)  # type: ignore[assignment]  # numpy in, lists out
+    r.headline.sensitivity = np.float64(np.nan)
     p = r.to_json(tmp_path / "r.json")
     raw = json.loads(p.read_text())
     assert raw["schema"] == SCHEMA and list(raw)[0] == "schema"
     assert raw["per_latent"]["auroc"][1] is None and raw["headline"]["sensitivity"] is None
     assert "NaN" not in p.read_text()
     back = load_result(p)
-    assert math.isnan(back.per_latent["auroc"][1]) and math.isnan(back.headline["sensitivity"])
-    assert math.isnan(back.sens_spec_by_detection_bin[1]["sensitivity"])
-    assert math.isnan(back.conditions[0]["diff_vs_latent_zero"]["hi"])
-    assert back.conditions[2]["recovery"] is None and back.ce_means["zero_output"] is None
+    assert math.isnan(back.per_latent.auroc[1]) and math.isnan(back.headline.sensitivity)
+    assert math.isnan(back.sens_spec_by_detection_bin[1].sensitivity)
+    assert math.isnan(back.conditions[0].diff_vs_latent_zero.hi)  # type: ignore[union-attr]
+    assert back.conditions[2].recovery is None and back.ce_means.zero_output is None
     expected = r.to_dict()
     expected["per_latent"]["auroc"] = [pytest.approx(0.9), NAN, 0.5]
     expected["headline"]["sensitivity"] = NAN
@@ -129,7 +142,7 @@ def test_atomic_write_keeps_old_file(tmp_path, monkeypatch):
     before = p.read_bytes()
 
     bad = make_result(recovery=0.9)
-    bad.headline["sensitivity"] = object()  # unserialisable: fails before anything is written
+    bad.headline.sensitivity = object()  # unserialisable: fails before anything is written
     with pytest.raises(TypeError):
         bad.to_json(p)
     assert p.read_bytes() == before
@@ -143,7 +156,7 @@ def test_atomic_write_keeps_old_file(tmp_path, monkeypatch):
     assert p.read_bytes() == before
     assert sorted(x.name for x in tmp_path.iterdir()) == ["r.json"]  # no temp file left behind
     monkeypatch.undo()
-    assert load_result(p).headline["recovery"]["value"] == 0.5
+    assert load_result(p).headline.recovery.value == 0.5
 
 
 # --- leaderboard ----------------------------------------------------------------------------------
@@ -167,7 +180,7 @@ def results_dir(tmp_path):
 def test_collect_rejects_and_dedups(results_dir):
     rows, rejected = collect_results(results_dir, "tiny-task", task_hashes={"tiny-task": HASH, "other-task": "9" * 64})
     assert [r.method for r in rows] == ["best", "best", "new-run"]  # recovery descending
-    assert [r.recovery["value"] for r in rows] == [0.45, 0.30, 0.12]
+    assert [r.recovery.value for r in rows] == [0.45, 0.30, 0.12]
     reasons = {os.path.basename(r.path): r.reason for r in rejected}
     assert set(reasons) == {"stale.json", "junk.json"}
     assert "task hash" in reasons["stale.json"] and "re-run" in reasons["stale.json"]
@@ -222,7 +235,7 @@ def test_render_md_csv_html(results_dir):
 
 def test_render_nan_is_na(tmp_path):
     r = make_result(recovery=NAN)
-    r.headline["sensitivity"] = NAN
+    r.headline.sensitivity = NAN
     r.to_json(tmp_path / "r.json")
     make_result("good", sha="9" * 64, recovery=-0.5).to_json(tmp_path / "s.json")
     rows, _ = collect_results(tmp_path, task_hashes={"tiny-task": HASH})
@@ -261,15 +274,15 @@ def _is_png(p):
 
 
 def test_plots_write_png(tmp_path):
-    res = make_result().to_dict()
+    res = make_result()
     assert _is_png(plot_partial_rewriting(res, tmp_path / "figs" / "curve.png"))
 
     # a result with median references for the baselines, and one with nothing to draw, both work
     res2 = copy.deepcopy(res)
-    res2["headline"]["coder_delta_ce_median"] = E(0.01, 0.0, 0.02)
-    res2["ce_means"]["zero_output"] = None
+    res2.headline.coder_delta_ce_median = Interval(0.01, 0.0, 0.02)
+    res2.ce_means.zero_output = None
     assert _is_png(plot_partial_rewriting(res2, tmp_path / "curve2.png"))
-    assert _is_png(plot_partial_rewriting({"conditions": []}, tmp_path / "curve3.png"))
+    assert _is_png(plot_partial_rewriting(dataclasses.replace(res, conditions=[]), tmp_path / "curve3.png"))
 
     rng = np.random.default_rng(0)
     true_nz = rng.exponential(2.0, 500)
@@ -278,11 +291,17 @@ def test_plots_write_png(tmp_path):
     assert _is_png(plot_activation_distributions(true_nz, raw, cal, tmp_path / "dist.png"))
     assert _is_png(plot_activation_distributions(np.array([]), np.zeros(3), np.zeros(3), tmp_path / "dist2.png"))
 
-    assert _is_png(plot_sens_spec_by_bin(res["sens_spec_by_detection_bin"], tmp_path / "bins.png"))
+    assert _is_png(plot_sens_spec_by_bin(res.sens_spec_by_detection_bin, tmp_path / "bins.png"))
     assert _is_png(plot_sens_spec_by_bin([], tmp_path / "bins2.png"))
 
 
 # --- ranking and ties ------------------------------------------------------------------------------
+
+
+def _methods(draws: int, seed: int) -> Methods:
+    """The `methods` section a result names its bootstrap with; the paired ranking redraws with these."""
+    return Methods(IntervalMethods(0.95, BootstrapMethod("percentile", draws, seed, "", ""), ""),
+                   QuantileEstimator("inverted_cdf", True, ""), "", DetectionThresholdMethod("fire-rate", ""))
 
 
 def _with_side(d, method, sha, sim_minus_zero, seed=0):
@@ -291,12 +310,12 @@ def _with_side(d, method, sha, sim_minus_zero, seed=0):
     rng = np.random.default_rng(seed)
     zero = 3.0 + rng.gamma(2.0, 0.5, n)
     res = make_result(method, sha=sha)
-    res.headline["sim_minus_zero_mean"] = E(float(np.mean(sim_minus_zero)), NAN, NAN)
+    res.headline.sim_minus_zero_mean = Interval(float(np.mean(sim_minus_zero)), NAN, NAN)
     side = d / f"{method}.per_context.npz"
     d.mkdir(parents=True, exist_ok=True)
     np.savez(side, ce_latent_zero__all=zero, ce_simulated__quantile__all=zero + sim_minus_zero)
-    res.side_files = {"per_context": {"path": side.name, "sha256": "0" * 64}}
-    res.methods = {"intervals": {"bootstrap": {"method": "percentile", "draws": 2000, "seed": 0}}}
+    res.side_files = SideFiles(SideFile(path=side.name, sha256="0" * 64))
+    res.methods = _methods(draws=2000, seed=0)
     res.to_json(d / f"{method}.json")
 
 
@@ -312,7 +331,7 @@ def test_rank_by_paired_metric_and_mark_ties(tmp_path):
     _with_side(d, "near-too", "3" * 64, base + rng.normal(0.002, 0.05, n))
     rows, _ = collect_results(tmp_path, "tiny-task", task_hashes={"tiny-task": HASH})
     assert rows[0].method == "good" and {r.method for r in rows[1:]} == {"near", "near-too"}
-    means = [r.sim_minus_zero_mean["value"] for r in rows]
+    means = [r.sim_minus_zero_mean.value for r in rows]
     assert means == sorted(means)                          # lower (better) first
     assert rows[0].rank == "1" and rows[1].rank == "2"     # good vs the next: significant
     assert rows[2].rank == "=2"                           # the last two are not ordered by the data
@@ -322,7 +341,7 @@ def test_rank_by_paired_metric_and_mark_ties(tmp_path):
             b["ce_simulated__quantile__all"] - b["ce_latent_zero__all"])
     stats = diff[bootstrap_indices(n, 2000, 0)].mean(1)
     lo, hi = np.percentile(stats, [2.5, 97.5])
-    assert rows[2].vs_above["lo"] == pytest.approx(lo) and rows[2].vs_above["hi"] == pytest.approx(hi)
+    assert rows[2].vs_above.lo == pytest.approx(lo) and rows[2].vs_above.hi == pytest.approx(hi)
     assert lo < 0 < hi
     md = render(rows, "md")
     assert "| =2 " in md
@@ -344,11 +363,11 @@ def test_rank_by_detection_auroc_paired_over_latents(tmp_path):
     close = np.clip(noisy + rng.normal(0.005, 0.03, 20), 0, 1)
     for method, sha, auc in (("shuffled", "1" * 64, noisy), ("real", "2" * 64, real), ("empty", "3" * 64, close)):
         res = make_result(method, sha=sha)
-        res.headline["detection_auroc"] = float(auc.mean())
-        res.headline["detection_auroc_ci"] = E(float(auc.mean()), float(auc.mean()) - 0.05, float(auc.mean()) + 0.05)
-        res.headline["rank_by"] = "detection_auroc"
-        res.per_latent = {**res.per_latent, "latent": latents, "auroc": auc.tolist()}
-        res.methods = {"intervals": {"bootstrap": {"method": "percentile", "draws": 4000, "seed": 3}}}
+        res.headline.detection_auroc = float(auc.mean())
+        res.headline.detection_auroc_ci = Interval(float(auc.mean()), float(auc.mean()) - 0.05, float(auc.mean()) + 0.05)
+        res.headline.rank_by = "detection_auroc"
+        res.per_latent = dataclasses.replace(res.per_latent, latent=list(latents), auroc=auc.tolist())
+        res.methods = _methods(draws=4000, seed=3)
         res.to_json(d / f"{method}.json")
     rows, _ = collect_results(tmp_path, "tiny-task", task_hashes={"tiny-task": HASH})
     assert [r.method for r in rows][0] == "real"
@@ -358,7 +377,7 @@ def test_rank_by_detection_auroc_paired_over_latents(tmp_path):
     for above, row in zip(rows, rows[1:]):
         diff = np.asarray([above.per_latent_auroc[j] - row.per_latent_auroc[j] for j in latents])
         lo, hi = np.percentile(diff[idx].mean(1), [2.5, 97.5])
-        assert row.vs_above["lo"] == pytest.approx(lo) and row.vs_above["hi"] == pytest.approx(hi)
+        assert row.vs_above.lo == pytest.approx(lo) and row.vs_above.hi == pytest.approx(hi)
         assert row.rank.startswith("=") == (lo <= 0 <= hi)
     assert "ranks by detection AUROC" in write_leaderboard("tiny-task", rows, tmp_path / "lb").read_text()
     m = float(real.mean())

@@ -8,16 +8,16 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from harness.errors import HarnessError
+from harness.result import Interval, to_jsonable
 from harness.score.metrics import (
-    Estimate,
     bin_by_score,
     bootstrap_indices,
     detection_scores,
+    detection_thresholds,
     macro,
     mean_ci,
     median_ci,
     paired_difference,
-    detection_thresholds,
     recovery,
     select_latents,
     sensitivity_specificity,
@@ -103,7 +103,7 @@ def test_recovery_unbounded_when_denominator_not_significant():
     r = recovery(zero, sim, coder)
     assert math.isfinite(r.value) and r.lo == -math.inf and r.hi == math.inf
     assert "unbounded" in r.note
-    assert r.to_dict()["lo"] is None and r.to_dict()["hi"] is None
+    assert to_jsonable(r)["lo"] is None and to_jsonable(r)["hi"] is None
 
 
 def test_paired_difference():
@@ -123,8 +123,11 @@ def test_paired_difference():
         paired_difference(a, b[:3], boot)
 
 
-def test_estimate_to_dict():
-    assert Estimate(1.0, 0.5, 2.0).to_dict() == {"value": 1.0, "lo": 0.5, "hi": 2.0}
+def test_interval_as_json():
+    # One interval type from the scorers to the file: an empty note is left out, a non-finite bound is null.
+    assert Interval(1.0, 0.5, 2.0).to_dict() == {"value": 1.0, "lo": 0.5, "hi": 2.0}
+    assert to_jsonable(Interval(1.0, math.nan, math.inf, "why")) == {"value": 1.0, "lo": None, "hi": None,
+                                                                     "note": "why"}
 
 
 def test_sensitivity_specificity_hand_example():

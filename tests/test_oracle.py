@@ -126,7 +126,7 @@ def oracle_run(tiny, tmp_path_factory):
 
 
 def test_oracle_report_on_the_tiny_task(oracle_run):
-    from harness.oracle import load_oracle
+    from harness.result import load_oracle
 
     rep = load_oracle(oracle_run / "oracle.json")
     assert (oracle_run / rep.figure).is_file()

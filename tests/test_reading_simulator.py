@@ -261,7 +261,7 @@ def _literal(ctx, expl):
 
 
 def test_handwritten_check_verdicts():
-    from harness.simulate.check import handwritten
+    from harness.simulator_check import handwritten
     from harness.simulate.check_cases import CASES
 
     # Semantic cases reuse one another's explanations as the non-fitting one: an oracle must pair text and match.
@@ -279,7 +279,7 @@ def test_handwritten_check_verdicts():
 
 
 def test_real_vs_shuffled_check_on_a_fake_task():
-    from harness.simulate.check import real_vs_shuffled
+    from harness.simulator_check import real_vs_shuffled
 
     words = ["cat", "dog", "sun", "car", "tree", "milk"]
     vocab = {w: i for i, w in enumerate(words)}

@@ -195,14 +195,14 @@ def test_comparison_reports_what_moved_beyond_tolerance():
 
 
 def test_committed_schema_is_generated_from_the_types():
-    from harness.report.result import SCHEMA_FILE, schema_text
+    from harness.result import SCHEMA_FILE, schema_text
 
-    assert SCHEMA_FILE.read_text() == schema_text(), "regenerate: python -m harness.report.result --schema"
+    assert SCHEMA_FILE.read_text() == schema_text(), "regenerate: python -m harness.result --schema"
 
 
 def test_reference_result_validates_against_the_schema():
     jsonschema = pytest.importorskip("jsonschema")
-    from harness.report.result import json_schema
+    from harness.result import json_schema
 
     doc = json.loads(REFERENCE.read_text())
     doc["side_files"]["per_context"]["sha256"] = "0" * 64     # the reference keeps array digests instead

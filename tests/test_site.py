@@ -81,7 +81,8 @@ def test_site_layout_and_numbers_come_from_results(built):
     assert (site / "index.html").is_file()
     task_page = (site / TASK_ID / "index.html").read_text()
     results = [json.loads(p.read_text()) for p in _results(built)]
-    # Rows in the leaderboard's order, each showing its result's recovery unrounded in data-v.
+    # Rows in the leaderboard's order; the first interval column is the one the task ranks by (simulated − latent
+    # zero here), each cell holding its result's value unrounded in data-v.
     from harness.report.leaderboard import collect_results
     from harness.task.spec import load_task
 
@@ -93,7 +94,10 @@ def test_site_layout_and_numbers_come_from_results(built):
     shown = [(html.unescape(m), float(v)) for m, v in order]
     assert [m for m, _ in shown] == [r.method for r in rows]
     for method, v in shown:
-        assert v == by_method[method]["headline"]["recovery"]["value"]
+        assert v == by_method[method]["headline"]["sim_minus_zero_mean"]["value"]
+    header = re.findall(r"<th[^>]*>([^<]*)</th>", task_page.split("</thead>")[0])
+    assert header[:3] == ["rank", "method", "simulated − latent zero (mean)"]
+    assert "Rows are ranked by simulated − latent zero" in task_page and "ranks by detection AUROC" not in task_page
     # The "vs next" marks are the leaderboard's tie test: one per adjacent pair.
     n_marks = sum(task_page.count(f'title="{t}') for t in ("paired difference CI", "no paired test was possible"))
     assert n_marks == 2
@@ -217,7 +221,7 @@ def test_ordering_marks_follow_the_leaderboard_ranks(built):
         want = "≈" if nxt.rank.startswith("=") else ("?" if nxt.rank.startswith("?") else ">")
         assert mark[0] == want
         if nxt.vs_above is not None:
-            assert f"[{nxt.vs_above['lo']:.3f}, {nxt.vs_above['hi']:.3f}]" in mark[1]
+            assert f"[{nxt.vs_above.lo:.3f}, {nxt.vs_above.hi:.3f}]" in mark[1]
 
 
 # ---------------------------------------------------------------- in a real browser
@@ -235,8 +239,8 @@ def _column(i: int) -> str:
             f"return Number(r.cells[{i}].getAttribute('data-v'));}})")
 
 
-_RECOVERY = _column(2)
-_SIM_MINUS_ZERO = _column(5)
+_SIM_MINUS_ZERO = _column(2)   # the ranking column comes right after the method
+_RECOVERY = _column(3)
 
 
 # CI sets HARNESS_REQUIRE_BROWSER=1: there a missing browser fails the test instead of hiding it as a skip.
@@ -251,7 +255,7 @@ def test_site_in_headless_chromium(built, tmp_path):
     hostile = next(p for p in _results(built) if json.loads(p.read_text())["submission"]["method"] == HOSTILE_METHOD)
     mdir = site / TASK_ID / _safe(hostile.stem)
     with Browser() as b:
-        b.viewport(1280, 900)
+        b.viewport(1366, 900)
         b.goto((site / "index.html").as_uri())
         assert b.eval("document.querySelectorAll('#tasks tbody tr').length") == 1
         b.click("#tasks tbody a")
@@ -263,11 +267,11 @@ def test_site_in_headless_chromium(built, tmp_path):
         first = b.eval(_ROWS)
         assert len(first) == 3 and b.eval(_SIM_MINUS_ZERO) == sorted(b.eval(_SIM_MINUS_ZERO))
         vals = b.eval(_RECOVERY)
-        b.click("#leaderboard thead th:nth-child(3)")
+        b.click("#leaderboard thead th:nth-child(4)")
         assert b.eval(_RECOVERY) == sorted(vals)
-        assert b.eval("document.querySelector('#leaderboard thead th:nth-child(3)').getAttribute('aria-sort')") \
+        assert b.eval("document.querySelector('#leaderboard thead th:nth-child(4)').getAttribute('aria-sort')") \
             == "ascending"
-        b.click("#leaderboard thead th:nth-child(3)")
+        b.click("#leaderboard thead th:nth-child(4)")
         assert b.eval(_RECOVERY) == sorted(vals, reverse=True)
         b.click("#leaderboard thead th:nth-child(1)")   # back to the ranking
         assert b.eval(_ROWS) == first
@@ -276,6 +280,8 @@ def test_site_in_headless_chromium(built, tmp_path):
         assert HOSTILE_METHOD in b.eval(_ROWS)          # the name is text in the DOM, not markup
         assert b.eval("document.querySelectorAll('script').length") == 1
         assert b.eval("document.querySelectorAll('svg.chart').length") >= 4
+        # At 1366 px the column the task ranks by is in view without scrolling the table.
+        assert b.eval("document.querySelector('#leaderboard th.ranked').getBoundingClientRect().right") <= 1366
         b.screenshot(shots / "site-task.png")
 
         # Phone width: the page never scrolls sideways (wide tables scroll inside their own box).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.io import one_line, sha256_file
-from harness.report.result import DamagedSideFile, Result, load_result, read_side_file
+from harness.result import DamagedSideFile, Result, load_result, read_side_file
 from harness.terminal import console as safe_console
 
 TOP_N = 5
@@ -70,19 +70,19 @@ class Loaded:
 
     @property
     def latents(self) -> list[int]:
-        return [int(j) for j in self.result.per_latent.get("latent", [])]
+        return [int(j) for j in self.result.per_latent.latent]
 
 
 def load_with_side(path: str | os.PathLike, *, require_side: bool = True) -> Loaded:
     p = Path(path)
     res = load_result(p)
-    info = (res.side_files or {}).get("per_context") or {}
-    if not info.get("path"):
+    info = res.side_files.per_context
+    if not info.path:
         note = f"{p}: the result names no per-context side file — re-run `harness eval`"
         if require_side:
             raise HarnessError(note)
         return Loaded(p, res, None, note)
-    side_path = p.parent / info["path"]
+    side_path = p.parent / info.path
     note, damaged = "", False
     side: dict[str, np.ndarray] | None = None
     if not side_path.is_file():
@@ -92,7 +92,7 @@ def load_with_side(path: str | os.PathLike, *, require_side: bool = True) -> Loa
             side = read_side_file(side_path)
         except DamagedSideFile as e:
             note, damaged = str(e), True
-        if side is not None and info.get("sha256") and sha256_file(side_path) != info["sha256"]:
+        if side is not None and info.sha256 and sha256_file(side_path) != info.sha256:
             # A side file from another run would produce contexts that disagree with the result's numbers.
             note = f"{side_path}: sha256 differs from the one {p.name} records — the side file belongs to another run"
     if note or side is None:
@@ -146,7 +146,7 @@ def test_windows(loaded: Loaded, spec=None) -> tuple[np.ndarray | None, str]:
         return side["test_windows"], ""
     from harness.io import cache_root
 
-    tid, thash = loaded.result.task["id"], loaded.result.task["hash"]
+    tid, thash = loaded.result.task.id, loaded.result.task.hash
     f = cache_root() / "tasks" / f"{tid}-{thash[:12]}" / "splits.npz"
     win = None
     if f.is_file():
@@ -181,19 +181,19 @@ def explanations_of(res: Result, spec=None) -> tuple[dict[int, str] | None, str]
     from harness.task.submission import load_submission
 
     sub = res.submission
-    raw = str(sub.get("path", ""))
+    raw = sub.path
     if not raw:
         return None, "the result records no submission path"
     p = Path(raw)
     if not p.is_file():
         return None, f"submission file {raw} not found (explanations are read from it)"
     try:
-        s = load_submission(p, task_id=res.task["id"],
+        s = load_submission(p, task_id=res.task.id,
                             num_latents=TaskInputs(spec).num_latents() if spec is not None else 1 << 31,
                             max_chars=spec.simulator.max_explanation_chars if spec is not None else 1 << 31)
     except HarnessError as e:
         return None, str(e)
-    if s.sha256 != sub.get("sha256"):
+    if s.sha256 != sub.sha256:
         return None, f"{p}: changed since the result was written (sha256 differs) — explanations not shown"
     return s.explanations, ""
 
@@ -280,8 +280,8 @@ def latent_report(loaded: Loaded, latent: int, *, explanations: dict[int, str] |
         explanation_note = explanation_note or "the submission has no explanation for this latent"
     return LatentReport(
         latent=latent, explanation=expl, explanation_note=explanation_note,
-        auroc=_f(_at(pl, "auroc", i)), balanced_accuracy=_f(_at(pl, "balanced_accuracy", i)),
-        sensitivity=_f(_at(pl, "sensitivity", i)), specificity=_f(_at(pl, "specificity", i)),
+        auroc=_f(at_latent(pl.auroc, i)), balanced_accuracy=_f(at_latent(pl.balanced_accuracy, i)),
+        sensitivity=_f(at_latent(pl.sensitivity, i)), specificity=_f(at_latent(pl.specificity, i)),
         n_test=len(true), n_true_active=int(active.sum()),
         n_sim_active=None if fired is None else int(fired.sum()), fired_rule=rule,
         false_positives=[case(r) for r in fp[:n]], false_negatives=[case(r) for r in fn[:n]],
@@ -297,9 +297,8 @@ def case_titles(rep: LatentReport) -> tuple[str, str]:
             "latent fired, simulator did not (strongest activation first)")
 
 
-def _at(d: Mapping, k: str, i: int):
-    v = d.get(k)
-    return v[i] if isinstance(v, list) and i < len(v) else None
+def at_latent(values: list[float], i: int) -> float | None:
+    return values[i] if i < len(values) else None   # a per-latent list shorter than the latents: n/a
 
 
 def failure_counts(loaded: Loaded) -> dict[int, tuple[int, int]] | None:
@@ -330,7 +329,7 @@ def print_report(rep: LatentReport, loaded: Loaded, console=None) -> None:
     console = console or safe_console()
     res = loaded.result
     # Text objects, never markup strings: a method name or explanation holding "[red]" must print as typed.
-    console.print(Text(f"{one_line(str(res.task['id']))} · {one_line(str(res.submission.get('method', '?')))} · "
+    console.print(Text(f"{one_line(res.task.id)} · {one_line(res.submission.method)} · "
                        f"latent {rep.latent}", style="bold"))
     console.print(Text("explanation: ") + (Text(repr(rep.explanation)) if rep.explanation is not None
                                            else Text(f"unavailable ({rep.explanation_note})", style="dim")))

@@ -13,8 +13,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from harness.errors import HarnessError
-from harness.oracle import ORACLE_FILE
-from harness.report.result import load_result
+from harness.report.format import interval
+from harness.result import ORACLE_FILE, Interval, Result, load_result, read_side_file
 from harness.score.metrics import bootstrap_indices, mean_ci, paired_difference, paired_ranking_auroc
 
 
@@ -40,14 +40,8 @@ def detectable(lo: float, hi: float, unit: str = " nats") -> str:
     return f"±{_POWER_80 * (hi - lo) / 2:.3g}{unit}"
 
 
-def _side(result_path: Path, result) -> dict[str, np.ndarray]:
-    try:
-        side = result_path.parent / result.side_files["per_context"]["path"]
-        with np.load(side) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:  # missing, damaged or foreign: the result cannot be analysed, say which one
-        raise HarnessError(f"{result_path}: its per-context side file is missing or unreadable ({type(e).__name__}) "
-                           "— re-run `harness eval` for this submission") from None
+def _side(result_path: Path, result: Result) -> dict[str, np.ndarray]:
+    return read_side_file(result_path.parent / result.side_files.per_context.path)
 
 
 def _diff(a, b, boot) -> tuple[float, float, float]:
@@ -71,16 +65,16 @@ def _rank_verdict(rs, ps, rp, pp) -> bool | None:
 
 
 def _fmt(v, lo, hi) -> str:
-    return f"{v:+.4f} nats [{lo:+.4f}, {hi:+.4f}]"
+    return interval(Interval(v, lo, hi), 4, sign=True, unit="nats")
 
 
 def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: int = 2000, seed: int = 0) -> list[Finding]:
-    files = {}
+    files: dict[str, tuple[Path, Result]] = {}
     for p in sorted((Path(results_dir) / task_id).glob("*.json")):
         if p.name == ORACLE_FILE:   # the noisy-oracle reference, not a method's result
             continue
         r = load_result(p)
-        files[str(r.submission.get("method"))] = (p, r)
+        files[r.submission.method] = (p, r)
     for m in (real, control):
         if m not in files:
             raise HarnessError(f"{results_dir}/{task_id}: no result for method {m!r} (have: {', '.join(files) or 'none'})")
@@ -121,9 +115,9 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
                        # the widest fraction's: what every fraction could show
                        detectable(*max(widths, key=lambda w: w[1] - w[0])) if widths else "-"))
 
-    auroc = np.asarray(r.per_latent["auroc"], float)
-    sens = np.asarray(r.per_latent["sensitivity"], float)
-    spec = np.asarray(r.per_latent["specificity"], float)
+    auroc = np.asarray(r.per_latent.auroc, float)
+    sens = np.asarray(r.per_latent.sensitivity, float)
+    spec = np.asarray(r.per_latent.specificity, float)
     ok = np.isfinite(auroc) & np.isfinite(sens) & np.isfinite(spec)
     rs, ps = spearmanr(auroc[ok], sens[ok]) if ok.sum() > 2 else (np.nan, np.nan)
     rp, pp = spearmanr(auroc[ok], spec[ok]) if ok.sum() > 2 else (np.nan, np.nan)
@@ -135,8 +129,8 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
     sc = _side(pc, rc)
     v, lo, hi = _diff(q, sc["ce_simulated__quantile__all"], boot)
     out.append(Finding(f"A real method ({real}) beats its shuffled control ({control}) (CE difference < 0)",
-                       _fmt(v, lo, hi) + f"; recovery {r.headline['recovery']['value']:+.3f} vs "
-                       f"{rc.headline['recovery']['value']:+.3f}", _verdict(lo, hi, want_negative=True),
+                       _fmt(v, lo, hi) + f"; recovery {r.headline.recovery.value:+.3f} vs "
+                       f"{rc.headline.recovery.value:+.3f}", _verdict(lo, hi, want_negative=True),
                        detectable(lo, hi)))
 
     if "true_test" not in s:
@@ -160,8 +154,8 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
                        _verdict(d.lo, d.hi, want_negative=False), detectable(d.lo, d.hi, " AUROC")))
 
     # Detection: each latent's AUROC on its own positives and negatives, paired by latent (bootstrap over latents).
-    ar = dict(zip(r.per_latent["latent"], np.asarray(r.per_latent["auroc"], float), strict=True))
-    ac = dict(zip(rc.per_latent["latent"], np.asarray(rc.per_latent["auroc"], float), strict=True))
+    ar = dict(zip(r.per_latent.latent, np.asarray(r.per_latent.auroc, float), strict=True))
+    ac = dict(zip(rc.per_latent.latent, np.asarray(rc.per_latent.auroc, float), strict=True))
     both = [j for j in ar if j in ac and np.isfinite(ar[j]) and np.isfinite(ac[j])]
     if len(both) >= 2:
         dd = np.asarray([ar[j] - ac[j] for j in both])

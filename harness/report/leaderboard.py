@@ -23,7 +23,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,19 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 
+from harness.environment import compared, differences, reference_index
 from harness.errors import HarnessError
 from harness.io import atomic_write_text, one_line
-from harness.oracle import ORACLE_FILE
-from harness.report.environment import compared, differences, reference_index
-from harness.report.result import DamagedResult, DamagedSideFile, Result, load_result, read_side_file
+from harness.report.format import interval, number
+from harness.result import (
+    ORACLE_FILE,
+    DamagedResult,
+    DamagedSideFile,
+    Interval,
+    Result,
+    load_result,
+    read_side_file,
+)
 from harness.terminal import Column, fits, markdown, print_table
 from harness.terminal import console as safe_console
 
@@ -48,6 +56,14 @@ ENV_HELP = (
     "count differ, so its numbers may differ from a reference-environment run in the last digits "
     "(docs/protocol-choices.md, Tolerances)."
 )
+_ENV_FIELD_NAMES = {"packages_sha256": "installed packages", "kernel": "kernel path", "threads": "thread count"}
+
+
+def env_help(rows: Sequence[Row]) -> str:
+    """ENV_HELP plus, per marked row, what differs: a reader can tell a package set from a kernel path."""
+    marked = [f"{r.method}: {', '.join(_ENV_FIELD_NAMES.get(f, f) for f in r.env_differs)}"
+              for r in rows if r.env_differs]
+    return f"{ENV_HELP} Here: {'; '.join(marked)}." if marked else ""
 
 RANK_METRIC = "simulated − latent zero (mean)"
 
@@ -67,11 +83,13 @@ COLUMNS = (
     "date",
 )
 
-COLUMNS_HELP = (
+RANK_BY_CE_HELP = (
     "Rows are ranked by simulated − latent zero, the mean paired CE difference in nats over test contexts "
     "(negative: the simulated latents do better than deleting them), with its 95% percentile-bootstrap CI. "
     "A rank marked = means the paired difference with the row above has a 95% CI containing 0: the data do "
-    "not order those two rows (? : could not be tested, side file missing). "
+    "not order those two rows (? : could not be tested, side file missing)."
+)
+COLUMNS_HELP = (
     "recovery = (CE(latent zero) − CE(simulated)) / (CE(latent zero) − CE(coder)), 1 as good as the true "
     "latents, 0 no better than deleting them, with Fieller's 95% CI; 'unbounded' when the denominator is not "
     "significantly different from 0 (then recovery orders nothing). ΔCE are medians over test contexts in nats "
@@ -86,10 +104,10 @@ class Row:
     task_id: str
     task_hash: str
     method: str
-    recovery: dict[str, float]
-    delta_ce_median_simulated: dict[str, float]
-    delta_ce_median_latent_zero: dict[str, float]
-    sim_minus_zero_mean: dict[str, float]
+    recovery: Interval                         # its note says why it is unbounded or undefined
+    delta_ce_median_simulated: Interval
+    delta_ce_median_latent_zero: Interval
+    sim_minus_zero_mean: Interval
     sensitivity: float
     specificity: float
     detection_auroc: float
@@ -99,18 +117,17 @@ class Row:
     date: str
     submission_sha256: str
     path: str
-    recovery_note: str = ""
     balanced_accuracy: float = NAN
     side_file: str = ""                        # per-context side file, for the paired test with the row above
     boot: tuple[int, int] = (1000, 0)          # (draws, seed) the result's intervals used
     legacy: bool = False                       # written before results named their interval methods
-    detection_auroc_ci: dict[str, float] | None = None   # over latents, when the result has it
+    detection_auroc_ci: Interval | None = None # over latents, when the result has it
     per_latent_auroc: dict[int, float] | None = None
     rank_by: str = "sim_minus_zero"
     rank: str = ""                             # "3", or "=2" when tied with the row above, "?2" when untested
-    vs_above: dict[str, float] | None = None   # mean paired difference with the row above, with CI
+    vs_above: Interval | None = None           # mean paired difference with the row above, with CI
     rank_series: np.ndarray | None = None      # per-context simulated − latent zero, read once from the side file
-    environment: dict[str, str] | None = None  # recorded environment fields (harness/report/environment.py)
+    environment: dict[str, str] | None = None  # recorded environment fields (harness/environment.py)
     env_differs: list[str] | None = None       # fields differing from the task's reference row; [] = same
 
     @property
@@ -129,19 +146,6 @@ class Rejected:
     damaged: bool = False   # it or its side file cannot be read: said by every reader, eval's leaderboard step too
 
 
-def _est(d: Any) -> dict[str, float]:
-    if not isinstance(d, Mapping):
-        return {"value": NAN, "lo": NAN, "hi": NAN}
-    return {k: _num(d.get(k)) for k in ("value", "lo", "hi")}
-
-
-def _num(x: Any) -> float:
-    try:
-        return NAN if x is None else float(x)
-    except (TypeError, ValueError):
-        return NAN
-
-
 def _parse_date(s: str) -> _dt.datetime:
     try:
         d = _dt.datetime.fromisoformat(s)
@@ -152,40 +156,37 @@ def _parse_date(s: str) -> _dt.datetime:
 
 
 def row_from_result(res: Result, path: str) -> Row:
-    h = res.headline
-    boot = ((res.methods or {}).get("intervals") or {}).get("bootstrap") or {}
-    side = ((res.side_files or {}).get("per_context") or {}).get("path", "")
-    rec = h.get("recovery")
-    pl = res.per_latent or {}
-    per_latent = ({int(j): _num(a) for j, a in zip(pl.get("latent", []), pl.get("auroc", []), strict=True)}
-                  if isinstance(pl, Mapping) else None)
+    h, sub_, sim, prov = res.headline, res.submission, res.simulator, res.provenance
+    # Results written before `methods` existed used 1,000 draws with the run's seed.
+    draws, seed = ((res.methods.intervals.bootstrap.draws, res.methods.intervals.bootstrap.seed) if res.methods
+                   else (1000, prov.seed))
+    side = res.side_files.per_context.path
     return Row(
-        detection_auroc_ci=_est(h["detection_auroc_ci"]) if isinstance(h.get("detection_auroc_ci"), Mapping) else None,
-        per_latent_auroc=per_latent,
-        rank_by=str(h.get("rank_by", "sim_minus_zero")),
+        detection_auroc_ci=h.detection_auroc_ci,
+        per_latent_auroc={int(j): float(a) for j, a in zip(res.per_latent.latent, res.per_latent.auroc, strict=True)},
+        rank_by=h.rank_by,
         legacy=not res.methods,
-        recovery_note=str(rec.get("note", "")) if isinstance(rec, Mapping) else "",
-        balanced_accuracy=_num(h.get("detection_balanced_accuracy")),
+        balanced_accuracy=h.detection_balanced_accuracy,
         side_file=str(Path(path).parent / side) if side else "",
-        boot=(int(boot.get("draws", 1000)), int(boot.get("seed", res.provenance.get("seed", 0) or 0))),
-        task_id=res.task["id"],
-        task_hash=res.task["hash"],
+        boot=(draws, seed),
+        task_id=res.task.id,
+        task_hash=res.task.hash,
         # Stored text is whatever a submitter wrote: one printable line, so no table or terminal can break.
-        method=one_line(str(res.submission.get("method", "?"))),
-        recovery=_est(h.get("recovery")),
-        delta_ce_median_simulated=_est(h.get("delta_ce_median")),
-        delta_ce_median_latent_zero=_est(h.get("latent_zero_delta_ce_median")),
-        sim_minus_zero_mean=_est(h.get("sim_minus_zero_mean")),
-        sensitivity=_num(h.get("sensitivity")),
-        specificity=_num(h.get("specificity")),
-        detection_auroc=_num(h.get("detection_auroc")),
-        coverage=_num(res.submission.get("coverage")),
-        model_key=one_line(str(res.simulator.get("model_key", "?"))),
-        prompt_version=one_line(str(res.simulator.get("prompt_version", "?"))),
-        date=one_line(str(res.provenance.get("date", ""))),
-        submission_sha256=str(res.submission.get("sha256", "")),
+        method=one_line(sub_.method),
+        recovery=h.recovery,
+        delta_ce_median_simulated=h.delta_ce_median,
+        delta_ce_median_latent_zero=h.latent_zero_delta_ce_median,
+        sim_minus_zero_mean=h.sim_minus_zero_mean,
+        sensitivity=h.sensitivity,
+        specificity=h.specificity,
+        detection_auroc=h.detection_auroc,
+        coverage=sub_.coverage,
+        model_key=one_line(sim.model_key),
+        prompt_version=one_line(sim.prompt_version),
+        date=one_line(prov.date),
+        submission_sha256=sub_.sha256,
         path=path,
-        environment=compared(res.provenance),
+        environment=compared(prov),
     )
 
 
@@ -216,7 +217,7 @@ def collect_results(
         except HarnessError as e:
             rejected.append(Rejected(str(p), str(e).removeprefix(f"{p}: "), damaged=isinstance(e, DamagedResult)))
             continue
-        tid, thash = res.task["id"], res.task["hash"]
+        tid, thash = res.task.id, res.task.hash
         if task_id is not None and tid != task_id:
             continue
         if tid not in task_hashes:
@@ -280,8 +281,8 @@ def mark_environments(rows: list[Row]) -> list[Row]:
 def sort_rows(rows: list[Row]) -> list[Row]:
     """Best first by the ranking metric (lower simulated − latent zero); recovery, then name, break exact ties."""
     def key(r: Row):
-        v = r.sim_minus_zero_mean["value"] if r.rank_by != "detection_auroc" else -r.detection_auroc
-        rec = r.recovery["value"]
+        v = r.sim_minus_zero_mean.value if r.rank_by != "detection_auroc" else -r.detection_auroc
+        rec = r.recovery.value
         return (r.task_id, math.isnan(v), v if not math.isnan(v) else 0.0,
                 -rec if not math.isnan(rec) else math.inf, r.method)
 
@@ -330,12 +331,12 @@ def mark_ties(rows: list[Row]) -> list[Row]:
             b = np.asarray([pb[j] for j in both]) if len(both) >= 2 else None
         else:
             a, b = _rank_series(r), _rank_series(prev)
-        if a is None or b is None or a.shape != b.shape or math.isnan(r.sim_minus_zero_mean["value"]):
+        if a is None or b is None or a.shape != b.shape or math.isnan(r.sim_minus_zero_mean.value):
             r.rank, r.vs_above = f"?{group}", None   # untested: keep the group, say so
         else:
             draws, seed = r.boot
             e = mean_ci(a - b, bootstrap_indices(len(a), draws, seed))
-            r.vs_above = {"value": e.value, "lo": e.lo, "hi": e.hi}
+            r.vs_above = e
             if e.lo <= 0.0 <= e.hi:
                 r.rank = f"={group}"
             else:
@@ -353,32 +354,18 @@ def _short_model_key(k: str) -> str:
     return k
 
 
-def fmt_num(x: float, digits: int = 2) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
-
-
-def fmt_est(e: dict[str, float], digits: int = 2, note: str = "") -> str:
-    """value [lo, hi]; a missing interval is never dropped silently: it says why (from the note)."""
-    if math.isnan(e["value"]):
-        return "n/a" + (" (undefined)" if note else "")
-    if math.isnan(e["lo"]) or math.isnan(e["hi"]) or math.isinf(e["lo"]) or math.isinf(e["hi"]):
-        why = "unbounded" if "unbounded" in note else "no CI"
-        return f"{fmt_num(e['value'], digits)} ({why})"
-    return f"{e['value']:.{digits}f} [{e['lo']:.{digits}f}, {e['hi']:.{digits}f}]"
-
-
 def _display_cells(r: Row) -> list[str]:
     return [
         r.rank,
         r.method_cell,
-        fmt_est(r.sim_minus_zero_mean, 4),
-        fmt_est(r.recovery, 2, r.recovery_note),
-        fmt_est(r.delta_ce_median_simulated, 3),
-        fmt_est(r.delta_ce_median_latent_zero, 3),
-        fmt_num(r.sensitivity, 2),
-        fmt_num(r.specificity, 2),
-        fmt_est(r.detection_auroc_ci, 2) if r.detection_auroc_ci else fmt_num(r.detection_auroc, 2),
-        fmt_num(r.balanced_accuracy, 2),
+        interval(r.sim_minus_zero_mean, 4),
+        interval(r.recovery, 2),
+        interval(r.delta_ce_median_simulated, 3),
+        interval(r.delta_ce_median_latent_zero, 3),
+        number(r.sensitivity, 2),
+        number(r.specificity, 2),
+        interval(r.detection_auroc_ci, 2) if r.detection_auroc_ci else number(r.detection_auroc, 2),
+        number(r.balanced_accuracy, 2),
         "n/a" if math.isnan(r.coverage) else f"{100 * r.coverage:.0f}%",
         r.simulator,
         r.date[:10],
@@ -419,12 +406,12 @@ def _csv_num(x: float) -> str:
 def _csv_row(r: Row) -> list[str]:
     out = [r.task_id, r.task_hash, r.method]
     for e in (r.recovery, r.delta_ce_median_simulated, r.delta_ce_median_latent_zero, r.sim_minus_zero_mean):
-        out += [_csv_num(e["value"]), _csv_num(e["lo"]), _csv_num(e["hi"])]
+        out += [_csv_num(e.value), _csv_num(e.lo), _csv_num(e.hi)]
     out += [_csv_num(x) for x in (r.sensitivity, r.specificity, r.detection_auroc, r.coverage)]
     out += [r.model_key, r.prompt_version, r.date, r.submission_sha256]
-    v = r.vs_above or {}
-    out += [r.rank] + [_csv_num(v.get(k, NAN)) for k in ("value", "lo", "hi")]
-    out += [_csv_num(r.balanced_accuracy), r.recovery_note, ";".join(r.env_differs or [])]
+    v = r.vs_above or Interval(NAN, NAN, NAN)
+    out += [r.rank] + [_csv_num(x) for x in (v.value, v.lo, v.hi)]
+    out += [_csv_num(r.balanced_accuracy), r.recovery.note, ";".join(r.env_differs or [])]
     return out
 
 
@@ -469,17 +456,23 @@ RANK_BY_AUROC_HELP = (
 )
 
 
+def rank_help(rows: list[Row]) -> str:
+    """The ranking rule of the task these rows belong to, in words (Markdown)."""
+    return RANK_BY_AUROC_HELP if any(r.rank_by == "detection_auroc" for r in rows) else RANK_BY_CE_HELP
+
+
 def render_page(task_id: str, task_hash: str, rows: list[Row]) -> str:
     lines = [
         f"# Leaderboard: {task_id}",
         "",
         f"Task hash: `{task_hash}`",
         "",
+        rank_help(rows),
+        "",
         COLUMNS_HELP,
         "",
-        *([RANK_BY_AUROC_HELP, ""] if any(r.rank_by == "detection_auroc" for r in rows) else []),
         *([LEGACY_HELP, ""] if any(r.legacy for r in rows) else []),
-        *([ENV_HELP, ""] if any(r.env_differs for r in rows) else []),
+        *([env_help(rows), ""] if any(r.env_differs for r in rows) else []),
         render(rows, "md") if rows else "_No results for this task yet._",
         "",
     ]
@@ -504,15 +497,15 @@ def _json_num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _json_est(e: dict[str, float] | None, **extra) -> dict | None:
+def _json_est(e: Interval | None, **extra) -> dict | None:
     if e is None:
         return None
-    return {k: _json_num(e.get(k)) for k in ("value", "lo", "hi")} | extra
+    return {"value": _json_num(e.value), "lo": _json_num(e.lo), "hi": _json_num(e.hi)} | extra
 
 
 def row_json(r: Row) -> dict[str, Any]:
     """Every column of a row for scripts: numbers as numbers (null for n/a), intervals as {value, lo, hi}."""
-    auroc = r.detection_auroc_ci or {"value": r.detection_auroc, "lo": NAN, "hi": NAN}
+    auroc = r.detection_auroc_ci or Interval(r.detection_auroc, NAN, NAN)
     mark = r.rank[:1] if r.rank[:1] in ("=", "?") else ""
     return {
         "task": r.task_id,
@@ -523,7 +516,7 @@ def row_json(r: Row) -> dict[str, Any]:
         "rank_by": r.rank_by,
         "method": r.method,
         "sim_minus_zero_mean": _json_est(r.sim_minus_zero_mean),
-        "recovery": _json_est(r.recovery, note=r.recovery_note),
+        "recovery": _json_est(r.recovery, note=r.recovery.note),
         "delta_ce_median_simulated": _json_est(r.delta_ce_median_simulated),
         "delta_ce_median_latent_zero": _json_est(r.delta_ce_median_latent_zero),
         "sensitivity": _json_num(r.sensitivity),
@@ -570,5 +563,5 @@ def print_leaderboard(rows: list[Row], console=None, *, title: str | None = None
                 break
             keep = [i for i, h in enumerate(headers) if h != name]
             headers, body = [headers[i] for i in keep], [[cells[i] for i in keep] for cells in body]
-    caption = CAPTION + (f"\n{ENV_HELP}" if any(r.env_differs for r in rows) else "")
+    caption = CAPTION + (f"\n{env_help(rows)}" if any(r.env_differs for r in rows) else "")
     print_table(console, _columns(headers), body, title=title, caption=caption, fmt=fmt)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from harness.result import ConditionRow, DetectionBin, Interval, Result
 
 _SERIES = (
     # (condition name, selection, label, colour, marker, line style)
@@ -54,18 +56,19 @@ def _yerr(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.vstack([below, above])
 
 
-def _series(conditions: Sequence[Mapping], name: str, selection: str, key: str):
+def curve_points(conditions: Sequence[ConditionRow], name: str, selection: str, key: str):
+    """(fraction, value, lo, hi) of one partial-rewriting curve, quantile calibration, sorted by fraction."""
     pts = []
     for c in conditions:
-        if c.get("name") != name or c.get("selection") != selection:
+        if c.name != name or c.selection != selection:
             continue
         # latent_zero does not depend on calibration (recorded as null or as the run's calibration)
-        if name == "simulated" and c.get("calibration") != "quantile":
+        if name == "simulated" and c.calibration != "quantile":
             continue
-        e = c.get(key)
-        if not isinstance(e, Mapping):
+        e: Interval | None = getattr(c, key)
+        if e is None:
             continue
-        pts.append((_f(c.get("fraction")), _f(e.get("value")), _f(e.get("lo")), _f(e.get("hi"))))
+        pts.append((c.fraction, _f(e.value), _f(e.lo), _f(e.hi)))
     # one point per fraction: a duplicate (e.g. latent_zero stored per calibration) would zigzag
     uniq = {}
     for p in pts:
@@ -74,29 +77,27 @@ def _series(conditions: Sequence[Mapping], name: str, selection: str, key: str):
     return arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3]
 
 
-def _reference_delta(result: dict, which: str) -> tuple[float, str]:
+def _reference_delta(result: Result, which: str) -> tuple[float, str]:
     """ΔCE of the coder / zero-output baseline: its median when the result has one, else the mean."""
-    h = result.get("headline", {}) or {}
-    e = h.get(f"{which}_delta_ce_median")
-    if isinstance(e, Mapping) and not math.isnan(_f(e.get("value"))):
-        return _f(e.get("value")), "median"
-    ce = result.get("ce_means", {}) or {}
-    return _f(ce.get(which)) - _f(ce.get("clean")), "mean"
+    e = getattr(result.headline, f"{which}_delta_ce_median")
+    if e is not None and not math.isnan(_f(e.value)):
+        return _f(e.value), "median"
+    return _f(getattr(result.ce_means, which)) - _f(result.ce_means.clean), "mean"
 
 
-def plot_partial_rewriting(result_dict: dict, path: str | os.PathLike) -> Path:
+def plot_partial_rewriting(result: Result, path: str | os.PathLike) -> Path:
     """Median ΔCE and recovery vs fraction of latents rewritten (paper's figure 3), quantile calibration."""
-    conditions = result_dict.get("conditions", []) or []
+    conditions = result.conditions
     fig = Figure(figsize=(11, 4.2))
     ax_ce, ax_r = fig.subplots(1, 2)
 
     for name, sel, label, colour, marker, ls in _SERIES:
-        x, v, lo, hi = _series(conditions, name, sel, "delta_ce_median")
+        x, v, lo, hi = curve_points(conditions, name, sel, "delta_ce_median")
         if x.size:
             ax_ce.errorbar(x, v, yerr=_yerr(v, lo, hi), label=label, color=colour, marker=marker,
                            linestyle=ls, capsize=3, markersize=4)  # fmt: skip
     for which, label, colour in (("zero_output", "zero output", "black"), ("coder", "coder", "tab:green")):
-        y, stat = _reference_delta(result_dict, which)
+        y, stat = _reference_delta(result, which)
         if not math.isnan(y):
             ax_ce.axhline(y, color=colour, linestyle=":", label=f"{label} ({stat} ΔCE)")
     ax_ce.set_xlabel("fraction of latents rewritten")
@@ -106,7 +107,7 @@ def plot_partial_rewriting(result_dict: dict, path: str | os.PathLike) -> Path:
     _legend(ax_ce, 7)
 
     for name, sel, label, colour, marker, ls in _SERIES[:2]:
-        x, v, lo, hi = _series(conditions, name, sel, "recovery")
+        x, v, lo, hi = curve_points(conditions, name, sel, "recovery")
         if x.size:
             ax_r.errorbar(x, v, yerr=_yerr(v, lo, hi), label=label, color=colour, marker=marker,
                           linestyle=ls, capsize=3, markersize=4)  # fmt: skip
@@ -118,8 +119,7 @@ def plot_partial_rewriting(result_dict: dict, path: str | os.PathLike) -> Path:
     ax_r.grid(alpha=0.3)
     _legend(ax_r, 7)
 
-    task = (result_dict.get("task") or {}).get("id", "")
-    method = (result_dict.get("submission") or {}).get("method", "")
+    task, method = result.task.id, result.submission.method
     # parse_math=False: a method named "x $^$ y" is text, not mathtext that fails to parse after the whole eval.
     fig.suptitle(f"Partial rewriting — {method} on {task} (quantile calibration)".strip(), parse_math=False)
     return _save(fig, path)
@@ -154,19 +154,19 @@ def plot_activation_distributions(
     return _save(fig, path)
 
 
-def plot_sens_spec_by_bin(bins: Sequence[dict], path: str | os.PathLike) -> Path:
+def plot_sens_spec_by_bin(bins: Sequence[DetectionBin], path: str | os.PathLike) -> Path:
     """Sensitivity and specificity per detection-score bin (paper's figure 4)."""
     bins = list(bins)
     fig = Figure(figsize=(max(5.0, 0.9 * len(bins) + 2), 4))
     ax = fig.subplots()
     x = np.arange(len(bins))
-    sens = np.array([_f(b.get("sensitivity")) for b in bins])
-    spec = np.array([_f(b.get("specificity")) for b in bins])
+    sens = np.array([_f(b.sensitivity) for b in bins])
+    spec = np.array([_f(b.specificity) for b in bins])
     w = 0.38
     # NaN (an empty bin) stays NaN: no bar, rather than a bar at 0 that reads as a measurement
     ax.bar(x - w / 2, sens, w, label="sensitivity", color="tab:blue")
     ax.bar(x + w / 2, spec, w, label="specificity", color="tab:orange")
-    ax.set_xticks(x, [f"{_f(b.get('lo')):.2f}–{_f(b.get('hi')):.2f}\nn={b.get('n', '?')}" for b in bins], fontsize=7)
+    ax.set_xticks(x, [f"{_f(b.lo):.2f}–{_f(b.hi):.2f}\nn={b.n}" for b in bins], fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("detection score (AUROC) bin")
     ax.set_ylabel("macro average over latents")
@@ -189,7 +189,7 @@ def plot_oracle(report, path: str | os.PathLike) -> Path:
             if not rows:
                 continue
             x = np.array([r.target_auroc for r in rows])
-            v, lo, hi = (np.array([_f(getattr(r[key], k)) for r in rows]) for k in ("value", "lo", "hi"))
+            v, lo, hi = (np.array([_f(getattr(getattr(r, key), k)) for r in rows]) for k in ("value", "lo", "hi"))
             ax.plot(x, v, color=colour, marker=marker, label=form)
             ax.fill_between(x, lo, hi, color=colour, alpha=0.2, linewidth=0)
         if key == "recovery":

@@ -266,7 +266,7 @@ class _Inputs:
 def _load(path: str | Path, task: str | None, submission: str | None) -> _Inputs:
     from harness.io import sha256_file
     from harness.report.failures import Loaded
-    from harness.report.result import load_result
+    from harness.result import load_result
     from harness.task.inputs import TaskInputs
     from harness.task.spec import load_task
     from harness.task.submission import load_submission

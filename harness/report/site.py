@@ -17,7 +17,7 @@ import html
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from harness.errors import HarnessError
 from harness.io import one_line
 from harness.report.failures import (
     Loaded,
+    at_latent,
     case_titles,
     explanations_of,
     failure_counts,
@@ -37,15 +38,17 @@ from harness.report.failures import (
     load_with_side,
     test_windows,
 )
+from harness.report.format import interval, number
 from harness.report.leaderboard import (
     COLUMNS_HELP,
-    ENV_HELP,
     ENV_MARK,
-    RANK_BY_AUROC_HELP,
     Rejected,
     Row,
     collect_results,
+    env_help,
+    rank_help,
 )
+from harness.result import Interval
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
@@ -107,6 +110,8 @@ table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:right;vertical-align:top;white-space:nowrap}
 th{background:#f6f8fa;position:sticky;top:0}
 td.t,th.t{text-align:left;white-space:normal;min-width:8em;max-width:34em;overflow-wrap:anywhere}
+th.ranked{box-shadow:inset 0 -3px 0 #1f77b4}
+figcaption.warn{color:#8a5a00}
 td.sim{min-width:22em}
 table.sortable th{cursor:pointer;user-select:none}
 table.sortable th::after{content:" \\2195";color:#aab}
@@ -187,11 +192,6 @@ def _f(x: Any) -> float:
         return math.nan if x is None else float(x)
     except (TypeError, ValueError):
         return math.nan
-
-
-def fmt(x: Any, d: int = 3) -> str:
-    x = _f(x)
-    return "n/a" if math.isnan(x) else f"{x:.{d}f}"
 
 
 def _dv(x: Any) -> str:
@@ -334,10 +334,10 @@ def hist_chart(groups: list[tuple[str, str, np.ndarray]], *, xlabel: str, w: int
                + "".join(out) + "</svg>")
 
 
-def ci_strip(e: dict, dom: tuple[float, float]) -> Raw:
+def ci_strip(e: Interval, dom: tuple[float, float]) -> Raw:
     """A point and its 95% CI on the column's shared scale, with zero marked."""
     w, h, lo_d, hi_d = 130, 16, dom[0], dom[1]
-    v, lo, hi = _f(e.get("value")), _f(e.get("lo")), _f(e.get("hi"))
+    v, lo, hi = _f(e.value), _f(e.lo), _f(e.hi)
     if math.isnan(v):
         return Raw("")
 
@@ -375,9 +375,9 @@ def ordering_marks(rows: list[Row]) -> list[tuple[str, str]]:
         if nxt.rank.startswith("?") or v is None:
             out.append(("?", "no paired test was possible (side file missing): this ordering is not supported"))
         elif nxt.rank.startswith("="):
-            out.append(("≈", f"paired difference CI [{v['lo']:.3f}, {v['hi']:.3f}] includes 0: not significant"))
+            out.append(("≈", f"paired difference CI [{v.lo:.3f}, {v.hi:.3f}] includes 0: not significant"))
         else:
-            out.append((">", f"paired difference CI [{v['lo']:.3f}, {v['hi']:.3f}] excludes 0"))
+            out.append((">", f"paired difference CI [{v.lo:.3f}, {v.hi:.3f}] excludes 0"))
     if rows:
         out.append(("", "last row"))
     return out
@@ -444,7 +444,7 @@ def build_site(out_dir: str | os.PathLike, results_dir: str | os.PathLike = "res
             for e in entries:
                 _write_method(tdir, spec, e, decode, dnote, n_cases, lambda: prog.advance(bar, 1))
             _write(tdir / "index.html", _task_page(spec, entries, rejected, oracle, results_dir))
-            best = entries[0].row.recovery["value"] if entries else math.nan
+            best = entries[0].row.recovery.value if entries else math.nan
             summary.append((spec, len(entries), best, entries[0].row.method if entries else ""))
     index = _write(out / "index.html", _index_page(summary))
     return index
@@ -475,7 +475,7 @@ def _write(path: Path, text: str) -> Path:
 def _index_page(summary) -> str:
     rows = [el("tr", el("td", el("a", spec.id, href=f"{_safe(spec.id)}/index.html"), class_="t"),
                el("td", spec.description, class_="t"), el("td", str(n), data_v=n),
-               el("td", f"{fmt(best, 3)} ({method})" if n else "—", data_v=_dv(best)))
+               el("td", f"{number(best, 3)} ({method})" if n else "—", data_v=_dv(best)))
             for spec, n, best, method in summary]
     hdr = el("tr", el("th", "task", class_="t"), el("th", "description", class_="t"), el("th", "methods"),
              el("th", "best recovery"))
@@ -497,7 +497,7 @@ _INTERVALS = (
 
 def _oracle_of(task_dir: Path):
     """The task's noisy-oracle report (harness/oracle.py), a note if it is unusable, or None if there is none."""
-    from harness.oracle import ORACLE_FILE, load_oracle
+    from harness.result import ORACLE_FILE, load_oracle
 
     path = task_dir / ORACLE_FILE
     if not path.is_file():
@@ -526,7 +526,7 @@ def _oracle_section(spec, oracle) -> Raw | None:
         series = []
         for form, colour in colours.items():
             rows = sorted((r for r in oracle.rows if r.form == form), key=lambda r: r.target_auroc)
-            pts = [(r.target_auroc, _f(r[key].value), _f(r[key].lo), _f(r[key].hi)) for r in rows]
+            pts = [(r.target_auroc, _f(getattr(r, key).value), _f(getattr(r, key).lo), _f(getattr(r, key).hi)) for r in rows]
             series.append(Series(f"oracle · {form}", colour, pts, form == "binary"))
         hl = ([(1.0, "#2ca02c", "true latents (1)"), (0.0, "#d62728", "latents deleted (0)")] if key == "recovery"
               else [(0.0, "#d62728", "latents deleted (0)")] if key == "sim_minus_zero_mean" else [])
@@ -536,13 +536,9 @@ def _oracle_section(spec, oracle) -> Raw | None:
     hdr = el("tr", el("th", "form", class_="t"), el("th", "target AUROC"), el("th", "realised AUROC"),
              el("th", "recovery"), el("th", "simulated − latent zero"), el("th", "sens."), el("th", "spec."))
 
-    def iv(e, d=2):
-        ok = math.isfinite(_f(e.lo)) and math.isfinite(_f(e.hi))
-        return fmt(e.value, d) + (f" [{fmt(e.lo, d)}, {fmt(e.hi, d)}]" if ok else " (no CI)")
-
-    body = [el("tr", el("td", r.form, class_="t"), el("td", f"{r.target_auroc:g}"), el("td", fmt(r.realised_auroc.value)),
-               el("td", iv(r.recovery)), el("td", iv(r.sim_minus_zero_mean, 3)), el("td", iv(r.sensitivity)),
-               el("td", iv(r.specificity))) for r in oracle.rows]
+    body = [el("tr", el("td", r.form, class_="t"), el("td", f"{r.target_auroc:g}"), el("td", number(r.realised_auroc.value)),
+               el("td", interval(r.recovery, 2)), el("td", interval(r.sim_minus_zero_mean, 3)),
+               el("td", interval(r.sensitivity, 2)), el("td", interval(r.specificity, 2))) for r in oracle.rows]
     table = el("div", el("table", el("thead", hdr), el("tbody", body)), class_="wrap")
     help_ = el("p", "A simulator that reads each context's true activation, degraded by Gaussian noise to a target "
                     "detection AUROC (graded: knows the magnitude; binary: knows only whether the latent fires), "
@@ -564,14 +560,24 @@ def _task_page(spec, entries: list[MethodEntry], rejected, oracle=None,
                                   _oracle_section(spec, oracle)), crumbs)
     doms = {}
     for key, *_ in _INTERVALS:
-        vals = [v for e in entries for v in (getattr(e.row, key)[k] for k in ("value", "lo", "hi"))]
+        vals = [v for e in entries for iv in (getattr(e.row, key),) for v in (iv.value, iv.lo, iv.hi)]
         doms[key] = _domain(vals, 0.05, include=(0.0,))
     marks = ordering_marks([e.row for e in entries])
+    # The column the task ranks by comes right after the method, so it is in view without scrolling.
+    by_auroc = any(e.row.rank_by == "detection_auroc" for e in entries)
+    ranked = "detection_auroc" if by_auroc else "sim_minus_zero_mean"
+    columns = [k for k, *_ in _INTERVALS] + ["sensitivity", "specificity", "detection_auroc"]
+    columns.remove(ranked)
+    columns.insert(0, ranked)
+    labels = {k: (label, tip) for k, label, _, tip in _INTERVALS} | {
+        "sensitivity": ("sens.", None), "specificity": ("spec.", None),
+        "detection_auroc": ("det. AUROC", "mean per-latent detection AUROC, with its 95% CI over latents")}
     hdr = el("tr", el("th", "rank"), el("th", "method", class_="t"),
-             [el("th", label, title=tip) for _, label, _, tip in _INTERVALS],
-             el("th", "sens."), el("th", "spec."), el("th", "det. AUROC"), el("th", "coverage"),
+             [el("th", labels[k][0], title=labels[k][1], class_="ranked" if k == ranked else None) for k in columns],
+             el("th", "coverage"),
              el("th", "vs next", title="is this row's place above the next supported by a paired test?"),
              el("th", "simulator", class_="t"), el("th", "date"))
+    digits = {k: d for k, _, d, _ in _INTERVALS}
     body = []
     for pos, (e, (mark, why)) in enumerate(zip(entries, marks, strict=True), 1):
         r = e.row
@@ -579,27 +585,28 @@ def _task_page(spec, entries: list[MethodEntry], rejected, oracle=None,
                  el("td", el("a", r.method, href=f"{e.slug}/index.html"),
                     *((" ", el("span", ENV_MARK, title="differs in: " + ", ".join(r.env_differs)))
                       if r.env_differs else ()), class_="t", data_v=r.method)]
-        for key, _, d, _ in _INTERVALS:
-            est = getattr(r, key)
-            txt = fmt(est["value"], d) + (f" [{fmt(est['lo'], d)}, {fmt(est['hi'], d)}]"
-                                          if math.isfinite(est["lo"]) and math.isfinite(est["hi"]) else "")
-            cells.append(el("td", ci_strip(est, doms[key]), el("span", txt, class_="v"), data_v=_dv(est["value"])))
-        cells += [el("td", fmt(x, 2), data_v=_dv(x)) for x in (r.sensitivity, r.specificity)]
-        ci = r.detection_auroc_ci
-        cells.append(el("td", fmt(r.detection_auroc, 2) + (f" [{fmt(ci['lo'], 2)}, {fmt(ci['hi'], 2)}]" if ci else ""),
-                        data_v=_dv(r.detection_auroc)))
+        for key in columns:
+            if key in digits:
+                est: Interval = getattr(r, key)
+                cells.append(el("td", ci_strip(est, doms[key]), el("span", interval(est, digits[key]), class_="v"),
+                                data_v=_dv(est.value)))
+            elif key == "detection_auroc":
+                cells.append(el("td", interval(r.detection_auroc_ci, 2) if r.detection_auroc_ci
+                                else number(r.detection_auroc, 2), data_v=_dv(r.detection_auroc)))
+            else:
+                cells.append(el("td", number(getattr(r, key), 2), data_v=_dv(getattr(r, key))))
         cells.append(el("td", "n/a" if math.isnan(r.coverage) else f"{100 * r.coverage:.0f}%", data_v=_dv(r.coverage)))
         cells.append(el("td", mark, class_="ns" if mark in ("≈", "?") else None, title=why, data_v=mark))
         cells += [el("td", r.simulator, class_="t sim"), el("td", r.date[:10])]
         body.append(el("tr", cells, data_method=r.method))
     table = el("div", el("table", el("thead", hdr), el("tbody", body), class_="sortable", id="leaderboard"),
                class_="wrap")
-    help_ = el("p", COLUMNS_HELP, *((" " + RANK_BY_AUROC_HELP.replace("**", ""),)
-                                    if any(e.row.rank_by == "detection_auroc" for e in entries) else ()), " Bars: point estimate and 95% CI on each column's shared scale (dashed: 0). "
+    help_ = el("p", rank_help([e.row for e in entries]).replace("**", "").replace("`", ""), " ", COLUMNS_HELP,
+               " Bars: point estimate and 95% CI on each column's shared scale (dashed: 0). "
                "Rank and “vs next” follow the leaderboard's rule (ties marked “=” in the rank): “>” the paired-"
                "difference CI with the next row excludes 0, “≈” it includes 0, “?” no paired test was possible. "
                "Click a header to sort.",
-               *((" " + ENV_HELP.replace("`", ""),) if any(e.row.env_differs for e in entries) else ()),
+               *((" " + env_help([e.row for e in entries]).replace("`", ""),) if any(e.row.env_differs for e in entries) else ()),
                class_="help")
     rej = (el("details", el("summary", f"{len(rejected)} result file(s) not ranked"),
               el("ul", [el("li", _public_text(f"{rj.path}: {rj.reason}", results_dir)) for rj in rejected]))
@@ -610,29 +617,38 @@ def _task_page(spec, entries: list[MethodEntry], rejected, oracle=None,
 
 
 def _curves(entries: list[MethodEntry]) -> Raw:
-    from harness.report.plots import _series
+    from harness.report.plots import curve_points
 
     figs = []
     for key, ylabel, title in (("recovery", "recovery", "Recovery vs fraction rewritten"),
                                ("delta_ce_median", "median ΔCE (nats)", "Median ΔCE vs fraction rewritten")):
-        series, hl = [], []
+        series, hl, n_unmeasured = [], [], 0
         for e in entries:
             conds = e.loaded.result.conditions
             for sel, dash in (("top-scoring", False), ("random", True)):
-                x, v, lo, hi = _series(conds, "simulated", sel, key)
-                if x.size:
-                    series.append(Series(f"{e.row.method} · {sel}", e.colour,
-                                         list(zip(x, v, lo, hi, strict=True)), dash))
+                x, v, lo, hi = curve_points(conds, "simulated", sel, key)
+                pts = list(zip(x, v, lo, hi, strict=True))
+                if key == "recovery":
+                    # A recovery without a finite CI (its denominator not significantly above 0) measures
+                    # nothing: drawn, it would read as a precise point. Left out, and counted in the caption.
+                    kept = [p for p in pts if math.isfinite(p[2]) and math.isfinite(p[3])]
+                    n_unmeasured += len(pts) - len(kept)
+                    pts = kept
+                if pts:
+                    series.append(Series(f"{e.row.method} · {sel}", e.colour, pts, dash))
         if key == "recovery":
             hl = [(1.0, "#2ca02c", "true latents (1)"), (0.0, "#d62728", "latents deleted (0)")]
         else:
-            x, v, lo, hi = _series(entries[0].loaded.result.conditions, "latent_zero", "random", key)
+            x, v, lo, hi = curve_points(entries[0].loaded.result.conditions, "latent_zero", "random", key)
             if x.size:
                 series.append(Series("latent zero · random", "#444", list(zip(x, v, lo, hi, strict=True)), True))
         chart = line_chart(series, xlabel="fraction of latents rewritten", ylabel=ylabel, hlines=hl,
                            xdomain=(0.0, 1.05))
+        unmeasured = (f" {n_unmeasured} point(s) not drawn: recovery not measurable there (95% CI unbounded, "
+                      "the recovery denominator is not significantly above 0)." if n_unmeasured else "")
         figs.append(el("figure", chart, el("figcaption", title, " (quantile calibration; solid: top-scoring "
-                                           "latents first, dashed: random; bars: 95% CI)")))
+                                           "latents first, dashed: random; bars: 95% CI).", unmeasured,
+                                           class_="warn" if n_unmeasured else None)))
     items = [(e.row.method, e.colour, False) for e in entries] + [("latent zero", "#444", True)]
     return join(el("h2", "Partial-rewriting curves"), el("div", figs, class_="grid"), legend(items))
 
@@ -668,7 +684,7 @@ def _sens_spec(entries: list[MethodEntry]) -> Raw:
     for key in ("sensitivity", "specificity"):
         series = []
         for e in entries:
-            pts = [((_f(b.get("lo")) + _f(b.get("hi"))) / 2, _f(b.get(key)), math.nan, math.nan)
+            pts = [((_f(b.lo) + _f(b.hi)) / 2, _f(getattr(b, key)), math.nan, math.nan)
                    for b in e.loaded.result.sens_spec_by_detection_bin]
             series.append(Series(e.row.method, e.colour, pts))
         figs.append(el("figure", line_chart(series, xlabel="detection AUROC bin (midpoint)", ylabel=key,
@@ -703,19 +719,18 @@ def _write_method(tdir: Path, spec, e: MethodEntry, decode, dnote: str, n_cases:
         href = f"latent-{j}.html" if loaded.side is not None else None
         rows.append(el("tr", el("td", el("a", str(j), href=href) if href else str(j), data_v=j),
                        el("td", text if text is not None else "n/a", class_="t"),
-                       [el("td", fmt(_at(pl, k, i), 2), data_v=_dv(_at(pl, k, i)))
+                       [el("td", number(at_latent(getattr(pl, k), i), 2), data_v=_dv(at_latent(getattr(pl, k), i)))
                         for k in ("auroc", "balanced_accuracy", "sensitivity", "specificity", "score")],
                        el("td", "n/a" if fp is None else str(fp), data_v="" if fp is None else fp),
                        el("td", "n/a" if fn is None else str(fn), data_v="" if fn is None else fn)))
     r = e.row
     kv = el("dl", [join(el("dt", k), el("dd", v)) for k, v in (
-        ("method", r.method), ("description", res.submission.get("description", "")),
-        ("submission", f"{_public_path(str(res.submission.get('path', '')))} (sha256 {r.submission_sha256[:12]})"),
-        ("simulator", f"{res.simulator.get('model_key', '?')} ({res.simulator.get('prompt_version', '?')}, "
-                      f"{res.simulator.get('backend', '?')})"),
-        ("recovery", _est_text(r.recovery, 3)), ("ΔCE median (simulated)", _est_text(r.delta_ce_median_simulated, 4)),
-        ("sensitivity / specificity", f"{fmt(r.sensitivity, 3)} / {fmt(r.specificity, 3)}"),
-        ("detection AUROC", fmt(r.detection_auroc, 3)), ("date", r.date), ("result file", loaded.path.name))],
+        ("method", r.method), ("description", res.submission.description),
+        ("submission", f"{_public_path(res.submission.path)} (sha256 {r.submission_sha256[:12]})"),
+        ("simulator", f"{res.simulator.model_key} ({res.simulator.prompt_version}, {res.simulator.backend})"),
+        ("recovery", interval(r.recovery, 3)), ("ΔCE median (simulated)", interval(r.delta_ce_median_simulated, 4)),
+        ("sensitivity / specificity", f"{number(r.sensitivity, 3)} / {number(r.specificity, 3)}"),
+        ("detection AUROC", number(r.detection_auroc, 3)), ("date", r.date), ("result file", loaded.path.name))],
         class_="kv")
     hdr = el("tr", el("th", "latent"), el("th", "explanation", class_="t"), el("th", "det. AUROC"),
              el("th", "bal. acc."), el("th", "sens."), el("th", "spec."), el("th", "selection score"),
@@ -742,23 +757,12 @@ def _write_method(tdir: Path, spec, e: MethodEntry, decode, dnote: str, n_cases:
         tick()
 
 
-def _at(d: Mapping, k: str, i: int):
-    v = d.get(k)
-    return v[i] if isinstance(v, list) and i < len(v) else None
-
-
-def _est_text(e: dict, d: int) -> str:
-    if math.isfinite(e["lo"]) and math.isfinite(e["hi"]):
-        return f"{fmt(e['value'], d)} [{fmt(e['lo'], d)}, {fmt(e['hi'], d)}]"
-    return fmt(e["value"], d)
-
-
 def _latent_body(rep, method: str) -> Raw:
     expl = (el("div", rep.explanation, class_="expl", id="explanation") if rep.explanation is not None
             else el("p", f"Explanation unavailable: {rep.explanation_note}", class_="mut"))
     kv = el("dl", [join(el("dt", k), el("dd", v)) for k, v in (
-        ("detection AUROC", fmt(rep.auroc, 3)), ("sensitivity", fmt(rep.sensitivity, 3)),
-        ("specificity", fmt(rep.specificity, 3)), ("balanced accuracy", fmt(rep.balanced_accuracy, 3)),
+        ("detection AUROC", number(rep.auroc, 3)), ("sensitivity", number(rep.sensitivity, 3)),
+        ("specificity", number(rep.specificity, 3)), ("balanced accuracy", number(rep.balanced_accuracy, 3)),
         ("active on test contexts", f"true {rep.n_true_active}/{rep.n_test}, simulated "
                                     f"{'n/a' if rep.n_sim_active is None else rep.n_sim_active}/{rep.n_test}"),
         ("“simulator fired” means", rep.fired_rule))], class_="kv")
@@ -769,8 +773,8 @@ def _latent_body(rep, method: str) -> Raw:
     for title, tid, cases, help_ in (("False positives", "fp", rep.false_positives, fp_t),
                                      ("False negatives", "fn", rep.false_negatives, fn_t)):
         rows = [el("tr", el("td", str(c.row), data_v=c.row), el("td", _context(c), class_="ctx"),
-                   el("td", fmt(c.true, 3), data_v=_dv(c.true)), el("td", fmt(c.sim, 3), data_v=_dv(c.sim)),
-                   el("td", fmt(c.pred, 3), data_v=_dv(c.pred))) for c in cases]
+                   el("td", number(c.true, 3), data_v=_dv(c.true)), el("td", number(c.sim, 3), data_v=_dv(c.sim)),
+                   el("td", number(c.pred, 3), data_v=_dv(c.pred))) for c in cases]
         if not rows:
             rows = [el("tr", el("td", "none", colspan=5, class_="t"))]
         hdr = el("tr", el("th", "test ctx"), el("th", "context · scored token marked", class_="t"),

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.report.result import DamagedSideFile, read_side_file
+from harness.result import DamagedSideFile, read_side_file
 
 LEVEL = 0.95
 
@@ -188,7 +188,7 @@ def verify_result(path: str | Path) -> Report:
         res = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise HarnessError(f"{path}: cannot read the result ({e})") from None
-    # Read as plain JSON (not through harness.report.result, whose code is under test), so its shape is
+    # Read as plain JSON (not through harness.result, whose code is under test), so its shape is
     # checked here: a damaged result is one error line, like a damaged side file is a verdict.
     side_files = res.get("side_files") if isinstance(res, dict) else None
     side_info = side_files.get("per_context") if isinstance(side_files, dict) else None

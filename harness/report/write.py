@@ -17,7 +17,16 @@ from harness import __version__
 from harness.data.prepare import Prepared
 from harness.data.table import ActivationTable
 from harness.io import save_npz, sha256_file
-from harness.report.result import Provenance, Record, Result
+from harness.result import (
+    BootstrapMethod,
+    DetectionThresholdMethod,
+    IntervalMethods,
+    Methods,
+    Provenance,
+    QuantileEstimator,
+    Record,
+    Result,
+)
 from harness.score.conditions import Condition, Subset
 from harness.score.metrics import CI_LEVEL
 from harness.task.spec import TaskSpec
@@ -97,7 +106,7 @@ def side_record(task: Record, submission: Record, simulator: Record, prov: Recor
     records): an edited method name, simulator key, task hash, coverage or count then disagrees with it."""
     import json
 
-    from harness.report.result import to_jsonable
+    from harness.result import to_jsonable
 
     record = {"task": task.to_dict(), "submission": submission.to_dict(), "simulator": simulator.to_dict(),
               "provenance": prov.to_dict(), "warnings": [w.to_dict() for w in warnings]}
@@ -125,7 +134,7 @@ def provenance(spec: TaskSpec, command: str, device: Any, selection_scores: str,
                stats: dict[str, Any]) -> Provenance:
     import torch
 
-    from harness.report.environment import capture
+    from harness.environment import capture
 
     return Provenance(
         harness_version=__version__, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -135,25 +144,27 @@ def provenance(spec: TaskSpec, command: str, device: Any, selection_scores: str,
         wall_seconds=round(time.time() - started, 1), **capture(device), **stats)
 
 
-def method_notes(spec: TaskSpec, table: ActivationTable) -> dict[str, Any]:
+def method_notes(spec: TaskSpec, table: ActivationTable) -> Methods:
     """How every number was computed, so a result explains itself (docs/protocol.md §6)."""
     sc = spec.scoring
     rule = ("fire-rate: per latent, the ceil(r*n_cal)-th largest calibration prediction, r = the latent's "
             "firing rate on the activation sample; predicted firing iff prediction >= threshold"
             if sc.detection_rule == "fire-rate" else f"fixed: predicted firing iff prediction >= {sc.detection_threshold:g}")
-    return {
-        "intervals": {"level": CI_LEVEL,
-                      "bootstrap": {"method": "percentile", "draws": sc.bootstrap, "seed": sc.seed,
-                                    "generator": "numpy PCG64(seed).integers(0, n, (draws, n))",
-                                    "resampled": "test contexts, the same resamples for every condition (paired)"},
-                      "recovery": "fieller (inverted one-sample t-test on n-1 df; unbounded when the denominator "
-                                  "is not significantly different from 0)"},
-        "quantile_estimator": {"numpy_method": table.method, "exact": bool(table.exact),
-                               "table": ("every non-zero activation of each latent" if table.exact
-                                         else f"{table.n_quantiles}-point grid of non-zero quantiles")},
-        "ecdf": "mid-rank empirical CDF of the calibration predictions, clipped to their range",
-        "detection_threshold": {"rule": sc.detection_rule, "description": rule},
-    }
+    return Methods(
+        intervals=IntervalMethods(
+            level=CI_LEVEL,
+            bootstrap=BootstrapMethod(method="percentile", draws=sc.bootstrap, seed=sc.seed,
+                                      generator="numpy PCG64(seed).integers(0, n, (draws, n))",
+                                      resampled="test contexts, the same resamples for every condition (paired)"),
+            recovery="fieller (inverted one-sample t-test on n-1 df; unbounded when the denominator is not "
+                     "significantly different from 0)"),
+        quantile_estimator=QuantileEstimator(
+            numpy_method=table.method, exact=bool(table.exact),
+            table=("every non-zero activation of each latent" if table.exact
+                   else f"{table.n_quantiles}-point grid of non-zero quantiles")),
+        ecdf="mid-rank empirical CDF of the calibration predictions, clipped to their range",
+        detection_threshold=DetectionThresholdMethod(rule=sc.detection_rule, description=rule),
+    )
 
 
 def draw_figures(result: Result, out_dir: Path, tag: str, prep: Prepared, latents: np.ndarray,
@@ -172,12 +183,11 @@ def draw_figures(result: Result, out_dir: Path, tag: str, prep: Prepared, latent
             if v > 0 and int(i) in col:
                 true.append(v)
     paths = [out_dir / f"{tag}.curve.png", out_dir / f"{tag}.distributions.png", out_dir / f"{tag}.sens_spec.png"]
-    d = result.to_dict()
-    plot_partial_rewriting(d, paths[0])
+    plot_partial_rewriting(result, paths[0])
     # Non-zero calibrated values only: like-for-like with the true non-zero activations.
     calibrated = quantile_values.ravel()
     plot_activation_distributions(np.asarray(true), pred_tst.ravel(), calibrated[calibrated > 0], paths[1])
-    plot_sens_spec_by_bin(d["sens_spec_by_detection_bin"], paths[2])
+    plot_sens_spec_by_bin(result.sens_spec_by_detection_bin, paths[2])
     return [p.name for p in paths]
 
 

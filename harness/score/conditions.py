@@ -17,10 +17,9 @@ import torch
 from harness.io import batch_size, progress
 from harness.model.coder import SparseCoder, topk_dense
 from harness.model.patch import Patcher
-from harness.report.result import ConditionRow, Headline, Interval
+from harness.result import ConditionRow, Headline
 from harness.score.calibrate import CALIBRATION_MODES
 from harness.score.metrics import (
-    Estimate,
     macro,
     mean_ci,
     median_ci,
@@ -145,10 +144,6 @@ def run_conditions(model, coder: SparseCoder, hookpoint: str, kind: str, windows
     return PatchedCE(ce, active_true, active_sim)
 
 
-def _interval(e: Estimate) -> Interval:
-    return Interval(e.value, e.lo, e.hi, e.note)
-
-
 def condition_rows(ce: dict[Condition, np.ndarray], subsets: dict[Subset, np.ndarray], clean: np.ndarray,
                    coder_ce: np.ndarray, boot: np.ndarray) -> list[ConditionRow]:
     """One row per condition with its intervals (paired over the same bootstrap resamples of test contexts).
@@ -160,17 +155,17 @@ def condition_rows(ce: dict[Condition, np.ndarray], subsets: dict[Subset, np.nda
         z = ce[zero(subset)]
         rows.append(ConditionRow(
             name="latent_zero", calibration=None, selection=subset.rule, fraction=subset.fraction,
-            n_latents=int(len(S)), ce_mean=float(z.mean()), delta_ce_mean=_interval(mean_ci(z - clean, boot)),
-            delta_ce_median=_interval(median_ci(z - clean, boot)), recovery=None, diff_vs_latent_zero=None))
+            n_latents=int(len(S)), ce_mean=float(z.mean()), delta_ce_mean=mean_ci(z - clean, boot),
+            delta_ce_median=median_ci(z - clean, boot), recovery=None, diff_vs_latent_zero=None))
         for mode in CALIBRATION_MODES:
             sim = ce[simulated(mode, subset)]
             rows.append(ConditionRow(
                 name="simulated", calibration=mode, selection=subset.rule, fraction=subset.fraction,
                 n_latents=int(len(S)), ce_mean=float(sim.mean()),
-                delta_ce_mean=_interval(mean_ci(sim - clean, boot)),
-                delta_ce_median=_interval(median_ci(sim - clean, boot)),
-                recovery=_interval(recovery(z, sim, coder_ce, boot)),
-                diff_vs_latent_zero=_interval(paired_difference(sim, z, boot)["mean"])))
+                delta_ce_mean=mean_ci(sim - clean, boot),
+                delta_ce_median=median_ci(sim - clean, boot),
+                recovery=recovery(z, sim, coder_ce, boot),
+                diff_vs_latent_zero=paired_difference(sim, z, boot)["mean"]))
     for row in [r for r in rows if r.selection == "all"]:
         for rule in SUBSET_RULES:
             rows.append(ConditionRow(**{**row.__dict__, "selection": rule}))
@@ -201,11 +196,11 @@ def headline(rows: list[ConditionRow], ce: dict[Condition, np.ndarray], ce_base:
         specificity=_finite_mean(spec),
         detection_auroc=_finite_mean(auroc),
         # Over latents (each latent's AUROC is one observation): what orders methods where CE cannot.
-        detection_auroc_ci=_interval(mean_ci(finite, auroc_boot)) if auroc_boot is not None else None,
+        detection_auroc_ci=mean_ci(finite, auroc_boot) if auroc_boot is not None else None,
         rank_by=rank_by,
         detection_balanced_accuracy=_finite_mean(bacc),
-        recovery_denominator=_interval(recovery_denominator(ce[zero(ALL)], coder_ce, boot)),
-        coder_delta_ce_median=_interval(median_ci(coder_ce - clean, boot)),
-        zero_output_delta_ce_median=(_interval(median_ci(zero_out - clean, boot))
+        recovery_denominator=recovery_denominator(ce[zero(ALL)], coder_ce, boot),
+        coder_delta_ce_median=median_ci(coder_ce - clean, boot),
+        zero_output_delta_ce_median=(median_ci(zero_out - clean, boot)
                                      if np.isfinite(zero_out).all() else None),
     )

@@ -10,15 +10,14 @@ conditions (large: they share the context's difficulty) is not thrown away.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
 
 from harness.errors import HarnessError
+from harness.result import Interval
 
 __all__ = [
-    "Estimate",
     "bootstrap_indices",
     "mean_ci",
     "median_ci",
@@ -36,29 +35,6 @@ __all__ = [
 ]
 
 CI_LEVEL = 0.95
-
-
-@dataclass
-class Estimate:
-    """A point estimate with its 95% percentile-bootstrap interval [lo, hi].
-
-    `note` says why a value is NaN (or why the interval is), so a result file explains itself.
-    """
-
-    value: float
-    lo: float
-    hi: float
-    note: str = ""
-
-    def to_dict(self) -> dict:
-        # NaN is not valid strict JSON; None (null) is, and the note carries the reason.
-        def f(x: float) -> float | None:
-            return float(x) if math.isfinite(x) else None
-
-        d: dict[str, float | str | None] = {"value": f(self.value), "lo": f(self.lo), "hi": f(self.hi)}
-        if self.note:
-            d["note"] = self.note
-        return d
 
 
 # Rows of resamples handled at once: bounds the [rows, n] float64 temporaries at paper scale (n = 10^4).
@@ -114,10 +90,10 @@ def _percentile_ci(stats: np.ndarray, level: float = CI_LEVEL) -> tuple[float, f
     return float(lo), float(hi)
 
 
-def mean_ci(x: np.ndarray, boot_idx: np.ndarray) -> Estimate:
+def mean_ci(x: np.ndarray, boot_idx: np.ndarray) -> Interval:
     x = _vector(x, "values")
     boot_idx = _check_boot(boot_idx, x.shape[0])
-    return Estimate(float(x.mean()), *_percentile_ci(_resampled(x, boot_idx, lambda b: b.mean(axis=1))))
+    return Interval(float(x.mean()), *_percentile_ci(_resampled(x, boot_idx, lambda b: b.mean(axis=1))))
 
 
 def median_order_statistics(n: int, level: float = CI_LEVEL) -> tuple[int, int] | None:
@@ -132,7 +108,7 @@ def median_order_statistics(n: int, level: float = CI_LEVEL) -> tuple[int, int] 
     return (l, n + 1 - l) if l >= 1 else None
 
 
-def median_ci(x: np.ndarray, boot_idx: np.ndarray | None = None, level: float = CI_LEVEL) -> Estimate:
+def median_ci(x: np.ndarray, boot_idx: np.ndarray | None = None, level: float = CI_LEVEL) -> Interval:
     """Median with its distribution-free order-statistic interval [x_(l), x_(n+1−l)].
 
     Not a bootstrap: the bootstrap distribution of a median is lumpy (every resample's median is
@@ -146,13 +122,13 @@ def median_ci(x: np.ndarray, boot_idx: np.ndarray | None = None, level: float = 
     ranks = median_order_statistics(x.shape[0], level)
     med = float(np.median(x))
     if ranks is None:
-        return Estimate(med, math.nan, math.nan, note=f"CI undefined: {x.shape[0]} values are too few for "
+        return Interval(med, math.nan, math.nan, note=f"CI undefined: {x.shape[0]} values are too few for "
                                                       f"a {level:.0%} median interval")
     srt = np.sort(x)
-    return Estimate(med, float(srt[ranks[0] - 1]), float(srt[ranks[1] - 1]))
+    return Interval(med, float(srt[ranks[0] - 1]), float(srt[ranks[1] - 1]))
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, boot_idx: np.ndarray) -> dict[str, Estimate]:
+def paired_difference(a: np.ndarray, b: np.ndarray, boot_idx: np.ndarray) -> dict[str, Interval]:
     """Mean (paired bootstrap CI from the shared resamples) and median (order-statistic CI) of a − b."""
     a = _vector(a, "first condition")
     b = _vector(b, "second condition")
@@ -164,7 +140,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray, boot_idx: np.ndarray) -> dic
 
 
 def recovery(ce_zero: np.ndarray, ce_sim: np.ndarray, ce_coder: np.ndarray,
-             boot_idx: np.ndarray | None = None, level: float = CI_LEVEL) -> Estimate:
+             boot_idx: np.ndarray | None = None, level: float = CI_LEVEL) -> Interval:
     """R = (CE̅(latent_zero) − CE̅(simulated)) / (CE̅(latent_zero) − CE̅(coder)) with Fieller's interval.
 
     R is a ratio of two paired means, a = mean(z − s) and b = mean(z − c). When deleting the latents
@@ -195,12 +171,12 @@ def recovery(ce_zero: np.ndarray, ce_sim: np.ndarray, ce_coder: np.ndarray,
     da, db = z - s, z - c
     a, b = float(da.mean()), float(db.mean())
     if abs(b) <= tol:
-        return Estimate(math.nan, math.nan, math.nan,
+        return Interval(math.nan, math.nan, math.nan,
                         note="undefined: CE(latent_zero) and CE(coder) have the same mean, so "
                              "deleting the latents loses nothing to recover")
     value = a / b
     if n < 2:
-        return Estimate(value, math.nan, math.nan, note="CI undefined: one test context")
+        return Interval(value, math.nan, math.nan, note="CI undefined: one test context")
     cov = np.cov(np.stack([da, db]), ddof=1) / n
     v_aa, v_ab, v_bb = float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1])
     t2 = float(student_t.ppf(0.5 + level / 2.0, n - 1)) ** 2
@@ -209,15 +185,15 @@ def recovery(ce_zero: np.ndarray, ce_sim: np.ndarray, ce_coder: np.ndarray,
     C = a * a - t2 * v_aa
     disc = B * B - A * C
     if A <= 0:
-        return Estimate(value, -math.inf, math.inf,
+        return Interval(value, -math.inf, math.inf,
                         note=f"CI unbounded (Fieller): the denominator CE(latent_zero) - CE(coder) = "
                              f"{b:+.4g} nats is not significantly different from 0 "
                              f"(t = {b / math.sqrt(v_bb) if v_bb > 0 else math.inf:.2f})")
     root = math.sqrt(max(disc, 0.0))
-    return Estimate(value, (B - root) / A, (B + root) / A)
+    return Interval(value, (B - root) / A, (B + root) / A)
 
 
-def recovery_denominator(ce_zero: np.ndarray, ce_coder: np.ndarray, boot_idx: np.ndarray) -> Estimate:
+def recovery_denominator(ce_zero: np.ndarray, ce_coder: np.ndarray, boot_idx: np.ndarray) -> Interval:
     """CE̅(latent_zero) − CE̅(coder), the nats there are to recover, with its percentile CI."""
     return paired_difference(ce_zero, ce_coder, boot_idx)["mean"]
 
@@ -359,7 +335,7 @@ def ranking_auroc(pred: np.ndarray, active: np.ndarray) -> np.ndarray:
 
 
 def paired_ranking_auroc(pred_a: np.ndarray, pred_b: np.ndarray, active: np.ndarray,
-                         boot_idx: np.ndarray, level: float = CI_LEVEL) -> dict[str, Estimate]:
+                         boot_idx: np.ndarray, level: float = CI_LEVEL) -> dict[str, Interval]:
     """Mean over latents of `ranking_auroc` for two prediction sets on the same cells, and a minus b, with
     percentile CIs from resampling the rows (contexts) together. In a resample a latent counts only where it
     has both positives and negatives; the mean is over those latents, the same for a and b."""
@@ -378,7 +354,7 @@ def paired_ranking_auroc(pred_a: np.ndarray, pred_b: np.ndarray, active: np.ndar
     out = {}
     for name, v, col in (("a", va, bs[:, 0]), ("b", vb, bs[:, 1]), ("difference", va - vb, bs[:, 0] - bs[:, 1])):
         lo, hi = _percentile_ci(col[np.isfinite(col)], level) if np.isfinite(col).any() else (math.nan, math.nan)
-        out[name] = Estimate(float(v), lo, hi)
+        out[name] = Interval(float(v), lo, hi)
     return out
 
 

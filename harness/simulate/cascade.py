@@ -27,86 +27,14 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from harness.errors import HarnessError
-
-RANKERS = ("lexical", "embedding", "combined", "fire-rate")
-CALIBRATIONS = ("weighted", "fill")
-DEFAULT_SAMPLE = 0.02
-DEFAULT_RANKER = "lexical"
-DEFAULT_CALIBRATION = "weighted"
-
-
-@dataclass(frozen=True)
-class CascadeSettings:
-    top: int                          # M: latents per context sent to the simulator, best first-stage score first
-    sample: float = DEFAULT_SAMPLE    # probability that each other pair is sent too (the error estimate's sample)
-    seed: int = 0                     # seeds the random sample
-    ranker: str = DEFAULT_RANKER
-    calibration: str = DEFAULT_CALIBRATION   # weighted | fill: how unselected calibration pairs enter F_pred
-
-    def __post_init__(self) -> None:
-        if isinstance(self.top, bool) or not isinstance(self.top, int) or self.top < 0:
-            raise HarnessError(f"cascade: top must be a non-negative integer, got {self.top!r}")
-        if not (isinstance(self.sample, (int, float)) and 0.0 <= float(self.sample) <= 1.0):
-            raise HarnessError(f"cascade: sample must be a rate in [0, 1], got {self.sample!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise HarnessError(f"cascade: seed must be a non-negative integer, got {self.seed!r}")
-        if self.ranker not in RANKERS:
-            raise HarnessError(f"cascade: ranker must be one of {', '.join(RANKERS)}, got {self.ranker!r}")
-        if self.calibration not in CALIBRATIONS:
-            raise HarnessError(f"cascade: calibration must be one of {', '.join(CALIBRATIONS)}, "
-                               f"got {self.calibration!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def tag(self) -> str:
-        """A file-name fragment that tells cascade results apart from each other and from exhaustive ones."""
-        fill = "-fill" if self.calibration == "fill" else ""
-        return f"cascade-{self.ranker}-m{self.top}-s{self.sample:g}-r{self.seed}{fill}"
-
-
-def parse_cascade(text: str) -> CascadeSettings:
-    """`M` or `top=M[,sample=R][,seed=S][,ranker=NAME][,calibration=weighted|fill]`, e.g. `16` or
-    `top=16,sample=0.02,ranker=lexical`."""
-    text = (text or "").strip()
-    if re.fullmatch(r"\d+", text):
-        return CascadeSettings(top=int(text))
-    fields: dict[str, str] = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or key not in ("top", "sample", "seed", "ranker", "calibration") or not value or key in fields:
-            raise HarnessError(f"--cascade {text!r}: expected M or top=M[,sample=R][,seed=S][,ranker="
-                               f"{'|'.join(RANKERS)}][,calibration={'|'.join(CALIBRATIONS)}]")
-        fields[key] = value
-    if "top" not in fields:
-        raise HarnessError(f"--cascade {text!r}: top=M is required")
-    try:
-        return CascadeSettings(top=int(fields["top"]), sample=float(fields.get("sample", DEFAULT_SAMPLE)),
-                               seed=int(fields.get("seed", 0)), ranker=fields.get("ranker", DEFAULT_RANKER),
-                               calibration=fields.get("calibration", DEFAULT_CALIBRATION))
-    except ValueError as e:
-        raise HarnessError(f"--cascade {text!r}: {e}") from e
-
-
-def task_cascade(spec, asked: CascadeSettings | None) -> CascadeSettings | None:
-    """The cascade an eval runs: the task's own where it fixes one (`[simulator] cascade`; asking for another is
-    refused, since its results would not be comparable with the task's leaderboard), else what was asked (None:
-    exhaustive)."""
-    if not spec.simulator.cascade:
-        return asked
-    fixed = parse_cascade(spec.simulator.cascade)
-    if asked is not None and asked != fixed:
-        raise HarnessError(f"task {spec.id} fixes its cascade ({spec.simulator.cascade}); --cascade asks for another: "
-                           "drop --cascade, or change the task with --override simulator.cascade=... (a new hash)")
-    return fixed
-
+from harness.result import CascadeError, CascadeSettingsInfo, CascadeSummary, Interval
+from harness.task.cascade import CascadeSettings
 
 # ---------------------------------------------------------------- first stage
 
@@ -394,7 +322,7 @@ def matter_probabilities(pred_calibration: np.ndarray, pred_test: np.ndarray, se
     return out
 
 
-def error_estimate(probs: np.ndarray, sel: Selection, level: float = 0.95) -> dict:
+def error_estimate(probs: np.ndarray, sel: Selection, level: float = 0.95) -> CascadeError:
     """How many pairs that were not simulated would matter in the exhaustive run, from the random sample.
 
     `probs` [n_contexts, m] is read only where `sel.sampled` (`matter_probabilities`). The sample is a uniform
@@ -412,13 +340,13 @@ def error_estimate(probs: np.ndarray, sel: Selection, level: float = 0.95) -> di
     n_rest = n_unselected - n_sampled
     lo, hi = clopper_pearson(k, n_sampled, level)
     rate = k / n_sampled if n_sampled else float("nan")
-    return {"n_unselected": n_unselected, "n_sampled": n_sampled, "n_sampled_matter": k,
-            "n_not_simulated": n_rest,
-            "matter_rate": {"value": rate, "lo": lo, "hi": hi},
-            "missed": {"value": rate * n_rest if n_sampled else float("nan"), "lo": lo * n_rest, "hi": hi * n_rest},
-            "level": level,
-            "criterion": "exhaustive quantile map's value > 0, estimated per sampled pair (known calibration "
-                         "predictions + a pooled model of the unsimulated ones)"}
+    return CascadeError(
+        n_unselected=n_unselected, n_sampled=n_sampled, n_sampled_matter=k, n_not_simulated=n_rest,
+        matter_rate=Interval(rate, lo, hi),
+        missed=Interval(rate * n_rest if n_sampled else float("nan"), lo * n_rest, hi * n_rest),
+        level=level,
+        criterion="exhaustive quantile map's value > 0, estimated per sampled pair (known calibration predictions "
+                  "+ a pooled model of the unsimulated ones)")
 
 
 def expected_predictions(n_contexts: int, m: int, settings: CascadeSettings) -> float:
@@ -466,7 +394,7 @@ def plan_for(settings: CascadeSettings, prep, ctxs: Sequence, explanations: Sequ
 
 
 def summary(p: CascadePlan, pred_calibration: np.ndarray, pred_test: np.ndarray, counts2: np.ndarray,
-            n_detection: int) -> dict:
+            n_detection: int) -> CascadeSummary:
     """The result file's `cascade` section, from the run's predictions (real where simulated) and the latents'
     `matter_counts`."""
     sel, c = p.selection, p.n_calibration
@@ -475,25 +403,24 @@ def summary(p: CascadePlan, pred_calibration: np.ndarray, pred_test: np.ndarray,
     n_sim = int(sel.simulated.sum())
     parts = {"calibration": Selection(sel.selected[:c], sel.sampled[:c]),
              "test": Selection(sel.selected[c:], sel.sampled[c:])}
-    return {
-        "settings": p.settings.to_dict(),
-        "scope": "calibration and test contexts; detection contexts are simulated in full",
-        "fill_score": p.fill,
-        "calibration": ("each sampled unselected calibration pair stands for its latent's unselected pairs "
-                        "(weight U/S)" if p.settings.calibration == "weighted" else
-                        "unselected calibration pairs enter F_pred at the fill score"),
-        "n_pairs": n_pairs,
-        "n_selected": int(sel.selected.sum()),
-        "n_sampled": int(sel.sampled.sum()),
-        "n_simulated": n_sim,
-        "n_detection": int(n_detection),
-        "n_llm_predictions": n_sim + int(n_detection),
-        "exhaustive_predictions": n_pairs + int(n_detection),
-        "saving": (n_pairs + n_detection) / max(n_sim + n_detection, 1),
-        "error": {"all": error_estimate(probs, sel),
-                  **{k: error_estimate(probs[:c] if k == "calibration" else probs[c:], v)
-                     for k, v in parts.items()}},
-    }
+    return CascadeSummary(
+        settings=CascadeSettingsInfo(**p.settings.to_dict()),
+        scope="calibration and test contexts; detection contexts are simulated in full",
+        fill_score=p.fill,
+        calibration=("each sampled unselected calibration pair stands for its latent's unselected pairs "
+                     "(weight U/S)" if p.settings.calibration == "weighted" else
+                     "unselected calibration pairs enter F_pred at the fill score"),
+        n_pairs=n_pairs,
+        n_selected=int(sel.selected.sum()),
+        n_sampled=int(sel.sampled.sum()),
+        n_simulated=n_sim,
+        n_detection=int(n_detection),
+        n_llm_predictions=n_sim + int(n_detection),
+        exhaustive_predictions=n_pairs + int(n_detection),
+        saving=(n_pairs + n_detection) / max(n_sim + n_detection, 1),
+        error={"all": error_estimate(probs, sel),
+               **{k: error_estimate(probs[:c] if k == "calibration" else probs[c:], v) for k, v in parts.items()}},
+    )
 
 
 def fmt_count(x: float) -> str:

@@ -10,9 +10,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.environment import cpu_description
 from harness.errors import HarnessError
-from harness.report.environment import cpu_description
-from harness.simulate.cascade import CascadeSettings, expected_predictions, task_cascade
+from harness.simulate.cascade import expected_predictions
+from harness.task.cascade import CascadeSettings, task_cascade
 from harness.task.spec import TaskSpec, load_task
 from harness.terminal import Column, print_table
 from harness.terminal import console as safe_console

@@ -87,7 +87,7 @@ class SimulatorSpec:
     prompt_version: str
     max_explanation_chars: int
     batch_size: int = 32
-    # A cascade the task fixes (`harness.simulate.cascade.parse_cascade` syntax, e.g. "top=8,sample=0.02"),
+    # A cascade the task fixes (`harness.task.cascade.parse_cascade` syntax, e.g. "top=8,sample=0.02"),
     # so that every submission is simulated the same way and the leaderboard compares like with like.
     # Empty: exhaustive, unless `harness eval --cascade` asks otherwise.
     cascade: str = ""
@@ -368,7 +368,7 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
         cascade=str(sim.get("cascade", "")),
     )
     if simulator.cascade:
-        from harness.simulate.cascade import parse_cascade
+        from harness.task.cascade import parse_cascade
 
         parse_cascade(simulator.cascade)   # a malformed setting fails at load, naming the task file
 

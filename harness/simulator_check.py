@@ -1,6 +1,6 @@
 """`harness check-simulator`: can a task's simulator read explanations at all? Three tests, pass/fail each.
 
-1. hand-written: the committed cases of `check_cases.py` (lexical and semantic), each text scored against an
+1. hand-written: the committed cases of `harness/simulate/check_cases.py` (lexical and semantic), each text scored against an
    explanation that fits its last token and one that does not. Pass: AUROC >= 0.85 and the fitting explanation
    scores higher on >= 80% of texts.
 2. named-token: contexts from the task's detection pool (decoded with the *subject's* tokenizer, as `harness

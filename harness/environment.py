@@ -16,7 +16,10 @@ import subprocess
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.result import Provenance
 
 # Provenance fields compared between rows. Old results lack the newer ones: a field is compared only where
 # both rows record it. The lock digest is left out (what was installed is packages_sha256), and so is the CPU
@@ -24,7 +27,7 @@ from typing import Any
 COMPARED = ("packages_sha256", "torch", "transformers", "device", "kernel", "threads")
 # CPU features that select other kernels for the same torch capability level (bf16 dot products, AMX tiles).
 _CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
-LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
+LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"
 
 
 def packages_digest(dists: Sequence[tuple[str, str]] | None = None) -> str:
@@ -103,7 +106,7 @@ def kernel_path(device: Any, cpuinfo: str | None = None) -> str:
 
 
 def capture(device: Any) -> dict[str, Any]:
-    """The environment fields of a result's provenance (harness/report/result.py `Provenance`)."""
+    """The environment fields of a result's provenance (harness/result.py `Provenance`)."""
     import torch
 
     model, _ = cpu_info()
@@ -111,9 +114,9 @@ def capture(device: Any) -> dict[str, Any]:
             "kernel": kernel_path(device), "threads": torch.get_num_threads()}
 
 
-def compared(provenance: Mapping[str, Any]) -> dict[str, str]:
+def compared(provenance: Provenance) -> dict[str, str]:
     """The recorded values of the COMPARED fields (empty and zero mean "not recorded")."""
-    return {k: str(provenance[k]) for k in COMPARED if provenance.get(k) not in (None, "", 0)}
+    return {k: str(getattr(provenance, k)) for k in COMPARED if getattr(provenance, k) not in (None, "", 0)}
 
 
 def differences(a: Mapping[str, str], b: Mapping[str, str]) -> list[str]:

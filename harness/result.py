@@ -1,7 +1,7 @@
 """The result file: every number of one submission × task × simulator run (docs/protocol.md §6, §7).
 
-Its schema is the dataclasses below. `harness/report/result.schema.json` is generated from them
-(`python -m harness.report.result --schema`) and a test keeps the committed copy equal to the generated one.
+Its schema is the dataclasses below. `harness/result.schema.json` is generated from them
+(`python -m harness.result --schema`) and a test keeps the committed copy equal to the generated one.
 An `Interval` is a point value with its 95% CI.
 
 `methods` names how each number was computed (bootstrap method, draws and seed; Fieller for recovery;
@@ -13,8 +13,8 @@ JSON has no NaN: non-finite floats (NaN, ±inf) are written as ``null`` and read
 schema says `float`. A field typed `X | None` (``ce_means.zero_output``, a latent-zero condition's
 ``recovery`` / ``diff_vs_latent_zero`` / ``calibration``) keeps ``null`` as "absent".
 
-Sections are typed records that also read like the dicts they are stored as (`r.headline["recovery"]`
-and `r.headline.recovery` are the same), so report code can move to attribute access one module at a time.
+Every reader takes the sections as typed records (`r.headline.recovery.lo`); only `harness/report/verify.py`
+reads the raw JSON, on purpose, to check a file independently of this code.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -41,29 +40,8 @@ SCHEMA = "harness-result/1"
 SCHEMA_FILE = Path(__file__).with_name("result.schema.json")
 
 
-class Record(Mapping[str, Any]):
-    """A dataclass that also reads (and writes) like the JSON object it is stored as: a read-only Mapping
-    over its fields, plus item assignment to an existing field."""
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._names():
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key not in self._names():
-            raise KeyError(key)
-        setattr(self, key, value)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names())
-
-    def __len__(self) -> int:
-        return len(self._names())
-
-    @classmethod
-    def _names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+class Record:
+    """A section of a result file: a dataclass written to JSON by its field names (`to_dict`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _dump(getattr(self, f.name)) for f in dataclasses.fields(self)  # type: ignore[arg-type]
@@ -120,7 +98,7 @@ class Provenance(Record):
     n_cached: int = 0
     answer_mass_mean: float = math.nan
     prediction_source: str = ""       # computed | store | mixed
-    # The environment (harness/report/environment.py); empty or 0 in results written before these existed.
+    # The environment (harness/environment.py); empty or 0 in results written before these existed.
     lock_sha256: str = ""             # the checkout's requirements.lock
     packages_sha256: str = ""         # the installed distributions' name==version lines (pip freeze, no paths)
     cpu: str = ""                     # CPU model name
@@ -210,6 +188,85 @@ class PredictionWarning(Record):
 
 
 @dataclass
+class BootstrapMethod(Record):
+    method: str                       # percentile
+    draws: int
+    seed: int
+    generator: str
+    resampled: str
+
+
+@dataclass
+class IntervalMethods(Record):
+    level: float
+    bootstrap: BootstrapMethod
+    recovery: str
+
+
+@dataclass
+class QuantileEstimator(Record):
+    numpy_method: str
+    exact: bool
+    table: str
+
+
+@dataclass
+class DetectionThresholdMethod(Record):
+    rule: str                         # fire-rate | fixed
+    description: str
+
+
+@dataclass
+class Methods(Record):
+    """How every number was computed (harness/report/write.py `method_notes`)."""
+
+    intervals: IntervalMethods
+    quantile_estimator: QuantileEstimator
+    ecdf: str
+    detection_threshold: DetectionThresholdMethod
+
+
+@dataclass
+class CascadeSettingsInfo(Record):
+    top: int
+    sample: float
+    seed: int
+    ranker: str
+    calibration: str
+
+
+@dataclass
+class CascadeError(Record):
+    """What the cascade's random sample says about pairs it did not simulate (harness/simulate/cascade.py)."""
+
+    n_unselected: int
+    n_sampled: int
+    n_sampled_matter: float
+    n_not_simulated: int
+    matter_rate: Interval             # Clopper-Pearson
+    missed: Interval                  # pairs not simulated whose exhaustive calibrated value would be > 0
+    level: float
+    criterion: str
+
+
+@dataclass
+class CascadeSummary(Record):
+    settings: CascadeSettingsInfo
+    scope: str
+    fill_score: float
+    calibration: str
+    n_pairs: int
+    n_selected: int
+    n_sampled: int
+    n_simulated: int
+    n_detection: int
+    n_llm_predictions: int
+    exhaustive_predictions: int
+    saving: float
+    error: dict[str, CascadeError]    # all | calibration | test
+
+
+@dataclass
 class Result(Record):
     task: TaskRef
     submission: SubmissionInfo
@@ -222,10 +279,10 @@ class Result(Record):
     sens_spec_by_detection_bin: list[DetectionBin]
     side_files: SideFiles
     figures: list[str] = field(default_factory=list)
-    methods: dict[str, Any] = field(default_factory=dict)
+    methods: Methods | None = None    # None only in results written before it existed
     warnings: list[PredictionWarning] = field(default_factory=list)
     # Only in cascade runs (harness/simulate/cascade.py `summary`): settings, prediction counts, error estimate.
-    cascade: dict[str, Any] = field(default_factory=dict, metadata={"omit_empty": True})
+    cascade: CascadeSummary | None = field(default=None, metadata={"omit_empty": True})
     schema: str = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,10 +295,92 @@ class Result(Record):
         return _load(cls, d, where)
 
     def to_json(self, path: str | os.PathLike) -> Path:
-        """Write atomically: the old file stays intact if anything fails before the final rename."""
-        # Serialise before touching the disk, so an unserialisable value cannot cost the old file.
-        text = json.dumps(to_jsonable(self.to_dict()), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-        return atomic_write_text(Path(path), text)
+        return _write_json(self.to_dict(), path)
+
+
+def _write_json(d: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically: the old file stays intact if anything fails before the final rename."""
+    # Serialise before touching the disk, so an unserialisable value cannot cost the old file.
+    text = json.dumps(to_jsonable(d), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return atomic_write_text(Path(path), text)
+
+
+# ---------------------------------------------------------------- the noisy-oracle report (harness/oracle.py)
+
+ORACLE_FILE = "oracle.json"
+ORACLE_FIGURE = "oracle.png"
+ORACLE_SCHEMA = "harness-oracle/1"
+
+
+@dataclass
+class OracleRow(Record):
+    form: str                        # graded | binary
+    target_auroc: float              # a
+    realised_auroc: Interval         # macro detection AUROC on the detection split, CI over latents
+    sigma_median: float              # median over latents of the noise scale σ_j (graded: activation units)
+    recovery: Interval               # Fieller
+    sim_minus_zero_mean: Interval    # mean CE(simulated) − CE(latent_zero), nats, paired bootstrap
+    sensitivity: Interval            # macro, bootstrap over test contexts
+    specificity: Interval
+    active_share: float              # share of (test context, latent) pairs non-zero after calibration + TopK
+
+
+@dataclass
+class OracleDiagnostic(Record):
+    """The graded a = 1 oracle under the other calibrations: where information is lost on the CE path."""
+
+    name: str
+    calibration: str                 # none: raw true activations patched (must recover exactly what coder does)
+    recovery: Interval
+    sim_minus_zero_mean: Interval
+    note: str = ""
+
+
+@dataclass
+class OracleProvenance(Record):
+    harness_version: str
+    date: str
+    command: str
+    seed: int
+    levels: list[float]
+    bootstrap_draws: int
+    bootstrap_seed: int
+    device: str
+    wall_seconds: float
+    noise_model: str
+
+
+@dataclass
+class OracleReport(Record):
+    schema: str
+    task: TaskRef
+    provenance: OracleProvenance
+    n_latents: int
+    n_calibration: int
+    n_test: int
+    n_detection_positive: int        # detection positives over all latents (each's true activation read)
+    # Latents that never fire on the calibration split: the quantile map can send none of their test predictions
+    # above the zero mass (a test value above every calibration value is read as the maximum, here 0).
+    n_latents_unfired_in_calibration: int
+    recovery_denominator: Interval   # CE(latent_zero) − CE(coder), the nats there are to recover
+    rows: list[OracleRow]
+    diagnostics: list[OracleDiagnostic] = field(default_factory=list)
+    figure: str = ""
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        return _write_json(self.to_dict(), path)
+
+
+def load_oracle(path: str | Path) -> OracleReport:
+    """An oracle report written by `harness oracle`; one clear line if it is not one."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HarnessError(f"{p}: not a readable oracle report ({e}) — rerun `harness oracle`") from None
+    if not isinstance(d, dict) or d.get("schema") != ORACLE_SCHEMA:
+        raise HarnessError(f"{p}: not an oracle report (schema {ORACLE_SCHEMA!r} expected) — rerun `harness oracle`")
+    return _load(OracleReport, d, str(p))
 
 
 # ---------------------------------------------------------------- (de)serialisation driven by the types
@@ -287,7 +426,12 @@ def _convert(tp: Any, v: Any, where: str) -> Any:
             raise HarnessError(f"{where} is not a list — the file is damaged; re-run `harness eval`")
         (item,) = typing.get_args(inner)
         return [_convert(item, x, f"{where}[{i}]") for i, x in enumerate(v)]
-    if origin is dict or inner is Any:
+    if origin is dict:
+        if not isinstance(v, dict):
+            raise HarnessError(f"{where} is not an object — the file is damaged; re-run `harness eval`")
+        _, item = typing.get_args(inner)
+        return {k: _convert(item, x, f"{where}.{k}") for k, x in v.items()}
+    if inner is Any:
         return v
     if inner is float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -360,7 +504,9 @@ def _schema_of(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
     elif typing.get_origin(inner) is list:
         (item,) = typing.get_args(inner)
         s = {"type": "array", "items": _schema_of(item, defs)}
-    elif typing.get_origin(inner) is dict or inner is Any:
+    elif typing.get_origin(inner) is dict:
+        s = {"type": "object", "additionalProperties": _schema_of(typing.get_args(inner)[1], defs)}
+    elif inner is Any:
         s = {"type": "object"}
     elif inner is float:
         s = {"type": ["number", "null"]}      # null = NaN
@@ -454,5 +600,5 @@ if __name__ == "__main__":
         SCHEMA_FILE.write_text(schema_text())
         print(f"wrote {SCHEMA_FILE}")
     else:
-        print("usage: python -m harness.report.result --schema", file=sys.stderr)
+        print("usage: python -m harness.result --schema", file=sys.stderr)
         sys.exit(2)
