@@ -113,7 +113,9 @@ def test_hostile_method_never_reaches_the_terminal_raw(built, monkeypatch, capsy
 
     buf = io.StringIO()
     monkeypatch.setattr(cli, "console", console(file=buf, force_terminal=True, width=200))
-    cli._print_summary(d)
+    from harness.result import Result
+
+    cli._print_summary(Result.from_dict(d))
     j = d["per_latent"]["latent"][0]
     assert main(["failures", "--result", str(p), "--latent", str(j), "--task", "task"]) == 0
     for fmt in ("rich", "md", "csv", "html"):
