@@ -1,8 +1,9 @@
 """Which chart technology for `harness site`: page weight and load time of the same charts, three ways.
 
 The same two overlaid partial-rewriting charts (every method × top-scoring/random × fractions, with CI
-bars where they exist) of a task's results are drawn by (a) the SVG `harness/report/site.py` writes, (b) uPlot
-and (c) Chart.js, each library inlined into the page as the site would have to. Each page is loaded
+bars where they exist) of a task's results are drawn by (a) the SVG `harness site` inlines (matplotlib's SVG
+output, `harness/report/plots.py`, the engine that also draws the PNGs), (b) uPlot and (c) Chart.js, each
+library inlined into the page as the site would have to. Each page is loaded
 ``--runs`` times in headless Chromium from file://; "drawn" is the first animation frame after the
 charts exist (for the libraries, after their draw calls). Run:
 
@@ -29,8 +30,8 @@ from typing import TYPE_CHECKING
 
 from harness.report.failures import load_with_side
 from harness.report.leaderboard import collect_results
-from harness.report.plots import curve_points
-from harness.report.site import PALETTE, Series, line_chart, page
+from harness.report.plots import Series, curve_points
+from harness.report.site import PALETTE, line_chart, page
 from harness.task.spec import load_task
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         libs = Path(a.libs) if a.libs else npm_libs(tmp)
-        pages = {"SVG drawn by harness site (no library)": svg_page(charts),
+        pages = {"SVG of harness site (matplotlib, inlined)": svg_page(charts),
                  "uPlot 1.6.32 inlined": uplot_page(charts, (libs / "uPlot.iife.min.js").read_text(),
                                                     (libs / "uPlot.min.css").read_text()),
                  "Chart.js 4.5.1 inlined": chartjs_page(charts, (libs / "chart.umd.min.js").read_text())}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +13,7 @@ from rich.text import Text
 
 from harness.errors import HarnessError
 from harness.io import env_int, one_line, writable_dir, writable_file
+from harness.names import Backend, allowed
 from harness.terminal import console as safe_console
 from harness.terminal import write as write_out
 
@@ -406,8 +407,7 @@ def cmd_failures(args) -> int:
     return 0
 
 
-# The simulator engines, as `harness.simulate.BACKENDS` names them (a test keeps the two equal).
-BACKENDS = ("auto", "plain", "prefix", "vllm", "http")
+BACKENDS = allowed(Backend)
 _BACKEND_HELP = ("simulator engine: prefix (transformers, one shared KV prefix per context), plain (one full "
                  "forward per prediction: the reference), vllm (in-process vLLM), http (OpenAI-compatible "
                  "servers, see --endpoints); auto (the default) is prefix")
@@ -459,17 +459,26 @@ def _format(p, choices):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.report.reproduce import DEFAULT_SAMPLE
-
-    p = _Parser(prog="harness", description=__doc__, epilog=VOCABULARY,
+    p = _Parser(prog="harness", description=__doc__, epilog=VOCABULARY + "\n\n" + ENVIRONMENT,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    def verb(name, help, fn):
+    def verb(name: str, help: str, fn: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help, description=help)
         s.set_defaults(fn=fn)
         return s
 
+    # Grouped by what the verbs do; the order of the groups is the order `--help` lists them in.
+    for add in (_scoring_verbs, _submission_verbs, _checking_verbs, _page_verbs):
+        add(verb)
+    return p
+
+
+_Verb = Callable[[str, str, Callable[[argparse.Namespace], int]], argparse.ArgumentParser]
+
+
+def _scoring_verbs(verb: _Verb) -> None:
+    """Tasks, their preparation, scoring and the leaderboard."""
     s = verb("tasks", "list registered tasks with their hashes", cmd_tasks)
     s.add_argument("--dir", metavar="DIR", help="tasks folder (default: the repo's tasks/ or $HARNESS_TASKS_DIR)")
     _format(s, ("auto", "rich", "md", "json"))
@@ -502,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     _submission(s)
     _overrides(s)
 
+
+def _submission_verbs(verb: _Verb) -> None:
+    """Making, estimating and judging submissions."""
     s = verb("import-delphi", "turn a folder of Delphi explanation files into a submission", cmd_import_delphi)
     s.add_argument("--delphi", required=True, metavar="DIR", help="folder of Delphi explanation files")
     _task(s, help="the task the submission is for (its id)")
@@ -545,6 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
     _device(s)
     _servers(s)
     _overrides(s)
+
+
+def _checking_verbs(verb: _Verb) -> None:
+    """Checking results and the simulator against independent computations."""
+    from harness.report.reproduce import DEFAULT_SAMPLE
 
     s = verb("verify-result", "recompute every number of result files from their side files (exit 0 all match, "
              "1 a number differs, 3 side file too old to recompute some)", cmd_verify_result)
@@ -596,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     _format(s, ("auto", "rich", "md", "json"))
     _overrides(s)
 
+
+def _page_verbs(verb: _Verb) -> None:
+    """Pages for people, and the tiny task for smoke runs."""
     s = verb("site", "build the static leaderboard site with per-latent failure pages", cmd_site)
     _task(s, required=False, help="one task (id, folder or task.toml); default: every registered task")
     _results(s)
@@ -613,7 +633,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", choices=["llama", "gpt_neox"], default="llama")
     s.add_argument("--kind", choices=["transcoder", "sae"], default="transcoder")
     s.add_argument("--seed", type=int, default=0)
-    return p
 
 
 # One name per thing, in every verb (also printed by `harness --help`).
@@ -625,6 +644,13 @@ flags mean the same thing in every command:
   --leaderboard [DIR]  also write the leaderboard page DIR/<task>.md (eval, leaderboard); opt-in
   -o, --output PATH    the file or folder a command writes
   --format FORMAT      auto (terminal table, Markdown when piped), rich, md, json, ..."""
+
+ENVIRONMENT = """\
+environment variables:
+  HARNESS_CACHE        prepared tasks, converted models and the prediction store (default ~/.cache/harness)
+  HARNESS_TASKS_DIR    where registered task ids are looked up (default: the repo's tasks/)
+  HARNESS_THREADS      torch threads per process (default: torch's choice)
+  HARNESS_BATCH        contexts per forward pass of the subject model (default 32)"""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.data.prepare import prepare
+from harness.data.prepare import Prepared, prepare
 from harness.io import writable_dir
 from harness.report.write import (
     draw_figures,
@@ -25,8 +26,12 @@ from harness.report.write import (
     write_side_file,
 )
 from harness.result import (
+    SIDE,
+    CascadeSummary,
     CeMeans,
+    ConditionRow,
     DetectionBin,
+    Headline,
     PerLatent,
     PredictionWarning,
     Result,
@@ -39,24 +44,30 @@ from harness.result import (
 from harness.score.calibrate import CALIBRATION_MODES, calibrate
 from harness.score.conditions import (
     ALL,
+    PatchedCE,
+    Subset,
     choose_subsets,
     condition_rows,
     headline,
     run_conditions,
     zero,
 )
-from harness.score.degenerate import degenerate_predictions
+from harness.score.degenerate import DegenerateWarning, degenerate_predictions
 from harness.score.detection import detection_table, padded, threshold_values
 from harness.score.metrics import (
     bin_by_score,
     bootstrap_indices,
     sensitivity_specificity,
 )
-from harness.simulate.run import load_simulator, scored_contexts, simulate_all
+from harness.simulate.run import Predictions, load_simulator, scored_contexts, simulate_all
 from harness.task.cascade import CascadeSettings, task_cascade
 from harness.task.inputs import TaskInputs
-from harness.task.spec import load_task
-from harness.task.submission import load_submission, scored_latents
+from harness.task.spec import TaskSpec, load_task
+from harness.task.submission import Submission, load_submission, scored_latents
+
+if TYPE_CHECKING:
+    from harness.model.coder import SparseCoder
+    from harness.simulate.cascade import CascadePlan
 
 
 @dataclass
@@ -86,7 +97,6 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
     prep = prepare(spec, inputs=inputs)
     latents, cov = scored_latents(sub, prep.rewritten, cfg.submission)
     model, tok = inputs.subject()
-    coder = inputs.coder()
 
     # --- simulate
     sim, sim_ref = load_simulator(spec, cfg.backend, inputs.device, model, tok, cfg.endpoints, cfg.served_model)
@@ -101,7 +111,81 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
     pred = simulate_all(prep, tok, sim, explanations, latents, only=plan.mask if plan else None,
                         fill=plan.fill if plan else 0.0, scored=scored)
 
-    # --- score: detection, calibration, conditions
+    # --- score
+    s = _score(spec, prep, sub, latents, pred, plan, model, inputs.coder(), inputs.device)
+
+    # --- report
+    tag = result_tag(sub.method, sub.sha256, sim_ref.key())
+    if cascade is not None and not spec.simulator.cascade:
+        tag += "-" + cascade.tag()   # a task's own cascade is part of its hash: its results need no tag
+    out_dir.mkdir(parents=True, exist_ok=True)
+    side = out_dir / f"{tag}.per_context.npz"
+    task_ref = TaskRef(id=spec.id, hash=spec.hash)
+    sub_info = SubmissionInfo(method=sub.method, description=sub.description, sha256=sub.sha256,
+                              path=portable_path(cfg.submission), n_explanations=len(sub.explanations), coverage=cov)
+    sim_info = SimulatorInfo(model_key=sim_ref.key(), prompt_version=spec.simulator.prompt_version, backend=sim.name)
+    prov = provenance(spec, cfg.command, inputs.device, s.score_source, started, pred.stats)
+    result_warnings = [PredictionWarning(**w.to_dict()) for w in s.warnings]
+    side_sha = write_side_file(side, prep, latents, s.patched.ce, s.subsets, {
+        # The identity fields, copied where the result's sha256 covers them: `verify-result` compares each.
+        SIDE.record: side_record(task_ref, sub_info, sim_info, prov, result_warnings),
+        SIDE.rewritten: np.asarray(prep.rewritten, dtype=np.int64),
+        SIDE.pred_calibration: pred.calibration.astype(np.float32), SIDE.pred_test: pred.test.astype(np.float32),
+        SIDE.det_pred_pos: padded(pred.detection_pos), SIDE.det_pred_neg: padded(pred.detection_neg),
+        SIDE.detection_threshold: s.det_thr, SIDE.fire_rate: s.fire_rate, SIDE.active_true: s.patched.active_true,
+        **{SIDE.active_sim(mode): a for mode, a in s.patched.active_sim.items()},
+        **{SIDE.sim_values(mode): v.astype(np.float32) for mode, v in s.sims.items()},
+        SIDE.selection_scores: s.sel_scores.astype(np.float64),
+        **({SIDE.calibration_weights: s.cal_w} if s.cal_w is not None else {})})
+    result = Result(
+        task=task_ref,
+        submission=sub_info,
+        simulator=sim_info,
+        provenance=prov,
+        headline=s.head,
+        ce_means=_ce_means(prep.ce_base, s.patched.ce, s.rows),
+        conditions=s.rows,
+        per_latent=PerLatent(latent=latents.tolist(), auroc=s.auroc.tolist(), balanced_accuracy=s.bacc.tolist(),
+                             sensitivity=s.sens.tolist(), specificity=s.spec.tolist(),
+                             score=[float(x) for x in s.sel_scores], detection_threshold=s.det_thr.tolist(),
+                             fire_rate=s.fire_rate.tolist()),
+        sens_spec_by_detection_bin=s.bins,
+        side_files=SideFiles(per_context=SideFile(path=side.name, sha256=side_sha)),
+        methods=method_notes(spec, prep.table),
+        warnings=result_warnings,
+        cascade=s.cascade,
+    )
+    result.figures = draw_figures(result, out_dir, tag, prep, latents, pred.test, s.sims["quantile"])
+    path = out_dir / f"{tag}.json"
+    result.to_json(path)
+    return result, path
+
+
+@dataclass
+class _Scored:
+    """What the scorers found, before it is laid out as a result."""
+    fire_rate: np.ndarray
+    cal_w: np.ndarray | None            # a cascade's calibration weights; None: exhaustive
+    det_thr: np.ndarray
+    auroc: np.ndarray
+    bacc: np.ndarray
+    warnings: list[DegenerateWarning]
+    sel_scores: np.ndarray
+    score_source: str                   # submission | detection-auroc
+    sims: dict[str, np.ndarray]         # calibration mode -> simulated latent values on the test split
+    cascade: CascadeSummary | None
+    subsets: dict[Subset, np.ndarray]
+    patched: PatchedCE
+    rows: list[ConditionRow]
+    sens: np.ndarray
+    spec: np.ndarray
+    head: Headline
+    bins: list[DetectionBin]
+
+
+def _score(spec: TaskSpec, prep: Prepared, sub: Submission, latents: np.ndarray, pred: Predictions,
+           plan: CascadePlan | None, model: Any, coder: SparseCoder, device: Any) -> _Scored:
+    """Detection, calibration, the patched conditions and the headline, in the protocol's order."""
     sc = spec.scoring
     fire_rate = prep.table.fire_rate[latents]
     # A cascade's calibration rows are weighted (sampled unselected pairs stand for the unselected); else None.
@@ -128,8 +212,7 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
                                           int(pred.stats["n_predictions"]) - int(plan.mask.sum()))
     subsets = choose_subsets(latents, sc.fractions, sel_scores, sc.seed)
     patched = run_conditions(model, coder, spec.coder.hookpoint, spec.coder.kind, prep.splits["test"], prep.k,
-                             latents, sims, subsets, inputs.device)
-
+                             latents, sims, subsets, device)
     base = prep.ce_base
     boot = bootstrap_indices(len(base["clean"]), sc.bootstrap, sc.seed)
     rows = condition_rows(patched.ce, subsets, base["clean"], base["coder"], boot)
@@ -139,54 +222,15 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
                     bootstrap_indices(n_auroc, sc.bootstrap, sc.seed) if n_auroc >= 2 else None, sc.rank_by)
     bins = [DetectionBin(lo=s["lo"], hi=s["hi"], n=s["n"], sensitivity=s["mean"], specificity=p["mean"])
             for s, p in zip(bin_by_score(auroc, sens), bin_by_score(auroc, spec_), strict=True)]
+    return _Scored(fire_rate=fire_rate, cal_w=cal_w, det_thr=det_thr, auroc=auroc, bacc=bacc, warnings=warnings,
+                   sel_scores=sel_scores, score_source=score_source, sims=sims, cascade=cascade_section,
+                   subsets=subsets, patched=patched, rows=rows, sens=sens, spec=spec_, head=head, bins=bins)
 
-    # --- report
-    tag = result_tag(sub.method, sub.sha256, sim_ref.key())
-    if cascade is not None and not spec.simulator.cascade:
-        tag += "-" + cascade.tag()   # a task's own cascade is part of its hash: its results need no tag
-    out_dir.mkdir(parents=True, exist_ok=True)
-    side = out_dir / f"{tag}.per_context.npz"
-    task_ref = TaskRef(id=spec.id, hash=spec.hash)
-    sub_info = SubmissionInfo(method=sub.method, description=sub.description, sha256=sub.sha256,
-                              path=portable_path(cfg.submission), n_explanations=len(sub.explanations), coverage=cov)
-    sim_info = SimulatorInfo(model_key=sim_ref.key(), prompt_version=spec.simulator.prompt_version, backend=sim.name)
-    prov = provenance(spec, cfg.command, inputs.device, score_source, started, pred.stats)
-    result_warnings = [PredictionWarning(**w.to_dict()) for w in warnings]
-    side_sha = write_side_file(side, prep, latents, patched.ce, subsets, dict(
-        # The identity fields, copied where the result's sha256 covers them: `verify-result` compares each.
-        record=side_record(task_ref, sub_info, sim_info, prov, result_warnings),
-        rewritten=np.asarray(prep.rewritten, dtype=np.int64),
-        pred_calibration=pred.calibration.astype(np.float32), pred_test=pred.test.astype(np.float32),
-        det_pred_pos=padded(pred.detection_pos), det_pred_neg=padded(pred.detection_neg),
-        detection_threshold=det_thr, fire_rate=fire_rate, active_true=patched.active_true,
-        **{f"active_sim__{mode}": a for mode, a in patched.active_sim.items()},
-        **{f"sim_values__{mode}": v.astype(np.float32) for mode, v in sims.items()},
-        selection_scores=sel_scores.astype(np.float64),
-        **({"calibration_weights": cal_w} if cal_w is not None else {})))
+
+def _ce_means(base: dict[str, np.ndarray], ce: dict[Any, np.ndarray], rows: list[ConditionRow]) -> CeMeans:
     zero_output = base["zero_output"]
-    result = Result(
-        task=task_ref,
-        submission=sub_info,
-        simulator=sim_info,
-        provenance=prov,
-        headline=head,
-        ce_means=CeMeans(clean=float(base["clean"].mean()), coder=float(base["coder"].mean()),
-                         zero_output=float(np.mean(zero_output)) if np.isfinite(zero_output).all() else None,
-                         latent_zero=float(patched.ce[zero(ALL)].mean()), simulated=float(
-                             next(r.ce_mean for r in rows if r.name == "simulated" and r.calibration == "quantile"
-                                  and r.selection == "all"))),
-        conditions=rows,
-        per_latent=PerLatent(latent=latents.tolist(), auroc=auroc.tolist(), balanced_accuracy=bacc.tolist(),
-                             sensitivity=sens.tolist(), specificity=spec_.tolist(),
-                             score=[float(x) for x in sel_scores], detection_threshold=det_thr.tolist(),
-                             fire_rate=fire_rate.tolist()),
-        sens_spec_by_detection_bin=bins,
-        side_files=SideFiles(per_context=SideFile(path=side.name, sha256=side_sha)),
-        methods=method_notes(spec, prep.table),
-        warnings=result_warnings,
-        cascade=cascade_section,
-    )
-    result.figures = draw_figures(result, out_dir, tag, prep, latents, pred.test, sims["quantile"])
-    path = out_dir / f"{tag}.json"
-    result.to_json(path)
-    return result, path
+    return CeMeans(clean=float(base["clean"].mean()), coder=float(base["coder"].mean()),
+                   zero_output=float(np.mean(zero_output)) if np.isfinite(zero_output).all() else None,
+                   latent_zero=float(ce[zero(ALL)].mean()), simulated=float(
+                       next(r.ce_mean for r in rows if r.name == "simulated" and r.calibration == "quantile"
+                            and r.selection == "all")))

@@ -13,6 +13,7 @@ as a reference line beside the leaderboard and skipped by everything that ranks 
 
 import math
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -79,20 +80,11 @@ def run_oracle(task: str, levels=None, seed: int = 0, results_dir: Path = Path("
                output: Path | None = None, device: str = "auto", overrides=(), command: str = "",
                console=None) -> tuple[OracleReport, Path]:
     from harness.data.prepare import prepare
-    from harness.io import progress, writable_dir
+    from harness.io import writable_dir
     from harness.report.write import true_values
-    from harness.score.calibrate import calibrate
-    from harness.score.conditions import ALL, run_conditions, simulated, zero
-    from harness.score.detection import detection_table, threshold_values
-    from harness.score.metrics import (
-        bootstrap_indices,
-        mean_ci,
-        paired_difference,
-        recovery,
-        recovery_denominator,
-        sensitivity_specificity,
-    )
-    from harness.score.oracle import DEFAULT_LEVELS, FORMS, bootstrap_sens_spec, check_levels, noise_scales, noisy
+    from harness.score.conditions import ALL, run_conditions, zero
+    from harness.score.metrics import bootstrap_indices, recovery_denominator
+    from harness.score.oracle import DEFAULT_LEVELS, check_levels
     from harness.task.inputs import TaskInputs
     from harness.task.spec import load_task
 
@@ -115,69 +107,17 @@ def run_oracle(task: str, levels=None, seed: int = 0, results_dir: Path = Path("
     fallback = [prep.table.nonzero_values(int(j)) if prep.table.exact else np.zeros(0) for j in latents]
 
     rng = np.random.default_rng(seed)
-    eps_cal, eps_test = rng.standard_normal(cal_x.shape), rng.standard_normal(test_x.shape)
-    eps_pos = [rng.standard_normal(len(p)) for p in pos_x]
-    eps_neg = [rng.standard_normal(int(k)) for k in n_neg]
-
-    fire_rate = prep.table.fire_rate[latents]
     sc = spec.scoring
-    sims: dict[str, np.ndarray] = {}
-    meta: dict[str, tuple[str, float, np.ndarray, np.ndarray]] = {}
-    with progress() as prog:
-        bar = prog.add_task("oracle: noise, predictions, calibration", total=len(FORMS) * len(levels))
-        for form in FORMS:
-            for a in levels:
-                sigma = noise_scales(form, pos_x, fallback, a)
-                p_cal = noisy(form, cal_x, sigma, eps_cal)
-                p_test = noisy(form, test_x, sigma, eps_test)
-                det_pos = [noisy(form, x[:, None], sigma[e:e + 1], z[:, None])[:, 0]
-                           for e, (x, z) in enumerate(zip(pos_x, eps_pos, strict=True))]
-                det_neg = [sigma[e] * z for e, z in enumerate(eps_neg)]
-                auroc, _ = detection_table(det_pos, det_neg, threshold_values(spec, p_cal, fire_rate))
-                name = f"{form}@{a:g}"
-                sims[name] = calibrate("quantile", p_cal, p_test, prep.table, latents)
-                meta[name] = (form, a, auroc, sigma)
-                if form == "graded" and a == 1.0:
-                    sims[f"{name}/none"] = calibrate("none", p_cal, p_test, prep.table, latents)
-                    sims[f"{name}/prompt-fit"] = calibrate("prompt-fit", p_cal, p_test, prep.table, latents)
-                prog.advance(bar)
-
+    noise = _Noise(cal=rng.standard_normal(cal_x.shape), test=rng.standard_normal(test_x.shape),
+                   pos=[rng.standard_normal(len(p)) for p in pos_x], neg=[rng.standard_normal(int(k)) for k in n_neg])
+    sims, meta = _degraded(spec, prep, latents, levels, cal_x, test_x, pos_x, fallback, noise)
     patched = run_conditions(model, coder, spec.coder.hookpoint, spec.coder.kind, prep.splits["test"], prep.k,
                              latents, sims, {ALL: latents}, inputs.device)
     base = prep.ce_base
     n_test = len(base["clean"])
     boot = bootstrap_indices(n_test, sc.bootstrap, sc.seed)
     z = patched.ce[zero(ALL)]
-    rows = []
-    for name, (form, a, auroc, sigma) in meta.items():
-        s = patched.ce[simulated(name, ALL)]
-        active = patched.active_sim[name]
-        sens, spec_ = sensitivity_specificity(patched.active_true, active)
-        b_sens, b_spec = bootstrap_sens_spec(patched.active_true, active, boot)
-        fin = auroc[np.isfinite(auroc)]
-        rows.append(OracleRow(
-            form=form, target_auroc=a,
-            realised_auroc=(mean_ci(fin, bootstrap_indices(len(fin), sc.bootstrap, sc.seed)) if len(fin) >= 2
-                            else Interval(float(np.mean(fin)) if len(fin) else math.nan, math.nan, math.nan,
-                                          "fewer than 2 latents with detection examples")),
-            sigma_median=float(np.median(sigma)),
-            recovery=recovery(z, s, base["coder"]),
-            sim_minus_zero_mean=paired_difference(s, z, boot)["mean"],
-            sensitivity=_pct(b_sens, float(np.nanmean(sens)) if np.isfinite(sens).any() else math.nan),
-            specificity=_pct(b_spec, float(np.nanmean(spec_)) if np.isfinite(spec_).any() else math.nan),
-            active_share=float(active.mean())))
-    diags = []
-    for cal, note in (("none", "the true activations patched as they are: any shortfall from 1 is the patching "
-                               "path itself (TopK of the true code is the code)"),
-                      ("prompt-fit", "quantile map fit on the test predictions themselves: a shortfall here but "
-                                     "not under 'none' is the activation sample's distribution differing from the "
-                                     "last position's")):
-        key = f"graded@1/{cal}"
-        if key in sims:
-            s = patched.ce[simulated(key, ALL)]
-            diags.append(OracleDiagnostic(name="graded@1", calibration=cal, recovery=recovery(z, s, base["coder"]),
-                                          sim_minus_zero_mean=paired_difference(s, z, boot)["mean"], note=note))
-
+    rows, diags = _rows(patched, meta, z, base["coder"], boot, sc.bootstrap, sc.seed)
     report = OracleReport(
         schema=ORACLE_SCHEMA, task=TaskRef(id=spec.id, hash=spec.hash),
         provenance=OracleProvenance(
@@ -193,6 +133,96 @@ def run_oracle(task: str, levels=None, seed: int = 0, results_dir: Path = Path("
     report.figure = plot_oracle(report, out_dir / ORACLE_FIGURE).name
     path = report.to_json(out_dir / ORACLE_FILE)
     return report, path
+
+
+@dataclass
+class _Noise:
+    """The N(0,1) draws every level and form shares: calibration, test, and per latent its detection examples."""
+    cal: np.ndarray
+    test: np.ndarray
+    pos: list[np.ndarray]
+    neg: list[np.ndarray]
+
+
+_Meta = dict[str, tuple[str, float, np.ndarray, np.ndarray]]   # name -> form, level, detection AUROCs, sigmas
+
+
+def _degraded(spec, prep, latents: np.ndarray, levels, cal_x: np.ndarray, test_x: np.ndarray,
+              pos_x: list[np.ndarray], fallback: list[np.ndarray], eps: _Noise) -> tuple[dict[str, np.ndarray], _Meta]:
+    """Each (form, level)'s calibrated test values, and what it reached in detection."""
+    from harness.io import progress
+    from harness.score.calibrate import calibrate
+    from harness.score.detection import detection_table, threshold_values
+    from harness.score.oracle import FORMS, noise_scales, noisy
+
+    fire_rate = prep.table.fire_rate[latents]
+    sims: dict[str, np.ndarray] = {}
+    meta: _Meta = {}
+    with progress() as prog:
+        bar = prog.add_task("oracle: noise, predictions, calibration", total=len(FORMS) * len(levels))
+        for form in FORMS:
+            for a in levels:
+                sigma = noise_scales(form, pos_x, fallback, a)
+                p_cal = noisy(form, cal_x, sigma, eps.cal)
+                p_test = noisy(form, test_x, sigma, eps.test)
+                det_pos = [noisy(form, x[:, None], sigma[e:e + 1], z[:, None])[:, 0]
+                           for e, (x, z) in enumerate(zip(pos_x, eps.pos, strict=True))]
+                det_neg = [sigma[e] * z for e, z in enumerate(eps.neg)]
+                auroc, _ = detection_table(det_pos, det_neg, threshold_values(spec, p_cal, fire_rate))
+                name = f"{form}@{a:g}"
+                sims[name] = calibrate("quantile", p_cal, p_test, prep.table, latents)
+                meta[name] = (form, a, auroc, sigma)
+                if form == "graded" and a == 1.0:
+                    sims[f"{name}/none"] = calibrate("none", p_cal, p_test, prep.table, latents)
+                    sims[f"{name}/prompt-fit"] = calibrate("prompt-fit", p_cal, p_test, prep.table, latents)
+                prog.advance(bar)
+    return sims, meta
+
+
+def _rows(patched, meta: _Meta, z: np.ndarray, coder_ce: np.ndarray, boot: np.ndarray, draws: int,
+          seed: int) -> tuple[list[OracleRow], list[OracleDiagnostic]]:
+    """One row per (form, level), and the two diagnostics of the noiseless graded oracle."""
+    from harness.score.conditions import ALL, simulated
+    from harness.score.metrics import (
+        bootstrap_indices,
+        mean_ci,
+        paired_difference,
+        recovery,
+        sensitivity_specificity,
+    )
+    from harness.score.oracle import bootstrap_sens_spec
+
+    rows = []
+    for name, (form, a, auroc, sigma) in meta.items():
+        s = patched.ce[simulated(name, ALL)]
+        active = patched.active_sim[name]
+        sens, spec_ = sensitivity_specificity(patched.active_true, active)
+        b_sens, b_spec = bootstrap_sens_spec(patched.active_true, active, boot)
+        fin = auroc[np.isfinite(auroc)]
+        rows.append(OracleRow(
+            form=form, target_auroc=a,
+            realised_auroc=(mean_ci(fin, bootstrap_indices(len(fin), draws, seed)) if len(fin) >= 2
+                            else Interval(float(np.mean(fin)) if len(fin) else math.nan, math.nan, math.nan,
+                                          "fewer than 2 latents with detection examples")),
+            sigma_median=float(np.median(sigma)),
+            recovery=recovery(z, s, coder_ce),
+            sim_minus_zero_mean=paired_difference(s, z, boot)["mean"],
+            sensitivity=_pct(b_sens, float(np.nanmean(sens)) if np.isfinite(sens).any() else math.nan),
+            specificity=_pct(b_spec, float(np.nanmean(spec_)) if np.isfinite(spec_).any() else math.nan),
+            active_share=float(active.mean())))
+    diags = []
+    for cal, note in (("none", "the true activations patched as they are: any shortfall from 1 is the patching "
+                               "path itself (TopK of the true code is the code)"),
+                      ("prompt-fit", "quantile map fit on the test predictions themselves: a shortfall here but "
+                                     "not under 'none' is the activation sample's distribution differing from the "
+                                     "last position's")):
+        key = f"graded@1/{cal}"
+        if simulated(key, ALL) in patched.ce:
+            s = patched.ce[simulated(key, ALL)]
+            diags.append(OracleDiagnostic(name="graded@1", calibration=cal, recovery=recovery(z, s, coder_ce),
+                                          sim_minus_zero_mean=paired_difference(s, z, boot)["mean"], note=note))
+
+    return rows, diags
 
 
 def table_rows(report: OracleReport) -> list[list[str]]:

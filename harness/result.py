@@ -35,6 +35,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.io import atomic_write_text
+from harness.names import RankMetric, allowed, choice_text, is_literal
 
 SCHEMA = "harness-result/1"
 SCHEMA_FILE = Path(__file__).with_name("result.schema.json")
@@ -118,7 +119,7 @@ class Headline(Record):
     specificity: float
     detection_auroc: float
     detection_auroc_ci: Interval | None = None
-    rank_by: str = "sim_minus_zero"
+    rank_by: RankMetric = "sim_minus_zero"
     detection_balanced_accuracy: float = math.nan
     recovery_denominator: Interval | None = None
     coder_delta_ce_median: Interval | None = None
@@ -433,6 +434,11 @@ def _convert(tp: Any, v: Any, where: str) -> Any:
         return {k: _convert(item, x, f"{where}.{k}") for k, x in v.items()}
     if inner is Any:
         return v
+    if is_literal(inner):
+        if v not in allowed(inner):
+            raise HarnessError(f"{where} holds {v!r:.40} where the schema needs {choice_text(allowed(inner))} — "
+                               "the file is damaged; re-run `harness eval`")
+        return v
     if inner is float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise HarnessError(f"{where} holds {type(v).__name__} where the schema needs a number — the file "
@@ -508,6 +514,8 @@ def _schema_of(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
         s = {"type": "object", "additionalProperties": _schema_of(typing.get_args(inner)[1], defs)}
     elif inner is Any:
         s = {"type": "object"}
+    elif is_literal(inner):
+        s = {"type": "string", "enum": list(allowed(inner))}
     elif inner is float:
         s = {"type": ["number", "null"]}      # null = NaN
     elif inner is int:
@@ -564,6 +572,105 @@ def load_result(path: str | os.PathLike) -> Result:
         return Result.from_dict(d)
     except HarnessError as e:
         raise DamagedResult(f"{where}: {e}") from None
+
+
+# ---------------------------------------------------------------- the per-context side file
+
+class SideArray(str):
+    """One array of the per-context side file: its name (usable wherever the name is: `side[SIDE.true_test]`), its
+    dtype kind (numpy's `dtype.kind`), its axes and what it holds. A family (`SIDE.ce`, `SIDE.sim_values`...) is a
+    name prefix; calling it with the member's parts gives one array's name, e.g. `SIDE.sim_values("quantile")`."""
+
+    kind: str
+    axes: tuple[str, ...]
+    doc: str
+    family: bool
+
+    def __new__(cls, name: str, kind: str, axes: tuple[str, ...], doc: str, family: bool = False) -> SideArray:
+        obj = super().__new__(cls, name)
+        obj.kind, obj.axes, obj.doc, obj.family = kind, axes, doc, family
+        return obj
+
+    def __call__(self, *parts: str) -> str:
+        return str(self) + "__".join(parts)
+
+
+class SIDE:
+    """Every array of the side file, the one place their names are spelled: `report/write.py` writes them and
+    checks each against this description (`side_layout_errors`); every reader indexes with these names. Axes:
+    test (test contexts), calibration (calibration contexts), latent (scored latents, result order), T (window
+    tokens), k (detection examples), nz (stored activation-table values)."""
+
+    # identity: copies of the result's own fields, so that `verify-result` can tell a side file from another's
+    record = SideArray("record", "U", (), "JSON of the result's task, submission, simulator, provenance, warnings")
+    latents = SideArray("latents", "i", ("latent",), "the scored latents")
+    rewritten = SideArray("rewritten", "i", ("rewritten",), "every latent the task rewrites")
+    # the task's test split
+    test_windows = SideArray("test_windows", "i", ("test", "T"), "token windows; the last position is scored")
+    test_targets = SideArray("test_targets", "i", ("test",), "the token after each window")
+    true_test = SideArray("true_test", "f", ("test", "latent"), "true activation at the scored position")
+    # the simulator's predictions
+    pred_calibration = SideArray("pred_calibration", "f", ("calibration", "latent"), "raw predictions")
+    pred_test = SideArray("pred_test", "f", ("test", "latent"), "raw predictions")
+    det_pred_pos = SideArray("det_pred_pos", "f", ("latent", "k"), "predictions on detection positives (NaN pad)")
+    det_pred_neg = SideArray("det_pred_neg", "f", ("latent", "k"), "predictions on detection negatives (NaN pad)")
+    calibration_weights = SideArray("calibration_weights", "f", ("calibration", "latent"),
+                                    "a cascade's weight of each calibration prediction (absent: exhaustive)")
+    # detection and selection
+    detection_threshold = SideArray("detection_threshold", "f", ("latent",), "prediction at or above: firing")
+    fire_rate = SideArray("fire_rate", "f", ("latent",), "firing rate on the activation sample")
+    selection_scores = SideArray("selection_scores", "f", ("latent",), "what top-scoring partial rewrites rank by")
+    # calibration and patching
+    sim_values = SideArray("sim_values__", "f", ("test", "latent"), "calibrated values, per calibration mode",
+                           family=True)
+    active_sim = SideArray("active_sim__", "b", ("test", "latent"), "firing after TopK, per calibration mode",
+                           family=True)
+    active_true = SideArray("active_true", "b", ("test", "latent"), "firing in the true code")
+    subset = SideArray("subset__", "i", ("subset",), "latents of a partial rewrite, per selection@fraction",
+                       family=True)
+    ce = SideArray("ce_", "f", ("test",), "last-position CE of a baseline (clean, coder, zero_output) or a "
+                   "condition (its key, e.g. simulated__quantile__all)", family=True)
+    # the activation table's excerpt the quantile map needs
+    table_n_tokens = SideArray("table_n_tokens", "i", (), "tokens in the activation sample")
+    table_method = SideArray("table_method", "U", (), "numpy quantile method")
+    table_nz_count = SideArray("table_nz_count", "i", ("latent",), "non-zero activations per latent")
+    table_nz_stored = SideArray("table_nz_stored", "i", ("latent",), "how many of them are stored here")
+    table_nz_ranks = SideArray("table_nz_ranks", "i", ("nz",), "their ranks")
+    table_nz_values = SideArray("table_nz_values", "f", ("nz",), "their values")
+
+    # The headline's pair of conditions (quantile calibration, every latent rewritten), read by every ranking.
+    ce_simulated_all = "ce_simulated__quantile__all"
+    ce_latent_zero_all = "ce_latent_zero__all"
+
+    @classmethod
+    def arrays(cls) -> list[SideArray]:
+        return [v for v in vars(cls).values() if isinstance(v, SideArray)]
+
+    @classmethod
+    def of(cls, name: str) -> SideArray | None:
+        """The description an array name falls under (a family member's is its family's)."""
+        exact = [a for a in cls.arrays() if not a.family and a == name]
+        return exact[0] if exact else next((a for a in cls.arrays() if a.family and name.startswith(a)), None)
+
+
+def side_layout_errors(arrays: dict[str, np.ndarray]) -> list[str]:
+    """What in `arrays` breaks the side file's description: an undescribed name, a wrong dtype kind or number of
+    axes, or an axis whose length differs between arrays (test, calibration, latent)."""
+    errors, lengths = [], {}
+    for name, a in arrays.items():
+        d = SIDE.of(name)
+        if d is None:
+            errors.append(f"{name}: not in the side file's description (harness.result.SIDE)")
+            continue
+        a = np.asarray(a)
+        if a.dtype.kind != d.kind or a.ndim != len(d.axes):
+            errors.append(f"{name}: {a.dtype} with {a.ndim} axes, described as kind {d.kind!r} with axes {d.axes}")
+            continue
+        for axis, n in zip(d.axes, a.shape, strict=True):
+            if axis in ("test", "calibration", "latent"):
+                if lengths.setdefault(axis, (n, name))[0] != n:
+                    errors.append(f"{name}: {axis} axis {n} long, {lengths[axis][1]}'s is {lengths[axis][0]}")
+    return errors
 
 
 class DamagedSideFile(HarnessError):

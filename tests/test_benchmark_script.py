@@ -188,11 +188,14 @@ def test_random_arch_run_on_a_small_shape(bench, capsys, tmp_path, monkeypatch):
     tokenizer of --model-dir; the engines still agree (float32)."""
     tok = build_tokenizer(synthetic_texts(400, 0))
     tok.save_pretrained(tmp_path / "tok")
-    monkeypatch.setitem(bench.RANDOM_ARCHS, "tiny-test", dict(
+    from simbench import workload   # benchmarks/simulate.py's workload module (pytest's pythonpath)
+
+    monkeypatch.setitem(workload.RANDOM_ARCHS, "tiny-test", dict(
         vocab_size=len(tok) + 17, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512))
-    monkeypatch.setattr(bench, "DEFAULT_CORPUS", ROOT / "tasks" / "no-such-corpus.npz")  # SmolLM2 ids: not this tokenizer's
-    m = bench.random_model("tiny-test", "bfloat16", "cpu", 0)
+    # SmolLM2 ids: not this tokenizer's
+    monkeypatch.setattr(workload, "DEFAULT_CORPUS", ROOT / "tasks" / "no-such-corpus.npz")
+    m = workload.random_model("tiny-test", "bfloat16", "cpu", 0)
     assert m.dtype == torch.bfloat16 and m.config.vocab_size == len(tok) + 17
     args = ["--random-arch", "tiny-test", "--model-dir", str(tmp_path / "tok"), "-C", "3", "-E", "4",
             "--warm-contexts", "1", "--threads", "1", "-T", "24", "--no-vllm", "--no-record"]

@@ -38,7 +38,7 @@ def test_nothing_in_the_product_imports_the_test_stand_ins():
 # The package's layers, lowest first: a module imports only its own layer and the ones before it. Shared
 # ground first, then the stages in the order an eval runs them (models before the task, whose inputs load
 # them), then what drives the stages.
-LAYERS = ["errors", "io", "terminal", "hub", "result", "environment", "model", "task", "data", "simulate", "score",
+LAYERS = ["errors", "names", "io", "terminal", "hub", "result", "environment", "model", "task", "data", "simulate", "score",
           "report", "oracle", "simulator_check", "evaluate", "baselines", "build", "testing", "cli"]
 
 
@@ -70,3 +70,13 @@ def test_imports_point_down_the_layers():
     upward = {(src, dst) for src, dst in _imports()
               if (a := _layer(src)) is not None and (b := _layer(dst)) is not None and b > a}
     assert upward == set(), "imports that point up the layers (docs/DESIGN.md)"
+
+
+def test_no_function_in_the_package_is_over_100_lines():
+    import ast
+
+    long = [f"{p.relative_to(ROOT).as_posix()}:{n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for p in sorted((ROOT / "harness").rglob("*.py"))
+            for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 100]
+    assert long == [], "split these by the steps they take"

@@ -122,3 +122,27 @@ def test_modified_artifact_is_rejected(task_toml, tmp_path):
         f.write(b"x")
     with pytest.raises(HarnessError, match="sha256 of corpus.npz"):
         verify_artifacts(parse_task(copy / "task.toml"))
+
+
+@pytest.mark.parametrize("edit,needle", [
+    ('coder.source="s3"', "[coder]: source must be local or hub (got 's3')"),
+    ('corpus.source="web"', "[corpus]: source must be one of local-tokens, local-text, hub (got 'web')"),
+    ('scoring.detection_rule="median"', "[scoring]: detection_rule must be fire-rate or fixed (got 'median')"),
+    ('scoring.rank_by="recovery"', "[scoring]: rank_by must be sim_minus_zero or detection_auroc (got 'recovery')"),
+])
+def test_enumerated_fields_take_their_values_from_the_literal_types(task_toml, edit, needle):
+    with pytest.raises(HarnessError) as e:
+        load_task(str(task_toml), [edit])
+    assert needle in str(e.value)
+
+
+def test_each_enumeration_is_defined_once():
+    import typing
+
+    from harness import names
+    from harness.task.spec import CoderSpec, ScoringSpec
+
+    hints = typing.get_type_hints(ScoringSpec)
+    assert names.allowed(hints["rank_by"]) == ("sim_minus_zero", "detection_auroc")
+    assert names.allowed(typing.get_type_hints(CoderSpec)["kind"]) == ("transcoder", "sae")
+    assert names.choice_text(("a", "b", "c")) == "one of a, b, c" and names.choice_text(("a", "b")) == "a or b"

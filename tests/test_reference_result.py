@@ -213,3 +213,53 @@ def test_reference_result_validates_against_the_schema():
     doc["headline"]["recovery"] = "high"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, json_schema())
+
+
+# ---------------------------------------------------------------- the side file's description
+
+def test_every_committed_side_file_matches_the_description():
+    from harness.result import side_layout_errors
+
+    root = Path(__file__).resolve().parent.parent / "results"
+    files = sorted(root.glob("*/*.per_context.npz"))
+    assert len(files) >= 6
+    for f in files:
+        with np.load(f) as z:
+            assert side_layout_errors({k: z[k] for k in z.files}) == [], f
+
+
+def test_side_description_catches_what_a_writer_could_get_wrong():
+    from harness.result import SIDE, side_layout_errors
+
+    ok = {SIDE.latents: np.arange(3), SIDE.true_test: np.zeros((5, 3), np.float32),
+          SIDE.sim_values("quantile"): np.zeros((5, 3), np.float32), SIDE.ce("clean"): np.zeros(5)}
+    assert side_layout_errors(ok) == []
+    assert side_layout_errors({**ok, "extra": np.zeros(3)}) == ["extra: not in the side file's description "
+                                                                 "(harness.result.SIDE)"]
+    (kind,) = side_layout_errors({**ok, SIDE.latents: np.arange(3.0)})
+    assert kind.startswith("latents: float64 with 1 axes")
+    (length,) = side_layout_errors({**ok, SIDE.pred_test: np.zeros((5, 4), np.float32)})
+    assert "latent axis 4 long" in length
+
+
+def test_side_names_of_the_headline_pair_are_the_conditions_keys():
+    from harness.result import SIDE
+    from harness.score.conditions import ALL, simulated, zero
+
+    assert SIDE.ce_simulated_all == SIDE.ce(simulated("quantile", ALL).key)
+    assert SIDE.ce_latent_zero_all == SIDE.ce(zero(ALL).key)
+    assert SIDE.of("ce_simulated__prompt-fit__random@0.3") is SIDE.ce
+    assert SIDE.of("sim_values__quantile") is SIDE.sim_values and SIDE.of("nothing") is None
+
+
+def test_a_result_with_a_rank_rule_outside_the_enumeration_is_one_line():
+    from harness.errors import HarnessError
+    from harness.result import Result
+
+    root = Path(__file__).resolve().parent.parent / "results"
+    d = json.loads(next(root.glob("smollm2-135m-l0-ce/top-tokens-*.json")).read_text())
+    assert Result.from_dict(d).headline.rank_by == "sim_minus_zero"
+    d["headline"]["rank_by"] = "loudest"
+    with pytest.raises(HarnessError, match=r"headline.rank_by holds 'loudest' where the schema needs "
+                                           r"sim_minus_zero or detection_auroc"):
+        Result.from_dict(d)

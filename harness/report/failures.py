@@ -19,14 +19,14 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.io import one_line, sha256_file
-from harness.result import DamagedSideFile, Result, load_result, read_side_file
+from harness.result import SIDE, DamagedSideFile, Result, load_result, read_side_file
 from harness.terminal import console as safe_console
 
 TOP_N = 5
 
 # Keys issue 11 may add for the simulated active mask after TopK (the mask sensitivity/specificity are computed
 # from). When one is present it decides "the simulator fired"; otherwise the calibrated value > 0 does.
-_SIM_MASK_KEYS = ("active_sim__quantile",)   # after TopK: what sensitivity/specificity count
+_SIM_MASK_KEYS = (SIDE.active_sim("quantile"),)   # after TopK: what sensitivity/specificity count
 
 
 @dataclass
@@ -99,7 +99,7 @@ def load_with_side(path: str | os.PathLike, *, require_side: bool = True) -> Loa
         if require_side:
             raise HarnessError(note)
         return Loaded(p, res, None, note, damaged)
-    for k in ("latents", "true_test", "pred_test"):
+    for k in (SIDE.latents, SIDE.true_test, SIDE.pred_test):
         if k not in side:
             note = f"{side_path}: no {k!r} array — written by an older harness; re-run `harness eval`"
             if require_side:
@@ -142,8 +142,8 @@ def test_windows(loaded: Loaded, spec=None) -> tuple[np.ndarray | None, str]:
     only if its scored targets equal the ``test_targets`` the side file recorded.
     """
     side = loaded.side or {}
-    if "test_windows" in side:
-        return side["test_windows"], ""
+    if SIDE.test_windows in side:
+        return side[SIDE.test_windows], ""
     from harness.io import cache_root
 
     tid, thash = loaded.result.task.id, loaded.result.task.hash
@@ -163,7 +163,7 @@ def test_windows(loaded: Loaded, spec=None) -> tuple[np.ndarray | None, str]:
     if win is None:
         return None, ("the side file predates test_windows and the task's splits are not cached — "
                       "re-run `harness eval` to see the text")
-    tt = side.get("test_targets")
+    tt = side.get(SIDE.test_targets)
     if tt is None or len(win) != len(tt) or not np.array_equal(win[:, -1], tt):
         return None, "the task's test split does not match the side file's targets — re-run `harness eval`"
     return win, ""
@@ -224,9 +224,9 @@ def _sim_mask(side: dict[str, np.ndarray], col: int) -> tuple[np.ndarray | None,
     for k in _SIM_MASK_KEYS:
         if k in side and side[k].ndim == 2:
             return side[k][:, col].astype(bool), "active in the patched TopK code (side file mask)"
-    if "sim_values__quantile" in side:
+    if SIDE.sim_values("quantile") in side:
         # Before TopK re-sparsification: the per-latent sensitivity/specificity (after TopK) can differ slightly.
-        return side["sim_values__quantile"][:, col] > 0, ("quantile-calibrated prediction > 0 (before TopK; "
+        return side[SIDE.sim_values("quantile")][:, col] > 0, ("quantile-calibrated prediction > 0 (before TopK; "
                                                        "sensitivity/specificity count the patched TopK code)")
     return None, ""
 
@@ -242,13 +242,13 @@ def latent_report(loaded: Loaded, latent: int, *, explanations: dict[int, str] |
     if side is None:
         raise HarnessError(loaded.side_note)
     i = lats.index(latent)
-    side_lats = [int(j) for j in side["latents"]]
+    side_lats = [int(j) for j in side[SIDE.latents]]
     if latent not in side_lats:
         raise HarnessError(f"{loaded.path}: latent {latent} is missing from the side file — re-run `harness eval`")
     col = side_lats.index(latent)
-    true = side["true_test"][:, col].astype(float)
-    pred = side["pred_test"][:, col].astype(float)
-    sim = side["sim_values__quantile"][:, col].astype(float) if "sim_values__quantile" in side else None
+    true = side[SIDE.true_test][:, col].astype(float)
+    pred = side[SIDE.pred_test][:, col].astype(float)
+    sim = side[SIDE.sim_values("quantile")][:, col].astype(float) if SIDE.sim_values("quantile") in side else None
     fired, rule = _sim_mask(side, col)
     active = true > 0
     if fired is not None:
@@ -307,11 +307,11 @@ def failure_counts(loaded: Loaded) -> dict[int, tuple[int, int]] | None:
     if side is None:
         return None
     out = {}
-    for col, j in enumerate(int(x) for x in side["latents"]):
+    for col, j in enumerate(int(x) for x in side[SIDE.latents]):
         fired, _ = _sim_mask(side, col)
         if fired is None:
             return None
-        active = side["true_test"][:, col] > 0
+        active = side[SIDE.true_test][:, col] > 0
         out[j] = (int((fired & ~active).sum()), int((~fired & active).sum()))
     return out
 

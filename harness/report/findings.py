@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 
 from harness.errors import HarnessError
 from harness.report.format import interval
-from harness.result import ORACLE_FILE, Interval, Result, load_result, read_side_file
+from harness.result import ORACLE_FILE, SIDE, Interval, Result, load_result, read_side_file
 from harness.score.metrics import bootstrap_indices, mean_ci, paired_difference, paired_ranking_auroc
 
 
@@ -80,12 +80,12 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
             raise HarnessError(f"{results_dir}/{task_id}: no result for method {m!r} (have: {', '.join(files) or 'none'})")
     p, r = files[real]
     s = _side(p, r)
-    n = len(s["ce_clean"])
+    n = len(s[SIDE.ce("clean")])
     boot = bootstrap_indices(n, n_boot, seed)
     out = []
 
-    zero = s["ce_latent_zero__all"]
-    raw, q = s["ce_simulated__none__all"], s["ce_simulated__quantile__all"]
+    zero = s[SIDE.ce_latent_zero_all]
+    raw, q = s[SIDE.ce("simulated__none__all")], s[SIDE.ce_simulated_all]
     v, lo, hi = _diff(raw, zero, boot)
     out.append(Finding("Uncalibrated predictions are worse than deleting the latents (simulated[none] − latent_zero > 0)",
                        _fmt(v, lo, hi), _verdict(lo, hi, want_negative=False), detectable(lo, hi)))
@@ -127,24 +127,24 @@ def analyse(results_dir: Path, task_id: str, real: str, control: str, n_boot: in
 
     pc, rc = files[control]
     sc = _side(pc, rc)
-    v, lo, hi = _diff(q, sc["ce_simulated__quantile__all"], boot)
+    v, lo, hi = _diff(q, sc[SIDE.ce_simulated_all], boot)
     out.append(Finding(f"A real method ({real}) beats its shuffled control ({control}) (CE difference < 0)",
                        _fmt(v, lo, hi) + f"; recovery {r.headline.recovery.value:+.3f} vs "
                        f"{rc.headline.recovery.value:+.3f}", _verdict(lo, hi, want_negative=True),
                        detectable(lo, hi)))
 
-    if "true_test" not in s:
+    if SIDE.true_test not in s:
         raise HarnessError(f"{p}: its side file predates true activations in side files; rerun `harness eval` on it "
                            "(stored predictions are reused, only the patching reruns)")
-    if not np.array_equal(s["latents"], sc["latents"]):
+    if not np.array_equal(s[SIDE.latents], sc[SIDE.latents]):
         raise HarnessError(f"{p} and {pc} score different latents; evaluate both on the same task")
-    a = paired_ranking_auroc(s["pred_test"], sc["pred_test"], s["true_test"] > 0, boot)
+    a = paired_ranking_auroc(s[SIDE.pred_test], sc[SIDE.pred_test], s[SIDE.true_test] > 0, boot)
     d = a["difference"]
     # How much the explanation moves a prediction at all: the two sets see the same (context, latent) cells
     # and differ only in which explanation each latent gets.
-    x, y = s["pred_test"].astype(float).ravel(), sc["pred_test"].astype(float).ravel()
+    x, y = s[SIDE.pred_test].astype(float).ravel(), sc[SIDE.pred_test].astype(float).ravel()
     r_same = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
-    pt = s["pred_test"].astype(float)
+    pt = s[SIDE.pred_test].astype(float)
     ctx_share = float(pt.mean(1).var() / pt.var()) if pt.var() > 0 else float("nan")
     out.append(Finding(f"A real method ({real}) ranks test contexts better than its shuffled control ({control}) "
                        "(mean per-latent AUROC of raw predictions against true firing, real − control > 0)",

@@ -34,9 +34,11 @@ from tabulate import tabulate
 from harness.environment import compared, differences, reference_index
 from harness.errors import HarnessError
 from harness.io import atomic_write_text, one_line
+from harness.names import RankMetric
 from harness.report.format import interval, number
 from harness.result import (
     ORACLE_FILE,
+    SIDE,
     DamagedResult,
     DamagedSideFile,
     Interval,
@@ -123,7 +125,7 @@ class Row:
     legacy: bool = False                       # written before results named their interval methods
     detection_auroc_ci: Interval | None = None # over latents, when the result has it
     per_latent_auroc: dict[int, float] | None = None
-    rank_by: str = "sim_minus_zero"
+    rank_by: RankMetric = "sim_minus_zero"
     rank: str = ""                             # "3", or "=2" when tied with the row above, "?2" when untested
     vs_above: Interval | None = None           # mean paired difference with the row above, with CI
     rank_series: np.ndarray | None = None      # per-context simulated − latent zero, read once from the side file
@@ -289,11 +291,11 @@ def sort_rows(rows: list[Row]) -> list[Row]:
     return sorted(rows, key=key)
 
 
-RANK_KEYS = ("ce_simulated__quantile__all", "ce_latent_zero__all")
+RANK_KEYS = (SIDE.ce_simulated_all, SIDE.ce_latent_zero_all)
 
 
 def _rank_series_of(side: Mapping[str, np.ndarray]) -> np.ndarray:
-    return side["ce_simulated__quantile__all"] - side["ce_latent_zero__all"]
+    return side[SIDE.ce_simulated_all] - side[SIDE.ce_latent_zero_all]
 
 
 def _rank_series(r: Row) -> np.ndarray | None:

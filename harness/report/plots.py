@@ -1,14 +1,21 @@
-"""PNG figures of a result, after Paulo & Belrose (2025), figures 1, 3 and 4.
+"""Every chart the harness draws, with one engine (matplotlib): the PNG figures of a result (after Paulo &
+Belrose 2025, figures 1, 3 and 4) and of the oracle, and the site's inline SVG charts.
 
-Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot: no
-global figure state, no GUI backend, safe to call from any thread or a headless server.
+Figures are drawn on ``matplotlib.figure.Figure``, never through pyplot: no global figure state, no GUI
+backend, safe to call from any thread or a headless server. The site's charts (`line_figure`, `hist_figure`)
+leave their legend to the page, which lists each method once for a whole grid of charts; `svg` writes them
+as text the page inlines (fonts from the page, no external file, byte-identical on every run).
 """
 
 from __future__ import annotations
 
+import html
+import io
 import math
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +211,88 @@ def plot_oracle(report, path: str | os.PathLike) -> Path:
         _legend(ax, 7)
     fig.suptitle(f"Noisy oracle on {report.task.id} (quantile calibration; bands: 95% CI)", parse_math=False)
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------- the site's charts (inline SVG)
+
+@dataclass
+class Series:
+    name: str
+    colour: str
+    points: list[tuple[float, float, float, float]]   # x, y, lo, hi (lo/hi NaN: no error bar)
+    dash: bool = False
+
+
+def line_figure(series: Sequence[Series], *, xlabel: str, ylabel: str,
+                hlines: Iterable[tuple[float, str, str]] = (), xdomain: tuple[float, float] | None = None,
+                size: tuple[float, float] = (5.6, 3.0)) -> Figure:
+    """Lines with 95% CI bars, one per series, and dotted reference lines (value, colour, label)."""
+    fig = Figure(figsize=size)
+    ax = fig.subplots()
+    n = max(1, len(series))
+    span = (xdomain[1] - xdomain[0]) if xdomain else 1.0
+    for k, s in enumerate(series):
+        pts = np.array([p for p in s.points if math.isfinite(p[1])], dtype=float).reshape(-1, 4)
+        # Methods share x positions: a small per-series offset keeps their error bars apart.
+        x = pts[:, 0] + (k - (n - 1) / 2) * 0.004 * span
+        v, lo, hi = pts[:, 1], pts[:, 2], pts[:, 3]
+        bars = np.isfinite(lo) & np.isfinite(hi)
+        if bars.any():
+            ax.errorbar(x[bars], v[bars], yerr=_yerr(v[bars], lo[bars], hi[bars]), fmt="none", ecolor=s.colour,
+                        alpha=0.55, linewidth=1, gid=f"series{k}-ci")
+        ax.plot(x, v, color=s.colour, linestyle="--" if s.dash else "-", linewidth=1.6, marker="o", markersize=3.5,
+                gid=f"series{k}")
+    for y, colour, _label in hlines:
+        ax.axhline(y, color=colour, linestyle=":", linewidth=1)
+    if xdomain:
+        ax.set_xlim(*xdomain)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def hist_figure(groups: Sequence[tuple[str, str, np.ndarray]], *, xlabel: str, bins: int = 30,
+                size: tuple[float, float] = (4.2, 2.2)) -> Figure | None:
+    """Overlaid step histograms (fraction of each group's values per bin) on shared bins; None without values."""
+    values = [_finite(v) for _, _, v in groups]
+    every = np.concatenate(values) if values else np.zeros(0)
+    if not every.size:
+        return None
+    lo, hi = float(every.min()), float(every.max())
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    fig = Figure(figsize=size)
+    ax = fig.subplots()
+    for k, ((_name, colour, _), v) in enumerate(zip(groups, values, strict=True)):
+        if v.size:
+            ax.hist(v, bins=list(edges), weights=np.full(v.size, 1.0 / v.size), histtype="stepfilled", color=colour,
+                    alpha=0.18, edgecolor=colour, linewidth=1.5, gid=f"series{k}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction")
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+_SVG_PREAMBLE = re.compile(r"\A.*?(?=<svg)", re.S)
+_SVG_STYLE = re.compile(r"<defs>\s*<style[^>]*>.*?</style>\s*</defs>|<metadata>.*?</metadata>", re.S)
+_SVG_SIZE = re.compile(r'(<svg[^>]*?) width="[^"]*" height="[^"]*"')
+
+
+def svg(fig: Figure, titles: Sequence[str] = ()) -> str:
+    """The figure as an inline <svg class="chart">: text as text in the page's font, no XML preamble, no global
+    stylesheet (matplotlib's `*{...}` rule would restyle the whole page), and `titles[k]` as the hover tooltip
+    of series k. Identical input gives identical bytes (fixed hash salt, no date)."""
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "harness", "font.size": 9}):
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    text = _SVG_SIZE.sub(r'\1 class="chart" role="img"', _SVG_STYLE.sub("", _SVG_PREAMBLE.sub("", buf.getvalue()), 2), 1)
+    for k, title in enumerate(titles):
+        tip = f"<title>{html.escape(title)}</title>"
+        text = text.replace(f'<g id="series{k}">', f'<g id="series{k}">{tip}', 1)
+        text = text.replace(f'<g id="series{k}-ci">', f'<g id="series{k}-ci">{tip}', 1)
+    return text

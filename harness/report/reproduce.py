@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.result import SIDE
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,7 @@ def _load(path: str | Path, task: str | None, submission: str | None) -> _Inputs
             side = {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
         raise HarnessError(f"{side_path}: cannot read the side file ({str(e).splitlines()[0][:200]})") from None
-    need = ("latents", "pred_calibration", "pred_test", "det_pred_pos", "det_pred_neg")
+    need = (SIDE.latents, SIDE.pred_calibration, SIDE.pred_test, SIDE.det_pred_pos, SIDE.det_pred_neg)
     missing = [k for k in need if k not in side]
     if missing:
         raise HarnessError(f"{side_path}: no {', '.join(missing)} — written by an older harness; re-run "
@@ -317,7 +318,7 @@ def _load(path: str | Path, task: str | None, submission: str | None) -> _Inputs
     if sub.sha256 != res.submission.sha256:
         raise HarnessError(f"{sub_path}: sha256 {sub.sha256[:12]}… is not the {res.submission.sha256[:12]}… the "
                            "result scored — pass the submission file it was scored on (--submission FILE)")
-    latents = side["latents"].astype(np.int64)
+    latents = side[SIDE.latents].astype(np.int64)
     absent = [int(j) for j in latents if int(j) not in sub.explanations]
     if absent:
         raise HarnessError(f"{sub_path}: no explanation for scored latent(s) {absent[:8]}")
@@ -344,8 +345,8 @@ def reproduce(path: str | Path, sample: int = DEFAULT_SAMPLE, seed: int = 0, *, 
     notes = [inp.loaded.side_note] if inp.loaded.side_note else []
     dtype = spec.simulator_ref().dtype
     tol = tolerance_for(dtype)
-    cal, tst = side["pred_calibration"], side["pred_test"]
-    dpos, dneg = side["det_pred_pos"].astype(np.float32), side["det_pred_neg"].astype(np.float32)
+    cal, tst = side[SIDE.pred_calibration], side[SIDE.pred_test]
+    dpos, dneg = side[SIDE.det_pred_pos].astype(np.float32), side[SIDE.det_pred_neg].astype(np.float32)
     m = len(inp.latents)
     d_lat, d_pos, d_slot = detection_order(dpos, dneg)
     # Drawn before any model loads, from the side file alone: the same seed picks the same pairs anywhere. A
@@ -358,7 +359,7 @@ def reproduce(path: str | Path, sample: int = DEFAULT_SAMPLE, seed: int = 0, *, 
     inputs = TaskInputs(spec, device)
     inputs.check(simulator=True)
     prep = prepare(spec, inputs=inputs)
-    if "test_windows" in side and not np.array_equal(prep.splits["test"], side["test_windows"]):
+    if SIDE.test_windows in side and not np.array_equal(prep.splits["test"], side[SIDE.test_windows]):
         raise HarnessError(f"{path}: the task's test contexts here differ from the ones the result was scored on")
     unknown = sorted(set(inp.latents.tolist()) - set(int(j) for j in prep.rewritten))
     if unknown:
@@ -403,10 +404,10 @@ def reproduce(path: str | Path, sample: int = DEFAULT_SAMPLE, seed: int = 0, *, 
         interval = res.headline.detection_auroc_ci
         h_result = res.headline.detection_auroc
     else:
-        h_stored = float(np.mean(side["ce_simulated__quantile__all"] - side["ce_latent_zero__all"]))
+        h_stored = float(np.mean(side[SIDE.ce_simulated_all] - side[SIDE.ce_latent_zero_all]))
         # A cascade's calibration rows are weighted as eval weighted them (the side file keeps the weights).
         h_new = _patched_sim_minus_zero(spec, inputs, prep, model, inp.latents, new_cal, new_tst,
-                                        side.get("calibration_weights"))
+                                        side.get(SIDE.calibration_weights))
         interval = res.headline.sim_minus_zero_mean
         h_result = interval.value
     if h_result is not None and math.isfinite(h_stored) and abs(h_stored - h_result) > 1e-9 * max(1, abs(h_result)):

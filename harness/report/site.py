@@ -48,7 +48,8 @@ from harness.report.leaderboard import (
     env_help,
     rank_help,
 )
-from harness.result import Interval
+from harness.report.plots import Series, hist_figure, line_figure, svg
+from harness.result import SIDE, Interval
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
@@ -201,20 +202,6 @@ def _dv(x: Any) -> str:
 
 # ---------------------------------------------------------------- SVG charts
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return [lo] if math.isfinite(lo) else []
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.ceil(lo / step) * step
-    out, t = [], start
-    while t <= hi + step * 1e-9:
-        out.append(0.0 if abs(t) < step * 1e-9 else t)
-        t += step
-    return out
-
-
 def _domain(vals: Iterable[float], pad: float = 0.05, include: tuple[float, ...] = ()) -> tuple[float, float]:
     v = [x for x in vals if math.isfinite(x)] + list(include)
     if not v:
@@ -226,112 +213,16 @@ def _domain(vals: Iterable[float], pad: float = 0.05, include: tuple[float, ...]
     return lo - pad * span, hi + pad * span
 
 
-def _tick_label(t: float, step: float) -> str:
-    d = max(0, min(4, -int(math.floor(math.log10(step))) if step > 0 else 2))
-    return f"{t:.{d}f}"
-
-
-@dataclass
-class Series:
-    name: str
-    colour: str
-    points: list[tuple[float, float, float, float]]   # x, y, lo, hi (lo/hi NaN: no error bar)
-    dash: bool = False
-
-
 def line_chart(series: list[Series], *, xlabel: str, ylabel: str, hlines: Iterable[tuple[float, str, str]] = (),
-               xdomain: tuple[float, float] | None = None, w: int = 560, h: int = 300) -> Raw:
-    ml, mr, mt, mb = 58, 12, 10, 40
-    xs = [p[0] for s in series for p in s.points]
-    ys = [v for s in series for p in s.points for v in p[1:]] + [y for y, _, _ in hlines]
-    x0, x1 = xdomain or _domain(xs, 0.03)
-    y0, y1 = _domain(ys)
-
-    def X(x):
-        return ml + (x - x0) / (x1 - x0) * (w - ml - mr)
-
-    def Y(y):
-        return mt + (y1 - y) / (y1 - y0) * (h - mt - mb)
-
-    out = [f'<rect x="{ml}" y="{mt}" width="{w - ml - mr}" height="{h - mt - mb}" fill="none" stroke="#ccd"/>']
-    yt = _ticks(y0, y1)
-    ystep = yt[1] - yt[0] if len(yt) > 1 else 1.0
-    for t in yt:
-        out.append(f'<line x1="{ml}" x2="{w - mr}" y1="{Y(t):.1f}" y2="{Y(t):.1f}" stroke="#eef"/>'
-                   f'<text x="{ml - 4}" y="{Y(t) + 4:.1f}" text-anchor="end">{_tick_label(t, ystep)}</text>')
-    xt = _ticks(x0, x1, 6)
-    xstep = xt[1] - xt[0] if len(xt) > 1 else 1.0
-    for t in xt:
-        out.append(f'<text x="{X(t):.1f}" y="{h - mb + 14}" text-anchor="middle">{_tick_label(t, xstep)}</text>')
-    out.append(f'<text x="{(ml + w - mr) / 2:.0f}" y="{h - 6}" text-anchor="middle">{esc(xlabel)}</text>')
-    out.append(f'<text transform="translate(12,{(mt + h - mb) / 2:.0f}) rotate(-90)" text-anchor="middle">'
-               f'{esc(ylabel)}</text>')
-    for y, colour, label in hlines:
-        out.append(f'<line x1="{ml}" x2="{w - mr}" y1="{Y(y):.1f}" y2="{Y(y):.1f}" stroke="{colour}" '
-                   f'stroke-dasharray="2 3"><title>{esc(label)}</title></line>')
-    n = max(1, len(series))
-    for k, s in enumerate(series):
-        # Methods share x positions: a small per-series offset keeps their error bars apart.
-        off = (k - (n - 1) / 2) * 3.0
-        pts = [(X(x) + off, Y(y), lo, hi) for x, y, lo, hi in s.points if math.isfinite(y)]
-        dash = ' stroke-dasharray="6 4"' if s.dash else ""
-        tip = f"<title>{esc(s.name)}</title>"
-        for px, _py, lo, hi in pts:
-            if math.isfinite(lo) and math.isfinite(hi):
-                out.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{Y(lo):.1f}" y2="{Y(hi):.1f}" '
-                           f'stroke="{s.colour}" stroke-opacity=".55"/>')
-        if len(pts) > 1:
-            d = " ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in pts)
-            out.append(f'<polyline points="{d}" fill="none" stroke="{s.colour}" stroke-width="2"{dash}>{tip}'
-                       "</polyline>")
-        for px, py, _, _ in pts:
-            out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{s.colour}">{tip}</circle>')
-    return Raw(f'<svg class="chart" viewBox="0 0 {w} {h}" role="img" xmlns="http://www.w3.org/2000/svg">'
-               + "".join(out) + "</svg>")
+               xdomain: tuple[float, float] | None = None, h: int = 300) -> Raw:
+    """Lines with CI bars (harness.report.plots, the one chart engine), inlined; each series' name on hover."""
+    fig = line_figure(series, xlabel=xlabel, ylabel=ylabel, hlines=hlines, xdomain=xdomain, size=(5.6, h / 100))
+    return Raw(svg(fig, [s.name for s in series]))
 
 
-def hist_chart(groups: list[tuple[str, str, np.ndarray]], *, xlabel: str, w: int = 420, h: int = 220,
-               bins: int = 30) -> Raw:
-    """Overlaid step histograms (fraction of each group's values per bin), shared bins."""
-    ml, mr, mt, mb = 46, 10, 8, 36
-    allv = np.concatenate([g[2] for g in groups if g[2].size] or [np.zeros(0)])
-    allv = allv[np.isfinite(allv)]
-    if allv.size == 0:
-        return Raw('<p class="mut">no values to plot</p>')
-    lo, hi = float(allv.min()), float(allv.max())
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, bins + 1)
-    hs = []
-    for _, _, v in groups:
-        v = v[np.isfinite(v)]
-        c, _ = np.histogram(v, edges)
-        hs.append(c / max(1, v.size))
-    ymax = max(float(x.max()) for x in hs) or 1.0
-
-    def X(x):
-        return ml + (x - lo) / (hi - lo) * (w - ml - mr)
-
-    def Y(y):
-        return mt + (1 - y / ymax) * (h - mt - mb)
-
-    out = [f'<rect x="{ml}" y="{mt}" width="{w - ml - mr}" height="{h - mt - mb}" fill="none" stroke="#ccd"/>']
-    for t in _ticks(0, ymax, 4):
-        out.append(f'<text x="{ml - 4}" y="{Y(t) + 4:.1f}" text-anchor="end">{t:.2g}</text>')
-    xt = _ticks(lo, hi, 5)
-    step = xt[1] - xt[0] if len(xt) > 1 else 1.0
-    for t in xt:
-        out.append(f'<text x="{X(t):.1f}" y="{h - mb + 14}" text-anchor="middle">{_tick_label(t, step)}</text>')
-    out.append(f'<text x="{(ml + w - mr) / 2:.0f}" y="{h - 6}" text-anchor="middle">{esc(xlabel)}</text>')
-    for (name, colour, _), c in zip(groups, hs, strict=True):
-        d = [f"M{X(edges[0]):.1f},{Y(0):.1f}"]
-        for i, y in enumerate(c):
-            d.append(f"L{X(edges[i]):.1f},{Y(y):.1f}L{X(edges[i + 1]):.1f},{Y(y):.1f}")
-        d.append(f"L{X(edges[-1]):.1f},{Y(0):.1f}")
-        out.append(f'<path d="{"".join(d)}" fill="{colour}" fill-opacity=".18" stroke="{colour}" stroke-width="1.5">'
-                   f"<title>{esc(name)}</title></path>")
-    return Raw(f'<svg class="chart" viewBox="0 0 {w} {h}" role="img" xmlns="http://www.w3.org/2000/svg">'
-               + "".join(out) + "</svg>")
+def hist_chart(groups: list[tuple[str, str, np.ndarray]], *, xlabel: str) -> Raw:
+    fig = hist_figure(groups, xlabel=xlabel)
+    return Raw(svg(fig, [g[0] for g in groups])) if fig is not None else Raw('<p class="mut">no values to plot</p>')
 
 
 def ci_strip(e: Interval, dom: tuple[float, float]) -> Raw:
@@ -660,16 +551,16 @@ def _calibration(entries: list[MethodEntry]) -> Raw:
         if side is None:
             figs.append(el("figure", el("p", e.loaded.side_note, class_="mut"), el("figcaption", e.row.method)))
             continue
-        true = side["true_test"].ravel()
-        if "sim_values__quantile" in side:
-            sim = side["sim_values__quantile"].ravel()
+        true = side[SIDE.true_test].ravel()
+        if SIDE.sim_values("quantile") in side:
+            sim = side[SIDE.sim_values("quantile")].ravel()
             groups = [("true (non-zero)", "#2ca02c", true[true > 0]),
                       ("simulated, quantile-calibrated (non-zero)", e.colour, sim[sim > 0])]
             note = (f"active: true {np.mean(true > 0):.1%}, simulated {np.mean(sim > 0):.1%} of "
                     f"(context, latent) pairs")
         else:
             # Older side files hold raw scores only, on the simulator's own scale: not comparable bin for bin.
-            raw = side["pred_test"].ravel()
+            raw = side[SIDE.pred_test].ravel()
             groups = [("raw simulator score (uncalibrated scale)", e.colour, raw)]
             note = "this side file predates calibrated predictions: raw scores only"
         figs.append(el("figure", hist_chart(groups, xlabel="activation"), legend([(g[0], g[1], False) for g in groups]),

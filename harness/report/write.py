@@ -18,6 +18,7 @@ from harness.data.prepare import Prepared
 from harness.data.table import ActivationTable
 from harness.io import save_npz, sha256_file
 from harness.result import (
+    SIDE,
     BootstrapMethod,
     DetectionThresholdMethod,
     IntervalMethods,
@@ -26,6 +27,7 @@ from harness.result import (
     QuantileEstimator,
     Record,
     Result,
+    side_layout_errors,
 )
 from harness.score.conditions import Condition, Subset
 from harness.score.metrics import CI_LEVEL
@@ -117,16 +119,20 @@ def write_side_file(path: Path, prep: Prepared, latents: np.ndarray, ce: dict[Co
                     subsets: dict[Subset, np.ndarray], arrays: dict[str, np.ndarray]) -> str:
     """Everything `harness verify-result` needs to recompute the result's numbers (docs/protocol.md §7);
     returns its sha256."""
-    nz_stored, nz_ranks, nz_values = table_excerpt(prep.table, latents, arrays["pred_calibration"],
-                                                   arrays["pred_test"], arrays.get("calibration_weights"))
-    save_npz(path, test_targets=prep.splits["test"][:, -1], **{f"ce_{k}": v for k, v in prep.ce_base.items()},
-             **{f"ce_{c.key}": v for c, v in ce.items()}, latents=latents,
-             true_test=true_values(prep.test_latents, latents),
-             table_n_tokens=np.int64(prep.table.n_tokens), table_method=np.str_(prep.table.method),
-             table_nz_count=prep.table.nz_count[latents], table_nz_stored=nz_stored, table_nz_ranks=nz_ranks,
-             table_nz_values=nz_values,
-             **{f"subset__{s.name}": S for s, S in subsets.items() if s.rule != "all"},
-             test_windows=prep.splits["test"].astype(np.int32), **arrays)
+    nz_stored, nz_ranks, nz_values = table_excerpt(prep.table, latents, arrays[SIDE.pred_calibration],
+                                                   arrays[SIDE.pred_test], arrays.get(SIDE.calibration_weights))
+    every = {SIDE.test_targets: prep.splits["test"][:, -1], **{SIDE.ce(k): v for k, v in prep.ce_base.items()},
+             **{SIDE.ce(c.key): v for c, v in ce.items()}, SIDE.latents: latents,
+             SIDE.true_test: true_values(prep.test_latents, latents),
+             SIDE.table_n_tokens: np.int64(prep.table.n_tokens), SIDE.table_method: np.str_(prep.table.method),
+             SIDE.table_nz_count: prep.table.nz_count[latents], SIDE.table_nz_stored: nz_stored,
+             SIDE.table_nz_ranks: nz_ranks, SIDE.table_nz_values: nz_values,
+             **{SIDE.subset(s.name): S for s, S in subsets.items() if s.rule != "all"},
+             SIDE.test_windows: prep.splits["test"].astype(np.int32), **arrays}
+    errors = side_layout_errors(every)
+    if errors:   # a writer out of step with the description its readers rely on: a bug, caught before writing
+        raise RuntimeError(f"side file {path.name}: " + "; ".join(errors))
+    save_npz(path, **{str(k): v for k, v in every.items()})
     return sha256_file(path)
 
 

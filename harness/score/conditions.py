@@ -17,6 +17,7 @@ import torch
 from harness.io import batch_size, progress
 from harness.model.coder import SparseCoder, topk_dense
 from harness.model.patch import Patcher
+from harness.names import RankMetric
 from harness.result import ConditionRow, Headline
 from harness.score.calibrate import CALIBRATION_MODES
 from harness.score.metrics import (
@@ -178,7 +179,7 @@ def _finite_mean(x: np.ndarray) -> float:
 
 def headline(rows: list[ConditionRow], ce: dict[Condition, np.ndarray], ce_base: dict[str, np.ndarray],
              boot: np.ndarray, sens: np.ndarray, spec: np.ndarray, auroc: np.ndarray, bacc: np.ndarray,
-             auroc_boot: np.ndarray | None, rank_by: str) -> Headline:
+             auroc_boot: np.ndarray | None, rank_by: RankMetric) -> Headline:
     """The quantile-calibrated full rewrite, with the numbers that put it in context."""
     head = next(r for r in rows if r.name == "simulated" and r.calibration == "quantile" and r.selection == "all")
     head_zero = next(r for r in rows if r.name == "latent_zero" and r.selection == "all")

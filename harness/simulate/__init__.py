@@ -8,6 +8,7 @@ completions servers). Wrap any of them in `CachedSimulator` to store and resume 
 from __future__ import annotations
 
 from harness.errors import HarnessError
+from harness.names import Backend, allowed
 from harness.simulate.base import SimContext, Simulator, expected_value, explanation_sha
 from harness.simulate.prompt import (
     PROMPT_VERSIONS,
@@ -20,7 +21,7 @@ from harness.simulate.prompt import (
 )
 from harness.simulate.store import CachedSimulator, PredictionStore
 
-BACKENDS = ("auto", "plain", "prefix", "vllm", "http")
+BACKENDS = allowed(Backend)
 
 
 def make_simulator(backend: str, model, tokenizer, prompt_version: str, max_chars: int, model_key: str, **kw):

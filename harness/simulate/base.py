@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.simulate.prompt import PromptBuilder, answer_token_ids, get_builder
 
 DIGITS = np.arange(10, dtype=np.float64)
 
@@ -42,6 +43,43 @@ class Simulator(Protocol):
         """pairs are (context index, explanation index). Returns (probs [n, K] float32 renormalised over
         the prompt's K answer tokens, answer mass [n] float32: their total probability before renormalising)."""
         ...
+
+
+class Engine:
+    """What every engine's `predict` does before its own work: it owns the prompt builder and the answer
+    tokens, checks the pairs, answers an empty request, and hands the checked (n, 2) pairs to `_predict`."""
+
+    name = "engine"
+    tokenizer: object
+    prompt_version: str
+    max_chars: int
+    model_key: str
+    builder: PromptBuilder
+    answer_ids: list[int]
+
+    def _prompts_for(self, tokenizer, prompt_version: str, max_chars: int, model_key: str) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_version = prompt_version
+        self.max_chars = int(max_chars)
+        self.model_key = model_key
+        self.builder = get_builder(tokenizer, prompt_version, max_chars)
+        self.answer_ids = answer_token_ids(tokenizer, self.builder.template.answers)
+
+    def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
+                pairs: Pairs, progress: Progress | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        checked = check_pairs(contexts, explanations, pairs)
+        if not len(checked):
+            return np.zeros((0, len(self.answer_ids)), np.float32), np.zeros(0, np.float32)
+        return self._predict(contexts, explanations, checked, progress)
+
+    def _predict(self, contexts: Sequence[SimContext], explanations: Sequence[str], pairs: np.ndarray,
+                 progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def full_prompt(self, context: SimContext, explanation: str) -> list[int]:
+        """The whole prompt's token ids, as the engines that do not share prefixes send it."""
+        return self.builder.prefix(context.text, context.last_token) + self.builder.suffix(explanation)
 
 
 def expected_value(probs: np.ndarray) -> np.ndarray:

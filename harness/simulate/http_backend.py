@@ -22,8 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.simulate.base import Pairs, Progress, SimContext, answers_from_logprobs, check_pairs
-from harness.simulate.prompt import answer_token_ids, get_builder
+from harness.simulate.base import Engine, Progress, SimContext, answers_from_logprobs
 
 _RETRY_STATUS = {408, 409, 425, 429}
 
@@ -63,7 +62,7 @@ def _run_coroutine(coro):
     return box["value"]
 
 
-class HTTPSimulator:
+class HTTPSimulator(Engine):
     name = "http"
 
     def __init__(self, endpoints: Sequence[str] | str, model: str, tokenizer, prompt_version: str,
@@ -82,10 +81,7 @@ class HTTPSimulator:
         self.endpoints = [e.strip() for e in endpoints]
         self.urls = [completions_url(e) for e in self.endpoints]
         self.served_model = model
-        self.tokenizer = tokenizer
-        self.prompt_version = prompt_version
-        self.max_chars = int(max_chars)
-        self.model_key = model_key
+        self._prompts_for(tokenizer, prompt_version, max_chars, model_key)
         self.max_concurrency = max(1, int(max_concurrency))
         self.timeout = float(timeout)
         self.retries = max(0, int(retries))
@@ -94,9 +90,7 @@ class HTTPSimulator:
         self.extra_body = dict(extra_body or {})
         self.transport = transport            # tests pass an httpx.MockTransport
         self.api_key = api_key
-        self.builder = get_builder(tokenizer, prompt_version, max_chars)
         answers = self.builder.template.answers
-        self.answer_ids = answer_token_ids(tokenizer, answers)
         self._answer_of_key = {a: d for d, a in enumerate(answers)}
         # vLLM's --return-tokens-as-token-ids writes "token_id:<id>" instead of the token's text.
         self._answer_of_key.update({f"token_id:{tid}": d for d, tid in enumerate(self.answer_ids)})
@@ -195,15 +189,10 @@ class HTTPSimulator:
                 raise
         return results
 
-    def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
-                pairs: Pairs, progress: Progress | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-        pairs = check_pairs(contexts, explanations, pairs)
-        if not len(pairs):
-            return np.zeros((0, len(self.answer_ids)), np.float32), np.zeros(0, np.float32)
+    def _predict(self, contexts: Sequence[SimContext], explanations: Sequence[str], pairs: np.ndarray,
+                 progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
         order = np.lexsort((pairs[:, 1], pairs[:, 0]))
-        prompts = [self.builder.prefix(contexts[pairs[i, 0]].text, contexts[pairs[i, 0]].last_token)
-                   + self.builder.suffix(explanations[int(pairs[i, 1])]) for i in order]
+        prompts = [self.full_prompt(contexts[pairs[i, 0]], explanations[int(pairs[i, 1])]) for i in order]
         k = self.prompts_per_request
         requests = [prompts[s:s + k] for s in range(0, len(prompts), k)]
         results = _run_coroutine(self._run_all(requests, progress))

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.simulate.base import Pairs, Progress, SimContext, answers_from_logits, check_pairs
-from harness.simulate.prompt import answer_token_ids, get_builder
+from harness.simulate.base import Engine, Progress, SimContext, answers_from_logits
 
 # Config fields under which some families post-process logits inside their *ForCausalLM.forward; with
 # any of them set, the head must be the model's own forward, not a bare lm_head.
@@ -27,19 +26,14 @@ def plain_head(model) -> nn.Linear | None:
     return head if isinstance(head, nn.Linear) and plain else None
 
 
-class TorchSimulatorBase:
+class TorchSimulatorBase(Engine):
     name = "transformers"
 
     def __init__(self, model, tokenizer, prompt_version: str, max_chars: int, model_key: str,
                  batch_size: int = 16):
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.prompt_version = prompt_version
-        self.max_chars = int(max_chars)
-        self.model_key = model_key
+        self._prompts_for(tokenizer, prompt_version, max_chars, model_key)
         self.batch_size = max(1, int(batch_size))
-        self.builder = get_builder(tokenizer, prompt_version, max_chars)
-        self.answer_ids = answer_token_ids(tokenizer, self.builder.template.answers)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (tokenizer.eos_token_id or 0))
         self.device = next(model.parameters()).device
@@ -68,24 +62,14 @@ class TorchSimulatorBase:
         log_mass = torch.logsumexp(answer, dim=-1) - torch.logsumexp(full, dim=-1)
         return probs.cpu().numpy().astype(np.float32), torch.exp(log_mass).clamp(max=1.0).cpu().numpy().astype(np.float32)
 
-    def _empty(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.zeros((0, len(self.answer_ids)), np.float32), np.zeros(0, np.float32)
-
 
 class PlainSimulator(TorchSimulatorBase):
     name = "transformers-plain"
 
     @torch.inference_mode()
-    def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
-                pairs: Pairs, progress: Progress | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-        pairs = check_pairs(contexts, explanations, pairs)
-        if not len(pairs):
-            return self._empty()
-        prompts = [
-            self.builder.prefix(contexts[c].text, contexts[c].last_token) + self.builder.suffix(explanations[int(e)])
-            for c, e in pairs
-        ]
+    def _predict(self, contexts: Sequence[SimContext], explanations: Sequence[str], pairs: np.ndarray,
+                 progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+        prompts = [self.full_prompt(contexts[c], explanations[int(e)]) for c, e in pairs]
         probs = np.zeros((len(pairs), len(self.answer_ids)), np.float32)
         mass = np.zeros(len(pairs), np.float32)
         # Length-sorted batches waste less on padding; results go back to their rows.

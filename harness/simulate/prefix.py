@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.simulate.base import Pairs, Progress, SimContext, answers_from_logits, check_pairs, context_groups
+from harness.simulate.base import Progress, SimContext, answers_from_logits, context_groups
 from harness.simulate.plain import TorchSimulatorBase
 
 
@@ -311,12 +311,8 @@ class PrefixSimulator(TorchSimulatorBase):
             _prefix_kv.reset(token)
 
     @torch.inference_mode()
-    def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
-                pairs: Pairs, progress: Progress | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-        pairs = check_pairs(contexts, explanations, pairs)
-        if not len(pairs):
-            return self._empty()
+    def _predict(self, contexts: Sequence[SimContext], explanations: Sequence[str], pairs: np.ndarray,
+                 progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
         probs = np.zeros((len(pairs), len(self.answer_ids)), np.float32)
         mass = np.zeros(len(pairs), np.float32)
         head_cache = self._head_cache()

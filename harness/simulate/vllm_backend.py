@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.simulate.base import Pairs, Progress, SimContext, answers_from_logprobs, check_pairs
-from harness.simulate.prompt import answer_token_ids, get_builder
+from harness.simulate.base import Engine, Progress, SimContext, answers_from_logprobs
 
 
 def import_vllm():
@@ -33,7 +32,7 @@ def import_vllm():
     return vllm
 
 
-class VLLMSimulator:
+class VLLMSimulator(Engine):
     name = "vllm"
 
     def __init__(self, model_path: str | Path, tokenizer, prompt_version: str, max_chars: int, model_key: str,
@@ -48,14 +47,9 @@ class VLLMSimulator:
         if tokenizer is None:
             from transformers import AutoTokenizer
             tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-        self.tokenizer = tokenizer
-        self.prompt_version = prompt_version
-        self.max_chars = int(max_chars)
-        self.model_key = model_key
+        self._prompts_for(tokenizer, prompt_version, max_chars, model_key)
         self.threads = threads
         self.chunk_pairs = max(1, int(chunk_pairs))
-        self.builder = get_builder(tokenizer, prompt_version, max_chars)
-        self.answer_ids = answer_token_ids(tokenizer, self.builder.template.answers)
         # The LM head in float32, as the torch engines read the answer logits: a bfloat16 logit keeps ~3
         # significant digits, which rounds yes/no log-odds to steps of 0.125 (measured: 16 distinct values
         # over 1,600 predictions) and ties the rankings the metrics are built on.
@@ -94,18 +88,14 @@ class VLLMSimulator:
                 row[d] = float(getattr(lp, "logprob", lp))
         return row
 
-    def predict(self, contexts: Sequence[SimContext], explanations: Sequence[str],
-                pairs: Pairs, progress: Progress | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-        pairs = check_pairs(contexts, explanations, pairs)
-        if not len(pairs):
-            return np.zeros((0, len(self.answer_ids)), np.float32), np.zeros(0, np.float32)
+    def _predict(self, contexts: Sequence[SimContext], explanations: Sequence[str], pairs: np.ndarray,
+                 progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
         order = np.lexsort((pairs[:, 1], pairs[:, 0]))
         logprobs = np.empty((len(pairs), len(self.answer_ids)))
         for start in range(0, len(order), self.chunk_pairs):
             rows = order[start:start + self.chunk_pairs]
-            prompts = [self._prompt(self.builder.prefix(contexts[pairs[i, 0]].text, contexts[pairs[i, 0]].last_token)
-                                    + self.builder.suffix(explanations[int(pairs[i, 1])])) for i in rows]
+            prompts = [self._prompt(self.full_prompt(contexts[pairs[i, 0]], explanations[int(pairs[i, 1])]))
+                       for i in rows]
             outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
             block = np.stack([self._answer_logprobs(o) for o in outputs])
             if self.by_token_ids and not np.isfinite(block).all():

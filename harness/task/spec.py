@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,21 +21,30 @@ from typing import Any
 import tomllib
 
 from harness.errors import HarnessError
+from harness.names import (
+    CoderKind,
+    CoderSource,
+    CorpusSource,
+    DetectionRule,
+    LatentRule,
+    RankMetric,
+    allowed,
+    choice_text,
+    is_literal,
+)
 
 KNOWN_SECTIONS = {"id", "description", "notes", "subject", "coder", "corpus", "contexts", "latents",
                   "simulator", "scoring", "artifacts"}
 MODEL_KEYS = {"source", "id", "revision", "path", "package", "file", "dtype", "parts", "sha256", "version"}
-CORPUS_SOURCES = {"local-tokens", "local-text", "hub"}
-RANK_METRICS = ("sim_minus_zero", "detection_auroc")
-LATENT_RULES = {"random-alive", "most-frequent", "stratified", "lexical"}
+RANK_METRICS = allowed(RankMetric)
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
 class CoderSpec:
-    source: str            # "local" | "hub"
+    source: CoderSource
     hookpoint: str
-    kind: str              # "transcoder" | "sae"
+    kind: CoderKind
     path: str = ""         # local folder (relative to the task folder) holding cfg.json + sae.safetensors
     repo: str = ""         # hub repo id
     revision: str = ""     # hub commit
@@ -45,7 +55,7 @@ class CoderSpec:
 
 @dataclass(frozen=True)
 class CorpusSpec:
-    source: str                    # local-tokens | local-text | hub
+    source: CorpusSource
     path: str = ""                 # local-tokens: .npz with `tokens`; local-text: .txt/.jsonl file
     dataset: str = ""              # hub dataset id
     revision: str = ""
@@ -74,7 +84,7 @@ class ContextSpec:
 class LatentSpec:
     rewritten: str | tuple[int, ...]   # "all" or explicit latent indices
     count: int = 0                     # with a rule: how many latents to draw
-    rule: str = ""                     # random-alive | most-frequent | stratified
+    rule: LatentRule | typing.Literal[""] = ""   # with count: how they are drawn ("": no rule)
     seed: int = 0
     # With a rule: draw only among latents firing at least this often in the activation sample, so that
     # each drawn latent has positives among the test contexts (a rarer latent cannot move a small task's CE).
@@ -103,12 +113,12 @@ class ScoringSpec:
     # Balanced accuracy of detection: "fire-rate" fits one threshold per latent on the calibration split
     # (metrics.detection_thresholds), on whatever scale the simulator answers; "fixed" compares against
     # `detection_threshold`, which only means something for one answer scale (docs/protocol.md, Metrics).
-    detection_rule: str = "fire-rate"
+    detection_rule: DetectionRule = "fire-rate"
     detection_threshold: float = 1.0
     # What the leaderboard ranks by: "sim_minus_zero" (mean paired CE difference, the paper's quantity) or
     # "detection_auroc" (mean per-latent detection AUROC, bootstrap over latents), for tasks too small for CE to
     # order methods (the offline mini task: docs/findings.md).
-    rank_by: str = "sim_minus_zero"
+    rank_by: RankMetric = "sim_minus_zero"
 
 
 @dataclass(frozen=True)
@@ -197,18 +207,27 @@ def _table(raw: dict, name: str, where: str) -> dict:
 
 
 def _typed(d: dict, cls, where: str) -> None:
-    """Each given key has its dataclass field's type (int: not bool and >= 0; float: finite)."""
-    for name, f in cls.__dataclass_fields__.items():
-        if name not in d or f.type not in ("str", "int", "float"):
+    """Each given key has its dataclass field's type (int: not bool and >= 0; float: finite; a Literal type: one
+    of its values)."""
+    hints = typing.get_type_hints(cls)
+    for name in cls.__dataclass_fields__:
+        if name not in d:
             continue
-        v = d[name]
-        if f.type == "str":
+        tp, v = hints[name], d[name]
+        if is_literal(tp):
+            values = tuple(x for x in allowed(tp) if x)   # "" is a field's unset default, never written
+            if v not in values:
+                raise HarnessError(f"{where}: {name} must be {choice_text(values)} (got {_show(v)})")
+            continue
+        if tp is str:
             ok, want = isinstance(v, str), "a string"
-        elif f.type == "int":
+        elif tp is int:
             ok, want = isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"
-        else:
+        elif tp is float:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             want = "a finite number"
+        else:
+            continue
         if not ok:
             raise HarnessError(f"{where}: `{name}` must be {want}, got {_show(v)}")
 
@@ -273,8 +292,37 @@ def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
 def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
     toml_path = Path(toml_path)
     where = str(toml_path)
+    raw = apply_overrides(_read_toml(toml_path), list(overrides or []), where)
+    _only(raw, KNOWN_SECTIONS, where)
+    tid = _need(raw, "id", str, where)
+    if not _TASK_ID.fullmatch(tid):
+        # The id names folders (results/<id>/, the cache): no separators, no "..", nothing hidden.
+        raise HarnessError(f"{where}: id {_show(tid)} must be letters, digits, '.', '_' or '-' (at most 100), "
+                           "starting with a letter or digit")
+    arts = _table(raw, "artifacts", where)
+    if not all(isinstance(v, str) and len(v) == 64 for v in arts.values()):
+        raise HarnessError(f"{where} [artifacts]: each entry must map a path to a 64-hex sha256")
+    return TaskSpec(
+        id=tid,
+        description=str(raw.get("description", "")),
+        subject=_model_dict(raw.get("subject"), f"{where} [subject]"),
+        coder=_coder(_table(raw, "coder", where), f"{where} [coder]"),
+        corpus=_corpus(_table(raw, "corpus", where), f"{where} [corpus]"),
+        contexts=_contexts(_table(raw, "contexts", where), f"{where} [contexts]"),
+        latents=_latents(_table(raw, "latents", where), f"{where} [latents]"),
+        simulator=_simulator(_table(raw, "simulator", where), f"{where} [simulator]"),
+        scoring=_scoring(_table(raw, "scoring", where), f"{where} [scoring]"),
+        artifacts=dict(arts),
+        folder=toml_path.parent,
+        toml_path=toml_path,
+        overrides=tuple(overrides or ()),
+    )
+
+
+def _read_toml(toml_path: Path) -> dict:
+    where = str(toml_path)
     try:
-        raw = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+        return tomllib.loads(toml_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise HarnessError(f"{where}: task file not found") from None
     except UnicodeDecodeError as e:
@@ -283,78 +331,64 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
         raise HarnessError(f"{where}: cannot read the task file ({e.strerror})") from None
     except (tomllib.TOMLDecodeError, RecursionError) as e:
         raise HarnessError(f"{where}: invalid TOML ({e or 'nested too deep'})") from None
-    raw = apply_overrides(raw, list(overrides or []), where)
-    _only(raw, KNOWN_SECTIONS, where)
-    tid = _need(raw, "id", str, where)
-    if not _TASK_ID.fullmatch(tid):
-        # The id names folders (results/<id>/, the cache): no separators, no "..", nothing hidden.
-        raise HarnessError(f"{where}: id {_show(tid)} must be letters, digits, '.', '_' or '-' (at most 100), "
-                           "starting with a letter or digit")
 
-    coder = _table(raw, "coder", where)
-    w = f"{where} [coder]"
-    _only(coder, {"source", "path", "repo", "revision", "subfolder", "hookpoint", "kind", "num_latents", "k"}, w)
-    _typed(coder, CoderSpec, w)
-    csrc = _need(coder, "source", str, w)
-    if csrc == "local":
-        _need(coder, "path", str, w)
-    elif csrc == "hub":
-        _need(coder, "repo", str, w)
-        _need(coder, "revision", str, w)
-    else:
-        raise HarnessError(f"{w}: source must be local or hub (got {csrc!r})")
+
+def _coder(coder: dict, w: str) -> CoderSpec:
+    _only(coder, set(CoderSpec.__dataclass_fields__), w)
+    _need(coder, "source", str, w)
     _need(coder, "hookpoint", str, w)
-    if _need(coder, "kind", str, w) not in ("transcoder", "sae"):
-        raise HarnessError(f"{w}: kind must be transcoder or sae (got {coder['kind']!r})")
+    _need(coder, "kind", str, w)
+    _typed(coder, CoderSpec, w)
+    for key in ("path",) if coder["source"] == "local" else ("repo", "revision"):
+        _need(coder, key, str, w)
+    return CoderSpec(**coder)
 
-    corpus = _table(raw, "corpus", where)
-    w = f"{where} [corpus]"
+
+def _corpus(corpus: dict, w: str) -> CorpusSpec:
     _only(corpus, set(CorpusSpec.__dataclass_fields__), w)
+    _need(corpus, "source", str, w)
     _typed(corpus, CorpusSpec, w)
-    if _need(corpus, "source", str, w) not in CORPUS_SOURCES:
-        raise HarnessError(f"{w}: source must be one of {', '.join(sorted(CORPUS_SOURCES))}")
-    if corpus["source"] == "hub":
-        _need(corpus, "dataset", str, w)
-        _need(corpus, "revision", str, w)
-    else:
-        _need(corpus, "path", str, w)
+    for key in ("dataset", "revision") if corpus["source"] == "hub" else ("path",):
+        _need(corpus, key, str, w)
+    return CorpusSpec(**corpus)
 
-    ctx = _table(raw, "contexts", where)
-    w = f"{where} [contexts]"
+
+def _contexts(ctx: dict, w: str) -> ContextSpec:
     _only(ctx, set(ContextSpec.__dataclass_fields__), w)
     _typed(ctx, ContextSpec, w)
     for key in ("T", "seed", "activation_sample_tokens", "calibration", "test", "detection_positive",
                 "detection_negative"):
         if _need(ctx, key, int, w) < 0 or (key != "seed" and ctx[key] == 0 and key != "detection_negative"):
             raise HarnessError(f"{w}: `{key}` must be a positive integer (got {ctx[key]})")
+    return ContextSpec(**ctx)
 
-    lat = _table(raw, "latents", where)
-    w = f"{where} [latents]"
+
+def _latents(lat: dict, w: str) -> LatentSpec:
     _only(lat, {"rewritten"}, w)
     rw = lat.get("rewritten", "all")
     if rw == "all":
-        latents = LatentSpec("all")
-    elif isinstance(rw, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in rw) and rw:
+        return LatentSpec("all")
+    if isinstance(rw, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in rw) and rw:
         if len(set(rw)) != len(rw):
             raise HarnessError(f"{w}: `rewritten` lists a latent twice")
-        latents = LatentSpec(tuple(sorted(rw)))
-    elif isinstance(rw, dict):
-        _only(rw, {"count", "seed", "rule", "min_fire_rate"}, w + " rewritten")
-        rule = rw.get("rule", "random-alive")
-        if not isinstance(rule, str) or rule not in LATENT_RULES:
-            raise HarnessError(f"{w}: rewritten.rule must be one of {', '.join(sorted(LATENT_RULES))}")
-        mfr = rw.get("min_fire_rate", 0.0)
-        if isinstance(mfr, bool) or not isinstance(mfr, (int, float)) or not 0 <= mfr < 1:
-            raise HarnessError(f"{w}: rewritten.min_fire_rate must be a number in [0, 1), got {mfr!r}")
-        count, seed = _need(rw, "count", int, w), rw.get("seed", 0)
-        if count < 1 or not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise HarnessError(f"{w}: rewritten.count must be a positive integer and rewritten.seed a non-negative one")
-        latents = LatentSpec("rule", count=count, rule=rule, seed=seed, min_fire_rate=float(mfr))
-    else:
-        raise HarnessError(f'{w}: `rewritten` must be "all", a list of latent indices, or {{count, seed, rule[, min_fire_rate]}}')
+        return LatentSpec(tuple(sorted(rw)))
+    if not isinstance(rw, dict):
+        raise HarnessError(f'{w}: `rewritten` must be "all", a list of latent indices, or '
+                           "{count, seed, rule[, min_fire_rate]}")
+    _only(rw, {"count", "seed", "rule", "min_fire_rate"}, w + " rewritten")
+    rule = rw.get("rule", "random-alive")
+    if rule not in allowed(LatentRule):
+        raise HarnessError(f"{w}: rewritten.rule must be {choice_text(allowed(LatentRule))}")
+    mfr = rw.get("min_fire_rate", 0.0)
+    if isinstance(mfr, bool) or not isinstance(mfr, (int, float)) or not 0 <= mfr < 1:
+        raise HarnessError(f"{w}: rewritten.min_fire_rate must be a number in [0, 1), got {mfr!r}")
+    count, seed = _need(rw, "count", int, w), rw.get("seed", 0)
+    if count < 1 or not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise HarnessError(f"{w}: rewritten.count must be a positive integer and rewritten.seed a non-negative one")
+    return LatentSpec("rule", count=count, rule=rule, seed=seed, min_fire_rate=float(mfr))
 
-    sim = _table(raw, "simulator", where)
-    w = f"{where} [simulator]"
+
+def _simulator(sim: dict, w: str) -> SimulatorSpec:
     _only(sim, MODEL_KEYS | {"prompt_version", "max_explanation_chars", "batch_size", "cascade"}, w)
     sim_model = _model_dict({k: v for k, v in sim.items() if k in MODEL_KEYS}, w)
     _typed(sim, SimulatorSpec, w)
@@ -371,9 +405,10 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
         from harness.task.cascade import parse_cascade
 
         parse_cascade(simulator.cascade)   # a malformed setting fails at load, naming the task file
+    return simulator
 
-    sc = _table(raw, "scoring", where)
-    w = f"{where} [scoring]"
+
+def _scoring(sc: dict, w: str) -> ScoringSpec:
     _only(sc, set(ScoringSpec.__dataclass_fields__), w)
     _typed(sc, ScoringSpec, w)
     if "fractions" in sc:
@@ -382,32 +417,9 @@ def parse_task(toml_path: Path, overrides: list[str] | None = None) -> TaskSpec:
             raise HarnessError(f"{w}: `fractions` must be a list of numbers in (0, 1]")
         sc = {**sc, "fractions": tuple(float(f) for f in fr)}
     scoring = ScoringSpec(**sc)
-    if scoring.rank_by not in RANK_METRICS:
-        raise HarnessError(f"{w}: `rank_by` must be one of {', '.join(RANK_METRICS)}, got {scoring.rank_by!r}")
-    if scoring.detection_rule not in ("fire-rate", "fixed"):
-        raise HarnessError(f"{w}: `detection_rule` must be fire-rate or fixed, got {scoring.detection_rule!r}")
     if scoring.bootstrap < 1000:
         raise HarnessError(f"{w}: `bootstrap` must be at least 1000 draws (docs/protocol.md §6)")
-
-    arts = _table(raw, "artifacts", where)
-    if not all(isinstance(v, str) and len(v) == 64 for v in arts.values()):
-        raise HarnessError(f"{where} [artifacts]: each entry must map a path to a 64-hex sha256")
-
-    return TaskSpec(
-        id=tid,
-        description=str(raw.get("description", "")),
-        subject=_model_dict(raw.get("subject"), f"{where} [subject]"),
-        coder=CoderSpec(**coder),
-        corpus=CorpusSpec(**corpus),
-        contexts=ContextSpec(**ctx),
-        latents=latents,
-        simulator=simulator,
-        scoring=scoring,
-        artifacts=dict(arts),
-        folder=toml_path.parent,
-        toml_path=toml_path,
-        overrides=tuple(overrides or ()),
-    )
+    return scoring
 
 
 def tasks_dir() -> Path:

@@ -222,10 +222,29 @@ def max_file_bytes(num_latents: int, max_chars: int) -> int:
 def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, max_chars: int) -> Submission:
     """Read and validate a submission; every problem is a one-line HarnessError naming the entry."""
     where = str(path)
-    p = Path(path)
+    data = _read_json(Path(path), where, max_file_bytes(num_latents, max_chars))
+    _check_top_level(data, where)
+    task, method, description = _check_names(data, where, task_id)
+    explanations = _explanations(data["explanations"], where, num_latents, max_chars)
+    scores = _scores(data.get("scores"), where, num_latents, explanations)
+    sub = Submission(
+        task=task,
+        method=method,
+        description=description,
+        explanations=explanations,
+        scores=scores,
+        path=where,
+        sha256="",
+    )
+    sub.sha256 = submission_sha256(sub.to_dict())
+    return sub
+
+
+def _read_json(p: Path, where: str, limit: int) -> Any:
+    """The file's JSON, its size checked before reading it whole; objects as `_Obj` (duplicates kept)."""
     if not p.is_file():
         raise HarnessError(f"{where}: submission file not found — check the path")
-    size, limit = p.stat().st_size, max_file_bytes(num_latents, max_chars)
+    size = p.stat().st_size
     if size > limit:
         raise HarnessError(
             f"{where}: {size} bytes, more than any submission for this task can need ({limit} bytes) — "
@@ -250,7 +269,10 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
             f"{where}: {bad} holds a lone surrogate (a \\ud800-\\udfff escape without its pair), which is not "
             "Unicode text — fix the escape or the program that wrote the file"
         )
+    return data
 
+
+def _check_top_level(data: Any, where: str) -> None:
     if not isinstance(data, _Obj):  # every JSON object is one (object_pairs_hook)
         raise HarnessError(
             f"{where}: the top level is a JSON {_json_type(data)}; a submission is an object with keys "
@@ -268,6 +290,9 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
             f"{', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}"
         )
 
+
+def _check_names(data: _Obj, where: str, task_id: str) -> tuple[str, str, str]:
+    """task, method and description, each checked."""
     task = data["task"]
     if not isinstance(task, str):
         raise HarnessError(f'{where}: "task" must be a string (the task id), got a {_json_type(task)}')
@@ -289,8 +314,10 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
     if not isinstance(description, str):
         raise HarnessError(f'{where}: "description" must be a string (it may be empty)')
     check_description(description, where)
+    return task, method, description
 
-    raw_expl = data["explanations"]
+
+def _explanations(raw_expl: Any, where: str, num_latents: int, max_chars: int) -> dict[int, str]:
     if not isinstance(raw_expl, _Obj):
         raise HarnessError(
             f'{where}: "explanations" must be an object mapping latent index strings to explanations, '
@@ -315,43 +342,34 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
                 f"at {max_chars} — shorten it"
             )
         explanations[j] = value
+    return explanations
 
-    scores: dict[int, float] | None = None
-    raw_scores = data.get("scores")
-    if raw_scores is not None:
-        if not isinstance(raw_scores, _Obj):
+
+def _scores(raw_scores: Any, where: str, num_latents: int, explanations: dict[int, str]) -> dict[int, float] | None:
+    if raw_scores is None:
+        return None
+    if not isinstance(raw_scores, _Obj):
+        raise HarnessError(
+            f'{where}: "scores" must be an object mapping latent index strings to numbers, or null; '
+            f"got a {_json_type(raw_scores)}"
+        )
+    if raw_scores.duplicates:
+        k = raw_scores.duplicates[0]
+        raise HarnessError(f"{where}: scores[{_q(k)}] appears more than once — keep one score per latent")
+    scores: dict[int, float] = {}
+    for key, value in raw_scores.items():
+        j = _parse_latent_key(where, "scores", key, num_latents)
+        # bool is an int subclass; true/false as a score is almost certainly a mistake
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            got = json.dumps(value, ensure_ascii=False) if not isinstance(value, (dict, list)) else _json_type(value)
+            raise HarnessError(f"{where}: scores[{_q(key)}] must be a finite number, got {got[:40]}")
+        if j not in explanations:
             raise HarnessError(
-                f'{where}: "scores" must be an object mapping latent index strings to numbers, or null; '
-                f"got a {_json_type(raw_scores)}"
+                f"{where}: scores[{_q(key)}] scores latent {j}, which has no explanation — "
+                "add the explanation or remove the score"
             )
-        if raw_scores.duplicates:
-            k = raw_scores.duplicates[0]
-            raise HarnessError(f"{where}: scores[{_q(k)}] appears more than once — keep one score per latent")
-        scores = {}
-        for key, value in raw_scores.items():
-            j = _parse_latent_key(where, "scores", key, num_latents)
-            # bool is an int subclass; true/false as a score is almost certainly a mistake
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                got = json.dumps(value, ensure_ascii=False) if not isinstance(value, (dict, list)) else _json_type(value)
-                raise HarnessError(f"{where}: scores[{_q(key)}] must be a finite number, got {got[:40]}")
-            if j not in explanations:
-                raise HarnessError(
-                    f"{where}: scores[{_q(key)}] scores latent {j}, which has no explanation — "
-                    "add the explanation or remove the score"
-                )
-            scores[j] = float(value)
-
-    sub = Submission(
-        task=task,
-        method=method,
-        description=description,
-        explanations=explanations,
-        scores=scores,
-        path=where,
-        sha256="",
-    )
-    sub.sha256 = submission_sha256(sub.to_dict())
-    return sub
+        scores[j] = float(value)
+    return scores
 
 
 def _json_type(v: Any) -> str:
