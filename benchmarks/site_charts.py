@@ -57,7 +57,8 @@ DRAWN = "<script>requestAnimationFrame(function(){window.__drawn=performance.now
 
 def chart_data(results: str, task: str):
     spec = load_task(task)
-    rows, _ = collect_results(results, spec.id, task_hashes={spec.id: spec.hash})
+    rows, _ = collect_results(results, spec.id, task_hashes={spec.id: spec.hash},
+                              fixed_cascade={spec.id} if spec.simulator.cascade else set())
     charts = []
     for key in ("recovery", "delta_ce_median"):
         series = []
