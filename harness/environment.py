@@ -30,17 +30,37 @@ _CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
 LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"
 
 
-def packages_digest(dists: Sequence[tuple[str, str]] | None = None) -> str:
-    """sha256 over the sorted `name==version` lines of the installed distributions (a `pip freeze` without
-    paths), harness itself left out: its version and install path say nothing about the arithmetic."""
+def installed_packages(dists: Sequence[tuple[str, str]] | None = None) -> list[str]:
+    """The sorted `name==version` lines of the installed distributions (a `pip freeze` without paths), harness
+    itself left out: its version and install path say nothing about the arithmetic."""
     from packaging.utils import canonicalize_name
 
     if dists is None:
         from importlib.metadata import distributions
 
         dists = [(d.metadata["Name"] or "", d.version) for d in distributions()]
-    lines = sorted({f"{canonicalize_name(n)}=={v}" for n, v in dists if n and canonicalize_name(n) != "harness"})
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return sorted({f"{canonicalize_name(n)}=={v}" for n, v in dists if n and canonicalize_name(n) != "harness"})
+
+
+def packages_digest(dists: Sequence[tuple[str, str]] | None = None, lines: Sequence[str] | None = None) -> str:
+    """sha256 over `installed_packages` (or those `lines`, already made by it) joined by newlines."""
+    return hashlib.sha256("\n".join(installed_packages(dists) if lines is None else lines).encode()).hexdigest()
+
+
+def package_changes(a: Sequence[str], b: Sequence[str]) -> list[str]:
+    """How package list `a` differs from the reference `b`: `name b-version → a-version`, `+name version` (only
+    in a), `-name version` (only in b), sorted by name."""
+    va = dict(line.split("==", 1) for line in a if "==" in line)
+    vb = dict(line.split("==", 1) for line in b if "==" in line)
+    out = []
+    for name in sorted(set(va) | set(vb)):
+        if name not in vb:
+            out.append(f"+{name} {va[name]}")
+        elif name not in va:
+            out.append(f"-{name} {vb[name]}")
+        elif va[name] != vb[name]:
+            out.append(f"{name} {vb[name]} → {va[name]}")
+    return out
 
 
 def lock_digest(path: Path = LOCK_FILE) -> str:
@@ -110,8 +130,9 @@ def capture(device: Any) -> dict[str, Any]:
     import torch
 
     model, _ = cpu_info()
-    return {"lock_sha256": lock_digest(), "packages_sha256": packages_digest(), "cpu": model,
-            "kernel": kernel_path(device), "threads": torch.get_num_threads()}
+    packages = installed_packages()
+    return {"lock_sha256": lock_digest(), "packages_sha256": packages_digest(lines=packages),
+            "packages": packages, "cpu": model, "kernel": kernel_path(device), "threads": torch.get_num_threads()}
 
 
 def compared(provenance: Provenance) -> dict[str, str]:

@@ -105,6 +105,9 @@ class Provenance(Record):
     cpu: str = ""                     # CPU model name
     kernel: str = ""                  # kernel path: cpu:<torch capability>+<bf16/AMX flags> | cuda:<GPU> sm_XY
     threads: int = 0                  # torch intra-op threads
+    # The installed distributions' name==version lines (what packages_sha256 digests): a leaderboard can then say
+    # which package differs between two rows, not only that one does. Empty in results written before it.
+    packages: list[str] = field(default_factory=list)
 
 
 @dataclass

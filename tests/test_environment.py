@@ -12,7 +12,9 @@ from harness.environment import (
     compared,
     cpu_info,
     differences,
+    installed_packages,
     kernel_path,
+    package_changes,
     packages_digest,
     reference_index,
 )
@@ -101,3 +103,31 @@ def test_leaderboard_marks_rows_from_another_environment(tmp_path):
     rows, _ = collect_results(d, "tiny-task", task_hashes={"tiny-task": HASH})
     assert not any(r.env_differs for r in rows)
     assert "another environment" not in write_leaderboard("tiny-task", rows, tmp_path / "lb2").read_text()
+
+
+def test_package_changes_name_what_differs():
+    ref = ["numpy==2.3.1", "torch==2.13.0+cpu", "tqdm==4.67.1"]
+    row = ["numpy==2.3.2", "rich==14.0.0", "torch==2.13.0+cpu"]
+    assert package_changes(row, ref) == ["numpy 2.3.1 → 2.3.2", "+rich 14.0.0", "-tqdm 4.67.1"]
+    assert package_changes(ref, ref) == []
+    lines = installed_packages([("Torch", "2.13.0+cpu"), ("typing_extensions", "4.16.0"), ("harness", "0.1.0")])
+    assert lines == ["torch==2.13.0+cpu", "typing-extensions==4.16.0"]
+    assert packages_digest(lines=lines) == hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def test_leaderboard_names_the_packages_that_differ(tmp_path):
+    d = tmp_path / "results"
+    base = ["numpy==2.3.1", "torch==2.13.0+cpu"]
+    changed = ["numpy==2.3.2", "torch==2.13.0+cpu"]
+    for method, sha, date, pk in (("top-tokens", "1", "2026-01-01", base), ("llm", "2", "2026-01-02", changed),
+                                  ("empty", "3", "2026-01-03", [])):
+        r = _with_env(method, sha, date, packages_sha256=packages_digest(lines=pk or changed), packages=pk)
+        r.to_json(d / f"{method}.json")
+    rows, _ = collect_results(d, "tiny-task", task_hashes={"tiny-task": HASH})
+    by = {r.method: r for r in rows}
+    assert by["llm"].package_changes == ["numpy 2.3.1 → 2.3.2"]
+    assert by["empty"].env_differs == ["packages_sha256"] and by["empty"].package_changes is None   # no list
+    page = write_leaderboard("tiny-task", rows, tmp_path / "lb").read_text()
+    assert "llm: installed packages (numpy 2.3.1 → 2.3.2)" in page and "empty: installed packages;" in page
+    js = {r["method"]: r for r in json.loads(render(rows, "json"))}
+    assert js["llm"]["package_changes"] == ["numpy 2.3.1 → 2.3.2"]

@@ -30,7 +30,7 @@ REFERENCE = Path(__file__).parent / "data" / "tiny_reference_result.json"
 REFERENCE_ARRAYS = Path(__file__).parent / "data" / "tiny_reference_arrays.npz"
 VOLATILE_PROVENANCE = ("date", "wall_seconds", "command", "python", "torch", "transformers", "platform",
                        "harness_version", "n_computed", "n_cached", "prediction_source",
-                       "lock_sha256", "packages_sha256", "cpu", "kernel", "threads")
+                       "lock_sha256", "packages_sha256", "packages", "cpu", "kernel", "threads")
 # Tolerances (docs/protocol-choices.md, "Tolerances"). The same task and submission on another machine
 # (other CPU kernels, transformers 5.25.0 instead of 5.24.0) moved 237 of 1,154 numbers by at most 1.6e-5
 # relative: float32 logits summed in another order give log-probabilities, hence log-odds predictions and

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 
-from harness.environment import compared, differences, reference_index
+from harness.environment import compared, differences, package_changes, reference_index
 from harness.errors import HarnessError
 from harness.io import atomic_write_text, one_line
 from harness.names import RankMetric
@@ -61,10 +61,17 @@ ENV_HELP = (
 _ENV_FIELD_NAMES = {"packages_sha256": "installed packages", "kernel": "kernel path", "threads": "thread count"}
 
 
+def _env_field(field: str, row: Row) -> str:
+    name = _ENV_FIELD_NAMES.get(field, field)
+    if field == "packages_sha256" and row.package_changes:
+        shown = row.package_changes[:4] + ([f"{len(row.package_changes) - 4} more"] if len(row.package_changes) > 4 else [])
+        return f"{name} ({', '.join(shown)})"
+    return name
+
+
 def env_help(rows: Sequence[Row]) -> str:
     """ENV_HELP plus, per marked row, what differs: a reader can tell a package set from a kernel path."""
-    marked = [f"{r.method}: {', '.join(_ENV_FIELD_NAMES.get(f, f) for f in r.env_differs)}"
-              for r in rows if r.env_differs]
+    marked = [f"{r.method}: {', '.join(_env_field(f, r) for f in r.env_differs)}" for r in rows if r.env_differs]
     return f"{ENV_HELP} Here: {'; '.join(marked)}." if marked else ""
 
 RANK_METRIC = "simulated − latent zero (mean)"
@@ -131,6 +138,8 @@ class Row:
     rank_series: np.ndarray | None = None      # per-context simulated − latent zero, read once from the side file
     environment: dict[str, str] | None = None  # recorded environment fields (harness/environment.py)
     env_differs: list[str] | None = None       # fields differing from the task's reference row; [] = same
+    packages: list[str] | None = None          # installed name==version lines, where the result records them
+    package_changes: list[str] | None = None   # how they differ from the reference row's (both recorded)
 
     @property
     def method_cell(self) -> str:
@@ -189,6 +198,7 @@ def row_from_result(res: Result, path: str) -> Row:
         submission_sha256=sub_.sha256,
         path=path,
         environment=compared(prov),
+        packages=list(prov.packages) or None,
     )
 
 
@@ -277,6 +287,9 @@ def mark_environments(rows: list[Row]) -> list[Row]:
         ref = reference_index([r.method for r in group], envs, [r.date for r in group])
         for r, env in zip(group, envs, strict=True):
             r.env_differs = differences(env, envs[ref]) if ref is not None else []
+            theirs = group[ref].packages if ref is not None else None
+            if "packages_sha256" in r.env_differs and r.packages and theirs:
+                r.package_changes = package_changes(r.packages, theirs)
     return rows
 
 
@@ -535,6 +548,7 @@ def row_json(r: Row) -> dict[str, Any]:
         "environment": dict(r.environment or {}),
         # Fields differing from the task's reference row ([] = same environment, so far as both record it).
         "environment_differs": list(r.env_differs or []),
+        "package_changes": list(r.package_changes or []),
     }
 
 
