@@ -288,3 +288,21 @@ def test_auto_backend_is_prefix(monkeypatch):
 
     monkeypatch.setattr(prefix, "PrefixSimulator", Stub)
     assert isinstance(make_simulator("auto", None, None, "v1", 100, "k"), Stub)
+
+
+def test_every_eval_config_field_has_its_eval_flag():
+    """`harness eval` and the Python `EvalConfig` say the same things: a field added to one without the other
+    fails here. `command` is the one field no user sets (eval records its own command line)."""
+    import dataclasses
+
+    from harness.evaluate import EvalConfig
+
+    flag_of = {"task": "--task", "submission": "--submission", "backend": "--backend", "device": "--device",
+               "results_dir": "--results", "overrides": "--override", "endpoints": "--endpoints",
+               "served_model": "--served-model", "cascade": "--cascade", "command": None}
+    fields = [f.name for f in dataclasses.fields(EvalConfig)]
+    assert sorted(fields) == sorted(flag_of), "a new EvalConfig field needs its `harness eval` flag (or an entry here)"
+    eval_flags = _options(_subparsers()["eval"])
+    assert {f for f in flag_of.values() if f} <= eval_flags
+    # ...and every eval flag reaches the config or says where else it goes (the leaderboard step, help).
+    assert eval_flags - {f for f in flag_of.values() if f} == {"-h", "--help", "--leaderboard"}
