@@ -317,15 +317,19 @@ def _check_names(data: _Obj, where: str, task_id: str) -> tuple[str, str, str]:
     return task, method, description
 
 
+def _latent_object(raw: Any, where: str, key: str, values: str, one: str) -> _Obj:
+    """`key`'s JSON object of latent index strings, each latent once."""
+    if not isinstance(raw, _Obj):
+        raise HarnessError(f'{where}: "{key}" must be an object mapping latent index strings to {values}; '
+                           f"got a {_json_type(raw)}")
+    if raw.duplicates:
+        raise HarnessError(f"{where}: {key}[{_q(raw.duplicates[0])}] appears more than once — keep one {one} per "
+                           "latent")
+    return raw
+
+
 def _explanations(raw_expl: Any, where: str, num_latents: int, max_chars: int) -> dict[int, str]:
-    if not isinstance(raw_expl, _Obj):
-        raise HarnessError(
-            f'{where}: "explanations" must be an object mapping latent index strings to explanations, '
-            f"got a {_json_type(raw_expl)}"
-        )
-    if raw_expl.duplicates:
-        k = raw_expl.duplicates[0]
-        raise HarnessError(f"{where}: explanations[{_q(k)}] appears more than once — keep one explanation per latent")
+    raw_expl = _latent_object(raw_expl, where, "explanations", "explanations", "explanation")
     if not raw_expl:
         raise HarnessError(f'{where}: "explanations" is empty — give at least one latent\'s explanation')
     explanations: dict[int, str] = {}
@@ -348,14 +352,7 @@ def _explanations(raw_expl: Any, where: str, num_latents: int, max_chars: int) -
 def _scores(raw_scores: Any, where: str, num_latents: int, explanations: dict[int, str]) -> dict[int, float] | None:
     if raw_scores is None:
         return None
-    if not isinstance(raw_scores, _Obj):
-        raise HarnessError(
-            f'{where}: "scores" must be an object mapping latent index strings to numbers, or null; '
-            f"got a {_json_type(raw_scores)}"
-        )
-    if raw_scores.duplicates:
-        k = raw_scores.duplicates[0]
-        raise HarnessError(f"{where}: scores[{_q(k)}] appears more than once — keep one score per latent")
+    raw_scores = _latent_object(raw_scores, where, "scores", "numbers, or null", "score")
     scores: dict[int, float] = {}
     for key, value in raw_scores.items():
         j = _parse_latent_key(where, "scores", key, num_latents)
