@@ -146,3 +146,17 @@ def test_each_enumeration_is_defined_once():
     assert names.allowed(hints["rank_by"]) == ("sim_minus_zero", "detection_auroc")
     assert names.allowed(typing.get_type_hints(CoderSpec)["kind"]) == ("transcoder", "sae")
     assert names.choice_text(("a", "b", "c")) == "one of a, b, c" and names.choice_text(("a", "b")) == "a or b"
+
+
+def test_cross_field_rules_live_in_the_spec_types():
+    """A spec built in code obeys the same rules as one read from a file (the loader adds the file name)."""
+    from harness.task.spec import CoderSpec, ContextSpec, ScoringSpec
+
+    with pytest.raises(ValueError, match="missing key `repo`"):
+        CoderSpec(source="hub", hookpoint="layers.0.mlp", kind="transcoder")
+    assert CoderSpec(source="local", hookpoint="layers.0.mlp", kind="sae", path="coder").path == "coder"
+    with pytest.raises(ValueError, match="`calibration` must be a positive integer"):
+        ContextSpec(T=32, seed=0, activation_sample_tokens=10, calibration=0, test=1, detection_positive=1,
+                    detection_negative=0)
+    with pytest.raises(ValueError, match=r"`fractions` must be a list of numbers in \(0, 1\]"):
+        ScoringSpec(fractions=(0.5, 1.5))

@@ -52,6 +52,9 @@ class CoderSpec:
     num_latents: int = 0   # declared shape (checked against cfg.json on load; lets `estimate` run offline)
     k: int = 0
 
+    def __post_init__(self) -> None:
+        _require(self, ("path",) if self.source == "local" else ("repo", "revision"))
+
 
 @dataclass(frozen=True)
 class CorpusSpec:
@@ -66,6 +69,9 @@ class CorpusSpec:
     max_documents: int = 0         # documents read from the start of the split (0: as many as needed)
     offset: int = 0                # local-tokens: skip this many tokens (e.g. the part the coder was trained on)
 
+    def __post_init__(self) -> None:
+        _require(self, ("dataset", "revision") if self.source == "hub" else ("path",))
+
 
 @dataclass(frozen=True)
 class ContextSpec:
@@ -78,6 +84,14 @@ class ContextSpec:
     detection_negative: int
     detection_pool: int = 0         # windows searched for detection examples (0: auto)
     min_position: int = 0           # first position used for activation sample / detection (0: T // 2)
+
+    def __post_init__(self) -> None:
+        for key in ("T", "activation_sample_tokens", "calibration", "test", "detection_positive"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"`{key}` must be a positive integer (got {getattr(self, key)})")
+        for key in ("seed", "detection_negative"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"`{key}` must be a positive integer (got {getattr(self, key)})")
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,14 @@ class SimulatorSpec:
     # Empty: exhaustive, unless `harness eval --cascade` asks otherwise.
     cascade: str = ""
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer (got {self.batch_size})")
+        if self.cascade:
+            from harness.task.cascade import parse_cascade
+
+            parse_cascade(self.cascade)   # a malformed setting fails at load, naming the task file
+
 
 @dataclass(frozen=True)
 class ScoringSpec:
@@ -119,6 +141,12 @@ class ScoringSpec:
     # "detection_auroc" (mean per-latent detection AUROC, bootstrap over latents), for tasks too small for CE to
     # order methods (the offline mini task: docs/findings.md).
     rank_by: RankMetric = "sim_minus_zero"
+
+    def __post_init__(self) -> None:
+        if not self.fractions or not all(0 < f <= 1 for f in self.fractions):
+            raise ValueError("`fractions` must be a list of numbers in (0, 1]")
+        if self.bootstrap < 1000:
+            raise ValueError("`bootstrap` must be at least 1000 draws (docs/protocol.md §6)")
 
 
 @dataclass(frozen=True)
@@ -192,6 +220,21 @@ def _need(d: dict, key: str, typ, where: str):
     if typ is int and isinstance(v, bool) or not isinstance(v, typ):
         raise HarnessError(f"{where}: `{key}` must be {typ.__name__ if isinstance(typ, type) else typ}, got {_show(v)}")
     return v
+
+
+def _require(spec: Any, keys: tuple[str, ...]) -> None:
+    """Cross-field rule of a spec section: the keys its `source` needs are given."""
+    for key in keys:
+        if not getattr(spec, key):
+            raise ValueError(f"missing key `{key}`")
+
+
+def _build(cls: Any, d: dict, where: str) -> Any:
+    """The section's dataclass; its cross-field rules (`__post_init__`) fail as one line naming the file."""
+    try:
+        return cls(**d)
+    except ValueError as e:
+        raise HarnessError(f"{where}: {e}") from None
 
 
 def _show(v: Any) -> str:
@@ -339,18 +382,14 @@ def _coder(coder: dict, w: str) -> CoderSpec:
     _need(coder, "hookpoint", str, w)
     _need(coder, "kind", str, w)
     _typed(coder, CoderSpec, w)
-    for key in ("path",) if coder["source"] == "local" else ("repo", "revision"):
-        _need(coder, key, str, w)
-    return CoderSpec(**coder)
+    return _build(CoderSpec, coder, w)
 
 
 def _corpus(corpus: dict, w: str) -> CorpusSpec:
     _only(corpus, set(CorpusSpec.__dataclass_fields__), w)
     _need(corpus, "source", str, w)
     _typed(corpus, CorpusSpec, w)
-    for key in ("dataset", "revision") if corpus["source"] == "hub" else ("path",):
-        _need(corpus, key, str, w)
-    return CorpusSpec(**corpus)
+    return _build(CorpusSpec, corpus, w)
 
 
 def _contexts(ctx: dict, w: str) -> ContextSpec:
@@ -358,9 +397,8 @@ def _contexts(ctx: dict, w: str) -> ContextSpec:
     _typed(ctx, ContextSpec, w)
     for key in ("T", "seed", "activation_sample_tokens", "calibration", "test", "detection_positive",
                 "detection_negative"):
-        if _need(ctx, key, int, w) < 0 or (key != "seed" and ctx[key] == 0 and key != "detection_negative"):
-            raise HarnessError(f"{w}: `{key}` must be a positive integer (got {ctx[key]})")
-    return ContextSpec(**ctx)
+        _need(ctx, key, int, w)
+    return _build(ContextSpec, ctx, w)
 
 
 def _latents(lat: dict, w: str) -> LatentSpec:
@@ -392,20 +430,13 @@ def _simulator(sim: dict, w: str) -> SimulatorSpec:
     _only(sim, MODEL_KEYS | {"prompt_version", "max_explanation_chars", "batch_size", "cascade"}, w)
     sim_model = _model_dict({k: v for k, v in sim.items() if k in MODEL_KEYS}, w)
     _typed(sim, SimulatorSpec, w)
-    if sim.get("batch_size", 32) < 1:
-        raise HarnessError(f"{w}: `batch_size` must be a positive integer (got {sim['batch_size']})")
-    simulator = SimulatorSpec(
+    return _build(SimulatorSpec, dict(
         model=sim_model,
         prompt_version=_need(sim, "prompt_version", str, w),
         max_explanation_chars=_need(sim, "max_explanation_chars", int, w),
         batch_size=int(sim.get("batch_size", 32)),
         cascade=str(sim.get("cascade", "")),
-    )
-    if simulator.cascade:
-        from harness.task.cascade import parse_cascade
-
-        parse_cascade(simulator.cascade)   # a malformed setting fails at load, naming the task file
-    return simulator
+    ), w)
 
 
 def _scoring(sc: dict, w: str) -> ScoringSpec:
@@ -413,13 +444,10 @@ def _scoring(sc: dict, w: str) -> ScoringSpec:
     _typed(sc, ScoringSpec, w)
     if "fractions" in sc:
         fr = sc["fractions"]
-        if not isinstance(fr, list) or not fr or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in fr):
+        if not isinstance(fr, list) or not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in fr):
             raise HarnessError(f"{w}: `fractions` must be a list of numbers in (0, 1]")
         sc = {**sc, "fractions": tuple(float(f) for f in fr)}
-    scoring = ScoringSpec(**sc)
-    if scoring.bootstrap < 1000:
-        raise HarnessError(f"{w}: `bootstrap` must be at least 1000 draws (docs/protocol.md §6)")
-    return scoring
+    return _build(ScoringSpec, sc, w)
 
 
 def tasks_dir() -> Path:
