@@ -118,6 +118,8 @@ def cmd_eval(args) -> int:
 
 def _print_summary(r: Result) -> None:
     from harness.report.format import interval, number
+    from harness.result import condition_row
+    from harness.score.conditions import ALL, simulated
     from harness.terminal import Column, print_table
 
     h, ce = r.headline, r.ce_means
@@ -131,7 +133,7 @@ def _print_summary(r: Result) -> None:
         ["mean CE clean / coder / zero_output", f"{number(ce.clean)} / {number(ce.coder)} / {number(ce.zero_output)}"],
     ]
     for mode in ("none", "prompt-fit"):
-        c = next(c for c in r.conditions if c.name == "simulated" and c.calibration == mode and c.selection == "all")
+        c = condition_row(r.conditions, simulated(mode, ALL).key)
         rows.append([f"recovery, calibration={mode}", interval(c.recovery)])
     title = f"{one_line(r.task.id)} · {one_line(r.submission.method)} · coverage {r.submission.coverage:.0%}"
     print_table(console, (Column("metric"), Column("value [95% CI]", numeric=True)), rows, title=title)

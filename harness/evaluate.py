@@ -40,6 +40,7 @@ from harness.result import (
     SimulatorInfo,
     SubmissionInfo,
     TaskRef,
+    condition_row,
 )
 from harness.score.calibrate import CALIBRATION_MODES, calibrate
 from harness.score.conditions import (
@@ -50,6 +51,7 @@ from harness.score.conditions import (
     condition_rows,
     headline,
     run_conditions,
+    simulated,
     zero,
 )
 from harness.score.degenerate import DegenerateWarning, degenerate_predictions
@@ -231,6 +233,5 @@ def _ce_means(base: dict[str, np.ndarray], ce: dict[Any, np.ndarray], rows: list
     zero_output = base["zero_output"]
     return CeMeans(clean=float(base["clean"].mean()), coder=float(base["coder"].mean()),
                    zero_output=float(np.mean(zero_output)) if np.isfinite(zero_output).all() else None,
-                   latent_zero=float(ce[zero(ALL)].mean()), simulated=float(
-                       next(r.ce_mean for r in rows if r.name == "simulated" and r.calibration == "quantile"
-                            and r.selection == "all")))
+                   latent_zero=float(ce[zero(ALL)].mean()),
+                   simulated=condition_row(rows, simulated("quantile", ALL).key).ce_mean)

@@ -27,6 +27,7 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -150,6 +151,22 @@ class ConditionRow(Record):
     delta_ce_median: Interval
     recovery: Interval | None
     diff_vs_latent_zero: Interval | None
+
+    @property
+    def key(self) -> str:
+        """The condition's key as `score.conditions.Condition.key` spells it (and the side file's `ce_<key>`
+        arrays): latent_zero__all, simulated__quantile__random@0.1. Rows are found by it, never by matching
+        their fields one by one."""
+        subset = "all" if self.selection == "all" else f"{self.selection}@{self.fraction:g}"
+        return "__".join([self.name, *([self.calibration] if self.calibration else []), subset])
+
+
+def condition_row(rows: Sequence[ConditionRow], key: str) -> ConditionRow:
+    """The row of condition `key` (e.g. `simulated("quantile", ALL).key`); a result without it is damaged."""
+    found = next((r for r in rows if r.key == key), None)
+    if found is None:
+        raise HarnessError(f"the result has no condition {key} — the file is damaged; re-run `harness eval`")
+    return found
 
 
 @dataclass

@@ -263,3 +263,23 @@ def test_a_result_with_a_rank_rule_outside_the_enumeration_is_one_line():
     with pytest.raises(HarnessError, match=r"headline.rank_by holds 'loudest' where the schema needs "
                                            r"sim_minus_zero or detection_auroc"):
         Result.from_dict(d)
+
+
+def test_condition_rows_are_found_by_their_conditions_key():
+    from harness.errors import HarnessError
+    from harness.result import SIDE, condition_row, load_result, read_side_file
+    from harness.score.conditions import ALL, Subset, simulated, zero
+
+    path = next((Path(__file__).resolve().parent.parent / "results").glob("smollm2-135m-l0-ce/top-tokens-*.json"))
+    res = load_result(path)
+    side = read_side_file(path.parent / res.side_files.per_context.path)
+    assert condition_row(res.conditions, zero(ALL).key).name == "latent_zero"
+    head = condition_row(res.conditions, simulated("quantile", ALL).key)
+    assert head.ce_mean == pytest.approx(float(side[SIDE.ce_simulated_all].mean()))
+    assert simulated("none", Subset("random", 0.3)).key == "simulated__none__random@0.3"
+    # Every row but the fraction-1 copies of the full rewrite has its CE array under its key.
+    for row in res.conditions:
+        if row.selection == "all" or row.fraction < 1:
+            assert SIDE.ce(row.key) in side, row.key
+    with pytest.raises(HarnessError, match="has no condition simulated__median__all"):
+        condition_row(res.conditions, "simulated__median__all")

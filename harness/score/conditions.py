@@ -18,7 +18,7 @@ from harness.io import batch_size, progress
 from harness.model.coder import SparseCoder, topk_dense
 from harness.model.patch import Patcher
 from harness.names import RankMetric
-from harness.result import ConditionRow, Headline
+from harness.result import ConditionRow, Headline, condition_row
 from harness.score.calibrate import CALIBRATION_MODES
 from harness.score.metrics import (
     macro,
@@ -181,8 +181,8 @@ def headline(rows: list[ConditionRow], ce: dict[Condition, np.ndarray], ce_base:
              boot: np.ndarray, sens: np.ndarray, spec: np.ndarray, auroc: np.ndarray, bacc: np.ndarray,
              auroc_boot: np.ndarray | None, rank_by: RankMetric) -> Headline:
     """The quantile-calibrated full rewrite, with the numbers that put it in context."""
-    head = next(r for r in rows if r.name == "simulated" and r.calibration == "quantile" and r.selection == "all")
-    head_zero = next(r for r in rows if r.name == "latent_zero" and r.selection == "all")
+    head = condition_row(rows, simulated("quantile", ALL).key)
+    head_zero = condition_row(rows, zero(ALL).key)
     clean, coder_ce, zero_out = ce_base["clean"], ce_base["coder"], ce_base["zero_output"]
     finite = auroc[np.isfinite(auroc)]
     assert head.recovery is not None and head.diff_vs_latent_zero is not None
