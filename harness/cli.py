@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 
 from harness.errors import HarnessError
 from harness.io import env_int, one_line, writable_dir, writable_file
-from harness.names import Backend, allowed
+from harness.names import Backend, RankMetric, allowed
 from harness.terminal import console as safe_console
 from harness.terminal import write as write_out
 
@@ -87,26 +87,25 @@ CASCADE_HELP = ("simulate only the M latents per context a cheap first stage ran
 
 
 def cmd_eval(args) -> int:
-    from harness.evaluate import EvalConfig, evaluate
+    from harness.api import evaluate_to_file
     from harness.report.leaderboard import print_leaderboard, write_leaderboard
     from harness.report.write import portable_command
-    from harness.task.cascade import parse_cascade
 
     if args.leaderboard:
         writable_dir(args.leaderboard, "leaderboard")
-    cfg = EvalConfig(task=args.task, submission=Path(args.submission), backend=args.backend, device=args.device,
-                     results_dir=Path(args.results), overrides=args.override,
-                     endpoints=[e for e in (args.endpoints or "").split(",") if e], served_model=args.served_model,
-                     cascade=parse_cascade(args.cascade) if args.cascade is not None else None,
-                     command="harness " + portable_command(sys.argv[1:]))
-    result, path = evaluate(cfg)
+    result, path = evaluate_to_file(args.task, args.submission, results_dir=args.results, backend=args.backend,
+                                    device=args.device, cascade=args.cascade, overrides=args.override,
+                                    endpoints=[e for e in (args.endpoints or "").split(",") if e],
+                                    served_model=args.served_model,
+                                    command="harness " + portable_command(sys.argv[1:]))
     _print_summary(result)
     _say(f"result: {one_line(str(path))}")
     # The spec just evaluated defines the hash, whether or not it is registered under tasks/.
     tid, thash = result.task.id, result.task.hash
+    from harness.api import leaderboard_rows
     from harness.task.spec import load_task
 
-    rows, rejected = _leaderboard_rows(Path(args.results), tid, [load_task(args.task, args.override)])
+    rows, rejected = leaderboard_rows(Path(args.results), tid, [load_task(args.task, args.override)])
     for rj in rejected:
         if rj.damaged:   # other rejections (older task hash...) are `harness leaderboard`'s to list
             _note(Text.assemble(("skipped", "yellow"), f" {one_line(rj.path)}: {one_line(rj.reason)}"))
@@ -149,20 +148,6 @@ def _print_summary(r: Result) -> None:
         _note(Text.assemble(("warning:", "yellow"), f" {one_line(w.message)}"))
 
 
-def _leaderboard_rows(results: Path, task_id: str | None, known: Sequence[Any] = ()):
-    """`known`: task specs given by folder (not registered) or with overrides; they win over a registered one."""
-    from harness.report.leaderboard import collect_results
-    from harness.task.spec import list_tasks
-
-    by_id = {s.id: s for s in [*list_tasks(), *known]}
-    if task_id and task_id not in by_id:
-        from harness.task.spec import load_task
-
-        by_id[task_id] = load_task(task_id)
-    return collect_results(results, task_id, task_hashes={i: s.hash for i, s in by_id.items()},
-                           fixed_cascade={i for i, s in by_id.items() if s.simulator.cascade})
-
-
 def cmd_leaderboard(args) -> int:
     from harness.report.leaderboard import (
         print_leaderboard,
@@ -199,7 +184,9 @@ def cmd_leaderboard(args) -> int:
 
 def _task_rows(results: Path, spec):
     """A task's ranked rows; files that cannot be ranked are named on stderr, so stdout stays one table."""
-    rows, rejected = _leaderboard_rows(results, spec.id, [spec])
+    from harness.api import leaderboard_rows
+
+    rows, rejected = leaderboard_rows(results, spec.id, [spec])
     for rj in rejected:
         _note(Text.assemble(("rejected", "yellow"), f" {one_line(rj.path)}: {one_line(rj.reason)}"))
     return rows
@@ -226,11 +213,49 @@ def cmd_import_delphi(args) -> int:
     from harness.task.submission import import_delphi, save_submission
 
     writable_file(args.output, "output")
-    d = import_delphi(args.delphi, task_id=args.task, method=args.method, description=args.description,
+    d = import_delphi(args.delphi, task_id=_task_id(args.task), method=args.method, description=args.description,
                       hookpoint=args.hookpoint, max_chars=_max_chars(args.task))
     path = save_submission(d, args.output)
     _say(f"wrote {one_line(str(path))}: {len(d['explanations'])} explanations")
     return 0
+
+
+def cmd_import_neuronpedia(args) -> int:
+    from harness.task.neuronpedia import import_neuronpedia
+    from harness.task.submission import save_submission
+
+    writable_file(args.output, "output")
+    got = import_neuronpedia(args.neuronpedia, task_id=_task_id(args.task), method=args.method,
+                             description=args.description, source=args.source, explainer=args.explainer,
+                             choose=args.choose, score_type=args.score_type, num_latents=_num_latents(args.task),
+                             max_chars=_max_chars(args.task))
+    path = save_submission(got.submission, args.output)
+    n = len(got.submission["explanations"])
+    _say(f"wrote {one_line(str(path))}: {n} explanations of {one_line(got.source)} from {got.n_rows} read "
+         f"({got.n_several} latents had several; rule: {one_line(got.rule)}"
+         + (f"; {got.n_blank} blank skipped" if got.n_blank else "") + ")")
+    return 0
+
+
+def _task_id(task: str) -> str:
+    """The id a submission names: a task given by folder is named by its own id."""
+    from harness.task.spec import load_task
+
+    try:
+        return load_task(task).id
+    except HarnessError:
+        return task
+
+
+def _num_latents(task: str) -> int | None:
+    """The task's coder width when it can be known here without downloading (else `validate` checks later)."""
+    from harness.task.inputs import TaskInputs
+    from harness.task.spec import load_task
+
+    try:
+        return TaskInputs(load_task(task)).num_latents()
+    except HarnessError:
+        return None
 
 
 def _max_chars(task: str) -> int | None:
@@ -485,6 +510,8 @@ def _scoring_verbs(verb: _Verb) -> None:
     s.add_argument("--dir", metavar="DIR", help="tasks folder (default: the repo's tasks/ or $HARNESS_TASKS_DIR)")
     _format(s, ("auto", "rich", "md", "json"))
 
+    _new_task_verb(verb)
+
     s = verb("prepare", "build and cache a task's splits, true activations and baseline CE", cmd_prepare)
     _task(s)
     _device(s)
@@ -514,6 +541,58 @@ def _scoring_verbs(verb: _Verb) -> None:
     _overrides(s)
 
 
+def _new_task_verb(verb: _Verb) -> None:
+    from harness.task.new import CONTEXT_KEYS, DEFAULT_LIKE
+
+    s = verb("new-task", "write a task folder for your own coder: subject, coder (sparsify or SAELens), hookpoint, "
+             "corpus, split sizes; prints its estimate", cmd_new_task)
+    s.add_argument("-o", "--output", required=True, metavar="DIR", help="the task folder to write (new or empty)")
+    s.add_argument("--id", required=True, help="the task id (names results/<id>/ and the cache)")
+    s.add_argument("--subject", required=True, metavar="SRC",
+                   help="the model: a transformers folder, hub:ORG/NAME@COMMIT or gguf:PACKAGE/FILE")
+    s.add_argument("--coder", required=True, metavar="SRC", help="a sparsify or SAELens folder, "
+                   "hub:REPO@COMMIT/SUBFOLDER, or saelens:RELEASE/SAE_ID (needs the sae-lens package)")
+    s.add_argument("--corpus", required=True, metavar="SRC", help="a .npz of tokens, a .txt/.jsonl text file, or "
+                   "hub:DATASET@COMMIT[:split][#text_field]")
+    s.add_argument("--hookpoint", default="", help="module path, e.g. layers.8 or layers.6.mlp (default: from the "
+                   "coder: a SAELens cfg's hook, a sparsify folder's name)")
+    s.add_argument("--kind", default="", choices=["", "transcoder", "sae"], help="default: from the coder")
+    s.add_argument("--k", type=int, default=0, help="a ReLU/JumpReLU coder: the most latents stored per token "
+                   "(prepare says how many tokens exceed it); a TopK coder has its own")
+    s.add_argument("--description", default="")
+    s.add_argument("--subject-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--corpus-offset", type=int, default=0, help="a token file: skip this many tokens (e.g. the "
+                   "part the coder was trained on)")
+    s.add_argument("--corpus-files", default="", help="a hub corpus: the one file of the dataset to read")
+    s.add_argument("--rewritten", default="all", help="all (default), N (random alive latents) or "
+                   "N:rule[:min_fire_rate] (random-alive, most-frequent, stratified, lexical)")
+    s.add_argument("--like", default=DEFAULT_LIKE, metavar="TASK",
+                   help=f"the task whose simulator, scoring and split sizes are copied (default: {DEFAULT_LIKE})")
+    for key in CONTEXT_KEYS:
+        s.add_argument(f"--{key.replace('_', '-')}" if key != "T" else "--T", type=int, dest=f"ctx_{key}",
+                       metavar="N", help=argparse.SUPPRESS if key == "seed" else f"[contexts] {key}")
+    s.add_argument("--cascade", metavar="SPEC", help="the cascade the task fixes ('' for exhaustive; default: the "
+                   "template's)")
+    s.add_argument("--rank-by", choices=list(allowed(RankMetric)), help="default: the template's")
+
+
+def cmd_new_task(args) -> int:
+    from harness.report.write import portable_command
+    from harness.simulate.cost import print_estimate
+    from harness.task.new import CONTEXT_KEYS, NewTask, write_task
+
+    ctx = {key: getattr(args, f"ctx_{key}") for key in CONTEXT_KEYS if getattr(args, f"ctx_{key}") is not None}
+    path = write_task(NewTask(
+        out=Path(args.output), id=args.id, subject=args.subject, coder=args.coder, corpus=args.corpus,
+        hookpoint=args.hookpoint, kind=args.kind, k=args.k, description=args.description,
+        subject_dtype=args.subject_dtype, corpus_offset=args.corpus_offset, corpus_files=args.corpus_files,
+        rewritten=args.rewritten, like=args.like, contexts=ctx, cascade=args.cascade, rank_by=args.rank_by,
+        command="harness " + portable_command(sys.argv[1:])))
+    _say(f"wrote {one_line(str(path))}")
+    print_estimate(str(path), console=console)
+    return 0
+
+
 def _submission_verbs(verb: _Verb) -> None:
     """Making, estimating and judging submissions."""
     s = verb("import-delphi", "turn a folder of Delphi explanation files into a submission", cmd_import_delphi)
@@ -522,6 +601,25 @@ def _submission_verbs(verb: _Verb) -> None:
     s.add_argument("--method", default="delphi", help="method name recorded in the submission (default: delphi)")
     s.add_argument("--description", default="imported from Delphi explanation files")
     s.add_argument("--hookpoint", help="hookpoint whose files to take (default: the task's)")
+    _output(s, "submission JSON file to write")
+
+    s = verb("import-neuronpedia", "turn Neuronpedia explanation exports into a submission (one per latent, "
+             "by a stated rule)", cmd_import_neuronpedia)
+    s.add_argument("--neuronpedia", required=True, nargs="+", metavar="PATH",
+                   help="export files or folders: batch-N.jsonl[.gz] (dataset export), a JSON array of explanations, "
+                        "or /api/feature JSON")
+    _task(s, help="the task the submission is for (its id or folder)")
+    s.add_argument("--source", metavar="MODEL/LAYER", help="which SAE's explanations, e.g. gpt2-small/6-res-jb "
+                   "(needed when the files hold several)")
+    s.add_argument("--explainer", metavar="NAME", help="keep only explanations by this explainer model "
+                   "(explanationModelName, e.g. gpt-4o-mini)")
+    s.add_argument("--choose", default="newest", choices=["newest", "first", "score"],
+                   help="which explanation of a latent to keep: newest (createdAt; default), first (reading order), "
+                        "score (highest --score-type score; per-feature API files)")
+    s.add_argument("--score-type", metavar="NAME", help="with --choose score: the score type to compare (e.g. "
+                   "recall_alt); the chosen scores become the submission's scores")
+    s.add_argument("--method", default="neuronpedia", help="method name recorded in the submission")
+    s.add_argument("--description", default="", help="recorded in the submission (default: the source and rule)")
     _output(s, "submission JSON file to write")
 
     s = verb("explain", "write a baseline submission (top-tokens, llm, empty, shuffled)", cmd_explain)

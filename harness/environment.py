@@ -42,9 +42,9 @@ def installed_packages(dists: Sequence[tuple[str, str]] | None = None) -> list[s
     return sorted({f"{canonicalize_name(n)}=={v}" for n, v in dists if n and canonicalize_name(n) != "harness"})
 
 
-def packages_digest(dists: Sequence[tuple[str, str]] | None = None, lines: Sequence[str] | None = None) -> str:
-    """sha256 over `installed_packages` (or those `lines`, already made by it) joined by newlines."""
-    return hashlib.sha256("\n".join(installed_packages(dists) if lines is None else lines).encode()).hexdigest()
+def packages_digest(lines: Sequence[str]) -> str:
+    """sha256 over package lines (`installed_packages`'s) joined by newlines."""
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def package_changes(a: Sequence[str], b: Sequence[str]) -> list[str]:
@@ -131,7 +131,7 @@ def capture(device: Any) -> dict[str, Any]:
 
     model, _ = cpu_info()
     packages = installed_packages()
-    return {"lock_sha256": lock_digest(), "packages_sha256": packages_digest(lines=packages),
+    return {"lock_sha256": lock_digest(), "packages_sha256": packages_digest(packages),
             "packages": packages, "cpu": model, "kernel": kernel_path(device), "threads": torch.get_num_threads()}
 
 

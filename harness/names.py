@@ -7,6 +7,7 @@ pyright sees a misspelt comparison. Adding a value here is what makes it legal e
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from typing import Literal
@@ -20,6 +21,13 @@ DetectionRule = Literal["fire-rate", "fixed"]
 # detection AUROC for tasks too small for CE to order methods.
 RankMetric = Literal["sim_minus_zero", "detection_auroc"]
 Backend = Literal["auto", "plain", "prefix", "vllm", "http"]
+
+
+@functools.cache   # once per class: results are loaded by the hundred for leaderboards and the site
+def field_types(cls: type) -> dict[str, typing.Any]:
+    """A dataclass's field types, resolved (its annotations are strings under `from __future__ import
+    annotations`); the task loader and the result loader check values against them."""
+    return typing.get_type_hints(cls)
 
 
 def allowed(tp: typing.Any) -> tuple[str, ...]:

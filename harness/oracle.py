@@ -111,8 +111,8 @@ def run_oracle(task: str, levels=None, seed: int = 0, results_dir: Path = Path("
     noise = _Noise(cal=rng.standard_normal(cal_x.shape), test=rng.standard_normal(test_x.shape),
                    pos=[rng.standard_normal(len(p)) for p in pos_x], neg=[rng.standard_normal(int(k)) for k in n_neg])
     sims, meta = _degraded(spec, prep, latents, levels, cal_x, test_x, pos_x, fallback, noise)
-    patched = run_conditions(model, coder, spec.coder.hookpoint, spec.coder.kind, prep.splits["test"], prep.k,
-                             latents, sims, {ALL: latents}, inputs.device)
+    patched = run_conditions(model, coder, spec.coder.hookpoint, spec.coder.kind, prep.splits["test"], latents,
+                             sims, {ALL: latents}, inputs.device)
     base = prep.ce_base
     n_test = len(base["clean"])
     boot = bootstrap_indices(n_test, sc.bootstrap, sc.seed)

@@ -20,7 +20,6 @@ reads the raw JSON, on purpose, to check a file independently of this code.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -36,7 +35,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.io import atomic_write_text
-from harness.names import RankMetric, allowed, choice_text, is_literal
+from harness.names import RankMetric, allowed, choice_text, field_types, is_literal
 
 SCHEMA = "harness-result/1"
 SCHEMA_FILE = Path(__file__).with_name("result.schema.json")
@@ -416,9 +415,7 @@ def _dump(x: Any) -> Any:
     return x
 
 
-@functools.cache   # once per class: results are loaded by the hundred for leaderboards and the site
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, globalns=vars(sys.modules[__name__]))
+_hints = field_types
 
 
 def _is_optional(tp: Any) -> tuple[bool, Any]:

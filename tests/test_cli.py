@@ -295,7 +295,7 @@ def test_every_eval_config_field_has_its_eval_flag():
     fails here. `command` is the one field no user sets (eval records its own command line)."""
     import dataclasses
 
-    from harness.evaluate import EvalConfig
+    from harness.pipeline import EvalConfig
 
     flag_of = {"task": "--task", "submission": "--submission", "backend": "--backend", "device": "--device",
                "results_dir": "--results", "overrides": "--override", "endpoints": "--endpoints",

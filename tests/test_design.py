@@ -39,7 +39,7 @@ def test_nothing_in_the_product_imports_the_test_stand_ins():
 # ground first, then the stages in the order an eval runs them (models before the task, whose inputs load
 # them), then what drives the stages.
 LAYERS = ["errors", "names", "io", "terminal", "hub", "result", "environment", "model", "task", "data", "simulate", "score",
-          "report", "oracle", "simulator_check", "evaluate", "baselines", "build", "testing", "cli"]
+          "report", "oracle", "simulator_check", "pipeline", "baselines", "build", "testing", "api", "cli"]
 
 
 def _imports():

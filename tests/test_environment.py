@@ -42,11 +42,11 @@ def test_cpu_info_and_kernel_path():
 
 
 def test_packages_digest_is_a_path_free_freeze():
-    got = packages_digest([("Torch", "2.13.0+cpu"), ("typing_extensions", "4.16.0"), ("harness", "0.1.0")])
+    got = packages_digest(installed_packages([("Torch", "2.13.0+cpu"), ("typing_extensions", "4.16.0"), ("harness", "0.1.0")]))
     want = hashlib.sha256(b"torch==2.13.0+cpu\ntyping-extensions==4.16.0").hexdigest()
     assert got == want
-    assert packages_digest([("harness", "9"), ("torch", "2.13.0+cpu"), ("typing-extensions", "4.16.0")]) == want
-    assert packages_digest([("torch", "2.13.0"), ("typing-extensions", "4.16.0")]) != want
+    assert packages_digest(installed_packages([("harness", "9"), ("torch", "2.13.0+cpu"), ("typing-extensions", "4.16.0")])) == want
+    assert packages_digest(installed_packages([("torch", "2.13.0"), ("typing-extensions", "4.16.0")])) != want
 
 
 def test_differences_compare_only_what_both_record():
@@ -112,7 +112,7 @@ def test_package_changes_name_what_differs():
     assert package_changes(ref, ref) == []
     lines = installed_packages([("Torch", "2.13.0+cpu"), ("typing_extensions", "4.16.0"), ("harness", "0.1.0")])
     assert lines == ["torch==2.13.0+cpu", "typing-extensions==4.16.0"]
-    assert packages_digest(lines=lines) == hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    assert packages_digest(lines) == hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def test_leaderboard_names_the_packages_that_differ(tmp_path):
@@ -121,7 +121,7 @@ def test_leaderboard_names_the_packages_that_differ(tmp_path):
     changed = ["numpy==2.3.2", "torch==2.13.0+cpu"]
     for method, sha, date, pk in (("top-tokens", "1", "2026-01-01", base), ("llm", "2", "2026-01-02", changed),
                                   ("empty", "3", "2026-01-03", [])):
-        r = _with_env(method, sha, date, packages_sha256=packages_digest(lines=pk or changed), packages=pk)
+        r = _with_env(method, sha, date, packages_sha256=packages_digest(pk or changed), packages=pk)
         r.to_json(d / f"{method}.json")
     rows, _ = collect_results(d, "tiny-task", task_hashes={"tiny-task": HASH})
     by = {r.method: r for r in rows}

@@ -152,7 +152,7 @@ def run_gaming(task: str, submissions_dir: Path, results_dir: Path, report: Path
 
     from harness.baselines.explain import run_explain
     from harness.data.prepare import prepare
-    from harness.evaluate import EvalConfig, evaluate
+    from harness.pipeline import EvalConfig, evaluate
     from harness.task.inputs import TaskInputs
     from harness.task.spec import load_task
     from harness.task.submission import save_submission

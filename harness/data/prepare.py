@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,17 +83,24 @@ def encode_positions(model, module, coder: SparseCoder, kind: str, blocks: np.nd
     idx_dtype = np.uint16 if coder.num_latents <= 65536 else np.int32
     vals = np.zeros((n, hi - lo, k), np.float32)
     inds = np.zeros((n, hi - lo, k), idx_dtype)
+    over = 0
     with progress() as prog:
         t = prog.add_task(desc, total=n)
         batch = batch_size()
         for s in range(0, n, batch):
             ids = torch.from_numpy(blocks[s:s + batch, :hi]).to(device)
             x = coder_inputs(model, module, kind, ids, lo)
-            v, i = coder.encode(x.reshape(-1, x.shape[-1]))
+            flat = x.reshape(-1, x.shape[-1])
+            v, i = coder.encode(flat)
+            if coder.activation != "topk":   # a ReLU/JumpReLU code may hold more latents than the k stored
+                over += int(((coder.pre_acts(flat) > 0).sum(-1) > k).sum())
             b = ids.shape[0]
             vals[s:s + b] = v.reshape(b, hi - lo, k).cpu().numpy()
             inds[s:s + b] = i.reshape(b, hi - lo, k).cpu().numpy().astype(idx_dtype)
             prog.advance(t, b)
+    if over:
+        sys.stderr.write(f"warning: {desc}: {over:,} of {n * (hi - lo):,} tokens have more than k = {k} active latents; "
+                         "the activation tables keep the k largest of each — raise [coder] k to keep them all\n")
     return vals, inds
 
 
@@ -116,7 +124,7 @@ def baseline_ce(model, spec: TaskSpec, coder: SparseCoder, windows: np.ndarray, 
             with patcher.prefix(inputs) as h:
                 last = h.capture(targets)
                 v, i = coder.encode(last.x)
-                recon = coder.decode_dense(coder.dense(v, i), last.x)
+                recon = coder.decode_dense(coder.code(last.x), last.x)
                 b = ids.shape[0]
                 assert last.ce_clean is not None   # targets were given
                 out["clean"][s:s + b] = last.ce_clean.double().cpu().numpy()

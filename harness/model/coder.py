@@ -1,7 +1,14 @@
-"""Sparse coders in sparsify's on-disk format (docs/protocol.md §1).
+"""Sparse coders: sparsify's TopK coders, and SAELens's saved SAEs and transcoders (docs/protocol.md §1).
 
-The maths mirror `sparsify.SparseCoder` (ReLU, then an unsorted top-k) so that the latents the harness
-computes are the ones the checkpoint's authors trained; the tests compare against sparsify itself.
+The maths mirror `sparsify.SparseCoder` (ReLU, then an unsorted top-k) and SAELens's inference classes
+(`harness.model.saelens`), so that the latents the harness computes are the ones the checkpoint's authors
+trained; the tests compare against sparsify itself and against fixtures written by the sae-lens package.
+
+A TopK coder stores exactly k latents per token. A ReLU or JumpReLU coder has no fixed count: `k` is then
+the most latents the harness stores per token for its activation tables (the task's `[coder] k`); the
+code patched into the model (`code`) is always the coder's whole activation, and the re-sparsification
+step (`resparsify`) is the coder's own sparsity rule: TopK keeps the k largest, JumpReLU zeroes each latent
+below its threshold, ReLU keeps what is positive.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from torch import Tensor
 from harness.errors import HarnessError
 
 KINDS = ("transcoder", "sae")
+ACTIVATIONS = ("topk", "relu", "jumprelu")
 _REQUIRED = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
 
 
@@ -31,6 +39,9 @@ class SparseCoder:
     kind: str                     # "transcoder" | "sae"
     subtract_b_dec: bool          # = not cfg.get("transcode", False)   (legacy trap)
     cfg: dict = field(default_factory=dict)
+    activation: str = "topk"      # "topk" | "relu" | "jumprelu" (see the module docstring for what k means)
+    threshold: Tensor | None = None   # [L], jumprelu: a latent fires where its pre-activation exceeds it
+    source_format: str = "sparsify"   # "sparsify" | "saelens": which files the folder holds
 
     @property
     def num_latents(self) -> int:
@@ -43,11 +54,17 @@ class SparseCoder:
     # ------------------------------------------------------------------ I/O
 
     @classmethod
-    def load(cls, folder: Path, kind: str | None = None) -> SparseCoder:
+    def load(cls, folder: Path, kind: str | None = None, k: int = 0) -> SparseCoder:
+        """The coder in `folder`, sparsify's (cfg.json + sae.safetensors) or SAELens's (cfg.json +
+        sae_weights.safetensors). `k`: for a coder without TopK, the most latents stored per token."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         folder = Path(folder)
+        if is_saelens_folder(folder):
+            from harness.model.saelens import load_saelens
+
+            return load_saelens(folder, kind, k)
         cfg_path, st_path = folder / "cfg.json", folder / "sae.safetensors"
         cfg, num_latents = read_cfg(folder)
         if not st_path.is_file():
@@ -99,8 +116,11 @@ class SparseCoder:
         )
 
     def save(self, folder: Path) -> None:
+        """In sparsify's format, which holds TopK coders only."""
         from safetensors.torch import save_file
 
+        if self.activation != "topk":
+            raise HarnessError(f"a {self.activation} coder cannot be saved in sparsify's format (TopK only)")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         cfg = dict(self.cfg)
@@ -122,7 +142,7 @@ class SparseCoder:
 
     def to(self, device: torch.device | str) -> SparseCoder:
         """Moves the weights (in place) and returns self."""
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "W_skip"):
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "W_skip", "threshold"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.to(device))
@@ -131,16 +151,36 @@ class SparseCoder:
     # ---------------------------------------------------------------- maths
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        """ReLU(W_enc (x - b_dec?) + b_enc), [..., L]: the values TopK chooses from."""
+        """ReLU(W_enc (x - b_dec?) + b_enc), [..., L]: the values TopK chooses from; for a JumpReLU coder
+        only where the pre-activation exceeds the latent's threshold (strictly, as SAELens)."""
         x = x.to(self.W_enc.dtype)
         if self.subtract_b_dec:
             x = x - self.b_dec
-        return F.relu(F.linear(x, self.W_enc, self.b_enc))
+        pre = F.linear(x, self.W_enc, self.b_enc)
+        if self.threshold is not None:
+            return F.relu(pre) * (pre > self.threshold)
+        return F.relu(pre)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The k largest activations per token (values, indices): the coder's code for a TopK coder, what the
+        activation tables store for the others."""
         # Unsorted, as sparsify does; with fewer than k positive pre-activations some values are exactly 0.
         values, indices = torch.topk(self.pre_acts(x), self.k, dim=-1, sorted=False)
         return values, indices
+
+    def code(self, x: Tensor) -> Tensor:
+        """The coder's whole code for x, dense [..., L]: what its decoder reads."""
+        if self.activation == "topk":
+            return self.dense(*self.encode(x))
+        return self.pre_acts(x)
+
+    def resparsify(self, z: Tensor) -> Tensor:
+        """The protocol's re-sparsification of a code whose values were replaced: the coder's own rule."""
+        if self.activation == "topk":
+            return topk_dense(z, self.k)
+        if self.threshold is not None:
+            return z * (z > self.threshold)
+        return F.relu(z)
 
     def dense(self, top_acts: Tensor, top_idx: Tensor) -> Tensor:
         z = torch.zeros(*top_acts.shape[:-1], self.num_latents, dtype=self.W_dec.dtype, device=top_acts.device)
@@ -154,26 +194,29 @@ class SparseCoder:
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """The coder's own output for input x (the `coder` condition)."""
-        return self.decode_dense(self.dense(*self.encode(x)), x)
+        return self.decode_dense(self.code(x), x)
 
 
-_EXPECT = "a sparsify coder folder holding cfg.json and sae.safetensors"
+_EXPECT = ("a coder folder holding cfg.json and sae.safetensors (sparsify) or cfg.json and "
+           "sae_weights.safetensors (SAELens)")
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+
+
+def is_saelens_folder(folder: Path) -> bool:
+    """SAELens saves `sae_weights.safetensors` where sparsify saves `sae.safetensors`."""
+    return (Path(folder) / SAELENS_WEIGHTS).is_file() and not (Path(folder) / "sae.safetensors").is_file()
 
 
 def read_cfg(folder: Path) -> tuple[dict, int]:
     """The coder's cfg.json, checked, and its number of latents; cheap (no weights are read)."""
     folder = Path(folder)
+    if is_saelens_folder(folder):
+        from harness.model.saelens import read_saelens_cfg
+
+        cfg = read_saelens_cfg(folder)
+        return cfg, cfg["d_sae"]
+    cfg = read_json_cfg(folder)
     cfg_path = folder / "cfg.json"
-    if not folder.is_dir():
-        raise HarnessError(f"coder folder {folder} does not exist: point the task's [coder] path at {_EXPECT}")
-    if not cfg_path.is_file():
-        raise HarnessError(f"{cfg_path} is missing: the coder folder must be {_EXPECT}; restore it or rebuild the task")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise HarnessError(f"{cfg_path} is not valid JSON ({e}): restore sparsify's cfg.json") from None
-    if not isinstance(cfg, dict):
-        raise HarnessError(f"{cfg_path} must hold a JSON object (sparsify's SparseCoderConfig plus d_in)")
     activation = cfg.get("activation", "topk")
     if activation != "topk":
         raise HarnessError(f"{cfg_path}: activation {activation!r} is not supported; the harness scores "
@@ -187,6 +230,22 @@ def read_cfg(folder: Path) -> tuple[dict, int]:
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise HarnessError(f"{cfg_path}: {key!r} must be a non-negative integer, got {v!r}")
     return cfg, n or cfg["d_in"] * ef
+
+
+def read_json_cfg(folder: Path) -> dict:
+    """The folder's cfg.json as a JSON object, or one line saying what is wrong with it."""
+    cfg_path = folder / "cfg.json"
+    if not folder.is_dir():
+        raise HarnessError(f"coder folder {folder} does not exist: point the task's [coder] path at {_EXPECT}")
+    if not cfg_path.is_file():
+        raise HarnessError(f"{cfg_path} is missing: the coder folder must be {_EXPECT}; restore it or rebuild the task")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise HarnessError(f"{cfg_path} is not valid JSON ({e}): restore the coder's cfg.json") from None
+    if not isinstance(cfg, dict):
+        raise HarnessError(f"{cfg_path} must hold a JSON object (the coder's configuration)")
+    return cfg
 
 
 def topk_dense(z: Tensor, k: int) -> Tensor:

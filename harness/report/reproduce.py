@@ -439,7 +439,7 @@ def _patched_sim_minus_zero(spec, inputs, prep, model, latents, pred_cal, pred_t
 
     sims = {"quantile": calibrate("quantile", pred_cal, pred_test, prep.table, latents, cal_weights)}
     patched = run_conditions(model, inputs.coder(), spec.coder.hookpoint, spec.coder.kind, prep.splits["test"],
-                             prep.k, latents, sims, {ALL: latents}, inputs.device)
+                             latents, sims, {ALL: latents}, inputs.device)
     return float(np.mean(patched.ce[simulated("quantile", ALL)] - patched.ce[zero(ALL)]))
 
 

@@ -1,6 +1,6 @@
 """`harness verify-result`: recompute every number of a result from its side file alone.
 
-The recomputation deliberately does not call `harness.score.metrics`, `harness.score.calibrate` or `harness.evaluate`:
+The recomputation deliberately does not call `harness.score.metrics`, `harness.score.calibrate` or `harness.pipeline`:
 AUROC, recall and balanced accuracy come from scikit-learn, quantiles from `np.quantile` on the
 materialised activation sample, the recovery interval from the textbook form of Fieller's theorem (the
 harness solves the quadratic directly), the ECDF from explicit comparisons, the bootstrap from a fresh

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from harness.io import batch_size, progress
-from harness.model.coder import SparseCoder, topk_dense
+from harness.model.coder import SparseCoder
 from harness.model.patch import Patcher
 from harness.names import RankMetric
 from harness.result import ConditionRow, Headline, condition_row
@@ -94,13 +94,13 @@ class PatchedCE:
 
 
 @torch.inference_mode()
-def run_conditions(model, coder: SparseCoder, hookpoint: str, kind: str, windows: np.ndarray, k: int,
-                   latents: np.ndarray, sims: dict[str, np.ndarray], subsets: dict[Subset, np.ndarray],
+def run_conditions(model, coder: SparseCoder, hookpoint: str, kind: str, windows: np.ndarray, latents: np.ndarray, sims: dict[str, np.ndarray], subsets: dict[Subset, np.ndarray],
                    device) -> PatchedCE:
     """CE over the test windows for latent_zero(S) and simulated(S, calibration) for every subset S.
 
-    The simulated values replace the true ones for the subset's latents, then TopK re-sparsifies the code
-    (k of the coder), so a simulated latent only counts if it would have won a TopK slot.
+    The simulated values replace the true ones for the subset's latents, then the coder's own rule re-sparsifies
+    the code (TopK: the coder's k, so a simulated latent only counts if it would have won a slot; JumpReLU: its
+    threshold; ReLU: positive values).
     """
     n = len(windows)
     col = {int(j): c for c, j in enumerate(latents)}
@@ -119,7 +119,7 @@ def run_conditions(model, coder: SparseCoder, hookpoint: str, kind: str, windows
             b = ids.shape[0]
             with patcher.prefix(ids[:, :-1]) as h:
                 last = h.capture(ids[:, -1])
-                z_true = coder.dense(*coder.encode(last.x))
+                z_true = coder.code(last.x)
                 active_true[s:s + b] = (z_true[:, lat_t] > 0).cpu().numpy()
                 keys, reps = [], []
                 for subset, S in subsets.items():
@@ -132,7 +132,7 @@ def run_conditions(model, coder: SparseCoder, hookpoint: str, kind: str, windows
                     for cname, pred in sims.items():
                         zs = z_true.clone()
                         zs[:, idx] = torch.as_tensor(pred[s:s + b], device=device, dtype=zs.dtype)[:, cols]
-                        zs = topk_dense(zs, k)
+                        zs = coder.resparsify(zs)
                         if subset == ALL:
                             active_sim[cname][s:s + b] = (zs[:, lat_t] > 0).cpu().numpy()
                         keys.append(simulated(cname, subset))

@@ -35,7 +35,14 @@ from harness.io import cache_root, sha256_file
 from harness.model.coder import SparseCoder, read_cfg
 from harness.task.spec import TaskSpec, task_cache_dir
 
-CODER_FILES = ("cfg.json", "sae.safetensors")
+CODER_FILES = ("cfg.json", "sae.safetensors")                 # sparsify
+SAELENS_FILES = ("cfg.json", "sae_weights.safetensors")       # SAELens
+FORMATS = (CODER_FILES, SAELENS_FILES)
+
+
+def _complete(have) -> tuple[str, ...] | None:
+    """The files of whichever format `have(name)` finds complete, or None."""
+    return next((f for f in FORMATS if all(have(n) for n in f)), None)
 
 
 class TaskInputs:
@@ -96,7 +103,7 @@ def load_subject(spec: TaskSpec, device: str | torch.device):
 
 
 def load_coder(spec: TaskSpec, folder: Path | None = None) -> SparseCoder:
-    coder = SparseCoder.load(folder or fetch_coder_folder(spec), kind=spec.coder.kind)
+    coder = SparseCoder.load(folder or fetch_coder_folder(spec), kind=spec.coder.kind, k=spec.coder.k)
     for name, declared, actual in (("num_latents", spec.coder.num_latents, coder.num_latents),
                                    ("k", spec.coder.k, coder.k)):
         if declared and declared != actual:
@@ -116,8 +123,9 @@ def missing_hub_inputs(spec: TaskSpec, simulator: bool = False) -> list[tuple[st
     c = spec.coder
     if c.source == "hub" and not c.path:
         sub = c.subfolder or c.hookpoint
-        if any(cached_file(c.repo, f"{sub}/{n}", c.revision) is None for n in CODER_FILES):
-            out.append((f"coder {c.repo}@{short_revision(c.revision)} {sub}/{{{','.join(CODER_FILES)}}}",
+        if _complete(lambda n: cached_file(c.repo, f"{sub}/{n}", c.revision) is not None) is None:
+            out.append((f"coder {c.repo}@{short_revision(c.revision)} {sub}/{{{','.join(CODER_FILES)}}} or "
+                        f"{{{','.join(SAELENS_FILES)}}}",
                         "--override coder.path=DIR"))
     refs = [("subject", spec.subject)] + ([("simulator", spec.simulator.model)] if simulator else [])
     for name, m in refs:
@@ -160,7 +168,7 @@ def _check_and_record(spec: TaskSpec, folder: Path, sub: str, resolved: str = ""
     """Refuse files whose sha256 differs from the task's pin; record the sha256s it does not pin yet."""
     c = spec.coder
     new: dict[str, str] = {}
-    for name in CODER_FILES:
+    for name in _complete(lambda n: (folder / n).is_file()) or CODER_FILES:
         key = f"hub:{c.repo}/{sub}/{name}"
         got = sha256_file(folder / name)
         want = spec.artifacts.get(key)
@@ -195,25 +203,26 @@ def fetch_coder_folder(spec: TaskSpec) -> Path:
             raise HarnessError(f"{spec.toml_path} [coder]: coder folder {folder} does not exist; fix {flag} "
                                f"(a folder holding {' + '.join(CODER_FILES)})")
         if c.source == "hub":
-            for name in CODER_FILES:
-                if not (folder / name).is_file():
-                    raise HarnessError(f"{folder / name} is missing: --override coder.path must name a copy of "
-                                       f"{c.repo}/{sub}/ holding {' + '.join(CODER_FILES)}")
+            if _complete(lambda n: (folder / n).is_file()) is None:
+                gone = next(n for n in CODER_FILES if not (folder / n).is_file())
+                raise HarnessError(f"{folder / gone} is missing: --override coder.path must name a copy of "
+                                   f"{c.repo}/{sub}/ holding {' + '.join(CODER_FILES)} (sparsify) or "
+                                   f"{' + '.join(SAELENS_FILES)} (SAELens)")
             _check_and_record(spec, folder, sub)
         return folder
-    if any(cached_file(c.repo, f"{sub}/{n}", c.revision) is None for n in CODER_FILES):
+    if _complete(lambda n: cached_file(c.repo, f"{sub}/{n}", c.revision) is not None) is None:
         # About to need the network: offline, fail now and name everything else that is missing too.
         # (Only then: `harness validate` needs the coder's cfg.json, not the subject or the corpus.)
         require_hub_inputs(spec)
     from huggingface_hub import snapshot_download
 
-    patterns = [f"{sub}/{n}" for n in CODER_FILES]
+    patterns = [f"{sub}/{n}" for n in dict.fromkeys(CODER_FILES + SAELENS_FILES)]
     cache = str(hf_cache_dir())
     try:
         # Local first: an offline machine with a filled HF_HOME must not wait on the network.
         root = snapshot_download(c.repo, revision=c.revision or None, allow_patterns=patterns,
                                  local_files_only=True, cache_dir=cache)
-        if not all((Path(root) / p).is_file() for p in patterns):
+        if _complete(lambda n: (Path(root) / sub / n).is_file()) is None:
             raise FileNotFoundError(sub)
     except Exception:
         if hub_offline() or not hub_reachable():
@@ -229,10 +238,10 @@ def fetch_coder_folder(spec: TaskSpec) -> Path:
                 f"cannot download coder {c.repo}@{short_revision(c.revision)} {sub}/ ({type(e).__name__}); " + offline_hint("it")
             ) from None
     folder = Path(root) / sub
-    for name in CODER_FILES:
-        if not (folder / name).is_file():
-            raise HarnessError(f"coder {c.repo}@{short_revision(c.revision)} has no {sub}/{name}: check [coder] subfolder "
-                               "(sparsify keeps one folder per hookpoint)")
+    if _complete(lambda n: (folder / n).is_file()) is None:
+        raise HarnessError(f"coder {c.repo}@{short_revision(c.revision)} has no {sub}/ holding "
+                           f"{' + '.join(CODER_FILES)} or {' + '.join(SAELENS_FILES)}: check [coder] subfolder "
+                           "(sparsify keeps one folder per hookpoint, SAELens one per SAE id)")
     _check_and_record(spec, folder, sub, resolved=Path(root).name)
     return folder
 

@@ -30,6 +30,7 @@ from harness.names import (
     RankMetric,
     allowed,
     choice_text,
+    field_types,
     is_literal,
 )
 
@@ -252,7 +253,7 @@ def _table(raw: dict, name: str, where: str) -> dict:
 def _typed(d: dict, cls, where: str) -> None:
     """Each given key has its dataclass field's type (int: not bool and >= 0; float: finite; a Literal type: one
     of its values)."""
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     for name in cls.__dataclass_fields__:
         if name not in d:
             continue

@@ -43,6 +43,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -76,6 +77,18 @@ class Submission:
     scores: dict[int, float] | None
     path: str
     sha256: str
+
+    @classmethod
+    def build(cls, task: str, method: str, explanations: Mapping[int, str], *, description: str = "",
+              scores: Mapping[int, float] | None = None) -> Submission:
+        """A submission made in code (the Python API); `harness.evaluate` checks it against its task as it
+        checks a file."""
+        expl = {int(k): v for k, v in explanations.items()}
+        sc = None if scores is None else {int(k): float(v) for k, v in scores.items()}
+        sub = cls(task=task, method=method, description=description, explanations=expl, scores=sc, path="",
+                  sha256="")
+        sub.sha256 = submission_sha256(sub.to_dict())
+        return sub
 
     def to_dict(self) -> dict[str, Any]:
         """The content that is hashed and saved (string latent keys, numerically ordered)."""
@@ -223,6 +236,39 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
     """Read and validate a submission; every problem is a one-line HarnessError naming the entry."""
     where = str(path)
     data = _read_json(Path(path), where, max_file_bytes(num_latents, max_chars))
+    return _parse(data, where, where, task_id, num_latents, max_chars)
+
+
+IN_MEMORY = "submission (in memory)"
+
+
+def submission_from_dict(sub: Mapping[str, Any] | Submission, *, task_id: str, num_latents: int, max_chars: int,
+                         where: str = IN_MEMORY) -> Submission:
+    """A submission built in code (a dict shaped like the file, or a `Submission`), checked exactly as a file
+    would be: it goes through JSON text, so a value JSON cannot hold (a set, NaN, a tuple key) is refused as a
+    file holding it would be, and the sha256 is the one the same content saved to a file gets."""
+    if isinstance(sub, Submission):
+        sub = sub.to_dict()
+    try:
+        text = json.dumps(sub, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise HarnessError(f"{where}: not JSON data ({e}) — explanations must map latent index strings to strings, "
+                           "scores to finite numbers") from None
+    limit = max_file_bytes(num_latents, max_chars)
+    if len(text.encode("utf-8")) > limit:
+        raise HarnessError(f"{where}: {len(text):,} characters as JSON, more than any submission for this task can "
+                           f"need ({limit} bytes) — check that it holds explanations for this task")
+    _check_depth(where, text)
+    data = json.loads(text, object_pairs_hook=_pairs_hook)
+    bad = _first_surrogate(data, "")
+    if bad:
+        raise HarnessError(f"{where}: {bad} holds a lone surrogate, which is not Unicode text — fix the string")
+    # Made in code, it has no file: the result records no path (reproduce then asks for --submission).
+    return _parse(data, where, "", task_id, num_latents, max_chars)
+
+
+def _parse(data: Any, where: str, path: str, task_id: str, num_latents: int, max_chars: int) -> Submission:
+    """The checked submission: `where` names it in errors, `path` is the file it records."""
     _check_top_level(data, where)
     task, method, description = _check_names(data, where, task_id)
     explanations = _explanations(data["explanations"], where, num_latents, max_chars)
@@ -233,7 +279,7 @@ def load_submission(path: str | os.PathLike, *, task_id: str, num_latents: int, 
         description=description,
         explanations=explanations,
         scores=scores,
-        path=where,
+        path=path,
         sha256="",
     )
     sub.sha256 = submission_sha256(sub.to_dict())

@@ -8,6 +8,7 @@ calls them in order.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,7 +66,13 @@ from harness.simulate.run import Predictions, load_simulator, scored_contexts, s
 from harness.task.cascade import CascadeSettings, task_cascade
 from harness.task.inputs import TaskInputs
 from harness.task.spec import TaskSpec, load_task
-from harness.task.submission import Submission, load_submission, scored_latents
+from harness.task.submission import (
+    IN_MEMORY,
+    Submission,
+    load_submission,
+    scored_latents,
+    submission_from_dict,
+)
 
 if TYPE_CHECKING:
     from harness.model.coder import SparseCoder
@@ -75,7 +82,8 @@ if TYPE_CHECKING:
 @dataclass
 class EvalConfig:
     task: str
-    submission: Path
+    # A file, or (the Python API) a dict shaped like one or a `Submission` built in code: checked alike.
+    submission: Path | Mapping[str, Any] | Submission
     backend: str = "auto"
     device: str = "auto"
     results_dir: Path = Path("results")
@@ -94,10 +102,9 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
     inputs.check(simulator=True)
     # Before any work: a read-only or misnamed output folder must not cost a whole evaluation.
     out_dir = writable_dir(Path(cfg.results_dir) / spec.id, "results")
-    sub = load_submission(cfg.submission, task_id=spec.id, num_latents=inputs.num_latents(),
-                          max_chars=spec.simulator.max_explanation_chars)
+    sub = _submission(cfg.submission, spec, inputs.num_latents())
     prep = prepare(spec, inputs=inputs)
-    latents, cov = scored_latents(sub, prep.rewritten, cfg.submission)
+    latents, cov = scored_latents(sub, prep.rewritten, sub.path or IN_MEMORY)
     model, tok = inputs.subject()
 
     # --- simulate
@@ -124,7 +131,7 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
     side = out_dir / f"{tag}.per_context.npz"
     task_ref = TaskRef(id=spec.id, hash=spec.hash)
     sub_info = SubmissionInfo(method=sub.method, description=sub.description, sha256=sub.sha256,
-                              path=portable_path(cfg.submission), n_explanations=len(sub.explanations), coverage=cov)
+                              path=portable_path(sub.path) if sub.path else "", n_explanations=len(sub.explanations), coverage=cov)
     sim_info = SimulatorInfo(model_key=sim_ref.key(), prompt_version=spec.simulator.prompt_version, backend=sim.name)
     prov = provenance(spec, cfg.command, inputs.device, s.score_source, started, pred.stats)
     result_warnings = [PredictionWarning(**w.to_dict()) for w in s.warnings]
@@ -161,6 +168,13 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
     path = out_dir / f"{tag}.json"
     result.to_json(path)
     return result, path
+
+
+def _submission(given: Path | Mapping[str, Any] | Submission, spec: TaskSpec, num_latents: int) -> Submission:
+    chars = spec.simulator.max_explanation_chars
+    if isinstance(given, (Mapping, Submission)):
+        return submission_from_dict(given, task_id=spec.id, num_latents=num_latents, max_chars=chars)
+    return load_submission(given, task_id=spec.id, num_latents=num_latents, max_chars=chars)
 
 
 @dataclass
@@ -213,8 +227,7 @@ def _score(spec: TaskSpec, prep: Prepared, sub: Submission, latents: np.ndarray,
                                           matter_counts(prep.table, latents, plan.n_calibration),
                                           int(pred.stats["n_predictions"]) - int(plan.mask.sum()))
     subsets = choose_subsets(latents, sc.fractions, sel_scores, sc.seed)
-    patched = run_conditions(model, coder, spec.coder.hookpoint, spec.coder.kind, prep.splits["test"], prep.k,
-                             latents, sims, subsets, device)
+    patched = run_conditions(model, coder, spec.coder.hookpoint, spec.coder.kind, prep.splits["test"], latents, sims, subsets, device)
     base = prep.ce_base
     boot = bootstrap_indices(len(base["clean"]), sc.bootstrap, sc.seed)
     rows = condition_rows(patched.ce, subsets, base["clean"], base["coder"], boot)
