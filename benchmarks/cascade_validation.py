@@ -197,8 +197,8 @@ class StoreOnlySimulator:
 
 
 def run_eval(args, cascade, results_dir: Path):
-    import harness.evaluate as ev
-    from harness.evaluate import EvalConfig, evaluate
+    import harness.pipeline as ev
+    from harness.pipeline import EvalConfig, evaluate
     from harness.score.conditions import ALL
 
     def store_only(spec, *a, **k):

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     orders = {"real": np.arange(m), "shuffled": perm}
     raw = {k: (predict("calibration", o), predict("test", o)) for k, o in orders.items()}
     sims = {k: calibrate("quantile", pc, pt, prep.table, lat) for k, (pc, pt) in raw.items()}
-    ce = run_conditions(model, coder, spec.coder.hookpoint, spec.coder.kind, prep.splits["test"], prep.k, lat, sims,
+    ce = run_conditions(model, coder, spec.coder.hookpoint, spec.coder.kind, prep.splits["test"], lat, sims,
                         {ALL: lat}, "cpu").ce
     base = prep.ce_base
     boot = bootstrap_indices(len(base["clean"]), spec.scoring.bootstrap, spec.scoring.seed)
