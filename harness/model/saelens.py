@@ -145,6 +145,12 @@ def hook_name(cfg: dict[str, Any]) -> tuple[str, str]:
     return str(hin), str(meta.get("hook_name_out") or "")
 
 
+def neuronpedia_id(cfg: dict[str, Any]) -> str:
+    """`<modelId>/<layer>` of the SAE on Neuronpedia, '' where the cfg does not say."""
+    np_id = _dict(cfg.get("metadata")).get("neuronpedia_id") or cfg.get("neuronpedia_id")
+    return np_id if isinstance(np_id, str) else ""
+
+
 def _is_v6(cfg: dict[str, Any]) -> bool:
     meta = _dict(cfg.get("metadata"))
     version = str(cfg.get("sae_lens_version") or meta.get("sae_lens_version") or "")

@@ -56,11 +56,12 @@ class NewTask:
     cascade: str | None = None                   # None: the template's; "": exhaustive
     rank_by: str | None = None
     command: str = ""
+    neuronpedia: str = ""                        # found, not given: a SAELens cfg's neuronpedia_id
 
 
 def write_task(nt: NewTask) -> Path:
     """Write `nt.out/task.toml` (and the coder copy); returns its path. Nothing is left behind on refusal."""
-    from harness.task.spec import _TASK_ID, load_task, parse_task
+    from harness.task.spec import _TASK_ID, _read_toml, load_task, parse_task
 
     if not _TASK_ID.fullmatch(nt.id):
         raise HarnessError(f"--id {nt.id!r}: letters, digits, '.', '_' or '-' (at most 100), starting with a letter "
@@ -69,7 +70,7 @@ def write_task(nt: NewTask) -> Path:
     if out.exists() and any(out.iterdir()):
         raise HarnessError(f"{out}: exists and is not empty — choose a new folder for the task")
     like = load_task(nt.like)
-    like_raw = _raw_toml(like.toml_path)
+    like_raw = _read_toml(like.toml_path)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -131,7 +132,8 @@ def _subject(nt: NewTask, out: Path, artifacts: dict[str, str]) -> dict[str, Any
 
 def _coder(nt: NewTask, out: Path, artifacts: dict[str, str]) -> tuple[dict[str, Any], int, int]:
     """The [coder] table, the coder's width and k; a local coder is copied to `coder/<hookpoint>/`."""
-    from harness.model.coder import SparseCoder, is_saelens_folder
+    from harness.model.coder import SparseCoder
+    from harness.task.inputs import CODER_FILES, SAELENS_FILES
 
     kind, rest = _split_source(nt.coder)
     if kind == "gguf":
@@ -154,18 +156,20 @@ def _coder(nt: NewTask, out: Path, artifacts: dict[str, str]) -> tuple[dict[str,
         return table, 0, nt.k
     src = Path(rest)
     coder = SparseCoder.load(src, kind=nt.kind or None, k=nt.k)
-    hookpoint = nt.hookpoint or _hookpoint_of(src, coder)
-    if coder.source_format == "saelens":
-        _check_saelens_hook(src, coder, hookpoint)
-    elif nt.k and nt.k != coder.k:
+    hookpoint = _hookpoint(src, coder, nt.hookpoint)
+    if coder.source_format != "saelens" and nt.k and nt.k != coder.k:
         raise HarnessError(f"--k {nt.k}: the TopK coder in {src} has k = {coder.k}")
     dest = out / "coder" / hookpoint
     dest.mkdir(parents=True)
-    names = ("cfg.json", "sae_weights.safetensors") if is_saelens_folder(src) else ("cfg.json", "sae.safetensors")
-    for name in names:
+    for name in SAELENS_FILES if coder.source_format == "saelens" else CODER_FILES:
         shutil.copyfile(src / name, dest / name)
         artifacts[f"coder/{hookpoint}/{name}"] = sha256_file(dest / name)
     table = {"source": "local", "path": f"coder/{hookpoint}", "hookpoint": hookpoint, "kind": coder.kind}
+    if coder.source_format == "saelens":
+        from harness.model.saelens import neuronpedia_id
+
+        # What import-neuronpedia's --source names, kept for the description (not part of the spec).
+        nt.neuronpedia = neuronpedia_id(coder.cfg)
     return table, coder.num_latents, coder.k
 
 
@@ -191,18 +195,23 @@ def _saelens_release(nt: NewTask, rest: str) -> tuple[dict[str, Any], int, int]:
                   Path(nt.out), {})
 
 
-def _hookpoint_of(src: Path, coder: Any) -> str:
-    if coder.source_format == "saelens":
-        from harness.model.saelens import hook_name
+def _hookpoint(src: Path, coder: Any, given: str) -> str:
+    """The given hookpoint, else the coder's own: a SAELens cfg's hook mapped to a module path, a sparsify
+    folder's name; a given one that contradicts the SAELens cfg is refused."""
+    if coder.source_format != "saelens":
+        return given or src.name   # sparsify keeps one folder per hookpoint, named for it
+    from harness.model.saelens import hook_name
 
-        hin, hout = hook_name(coder.cfg)
-        mapped = map_tl_hook(hin, hout, coder.kind)
-        if mapped:
-            return mapped
+    hin, hout = hook_name(coder.cfg)
+    mapped = map_tl_hook(hin, hout, coder.kind)
+    if not given and not mapped:
         raise HarnessError(f"{src}: the SAE was trained on {hin or 'an unnamed hook'!r}, which the harness does not map "
                            "to a module; give --hookpoint (a module path such as layers.8) if you know it is the "
                            "same activation")
-    return src.name   # sparsify keeps one folder per hookpoint, named for it
+    if given and hin and mapped and mapped != given:
+        raise HarnessError(f"--hookpoint {given}: the SAE in {src} was trained on {hin} (the harness's {mapped}); "
+                           "leave --hookpoint out or give that")
+    return given or mapped
 
 
 def map_tl_hook(hin: str, hout: str, kind: str) -> str:
@@ -223,16 +232,6 @@ def map_tl_hook(hin: str, hout: str, kind: str) -> str:
     if m_in and m_out and m_in.group(1) == m_out.group(1):
         return f"layers.{m_in.group(1)}.mlp"
     return ""
-
-
-def _check_saelens_hook(src: Path, coder: Any, hookpoint: str) -> None:
-    from harness.model.saelens import hook_name
-
-    hin, hout = hook_name(coder.cfg)
-    mapped = map_tl_hook(hin, hout, coder.kind)
-    if hin and mapped and mapped != hookpoint:
-        raise HarnessError(f"--hookpoint {hookpoint}: the SAE in {src} was trained on {hin} (the harness's {mapped}); "
-                           "leave --hookpoint out or give that")
 
 
 def _corpus(nt: NewTask, out: Path, artifacts: dict[str, str]) -> dict[str, Any]:
@@ -369,16 +368,7 @@ def _pinned(repo_rev: str, flag: str, repo_type: str) -> tuple[str, str]:
 def _description(nt: NewTask, coder: dict[str, Any], num_latents: int) -> str:
     text = (f"{coder['kind']} at {coder['hookpoint']} ({num_latents or '?'} latents) of {_name(nt.subject)}, "
             "written by harness new-task")
-    if _split_source(nt.coder)[0] == "path":
-        from harness.model.coder import is_saelens_folder, read_json_cfg
-
-        folder = Path(_split_source(nt.coder)[1])
-        meta = read_json_cfg(folder).get("metadata") if is_saelens_folder(folder) else None
-        np_id = meta.get("neuronpedia_id") if isinstance(meta, dict) else None
-        if isinstance(np_id, str) and np_id:
-            # What import-neuronpedia's --source names: the SAE's explanations on Neuronpedia.
-            text += f"; Neuronpedia: {np_id}"
-    return text
+    return text + (f"; Neuronpedia: {nt.neuronpedia}" if nt.neuronpedia else "")
 
 
 def _name(source: str) -> str:
@@ -397,12 +387,6 @@ def _split_source(text: str) -> tuple[str, str]:
 def _rel(path: Path, out: Path) -> str:
     """A path as the task file writes it: relative to the task folder (tasks move with their files)."""
     return Path(os.path.relpath(Path(path).absolute(), Path(out).absolute())).as_posix()
-
-
-def _raw_toml(path: Path) -> dict[str, Any]:
-    import tomllib
-
-    return tomllib.loads(Path(path).read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------- TOML out

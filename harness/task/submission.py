@@ -258,11 +258,7 @@ def submission_from_dict(sub: Mapping[str, Any] | Submission, *, task_id: str, n
     if len(text.encode("utf-8")) > limit:
         raise HarnessError(f"{where}: {len(text):,} characters as JSON, more than any submission for this task can "
                            f"need ({limit} bytes) — check that it holds explanations for this task")
-    _check_depth(where, text)
-    data = json.loads(text, object_pairs_hook=_pairs_hook)
-    bad = _first_surrogate(data, "")
-    if bad:
-        raise HarnessError(f"{where}: {bad} holds a lone surrogate, which is not Unicode text — fix the string")
+    data = _loads(text, where)
     # Made in code, it has no file: the result records no path (reproduce then asks for --submission).
     return _parse(data, where, "", task_id, num_latents, max_chars)
 
@@ -302,6 +298,11 @@ def _read_json(p: Path, where: str, limit: int) -> Any:
         raise HarnessError(f"{where}: not UTF-8 text (byte {e.start}) — save the submission as UTF-8 JSON") from None
     except OSError as e:
         raise HarnessError(f"{where}: cannot read the submission ({e.strerror}) — check its permissions") from None
+    return _loads(text, where)
+
+
+def _loads(text: str, where: str) -> Any:
+    """Submission JSON text, parsed: depth bounded, NaN refused, duplicate keys kept, lone surrogates refused."""
     _check_depth(where, text)
     try:
         data = json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_reject_constant)
