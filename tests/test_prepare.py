@@ -128,7 +128,7 @@ def test_modified_artifact_is_rejected(task_toml, tmp_path):
     ('coder.source="s3"', "[coder]: source must be local or hub (got 's3')"),
     ('corpus.source="web"', "[corpus]: source must be one of local-tokens, local-text, hub (got 'web')"),
     ('scoring.detection_rule="median"', "[scoring]: detection_rule must be fire-rate or fixed (got 'median')"),
-    ('scoring.rank_by="recovery"', "[scoring]: rank_by must be sim_minus_zero or detection_auroc (got 'recovery')"),
+    ('scoring.rank_by="detection_auroc"', "[scoring]: rank_by must be sim_minus_zero or detection_auroc (got 'recovery')"),
 ])
 def test_enumerated_fields_take_their_values_from_the_literal_types(task_toml, edit, needle):
     with pytest.raises(HarnessError) as e:
@@ -160,3 +160,34 @@ def test_cross_field_rules_live_in_the_spec_types():
                     detection_negative=0)
     with pytest.raises(ValueError, match=r"`fractions` must be a list of numbers in \(0, 1\]"):
         ScoringSpec(fractions=(0.5, 1.5))
+
+
+def test_prepared_cache_shared_by_simulator_and_scoring_settings(task_toml, tmp_path, monkeypatch):
+    """The prepared data depend on subject, coder, corpus, contexts, latents and the quantile grid only: a task
+    that differs elsewhere (simulator, prompt, cascade, bootstrap, seed) reads the same cache without running
+    the subject; one that differs in what `prepare` reads gets its own."""
+    from harness.data.prepare import prepare
+    from harness.task.inputs import TaskInputs
+    from harness.task.spec import task_cache_path
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    base = parse_task(task_toml)
+    same = ['simulator.prompt_version="v1"', "scoring.seed=7", "scoring.bootstrap=2000",
+            'simulator.cascade="top=1,sample=0.1"', 'scoring.rank_by="detection_auroc"']
+    for edit in same:
+        spec = load_task(str(task_toml), [edit])
+        assert spec.hash != base.hash and task_cache_path(spec) == task_cache_path(base), edit
+    for edit in ("scoring.n_quantiles=501", 'scoring.quantile_method="linear"', "contexts.test=7",
+                 "contexts.T=25", 'latents.rewritten={count = 2, rule = "stratified"}'):
+        assert task_cache_path(load_task(str(task_toml), [edit])) != task_cache_path(base), edit
+    first = prepare(base)
+    other = load_task(str(task_toml), same)
+    inputs = TaskInputs(other, "cpu")
+
+    def no_subject():
+        raise AssertionError("the subject ran: the prepared cache was not reused")
+
+    inputs.subject = no_subject  # type: ignore[method-assign]
+    again = prepare(other, inputs=inputs)
+    np.testing.assert_array_equal(again.rewritten, first.rewritten)
+    np.testing.assert_array_equal(again.splits["test"], first.splits["test"])

@@ -1,6 +1,7 @@
 """docs/protocol.md §2: the four splits, true latent activations, activation tables and baseline CE, cached.
 
-Everything is computed once per task hash under `task_cache_dir(spec)`, one file per step, each
+Everything is computed once per prepared key (the task hash less the simulator and the scoring settings
+no step reads) under `task_cache_dir(spec)`, one file per step, each
 written atomically, so an interrupted `harness prepare` resumes at the first missing step. Which contexts
 and latents each step uses is `harness.data.select`. Calibration and test
 contexts are whole windows: T tokens, scored at position T-1, target at T. The activation sample and the
@@ -36,7 +37,7 @@ from harness.model.coder import SparseCoder
 from harness.model.hooks import Capture, StopForward
 from harness.model.patch import Patcher, resolve_hookpoint
 from harness.task.inputs import TaskInputs
-from harness.task.spec import TaskSpec, task_cache_dir
+from harness.task.spec import TaskSpec, prepared_key, task_cache_dir
 
 
 @dataclass
@@ -145,7 +146,9 @@ def prepare(spec: TaskSpec, device: str | torch.device = "cpu", inputs: TaskInpu
     inputs.check()
     device = inputs.device
     cache = task_cache_dir(spec)
-    (cache / "task.json").write_text(json.dumps({"id": spec.id, "hash": spec.hash, "toml": str(spec.toml_path)}))
+    # The folder is shared by every task hash with the same prepared key: this names the latest to use it.
+    (cache / "task.json").write_text(json.dumps({"id": spec.id, "prepared_key": prepared_key(spec),
+                                                 "hash": spec.hash, "toml": str(spec.toml_path)}))
     coder = inputs.coder()
     T, lo = spec.contexts.T, spec.min_position()
     subject = inputs.subject

@@ -180,36 +180,38 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
     if not rows:
         raise HarnessError(f"no measured throughput for backend {backend!r} in {THROUGHPUT_FILE}: "
                            "run `python benchmarks/simulate.py` to measure it")
+    # Each split is priced at its own pairs per context: detection contexts hold one pair each and pay their
+    # whole context prompt, calibration and test share it among m pairs (exhaustive) or a cascade's few.
+    c = spec.contexts
+    shapes = {name: split_shapes(cost_, cost_ is cost, c.calibration, c.test) for name, cost_ in costs.items()}
     # Throughput depends on the CPU's vector units far more than on its clock (bf16 is 5x slower than float32
     # where the CPU has no native bf16), so each row names its CPU and rows measured on this one are marked.
     here = cpu_description()
+    engines = sorted(fit_throughputs(rows), key=lambda t: (t.cpu != here, t.seconds(shapes["exhaustive"])))
     cols = (Column("backend", key=True), Column("model", key=True), Column("device"), Column("CPU"),
-            Column("pairs/context", numeric=True), Column("predictions/s", numeric=True),
+            Column("measured (pairs/context: per s)"),
             *(Column(f"time, {n}", numeric=True) for n in costs))
-    cells = [[m["backend"], m["model"], m["device"], ("* " if m.get("cpu") == here else "") + short_cpu(m.get("cpu", "?")),
-              _per_context(m), f"{m['predictions_per_s']:.1f}",
-              *(_hms(c.total / m["predictions_per_s"]) for c in costs.values())]
-             for m in sorted(rows, key=lambda m: (m.get("cpu") != here, -m["predictions_per_s"]))]
+    cells = [[t.backend, t.model, t.device, ("* " if t.cpu == here else "") + short_cpu(t.cpu), t.measured_text(),
+              *(_hms(t.seconds(shapes[n])) for n in costs)] for t in engines]
     print_table(console, cols, cells, title="projected simulation time at measured throughputs")
-    if not any(m.get("cpu") == here for m in rows):
+    if not any(t.cpu == here for t in engines):
         console.print(f"No throughput was measured on this CPU ({here}): the times above are other machines'. "
                       "`python benchmarks/simulate.py` measures it.")
     else:
         console.print(f"* measured on this CPU ({here})")
-    if cas is not None:
-        c = spec.contexts
-        per = (cas.calibration + cas.test) / max(c.calibration + c.test, 1)
-        console.print(f"The cascade scores each context against ~{per:.1f} latents: its predictions run at the rate of "
-                      "rows measured with about that many pairs per context (`benchmarks/simulate.py --per-context "
-                      "N`); a row with many pairs per context shares each prefix more widely and overstates it.")
+    per = {n: ", ".join(f"{s} {k:.3g}" for s, (_, k) in zip(("calibration", "test", "detection"), sh, strict=True))
+           for n, sh in shapes.items()}
+    console.print("Pairs per context priced: " + "; ".join(f"{n}: {v}" for n, v in per.items()) + ". A sharing "
+                  "engine computes a context's prompt once for its pairs: each split is priced between the rows "
+                  "measured at the nearest pair counts (`benchmarks/simulate.py --per-context N`; linear in 1/n, "
+                  "held beyond the largest n); an engine with one row is split by its prompt's token counts.")
     sim = (spec.simulator_ref().describe() if spec.simulator.model.get("source") == "gguf-parts" else
            spec.simulator.model.get("id") or spec.simulator.model.get("file") or spec.simulator.model.get("path"))
     console.print(f"The task's simulator is {sim}; a row measured on another model scales roughly with its size.")
-    fastest = max(m["predictions_per_s"] for m in rows)
-    cheapest = min(c.total for c in costs.values())
-    if cheapest / fastest > _DAY:
+    quickest = min(t.seconds(sh) for t in engines for sh in shapes.values())
+    if quickest > _DAY:
         console.print(f"warning: even at the fastest measured throughput this task takes "
-                      f"{_hms(cheapest / fastest)}: a multi-GPU job, or shrink it (fewer latents or contexts, "
+                      f"{_hms(quickest)}: a multi-GPU job, or shrink it (fewer latents or contexts, "
                       "or a cascade)", highlight=False)
     short = corpus_shortfall(spec)
     if short:
@@ -218,6 +220,85 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
 
 
 _DAY = 24 * 3600.0
+
+# Engines that compute a context's prompt once for all its pairs (vLLM through its prefix cache).
+SHARING = frozenset({"prefix", "vllm", "http"})
+
+
+def split_shapes(cost: Cost, exhaustive: bool, n_cal: int, n_test: int) -> tuple[tuple[int, float], ...]:
+    """(predictions, pairs per context) for calibration, test and detection."""
+    per = (cost.latents, cost.latents) if exhaustive else (cost.calibration / max(n_cal, 1),
+                                                           cost.test / max(n_test, 1))
+    return ((cost.calibration, max(per[0], 1.0)), (cost.test, max(per[1], 1.0)), (cost.detection, 1.0))
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One engine on one machine and model, and its seconds per prediction as a function of the pairs per
+    context n: measured points in x = 1/n, interpolated linearly between them and held at the nearest one beyond
+    (a context's own prompt tokens are computed once for its n pairs, so the cost per prediction falls with n;
+    it does not keep falling past the largest n measured, where the suffixes alone remain)."""
+
+    backend: str
+    model: str
+    device: str
+    cpu: str
+    measured: tuple[tuple[int | None, float], ...]   # (pairs per context, predictions/s) of each row
+    knots: tuple[tuple[float, float], ...]           # (1/n, seconds per prediction), sorted by 1/n
+
+    def rate(self, n: float) -> float:
+        import numpy as np
+
+        xs, ts = zip(*self.knots, strict=True)
+        return 1.0 / float(np.interp(1.0 / max(n, 1.0), xs, ts))
+
+    def seconds(self, shape) -> float:
+        return sum(count / self.rate(n) for count, n in shape)
+
+    def measured_text(self) -> str:
+        return ", ".join(f"{'?' if n is None else n}: {r:.1f}" for n, r in sorted(self.measured, key=lambda x: x[0] or 0))
+
+
+def _tokens(m: dict) -> tuple[float, float] | None:
+    """(suffix tokens, the context's own prompt tokens) from a row's workload text, or None."""
+    import re
+
+    hit = re.search(r"head (\d+), prefix mean (\d+), suffix mean (\d+)", m.get("workload", ""))
+    if not hit:
+        return None
+    head, prefix, suffix = (float(x) for x in hit.groups())
+    return suffix, max(prefix - head, 0.0)
+
+
+def fit_throughputs(rows: list[dict]) -> list[Throughput]:
+    """Group throughput rows by engine, model, dtype, device and CPU. A sharing engine measured at two or more
+    pair counts: its measured points (the mean where several rows share an n). Measured at one: a line in 1/n
+    through that point, split by the row's token counts (seconds = c (suffix tokens + context tokens / n)).
+    Otherwise, and for an engine that shares nothing (plain), flat at the rows' mean."""
+    groups: dict[tuple, list[dict]] = {}
+    for m in rows:
+        groups.setdefault((m["backend"], m["model"], m.get("dtype"), m["device"], m.get("cpu", "?")), []).append(m)
+    out = []
+    for (backend, model, _, device, cpu), ms in groups.items():
+        by_n: dict[int, list[float]] = {}
+        for m in ms:
+            if pairs_per_context(m):
+                by_n.setdefault(int(pairs_per_context(m) or 0), []).append(1.0 / m["predictions_per_s"])
+        knots = [(1.0, sum(1.0 / m["predictions_per_s"] for m in ms) / len(ms))]
+        if backend in SHARING and len(by_n) >= 2:
+            knots = [(1.0 / n, sum(t) / len(t)) for n, t in by_n.items()]
+        elif backend in SHARING and len(by_n) == 1:
+            m = next(m for m in ms if pairs_per_context(m))
+            tokens = _tokens(m)
+            if tokens is not None:
+                n, t = next(iter(by_n.items()))
+                suffix, context = tokens
+                per_token = (sum(t) / len(t)) / (suffix + context / n)
+                knots = [(0.0, per_token * suffix), (1.0, per_token * (suffix + context))]
+        out.append(Throughput(backend, model, device, cpu,
+                              tuple((pairs_per_context(m), m["predictions_per_s"]) for m in ms),
+                              tuple(sorted(knots))))
+    return out
 
 
 def pairs_per_context(m: dict) -> int | None:
@@ -228,11 +309,6 @@ def pairs_per_context(m: dict) -> int | None:
         return int(m["per_context"])
     hit = re.match(r"\d+ contexts x (\d+) explanations", m.get("workload", ""))
     return int(hit.group(1)) if hit else None
-
-
-def _per_context(m: dict) -> str:
-    n = pairs_per_context(m)
-    return "?" if n is None else str(n)
 
 
 def short_cpu(cpu: str) -> str:

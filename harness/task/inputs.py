@@ -33,7 +33,7 @@ from harness.hub import (
 )
 from harness.io import cache_root, sha256_file
 from harness.model.coder import SparseCoder, read_cfg
-from harness.task.spec import TaskSpec, task_cache_dir
+from harness.task.spec import TaskSpec, task_cache_dir, task_cache_path
 
 CODER_FILES = ("cfg.json", "sae.safetensors")                 # sparsify
 SAELENS_FILES = ("cfg.json", "sae_weights.safetensors")       # SAELens
@@ -113,7 +113,7 @@ def load_coder(spec: TaskSpec, folder: Path | None = None) -> SparseCoder:
 
 
 def _corpus_already_tokenized(spec: TaskSpec) -> bool:
-    d = cache_root() / "tasks" / f"{spec.id}-{spec.hash[:12]}"
+    d = task_cache_path(spec)
     return (d / "splits.npz").is_file() or (d / "corpus_tokens.npy").is_file()
 
 

@@ -481,8 +481,28 @@ def load_task(name_or_path: str, overrides: list[str] | None = None) -> TaskSpec
     )
 
 
-def task_cache_dir(spec: TaskSpec) -> Path:
-    from harness.io import cache_root, writable_dir
+# The sections `harness prepare` reads (the activation tables' quantile grid is the only scoring setting it uses).
+PREPARED_FROM = ("subject", "coder", "corpus", "contexts", "latents", "artifacts")
+PREPARED_SCORING = ("n_quantiles", "quantile_method")
 
-    return writable_dir(cache_root() / "tasks" / f"{spec.id}-{spec.hash[:12]}", "cache",
-                        fix="set HARNESS_CACHE to a writable folder", create=True)
+
+def prepared_key(spec: TaskSpec) -> str:
+    """sha256 of what the prepared data depend on: the task hash less the simulator and the scoring settings
+    `prepare` does not read. Tasks that differ only there (another simulator, prompt, cascade, bootstrap size)
+    share one prepared cache, which for the paper's tasks is hours of subject forward passes."""
+    d = _canonical(spec)
+    part = {k: d[k] for k in ("id", *PREPARED_FROM)} | {"scoring": {k: d["scoring"][k] for k in PREPARED_SCORING}}
+    return hashlib.sha256(json.dumps(part, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def task_cache_path(spec: TaskSpec) -> Path:
+    """Where the task's prepared data live (not created)."""
+    from harness.io import cache_root
+
+    return cache_root() / "tasks" / f"{spec.id}-{prepared_key(spec)[:12]}"
+
+
+def task_cache_dir(spec: TaskSpec) -> Path:
+    from harness.io import writable_dir
+
+    return writable_dir(task_cache_path(spec), "cache", fix="set HARNESS_CACHE to a writable folder", create=True)
