@@ -128,7 +128,7 @@ def test_modified_artifact_is_rejected(task_toml, tmp_path):
     ('coder.source="s3"', "[coder]: source must be local or hub (got 's3')"),
     ('corpus.source="web"', "[corpus]: source must be one of local-tokens, local-text, hub (got 'web')"),
     ('scoring.detection_rule="median"', "[scoring]: detection_rule must be fire-rate or fixed (got 'median')"),
-    ('scoring.rank_by="detection_auroc"', "[scoring]: rank_by must be sim_minus_zero or detection_auroc (got 'recovery')"),
+    ('scoring.rank_by="recovery"', "[scoring]: rank_by must be sim_minus_zero or detection_auroc (got 'recovery')"),
 ])
 def test_enumerated_fields_take_their_values_from_the_literal_types(task_toml, edit, needle):
     with pytest.raises(HarnessError) as e:
