@@ -280,23 +280,22 @@ def fit_throughputs(rows: list[dict]) -> list[Throughput]:
         groups.setdefault((m["backend"], m["model"], m.get("dtype"), m["device"], m.get("cpu", "?")), []).append(m)
     out = []
     for (backend, model, _, device, cpu), ms in groups.items():
+        points = [(pairs_per_context(m), 1.0 / m["predictions_per_s"], m) for m in ms]
         by_n: dict[int, list[float]] = {}
-        for m in ms:
-            if pairs_per_context(m):
-                by_n.setdefault(int(pairs_per_context(m) or 0), []).append(1.0 / m["predictions_per_s"])
-        knots = [(1.0, sum(1.0 / m["predictions_per_s"] for m in ms) / len(ms))]
+        for n, t, _ in points:
+            if n:
+                by_n.setdefault(n, []).append(t)
+        knots = [(1.0, sum(t for _, t, _ in points) / len(points))]
         if backend in SHARING and len(by_n) >= 2:
             knots = [(1.0 / n, sum(t) / len(t)) for n, t in by_n.items()]
         elif backend in SHARING and len(by_n) == 1:
-            m = next(m for m in ms if pairs_per_context(m))
-            tokens = _tokens(m)
+            (n, ts), = by_n.items()
+            tokens = _tokens(next(m for k, _, m in points if k))
             if tokens is not None:
-                n, t = next(iter(by_n.items()))
                 suffix, context = tokens
-                per_token = (sum(t) / len(t)) / (suffix + context / n)
+                per_token = (sum(ts) / len(ts)) / (suffix + context / n)
                 knots = [(0.0, per_token * suffix), (1.0, per_token * (suffix + context))]
-        out.append(Throughput(backend, model, device, cpu,
-                              tuple((pairs_per_context(m), m["predictions_per_s"]) for m in ms),
+        out.append(Throughput(backend, model, device, cpu, tuple((n, m["predictions_per_s"]) for n, _, m in points),
                               tuple(sorted(knots))))
     return out
 

@@ -209,9 +209,12 @@ def _canonical(spec: TaskSpec) -> dict:
     return d
 
 
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
 def task_hash(spec: TaskSpec) -> str:
-    blob = json.dumps(_canonical(spec), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return _digest(_canonical(spec))
 
 
 def _need(d: dict, key: str, typ, where: str):
@@ -492,7 +495,7 @@ def prepared_key(spec: TaskSpec) -> str:
     share one prepared cache, which for the paper's tasks is hours of subject forward passes."""
     d = _canonical(spec)
     part = {k: d[k] for k in ("id", *PREPARED_FROM)} | {"scoring": {k: d["scoring"][k] for k in PREPARED_SCORING}}
-    return hashlib.sha256(json.dumps(part, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+    return _digest(part)
 
 
 def task_cache_path(spec: TaskSpec) -> Path:
