@@ -116,6 +116,8 @@ def parse_args(argv=None):
     p.add_argument("--vllm-head-dtype", default=None,
                    help="vLLM's LM-head dtype (hf_overrides head_dtype; default: the backend's, float32, as the torch "
                         "engines read answer logits; 'model' for the model dtype)")
+    p.add_argument("--vllm-gpu-memory", type=float, default=0.6,
+                   help="vLLM's gpu_memory_utilization on a GPU (default 0.6: this process holds the torch model too)")
     p.add_argument("--vllm-preload", choices=("auto", "none"), default="auto",
                    help="auto (default): LD_PRELOAD tcmalloc and the vLLM environment's libiomp5 where found, as "
                         "vLLM's CPU docs advise for best speed; none: plain start")
@@ -235,8 +237,14 @@ def main(argv=None) -> int:
             vllm_msg = VLLM_SKIP
         else:
             workdir = Path(tempfile.mkdtemp(prefix="simbench-vllm-"))
+            vllm_dir = model_dir
+            if args.random_arch:
+                # vLLM reads its weights from a folder: the torch engines' random ones, so that all three agree.
+                vllm_dir = workdir / "random-model"
+                model.save_pretrained(vllm_dir)
+                tok.save_pretrained(vllm_dir)
             try:
-                rep = run_vllm(vllm_py, args, model_dir, contexts, warm_contexts, explanations, pairs, warm_pairs,
+                rep = run_vllm(vllm_py, args, vllm_dir, contexts, warm_contexts, explanations, pairs, warm_pairs,
                                prompts, pauser, workdir)
                 note = (f"block {rep.get('block_size', '?')}, LM head {rep.get('head_dtype', '?')}, "
                         f"prefix caching {'on' if rep.get('prefix_caching', True) else 'OFF'}")

@@ -437,7 +437,8 @@ def cmd_failures(args) -> int:
 BACKENDS = allowed(Backend)
 _BACKEND_HELP = ("simulator engine: prefix (transformers, one shared KV prefix per context), plain (one full "
                  "forward per prediction: the reference), vllm (in-process vLLM), http (OpenAI-compatible "
-                 "servers, see --endpoints); auto (the default) is prefix")
+                 "servers, see --endpoints); auto (the default): the engine measured fastest on this machine "
+                 "among those installed (prefix, and vllm where it imports), timed once and cached")
 
 
 def _task(p, required=True, help="a registered task id (see `harness tasks`), a task folder or its task.toml"):
@@ -678,8 +679,8 @@ def _checking_verbs(verb: _Verb) -> None:
     _submission(s, required=False, help="the submission the result scored, when it is no longer at the path the "
                                         "result records (its sha256 must match)")
     s.add_argument("--backend", choices=BACKENDS, metavar="{" + ",".join(BACKENDS) + "}",
-                   help=_BACKEND_HELP.replace("auto (the default) is prefix",
-                                              "auto is prefix; default: the engine the result records"))
+                   help=_BACKEND_HELP.replace("auto (the default): the", "auto: the")
+                   + "; default: the engine the result records")
     _device(s)
     _servers(s)
     s.add_argument("--format", choices=("auto", "rich", "md", "json"), default="auto",

@@ -108,9 +108,10 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
     model, tok = inputs.subject()
 
     # --- simulate
-    sim, sim_ref = load_simulator(spec, cfg.backend, inputs.device, model, tok, cfg.endpoints, cfg.served_model)
-    explanations = [sub.explanations[int(j)] for j in latents]
     scored = scored_contexts(prep, tok)   # decoded once, for the cascade's first stage and the simulator
+    sim, sim_ref = load_simulator(spec, cfg.backend, inputs.device, model, tok, cfg.endpoints, cfg.served_model,
+                                  contexts=scored)
+    explanations = [sub.explanations[int(j)] for j in latents]
     plan = None
     cascade = task_cascade(spec, cfg.cascade)
     if cascade is not None:
@@ -119,6 +120,9 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
         plan = plan_for(cascade, prep, scored, explanations, latents)
     pred = simulate_all(prep, tok, sim, explanations, latents, only=plan.mask if plan else None,
                         fill=plan.fill if plan else 0.0, scored=scored)
+
+    choice = getattr(sim, "choice", None)
+    pred.stats["engine_choice"] = choice.describe() if choice is not None else f"{cfg.backend} (asked for)"
 
     # --- score
     s = _score(spec, prep, sub, latents, pred, plan, model, inputs.coder(), inputs.device)

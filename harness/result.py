@@ -99,6 +99,9 @@ class Provenance(Record):
     n_cached: int = 0
     answer_mass_mean: float = math.nan
     prediction_source: str = ""       # computed | store | mixed
+    # How the simulator engine was picked: `--backend auto`'s measured choice (harness/simulate/choice.py), or
+    # "asked for" when the command named one. Empty in results written before it existed.
+    engine_choice: str = ""
     # The environment (harness/environment.py); empty or 0 in results written before these existed.
     lock_sha256: str = ""             # the checkout's requirements.lock
     packages_sha256: str = ""         # the installed distributions' name==version lines (pip freeze, no paths)

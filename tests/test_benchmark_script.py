@@ -202,3 +202,43 @@ def test_random_arch_run_on_a_small_shape(bench, capsys, tmp_path, monkeypatch):
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     assert "random-init tiny-test float32" in out and "agreement: ok" in out
+
+
+def test_engine_limits_compares_the_engine_with_both_weight_layouts():
+    """The distance-to-limit line, derived by hand, and the F.linear layout measured beside `a @ b`."""
+    import engine_limits as el   # benchmarks/engine_limits.py (pytest's pythonpath)
+
+    peaks = el.matmul_peak("float32", 1, [(32, 32, 32), (16, 24, 40)], seconds=0.01)
+    assert all(p["linear_gflops"] > 0 and p["gflops"] > 0 for p in peaks)
+    peaks = [{"m": 8, "k": 8, "n": 8, "gflops": 216.0},
+             {"m": 4, "k": 6, "n": 10, "gflops": 180.0, "linear_gflops": 90.0}]
+    flops = {"per_prediction": 54e9, "decoder_linear_params": 1.31e9, "flops_per_token_linear": 2.62e9,
+             "per_suffix_token": 2.65e9, "suffix_tokens_per_prediction": 16.0, "useful_total": 100.0,
+             "parts": {"suffix_linear": 70.0, "suffix_attention": 9.0, "context": 16.0, "head": 4.0,
+                       "readout": 1.0, "padding": 6.0}}
+    lines = el.report_lines(2.0, None, flops, peaks, None, "float32", 2)
+    # 2 predictions/s x 54 GFLOP = 108 GFLOP/s: 50% of 216 and 60% of 180; at 216 GFLOP/s, 4.0/s = 2.0x
+    assert "**108 GFLOP/s**" in lines[1] and "4x6x10 180 (F.linear, weight [n, k] as the engine stores it: 90)" in lines[1]
+    assert "50% of the square-matmul peak" in lines[2] and "60% of a matmul of its own" in lines[2]
+    assert "would run at 4.0 predictions/s, 2.0x the measured rate" in lines[2]
+    assert "differ more than 2x" not in lines[1]   # 180 vs 90 is exactly 2x
+    # bfloat16 on AVX2: `a @ b` crawls while F.linear runs; the limit is the faster layout, and the line says so
+    peaks[0] = {"m": 8, "k": 8, "n": 8, "gflops": 5.0, "linear_gflops": 216.0}
+    lines = el.report_lines(2.0, None, flops, peaks, None, "bfloat16", 2)
+    assert "differ more than 2x" in lines[1] and "50% of the square-matmul peak (216 GFLOP/s)" in lines[2]
+
+
+def test_linear_kernels_prints_one_checked_row_per_shape_and_row_count(capsys):
+    """Every (shape, rows) cell is measured; the packed kernel's rate is printed only after its output matched
+    F.linear's (else "wrong result")."""
+    import linear_kernels as lk   # benchmarks/linear_kernels.py (pytest's pythonpath)
+
+    assert lk.main(["--dtype", "float32", "--rows", "4", "32", "--shapes", "16x24", "24x8",
+                    "--seconds", "0.01", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "## float32: 2048-cube matmul" in out and "(F.linear)" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 16 x 24") or line.startswith("| 24 x 8")]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [("16 x 24", "4"), ("16 x 24", "32"),
+                                                            ("24 x 8", "4"), ("24 x 8", "32")]
+    for r in rows:   # oneDNN's packed kernel computes F.linear's product (checked before timing) where it exists
+        assert float(r[2]) >= 0 and r[4].strip() != "wrong result"

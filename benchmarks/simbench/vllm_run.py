@@ -71,6 +71,7 @@ def run_vllm(py: str, args, model_dir: Path, contexts, warm_contexts, explanatio
         "model_dir": str(model_dir), "threads": args.threads, "dtype": args.vllm_dtype,
         "kv_cache_gib": args.kv_cache_gib, "block_size": args.vllm_block_size, "max_model_len": args.max_model_len,
         "head_dtype": args.vllm_head_dtype,
+        "gpu_memory_utilization": args.vllm_gpu_memory if str(args.device).startswith("cuda") else None,
         "prompt_version": args.prompt, "max_chars": args.max_chars, "repeats": args.repeats,
         "contexts": [[c.context_id, c.text, c.last_token] for c in contexts],
         "warm_contexts": [[c.context_id, c.text, c.last_token] for c in warm_contexts],
@@ -169,6 +170,8 @@ def vllm_worker(spec_path: str) -> int:
             llm_kwargs["block_size"] = int(spec["block_size"])
         if spec.get("max_model_len"):
             llm_kwargs["max_model_len"] = int(spec["max_model_len"])
+        if spec.get("gpu_memory_utilization"):
+            llm_kwargs["gpu_memory_utilization"] = float(spec["gpu_memory_utilization"])
         sim = VLLMSimulator(spec["model_dir"], None, spec["prompt_version"], spec["max_chars"], "bench",
                             threads=spec["threads"], dtype=spec["dtype"], kv_cache_gib=spec["kv_cache_gib"],
                             llm_kwargs=llm_kwargs)

@@ -176,7 +176,12 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
             console.print(f"the cascade makes {cost.total / max(cas.total, 1):.1f}x fewer "
                           f"predictions (expected: its random sample varies; {how}; --submission counts them "
                           "exactly)")
-    rows = [m for m in load_throughputs() if backend in ("auto", m["backend"])]
+    from harness.io import cache_root
+    from harness.simulate.choice import LOCAL_THROUGHPUT_FILE
+
+    # The committed rows, and this machine's own from `--backend auto`'s measurements (harness/simulate/choice.py).
+    rows = [m for m in load_throughputs() + load_throughputs(cache_root() / LOCAL_THROUGHPUT_FILE)
+            if backend in ("auto", m["backend"])]
     if not rows:
         raise HarnessError(f"no measured throughput for backend {backend!r} in {THROUGHPUT_FILE}: "
                            "run `python benchmarks/simulate.py` to measure it")
@@ -199,6 +204,8 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
                       "`python benchmarks/simulate.py` measures it.")
     else:
         console.print(f"* measured on this CPU ({here})")
+    if backend == "auto":
+        console.print(auto_engine_line(spec), highlight=False)
     per = {n: ", ".join(f"{s} {k:.3g}" for s, (_, k) in zip(("calibration", "test", "detection"), sh, strict=True))
            for n, sh in shapes.items()}
     console.print("Pairs per context priced: " + "; ".join(f"{n}: {v}" for n, v in per.items()) + ". A sharing "
@@ -217,6 +224,30 @@ def print_estimate(task: str, backend: str = "auto", overrides=(), console=None,
     if short:
         console.print(f"warning: {short}", highlight=False)
     return cost
+
+
+def auto_engine_line(spec: TaskSpec, device: str = "cpu") -> str:
+    """What `--backend auto` runs for this task on this machine, as far as is known before running."""
+    from harness.io import cache_root
+    from harness.simulate.choice import (
+        CHOICES_FILE,
+        cached_choice,
+        choice_key,
+        engine_versions,
+        installed_engines,
+        machine_description,
+    )
+
+    engines = installed_engines()
+    if len(engines) == 1:
+        return f"--backend auto runs {engines[0]} here: the only engine installed (vLLM is not)."
+    key = choice_key(machine_description(device), spec.simulator_ref().key(), spec.simulator.prompt_version,
+                     engine_versions(engines))
+    hit = cached_choice(cache_root() / CHOICES_FILE, key, engines)
+    if hit is not None:
+        return f"--backend auto runs {hit.describe()}."
+    return (f"--backend auto will time {' and '.join(engines)} on this task's first calibration contexts at its "
+            "first eval here (once; vLLM takes minutes to start) and run the faster.")
 
 
 _DAY = 24 * 3600.0

@@ -33,32 +33,65 @@ def sim_contexts(tokenizer, rows: list[np.ndarray]) -> list[SimContext]:
 
 
 def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, subject_tok=None,
-                   endpoints=(), served_model: str = "") -> tuple[Simulator, ModelRef]:
-    """The task's simulator on `backend`; the subject's weights are reused when the simulator is the subject."""
+                   endpoints=(), served_model: str = "", contexts: list[SimContext] | None = None
+                   ) -> tuple[Simulator, ModelRef]:
+    """The task's simulator on `backend`; the subject's weights are reused when the simulator is the subject.
+
+    `auto` runs the engine measured fastest here (harness/simulate/choice.py), timed on `contexts` (the task's
+    calibration contexts) the first time; the simulator's `choice` attribute says which and why."""
     from harness.model.load import load_model, resolve_source_folder
     from harness.simulate import make_simulator
 
     ref = spec.simulator_ref()
     sim_kw: dict[str, Any] = dict(prompt_version=spec.simulator.prompt_version,
                                   max_chars=spec.simulator.max_explanation_chars, model_key=ref.key())
-    if backend in ("vllm", "http"):
-        # These engines hold the weights themselves (vLLM) or remotely (servers): only the tokenizer is local,
-        # so prompts are built as token ids here and no server-side chat template is ever applied.
+
+    def source_folder():
+        return resolve_source_folder(ref, spec.folder, cache_root())
+
+    def torch_engine(name: str) -> Simulator:
+        if subject_model is not None and ref == spec.subject_ref():
+            model, tok = subject_model, subject_tok
+        else:
+            model, tok = load_model(ref, spec.folder, cache_root(), device=device)
+        return make_simulator(name, model, tok, batch_size=spec.simulator.batch_size, **sim_kw)
+
+    def tokenizer():
+        # vLLM and servers hold the weights themselves: only the tokenizer is local, so prompts are built as
+        # token ids here and no server-side chat template is ever applied.
         from transformers import AutoTokenizer
 
-        folder = resolve_source_folder(ref, spec.folder, cache_root())
-        tok = (AutoTokenizer.from_pretrained(str(folder)) if folder is not None
-               else AutoTokenizer.from_pretrained(ref.id, revision=ref.revision or None))
-        if backend == "vllm":
-            return make_simulator("vllm", str(folder) if folder is not None else ref.id, tok, **sim_kw), ref
-        return make_simulator("http", served_model or ref.id or str(folder), tok, endpoints=list(endpoints),
-                              **sim_kw), ref
-    if subject_model is not None and ref == spec.subject_ref():
-        model, tok = subject_model, subject_tok
-    else:
-        model, tok = load_model(ref, spec.folder, cache_root(), device=device)
-    sim = make_simulator(backend, model, tok, batch_size=spec.simulator.batch_size, **sim_kw)
-    return sim, ref
+        folder = source_folder()
+        return (AutoTokenizer.from_pretrained(str(folder)) if folder is not None
+                else AutoTokenizer.from_pretrained(ref.id, revision=ref.revision or None))
+
+    def vllm_engine() -> Simulator:
+        import torch
+
+        # The task's dtype, as the torch engines load it: the store keys predictions on it (ModelRef.key).
+        folder = source_folder()
+        return make_simulator("vllm", str(folder) if folder is not None else ref.id, tokenizer(), dtype=ref.dtype,
+                              threads=torch.get_num_threads() if str(device).startswith("cpu") else None,
+                              **sim_kw)
+
+    if backend == "http":
+        return make_simulator("http", served_model or ref.id or str(source_folder()), tokenizer(),
+                              endpoints=list(endpoints), **sim_kw), ref
+    if backend == "vllm":
+        return vllm_engine(), ref
+    if backend in (None, "", "auto"):
+        from harness.simulate.choice import choose_engine
+
+        def label() -> str:
+            folder = source_folder()
+            return folder.name if folder is not None else ref.describe()
+
+        sim, choice = choose_engine(lambda name: vllm_engine() if name == "vllm" else torch_engine(name),
+                                    contexts or [], ref.key(), spec.simulator.prompt_version, device, label,
+                                    ref.dtype)
+        sim.choice = choice   # pyright: ignore[reportAttributeAccessIssue]  # the result's provenance reads it
+        return sim, ref
+    return torch_engine(backend), ref
 
 
 @dataclass
