@@ -106,6 +106,38 @@ def test_damaged_choices_file_is_measured_again(tmp_path, monkeypatch):
     assert json.loads((tmp_path / ch.CHOICES_FILE).read_text())["choices"]
 
 
+def test_an_engine_that_cannot_run_is_left_out_and_said(tmp_path, monkeypatch):
+    """vLLM refusing this simulator (as it refuses prompts past the model's context length) leaves prefix to run;
+    the choice says why vLLM was left out, is cached with that, and only when no engine runs is the eval stopped."""
+    from harness.errors import HarnessError
+
+    def build(name):
+        if name == "vllm":
+            raise ValueError("This model's maximum context length is 512 tokens.\nmore detail")
+        return Stub(name)
+
+    monkeypatch.setattr(ch, "timed_rate", lambda *a: 3.0)
+    sim, choice = ch.choose_engine(build, contexts(3), "k", "yn3", "cpu", lambda: "m", "float32",
+                                   engines=["prefix", "vllm"], cache=tmp_path)
+    assert sim.name == "prefix" and choice.rates == {"prefix": 3.0}
+    assert choice.failed == {"vllm": "ValueError: This model's maximum context length is 512 tokens."}
+    assert "prefix 3.00/s, vllm failed: ValueError: This model's maximum" in choice.describe()
+    rows = json.loads((tmp_path / ch.LOCAL_THROUGHPUT_FILE).read_text())["measurements"]
+    assert [r["backend"] for r in rows] == ["prefix"]
+    monkeypatch.setattr(ch, "timed_rate", lambda *a: pytest.fail("a cached choice must not be measured again"))
+    _, again = ch.choose_engine(build, contexts(3), "k", "yn3", "cpu", lambda: "m", "float32",
+                                engines=["prefix", "vllm"], cache=tmp_path)
+    assert again.reason == "cached" and again.failed == choice.failed
+
+    def broken(name):
+        raise RuntimeError(f"{name} is broken")
+
+    with pytest.raises(HarnessError, match="no simulator engine could run here: prefix: RuntimeError: prefix is "
+                                           "broken; vllm: RuntimeError: vllm is broken"):
+        ch.choose_engine(broken, contexts(3), "k2", "yn3", "cpu", lambda: "m", "float32",
+                         engines=["prefix", "vllm"], cache=tmp_path)
+
+
 def test_eval_auto_records_its_choice_and_estimate_reads_the_rates(tiny, monkeypatch, tmp_path, capsys):
     """Two real engines on the tiny task: the result says which ran and why; the rates reach `harness estimate`."""
     import os

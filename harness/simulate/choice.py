@@ -7,7 +7,8 @@ needs servers someone started and is used only when asked for.
 
 With one candidate nothing is measured. With several, each one predicts the same workload (the task's first
 calibration contexts x fixed explanations of a real explanation's length), timed after a warm-up on another
-context, and the fastest is used; the measurement is cached per machine, simulator, prompt and installed
+context, and the fastest is used (an engine that fails to start or to predict is left out, and the choice says
+why); the measurement is cached per machine, simulator, prompt and installed
 engine versions in `<cache>/engines.json`, so it costs minutes once (vLLM's start) and nothing afterwards. Each
 measurement is also appended to `<cache>/throughput.json` in `harness/simulate/throughput.json`'s format, so
 `harness estimate` prices the task at this machine's own rates.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.errors import HarnessError
 from harness.io import atomic_write_text, cache_root
 from harness.simulate.base import SimContext, Simulator
 
@@ -56,6 +58,7 @@ class EngineChoice:
     backend: str
     reason: str                                  # "measured" | "cached" | "only one installed"
     rates: dict[str, float] = field(default_factory=dict)   # predictions/s per candidate, when measured
+    failed: dict[str, str] = field(default_factory=dict)    # candidate -> why it could not be measured
     machine: str = ""
     date: str = ""
     workload: str = ""
@@ -63,7 +66,8 @@ class EngineChoice:
     def describe(self) -> str:
         if not self.rates:
             return f"{self.backend} ({self.reason})"
-        rates = ", ".join(f"{b} {r:.2f}/s" for b, r in sorted(self.rates.items(), key=lambda x: -x[1]))
+        rates = ", ".join([f"{b} {r:.2f}/s" for b, r in sorted(self.rates.items(), key=lambda x: -x[1])]
+                          + [f"{b} failed: {why}" for b, why in sorted(self.failed.items())])
         return f"{self.backend} (fastest {self.reason} on {self.machine}, {self.date}: {rates}; {self.workload})"
 
 
@@ -128,7 +132,7 @@ def cached_choice(path: Path, key: str, engines: Sequence[str]) -> EngineChoice 
         choice = EngineChoice(**{**entry, "reason": "cached"})
     except TypeError:
         return None
-    if choice.backend not in engines or set(choice.rates) != set(engines):
+    if choice.backend not in engines or set(choice.rates) | set(choice.failed) != set(engines):
         return None
     return choice
 
@@ -186,19 +190,31 @@ def choose_engine(build: Callable[[str], Simulator], contexts: Sequence[SimConte
     if n_timed < 1:
         return build(engines[0]), EngineChoice(engines[0], "no contexts to measure on: the first candidate")
     rates: dict[str, float] = {}
+    failed: dict[str, str] = {}
     kept: dict[str, Simulator] = {}
     for name in engines:
-        sim = build(name)
-        rates[name] = timed_rate(sim, ctxs, WORKLOAD_EXPLANATIONS, clock)
+        try:
+            sim = build(name)
+            rates[name] = timed_rate(sim, ctxs, WORKLOAD_EXPLANATIONS, clock)
+        except Exception as e:  # noqa: BLE001 - any engine that cannot run here is simply not a candidate
+            # An installed engine that cannot run this simulator (vLLM refusing a prompt longer than the
+            # model's context, no memory left for its cache, ...) must not stop an eval another engine can do.
+            failed[name] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+            sim = None
+            gc.collect()
+            continue
         best = fastest(rates)
         # Two engines of a 1.5B model do not both fit every machine: keep only the leader.
         kept = {best: sim if best == name else kept[best]}
         del sim
         gc.collect()
+    if not rates:
+        raise HarnessError("no simulator engine could run here: "
+                           + "; ".join(f"{b}: {why}" for b, why in failed.items()))
     best = fastest(rates)
     workload = (f"{n_timed} contexts x {len(WORKLOAD_EXPLANATIONS)} explanations = "
                 f"{n_timed * len(WORKLOAD_EXPLANATIONS)} predictions (the task's calibration contexts)")
-    choice = EngineChoice(best, "measured", {b: round(r, 3) for b, r in rates.items()}, machine,
+    choice = EngineChoice(best, "measured", {b: round(r, 3) for b, r in rates.items()}, failed, machine,
                           time.strftime("%Y-%m-%d"), workload)
     save_choice(cache / CHOICES_FILE, key, choice)
     import torch
