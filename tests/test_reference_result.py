@@ -40,7 +40,9 @@ VOLATILE_PROVENANCE = ("date", "wall_seconds", "command", "python", "torch", "tr
 # (the smallest reported ΔCE digit is 1e-3 of a nat on CE ~6, i.e. ~1.7e-4 relative, and decisions move by
 # whole contexts). atol 1e-4 covers numbers that are differences near 0 (a ΔCE of 2e-6 nats has no
 # relative precision). A decision that flips (a threshold, a TopK choice, a rank) moves an integer, an index
-# array or a count-derived ratio by a whole step and fails.
+# array or a count-derived ratio by a whole step and fails. The tiny simulator runs in float64 so that
+# another CPU's kernels do not flip one: in float32 its predictions sit ulps apart and reordered between
+# AVX2 and AVX-512 kernels (docs/protocol-choices.md, Model keys: 2,259 vs 39 of 4,896 predictions moved).
 RTOL = 1e-3
 ATOL = 1e-4
 

@@ -103,3 +103,28 @@ def test_unreadable_folder_is_one_clear_error(task, tmp_path):
     (folder / "model.safetensors").write_bytes(b"\x01")
     with pytest.raises(HarnessError, match="cannot read its config, weights or tokenizer"):
         _key(folder)
+
+
+def test_dtype_is_part_of_a_model_key(task):
+    """A prediction made in one dtype must not be served from the store for another: the key names it (float32,
+    the default, is left out so that older float32 keys stay valid)."""
+    sim = task / "simulator"
+    assert ModelRef(source="local", path=str(sim), dtype="float64").key() == SIMULATOR_KEY + ":float64"
+    assert ModelRef(source="local", path=str(sim), dtype="float32").key() == SIMULATOR_KEY
+    assert ModelRef(source="hub", id="o/m", revision="r", dtype="bfloat16").key() == "hub:o/m@r:bfloat16"
+    assert ModelRef(source="hub", id="o/m", revision="r").key() == "hub:o/m@r"
+
+
+def test_tiny_simulator_runs_in_float64(task):
+    """The tiny task's simulator is float64 (TinyTaskOptions): its near-tied predictions keep their order on
+    every CPU. Its answer read-out and attention scores stay float64 (readout_dtype), not float32."""
+    import torch
+
+    from harness.simulate.base import readout_dtype
+    from harness.task.spec import load_task
+
+    spec = load_task(str(task / "task.toml"))
+    assert spec.simulator_ref().dtype == "float64"
+    assert spec.simulator_ref().key().endswith(":float64")
+    assert readout_dtype(torch.float64) == torch.float64
+    assert readout_dtype(torch.bfloat16) == torch.float32 and readout_dtype(torch.float32) == torch.float32

@@ -21,7 +21,8 @@ from harness.errors import HarnessError
 from harness.hub import short_reason
 
 SOURCES = ("hub", "local", "gguf-package", "gguf-parts")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "auto": "auto"}
 _SOURCE_KEYS = {"hub": ("id", "revision"), "local": ("path",), "gguf-package": ("package", "file"),
                 "gguf-parts": ("package", "file", "parts", "sha256", "version")}
 _INT_KEYS = ("parts",)
@@ -113,17 +114,20 @@ class ModelRef:
 
     def key(self, base_dir: Path | None = None) -> str:
         """Stable id for caches and provenance; a local folder is identified by its content, not its path."""
+        # The dtype changes predictions, so it is part of the key (the prediction store's too). float32, the
+        # default, is left out of hub, gguf and local keys so that the keys written before it counted stay valid.
+        dt = "" if self.dtype == "float32" else f":{self.dtype}"
         if self.source == "hub":
-            return f"hub:{self.id}@{self.revision or 'main'}"
+            return f"hub:{self.id}@{self.revision or 'main'}{dt}"
         if self.source == "gguf-package":
-            return f"gguf:{self.package}/{self.file}"
+            return f"gguf:{self.package}/{self.file}{dt}"
         if self.source == "gguf-parts":
-            # The assembled file's hash names the model; the dtype changes its predictions.
+            # The assembled file's hash names the model.
             return f"gguf-parts:{self.sha256[:16]}:{self.dtype}"
         if self.source == "local":
             folder = self.local_folder(base_dir)
             _check_local_folder(folder)
-            return f"local:{folder.resolve().name}#{_folder_fingerprint(folder)}"
+            return f"local:{folder.resolve().name}#{_folder_fingerprint(folder)}{dt}"
         raise HarnessError(f"model source {self.source!r} is not one of {', '.join(SOURCES)}")
 
     def describe(self) -> str:

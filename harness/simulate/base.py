@@ -104,6 +104,16 @@ def check_pairs(contexts: Sequence, explanations: Sequence, pairs: Pairs) -> np.
     return arr
 
 
+def readout_dtype(dtype):
+    """The dtype answer logits, softmaxes and attention scores are computed in: float32, or float64 for a
+    float64 model. A float64 model exists for outputs that are the same on every CPU (the tiny test task):
+    its values rounded to float32 do not depend on the kernels' summation order, but a float32 step after
+    it (a softmax, a read-out GEMM) would put that dependence back."""
+    import torch
+
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def answers_from_logits(logits, answer_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Full-vocabulary logits [n, V] → (answer probs renormalised [n, K], answer mass [n]), in float32.
 
@@ -112,7 +122,7 @@ def answers_from_logits(logits, answer_ids: Sequence[int]) -> tuple[np.ndarray, 
     """
     import torch
 
-    logits = logits.float()
+    logits = logits.to(readout_dtype(logits.dtype))
     answer_logits = logits[:, list(answer_ids)]
     probs = torch.softmax(answer_logits, dim=-1)
     log_mass = torch.logsumexp(answer_logits, dim=-1) - torch.logsumexp(logits, dim=-1)

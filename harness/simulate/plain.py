@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.simulate.base import Engine, Progress, SimContext, answers_from_logits
+from harness.simulate.base import Engine, Progress, SimContext, answers_from_logits, readout_dtype
 
 # Config fields under which some families post-process logits inside their *ForCausalLM.forward; with
 # any of them set, the head must be the model's own forward, not a bare lm_head.
@@ -42,22 +42,24 @@ class TorchSimulatorBase(Engine):
         if self.lm_head is not None:
             # The answer rows of the head in float32: a bfloat16 logit keeps ~3 significant digits, which
             # rounds yes/no log-odds to steps of 0.125 and ties thousands of predictions.
-            w = self.lm_head.weight[self.answer_ids].float()
+            acc = readout_dtype(self.lm_head.weight.dtype)
+            w = self.lm_head.weight[self.answer_ids].to(acc)
             b = self.lm_head.bias
             self._answer_w = w
-            self._answer_b = b[self.answer_ids].float() if b is not None else None
+            self._answer_b = b[self.answer_ids].to(acc) if b is not None else None
 
     def read_out(self, hidden: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Final hidden states [n, d] at the answer position → (answer probs [n, K], answer mass [n]).
 
-        Answer logits are computed in float32 from the hidden state; the full-vocabulary logits (for the
-        answer mass, a diagnostic) in the model's dtype.
+        Answer logits are computed in float32 (float64 for a float64 model) from the hidden state; the
+        full-vocabulary logits (for the answer mass, a diagnostic) in the model's dtype.
         """
         assert self.lm_head is not None
-        answer = hidden.float() @ self._answer_w.T
+        acc = self._answer_w.dtype
+        answer = hidden.to(acc) @ self._answer_w.T
         if self._answer_b is not None:
             answer = answer + self._answer_b
-        full = self.lm_head(hidden).float()
+        full = self.lm_head(hidden).to(acc)
         probs = torch.softmax(answer, dim=-1)
         log_mass = torch.logsumexp(answer, dim=-1) - torch.logsumexp(full, dim=-1)
         return probs.cpu().numpy().astype(np.float32), torch.exp(log_mass).clamp(max=1.0).cpu().numpy().astype(np.float32)

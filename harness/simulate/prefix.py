@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.simulate.base import Progress, SimContext, answers_from_logits, context_groups
+from harness.simulate.base import Progress, SimContext, answers_from_logits, context_groups, readout_dtype
 from harness.simulate.plain import TorchSimulatorBase
 
 
@@ -175,14 +175,15 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     scale = scaling if scaling is not None else d ** -0.5
     # Head h uses key/value head h // g (as transformers' repeat_kv): queries as [n, Hkv, g*s, d].
     q = query.reshape(n, n_kv, g * s, d)
+    acc = readout_dtype(query.dtype)
     if state.rows is None:
         # One prefix for every row: a single matmul per key/value head over all rows' queries.
         qh = q.transpose(0, 1).reshape(n_kv, n * g * s, d)
-        sp = torch.matmul(qh, kp[0].transpose(1, 2)).view(n_kv, n, g * s, p_len).transpose(0, 1).float()
+        sp = torch.matmul(qh, kp[0].transpose(1, 2)).view(n_kv, n, g * s, p_len).transpose(0, 1).to(acc)
     else:
         kr, vr = kp.index_select(0, state.rows), vp.index_select(0, state.rows)
-        sp = torch.matmul(q, kr.transpose(2, 3)).float()                               # [n, Hkv, g*s, P]
-    ss = torch.matmul(q, key.transpose(2, 3)).float()                                  # [n, Hkv, g*s, s]
+        sp = torch.matmul(q, kr.transpose(2, 3)).to(acc)                               # [n, Hkv, g*s, P]
+    ss = torch.matmul(q, key.transpose(2, 3)).to(acc)                                  # [n, Hkv, g*s, s]
     sp.mul_(scale)
     ss.mul_(scale)
     if state.pad is not None:

@@ -180,6 +180,10 @@ class TinyTaskOptions:
     activation_sample_tokens: int = 6000
     rewritten: int = 24              # number of latents to rewrite (seeded choice among alive ones: all if 0)
     seed: int = 0
+    # float64: the tiny simulator's predictions sit within ~0.015 of each other on the 0-9 scale, so float32
+    # kernels that sum in another order (AVX2 vs AVX-512) reorder near-tied predictions and move AUROCs and
+    # calibrated values by whole steps; in float64, rounded to float32, they are the same on every CPU.
+    simulator_dtype: str = "float64"
 
 
 def make_tiny_task(out_dir: Path, opts: TinyTaskOptions | None = None) -> Path:
@@ -251,6 +255,7 @@ rewritten = {rewritten}
 [simulator]
 source = "local"
 path = "simulator"
+dtype = "{opts.simulator_dtype}"
 prompt_version = "v2"
 max_explanation_chars = 400
 
