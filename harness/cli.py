@@ -340,7 +340,7 @@ def cmd_gaming(args) -> int:
         args.task, Path(args.submissions or f"submissions/gaming/{task_id}"), Path(args.results),
         Path(args.output) if args.output else None, backend=args.backend, device=args.device,
         overrides=args.override, endpoints=[e for e in (args.endpoints or "").split(",") if e],
-        served_model=args.served_model)
+        served_model=args.served_model, fresh=args.fresh)
     write_out(text + "\n")
     # Non-zero when an adversarial submission beats the control: usable as a CI gate.
     return 1 if any(e.above_control for e in entries if e.method.startswith("gaming-")) else 0
@@ -654,6 +654,10 @@ def _submission_verbs(verb: _Verb) -> None:
     _results(s, "gaming-results")
     s.add_argument("-o", "--output", metavar="FILE",
                    help="also write the Markdown report to FILE, e.g. docs/gaming-<task>.md")
+    s.add_argument("--fresh", action="store_true",
+                   help="evaluate every submission again; by default one whose result the results folder already "
+                        "holds (same task hash, submission and simulator, and verify-result passes) is reused, so "
+                        "a suite cut short resumes from its committed results")
     _backend(s)
     _device(s)
     _servers(s)

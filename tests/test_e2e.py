@@ -267,3 +267,39 @@ def test_gaming_suite_on_tiny_task(tiny, tmp_path, capsys):
     assert "identical-across-latents" in kinds
     for p in (tmp_path / "res" / "tiny-llama-transcoder").glob("*.json"):
         assert main(["verify-result", str(p)]) == 0
+
+
+def test_gaming_suite_resumes_from_its_results(tiny, tmp_path, capsys, monkeypatch):
+    """A second run reuses every result the first left (same task, submission, simulator; verify-result
+    passes) and writes the same report; a result that no longer verifies is evaluated again; --fresh
+    evaluates everything."""
+    import harness.pipeline as pipeline
+
+    args = ["gaming", "--task", str(tiny / "task"), "--submissions", str(tmp_path / "subs"), "--results",
+            str(tmp_path / "res"), "-o", str(tmp_path / "gaming.md")]
+    assert main(args) == 0
+    first = (tmp_path / "gaming.md").read_text()
+    evaluated = []
+    real = pipeline.evaluate
+
+    def spy(cfg):
+        evaluated.append(Path(cfg.submission).name)
+        return real(cfg)
+
+    monkeypatch.setattr(pipeline, "evaluate", spy)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert evaluated == []
+    assert capsys.readouterr().err.count("reusing") == 8      # top-tokens, the control and six adversaries
+    assert (tmp_path / "gaming.md").read_text() == first
+    # A stored number altered: verify-result fails, so that submission alone is evaluated again.
+    res = tmp_path / "res" / "tiny-llama-transcoder"
+    path = next(p for p in res.glob("gaming-empty-*.json"))
+    d = json.loads(path.read_text())
+    d["headline"]["detection_auroc"] += 0.01
+    path.write_text(json.dumps(d))
+    assert main(args) == 0
+    assert evaluated == ["empty.json"]
+    assert main(["verify-result", str(path)]) == 0             # rewritten by the new evaluation
+    assert main(args + ["--fresh"]) == 0
+    assert len(evaluated) == 1 + 8

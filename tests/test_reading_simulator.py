@@ -233,6 +233,9 @@ def test_override_with_nothing_removes_a_key(tmp_path):
     from harness.testing.tiny import TinyTaskOptions, make_tiny_task
 
     toml = make_tiny_task(tmp_path / "task", TinyTaskOptions())
+    # A task file without a simulator dtype (the tiny task writes float64): the override adds one, `=` removes it.
+    toml.write_text("".join(ln for ln in toml.read_text().splitlines(keepends=True) if not ln.startswith("dtype = ")))
+    assert "dtype" not in load_task(str(toml)).simulator.model
     with_dtype = load_task(str(toml), ['simulator.dtype="bfloat16"'])
     assert with_dtype.simulator.model["dtype"] == "bfloat16"
     removed = load_task(str(toml), ['simulator.dtype="bfloat16"', "simulator.dtype="])
