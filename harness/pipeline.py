@@ -128,9 +128,7 @@ def evaluate(cfg: EvalConfig) -> tuple[Result, Path]:
     s = _score(spec, prep, sub, latents, pred, plan, model, inputs.coder(), inputs.device)
 
     # --- report
-    tag = result_tag(sub.method, sub.sha256, sim_ref.key())
-    if cascade is not None and not spec.simulator.cascade:
-        tag += "-" + cascade.tag()   # a task's own cascade is part of its hash: its results need no tag
+    tag = result_tag(sub.method, sub.sha256, sim_ref.key(), spec, cascade)
     out_dir.mkdir(parents=True, exist_ok=True)
     side = out_dir / f"{tag}.per_context.npz"
     task_ref = TaskRef(id=spec.id, hash=spec.hash)

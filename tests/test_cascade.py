@@ -361,6 +361,15 @@ def test_cascade_selection_on_the_tiny_task(tiny):
     np.testing.assert_array_equal(side["calibration_weights"], calibration_weights(sel, n_cal))
     assert (side["calibration_weights"] == 0).any() and (side["calibration_weights"] > 1).any()
     (cas_path,) = (tiny / "cascade-2" / "tiny-llama-transcoder").glob("*.json")
+    # The file name any caller derives (harness gaming looks results up by it) is the one eval wrote; an
+    # asked-for cascade is named in it, so it never overwrites the exhaustive result.
+    from harness.report.write import result_path
+
+    who = (cas["submission"]["method"], cas["submission"]["sha256"], cas["simulator"]["model_key"])
+    asked = CascadeSettings(top=2, sample=0.25, seed=3)
+    assert cas_path == result_path(tiny / "cascade-2", prep.spec, *who, asked)
+    assert full_path == result_path(tiny / "exhaustive-2", prep.spec, *who, None)
+    assert cas_path.name == full_path.stem + "-" + asked.tag() + ".json"
     rep = verify_result(cas_path)
     assert not rep.mismatches and not rep.missing, (rep.mismatches, rep.missing)
     # A pair whose explanation quotes the last token outranks the firing-rate tie-break.
@@ -400,6 +409,12 @@ def test_task_fixed_cascade_is_ranked_and_reproduced(tiny, capsys):
     assert len(cal_ok) + len(tst_ok) == cas["cascade"]["n_simulated"]
     assert (side["pred_calibration"].reshape(-1)[cal_ok] != fill).all()
     (path,) = (tiny / "fixed" / "tiny-llama-transcoder").glob("*.json")
+    from harness.report.write import result_path
+
+    who = (cas["submission"]["method"], cas["submission"]["sha256"], cas["simulator"]["model_key"])
+    fixed = parse_cascade(spec.simulator.cascade)
+    assert path == result_path(tiny / "fixed", spec, *who, fixed)   # part of the hash: no tag in the name
+    assert fixed.tag() not in path.name
     capsys.readouterr()
     rc = main(["reproduce", "--result", str(path), "--task", str(tiny / "task"), "--sample", "40",
                "--format", "json"])

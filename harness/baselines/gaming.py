@@ -155,14 +155,16 @@ def finished_result(results_dir: Path, spec, submission: Path, num_latents: int)
     every number from its side file; else None. A suite on the CE task takes hours, longer than a session:
     with this it resumes a submission at a time from committed results instead of starting over."""
     from harness.report.verify import verify_result
-    from harness.report.write import result_tag
+    from harness.report.write import result_path
     from harness.result import load_result
+    from harness.task.cascade import task_cascade
     from harness.task.submission import load_submission
 
     sub = load_submission(submission, task_id=spec.id, num_latents=num_latents,
                           max_chars=spec.simulator.max_explanation_chars)
     key = spec.simulator_ref().key()
-    path = Path(results_dir) / spec.id / f"{result_tag(sub.method, sub.sha256, key)}.json"
+    # The suite asks for no cascade: its evals run the task's own, or none (EvalConfig's default).
+    path = result_path(results_dir, spec, sub.method, sub.sha256, key, task_cascade(spec, None))
     if not path.is_file():
         return None
     try:

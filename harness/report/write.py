@@ -31,13 +31,27 @@ from harness.result import (
 )
 from harness.score.conditions import Condition, Subset
 from harness.score.metrics import CI_LEVEL
+from harness.task.cascade import CascadeSettings
 from harness.task.spec import TaskSpec
 
 
-def result_tag(method: str, submission_sha256: str, simulator_key: str) -> str:
-    """A stable file stem per (submission, simulator): re-running overwrites, never forks."""
+def result_tag(method: str, submission_sha256: str, simulator_key: str, spec: TaskSpec | None = None,
+               cascade: CascadeSettings | None = None) -> str:
+    """A stable file stem per (submission, simulator, cascade): re-running overwrites, never forks.
+
+    A cascade the task fixes is part of its hash, so its results need no tag; one asked for on the command
+    line is named in the stem, so that it never overwrites the exhaustive result of the same submission."""
     slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in method)[:40] or "method"
-    return f"{slug}-{submission_sha256[:10]}-{hashlib.sha256(simulator_key.encode()).hexdigest()[:6]}"
+    tag = f"{slug}-{submission_sha256[:10]}-{hashlib.sha256(simulator_key.encode()).hexdigest()[:6]}"
+    if cascade is not None and not (spec is not None and spec.simulator.cascade):
+        tag += "-" + cascade.tag()
+    return tag
+
+
+def result_path(results_dir: Path, spec: TaskSpec, method: str, submission_sha256: str, simulator_key: str,
+                cascade: CascadeSettings | None) -> Path:
+    """Where `harness eval` writes the result of this submission on this task: <results>/<task id>/<stem>.json."""
+    return Path(results_dir) / spec.id / f"{result_tag(method, submission_sha256, simulator_key, spec, cascade)}.json"
 
 
 def true_values(test_latents: tuple[np.ndarray, np.ndarray], latents: np.ndarray) -> np.ndarray:
