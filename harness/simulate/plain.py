@@ -40,8 +40,8 @@ class TorchSimulatorBase(Engine):
         self.base = model.base_model
         self.lm_head = plain_head(model)
         if self.lm_head is not None:
-            # The answer rows of the head in float32: a bfloat16 logit keeps ~3 significant digits, which
-            # rounds yes/no log-odds to steps of 0.125 and ties thousands of predictions.
+            # The answer rows of the head in float32 (float64 for a float64 model): a bfloat16 logit keeps ~3
+            # significant digits, which rounds yes/no log-odds to steps of 0.125 and ties thousands of predictions.
             acc = readout_dtype(self.lm_head.weight.dtype)
             w = self.lm_head.weight[self.answer_ids].to(acc)
             b = self.lm_head.bias
