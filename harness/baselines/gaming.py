@@ -52,6 +52,7 @@ class Comparison:
     value: float
     lo: float
     hi: float
+    reference: str = "control"        # what the submission is compared with: "control" | "deletion"
 
     @property
     def above_control(self) -> bool:
@@ -116,6 +117,28 @@ def _latent_boot_ci(x: np.ndarray, draws: int, seed: int, level: float) -> tuple
     return float(x.mean()), float(lo), float(hi)
 
 
+CE_METRIC = "simulated − latent zero (mean, nats)"
+
+
+def ce_comparison(d_e: np.ndarray, d_c: np.ndarray, boot: np.ndarray, level: float) -> Comparison:
+    """Simulated − latent zero of a submission (per test context, `d_e`) against the better of two references
+    that carry no explanation: the shuffled control (`d_c`, paired) and deleting the latents (0).
+
+    Where CE measures something the control fires on the wrong contexts and does worse than deletion (+0.87
+    nats on smollm2-135m-l0-ce), so beating it on CE shows nothing: a submission that predicts no firing at
+    all would. A submission is above on this metric only when it beats both (an intersection-union test:
+    each interval at `level`, no further correction); the comparison shown is the binding one, the interval
+    with the larger upper end (ties: the control)."""
+    def mean_ci(x: np.ndarray) -> tuple[float, float, float]:
+        stats = np.concatenate([x[b].mean(1) for b in np.array_split(boot, max(1, len(boot) // 512))])
+        lo, hi = np.percentile(stats, [50 * (1 - level), 50 * (1 + level)])
+        return float(x.mean()), float(lo), float(hi)
+
+    vs_control, vs_deletion = mean_ci(d_e - d_c), mean_ci(d_e)
+    ref, (value, lo, hi) = max((("control", vs_control), ("deletion", vs_deletion)), key=lambda t: t[1][2])
+    return Comparison(CE_METRIC, "lower", value, lo, hi, reference=ref)
+
+
 def compare(entry: Scored, control: Scored, level: float) -> list[Comparison]:
     from harness.score.metrics import bootstrap_indices, paired_ranking_auroc
 
@@ -127,10 +150,7 @@ def compare(entry: Scored, control: Scored, level: float) -> list[Comparison]:
     d_e = entry_side[SIDE.ce_simulated_all] - entry_side[SIDE.ce_latent_zero_all]
     d_c = control_side[SIDE.ce_simulated_all] - control_side[SIDE.ce_latent_zero_all]
     boot = bootstrap_indices(len(d_e), draws, seed)
-    diff = d_e - d_c
-    stats = np.concatenate([diff[b].mean(1) for b in np.array_split(boot, max(1, draws // 512))])
-    lo, hi = np.percentile(stats, [50 * (1 - level), 50 * (1 + level)])
-    out = [Comparison("simulated − latent zero (mean, nats)", "lower", float(diff.mean()), float(lo), float(hi))]
+    out = [ce_comparison(d_e, d_c, boot, level)]
     pl_e, pl_c = res.per_latent, control.result.per_latent
 
     def arr(pl, key):
@@ -232,7 +252,8 @@ def run_gaming(task: str, submissions_dir: Path, results_dir: Path, report: Path
 
 def _fmt(c: Comparison) -> str:
     mark = " **↑**" if c.above_control else ""
-    return interval(Interval(c.value, c.lo, c.hi), 4, sign=True) + ("" if math.isnan(c.value) else mark)
+    vs = " (vs deletion)" if c.reference == "deletion" else ""
+    return interval(Interval(c.value, c.lo, c.hi), 4, sign=True) + vs + ("" if math.isnan(c.value) else mark)
 
 
 def render_report(spec, entries: list[Entry], level: float, results_dir: Path) -> str:
@@ -246,7 +267,11 @@ def render_report(spec, entries: list[Entry], level: float, results_dir: Path) -
              "Each row is a submission minus the `shuffled-top-tokens` control on the same test contexts / latents, "
              f"with percentile-bootstrap intervals at {level:.4%} (Bonferroni over {len(entries)} submissions × "
              f"{len(metrics)} metrics: family-wise 95%). **↑** marks an interval entirely on the better side "
-             "(lower for simulated − latent zero, higher for the others): a submission scoring above the control.",
+             "(lower for simulated − latent zero, higher for the others): a submission scoring above the control. "
+             "On simulated − latent zero a submission must beat both the control and deleting the latents "
+             "(0 nats): where CE measures something the control, firing on the wrong contexts, can do worse "
+             "than deletion, and predicting nothing at all would beat it. The cell shows the binding one of "
+             "the two; \"(vs deletion)\" marks the submission's own simulated − latent zero.",
              "", "| submission | " + " | ".join(metrics) + " | above control? | warnings |",
              "|---|" + "---|" * (len(metrics) + 2)]
     for e in entries:
