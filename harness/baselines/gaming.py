@@ -109,12 +109,13 @@ def _scored(result_path: Path) -> Scored:
 
 def _latent_boot_ci(x: np.ndarray, draws: int, seed: int, level: float) -> tuple[float, float, float]:
     """Mean over latents of paired per-latent differences, percentile CI over resampled latents."""
+    from harness.score.metrics import bootstrap_indices, mean_ci
+
     x = x[np.isfinite(x)]
     if x.size == 0:
         return math.nan, math.nan, math.nan
-    idx = np.random.Generator(np.random.PCG64(seed)).integers(0, x.size, size=(draws, x.size))
-    lo, hi = np.percentile(x[idx].mean(1), [50 * (1 - level), 50 * (1 + level)])
-    return float(x.mean()), float(lo), float(hi)
+    ci = mean_ci(x, bootstrap_indices(x.size, draws, seed), level)
+    return ci.value, ci.lo, ci.hi
 
 
 CE_METRIC = "simulated − latent zero (mean, nats)"
@@ -129,14 +130,11 @@ def ce_comparison(d_e: np.ndarray, d_c: np.ndarray, boot: np.ndarray, level: flo
     all would. A submission is above on this metric only when it beats both (an intersection-union test:
     each interval at `level`, no further correction); the comparison shown is the binding one, the interval
     with the larger upper end (ties: the control)."""
-    def mean_ci(x: np.ndarray) -> tuple[float, float, float]:
-        stats = np.concatenate([x[b].mean(1) for b in np.array_split(boot, max(1, len(boot) // 512))])
-        lo, hi = np.percentile(stats, [50 * (1 - level), 50 * (1 + level)])
-        return float(x.mean()), float(lo), float(hi)
+    from harness.score.metrics import mean_ci
 
-    vs_control, vs_deletion = mean_ci(d_e - d_c), mean_ci(d_e)
-    ref, (value, lo, hi) = max((("control", vs_control), ("deletion", vs_deletion)), key=lambda t: t[1][2])
-    return Comparison(CE_METRIC, "lower", value, lo, hi, reference=ref)
+    vs_control, vs_deletion = mean_ci(d_e - d_c, boot, level), mean_ci(d_e, boot, level)
+    ref, ci = max((("control", vs_control), ("deletion", vs_deletion)), key=lambda t: t[1].hi)
+    return Comparison(CE_METRIC, "lower", ci.value, ci.lo, ci.hi, reference=ref)
 
 
 def compare(entry: Scored, control: Scored, level: float) -> list[Comparison]:

@@ -90,10 +90,10 @@ def _percentile_ci(stats: np.ndarray, level: float = CI_LEVEL) -> tuple[float, f
     return float(lo), float(hi)
 
 
-def mean_ci(x: np.ndarray, boot_idx: np.ndarray) -> Interval:
+def mean_ci(x: np.ndarray, boot_idx: np.ndarray, level: float = CI_LEVEL) -> Interval:
     x = _vector(x, "values")
     boot_idx = _check_boot(boot_idx, x.shape[0])
-    return Interval(float(x.mean()), *_percentile_ci(_resampled(x, boot_idx, lambda b: b.mean(axis=1))))
+    return Interval(float(x.mean()), *_percentile_ci(_resampled(x, boot_idx, lambda b: b.mean(axis=1)), level))
 
 
 def median_order_statistics(n: int, level: float = CI_LEVEL) -> tuple[int, int] | None:

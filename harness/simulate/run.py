@@ -4,6 +4,7 @@ latent's detection examples."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,14 +47,11 @@ def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, sub
     sim_kw: dict[str, Any] = dict(prompt_version=spec.simulator.prompt_version,
                                   max_chars=spec.simulator.max_explanation_chars, model_key=ref.key())
 
-    folder_memo: list = []
-
+    @functools.cache
     def source_folder():
         # Asked up to three times on the vLLM/auto path (engine, tokenizer, label); resolving checks the
         # converted model's files each time, so once is enough.
-        if not folder_memo:
-            folder_memo.append(resolve_source_folder(ref, spec.folder, cache_root()))
-        return folder_memo[0]
+        return resolve_source_folder(ref, spec.folder, cache_root())
 
     def torch_engine(name: str) -> Simulator:
         if subject_model is not None and ref == spec.subject_ref():
