@@ -336,6 +336,20 @@ def resolve_source_folder(ref: ModelRef, base_dir: Path, cache_dir: Path) -> Pat
     raise HarnessError(f"model source {ref.source!r} is not one of {', '.join(SOURCES)}")
 
 
+def load_tokenizer(ref: ModelRef, folder: Path | None):
+    """The tokenizer of `ref`: from `folder` (what resolve_source_folder gave), or the Hub where that is None.
+    Engines that hold their own weights (vLLM, servers) and reports that only decode need no more than this."""
+    from transformers import AutoTokenizer
+
+    if folder is None:
+        return _from_hub(AutoTokenizer.from_pretrained, ref)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"cannot load the tokenizer in {folder} ({short_reason(e)}): it must be a transformers "
+                           "save_pretrained folder with tokenizer files") from None
+
+
 def load_model(ref: ModelRef, base_dir: Path, cache_dir: Path, device: str | torch.device = "cpu",
                dtype: str | None = None, attn_implementation: str = DEFAULT_ATTN):
     """(model in eval mode on `device`, tokenizer). `dtype` defaults to the ref's own dtype.

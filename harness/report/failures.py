@@ -116,17 +116,11 @@ Decoder = Callable[[list[int]], str]
 def load_decoder(spec) -> tuple[Decoder | None, str]:
     """The subject's tokenizer's decode (tokenizer only, never the model), or None and the reason."""
     from harness.io import cache_root
-    from harness.model.load import resolve_source_folder
+    from harness.model.load import load_tokenizer, resolve_source_folder
 
     try:
         ref = spec.subject_ref()
-        folder = resolve_source_folder(ref, spec.folder, cache_root())
-        from transformers import AutoTokenizer
-
-        if folder is not None:
-            tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        else:
-            tok = AutoTokenizer.from_pretrained(ref.id, revision=ref.revision or None)
+        tok = load_tokenizer(ref, resolve_source_folder(ref, spec.folder, cache_root()))
     except HarnessError as e:
         return None, str(e)
     except (OSError, ValueError) as e:

@@ -40,7 +40,7 @@ def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, sub
 
     `auto` runs the engine measured fastest here (harness/simulate/choice.py), timed on `contexts` (the task's
     calibration contexts) the first time; the simulator's `choice` attribute says which and why."""
-    from harness.model.load import load_model, resolve_source_folder
+    from harness.model.load import load_model, load_tokenizer, resolve_source_folder
     from harness.simulate import make_simulator
 
     ref = spec.simulator_ref()
@@ -63,11 +63,7 @@ def load_simulator(spec: TaskSpec, backend: str, device, subject_model=None, sub
     def tokenizer():
         # vLLM and servers hold the weights themselves: only the tokenizer is local, so prompts are built as
         # token ids here and no server-side chat template is ever applied.
-        from transformers import AutoTokenizer
-
-        folder = source_folder()
-        return (AutoTokenizer.from_pretrained(str(folder)) if folder is not None
-                else AutoTokenizer.from_pretrained(ref.id, revision=ref.revision or None))
+        return load_tokenizer(ref, source_folder())
 
     def vllm_engine() -> Simulator:
         import torch
