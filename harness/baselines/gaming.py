@@ -100,11 +100,12 @@ def adversarial_submissions(task_id: str, latents: np.ndarray, copied_text: str,
                             markers: str) -> dict[str, dict]:
     texts = {"copied": copied_text, "instruct-digit": INSTRUCT_DIGIT, "instruct-yes": INSTRUCT_YES,
              "markers": markers, "frequent-tokens": frequent_text, "empty": ""}
+    # Each text is part of its submission file and so of its sha256: rewording one re-evaluates its results.
     descs = {"copied": "adversarial: the first latent's top-tokens explanation copied to every latent",
              "instruct-digit": "adversarial: the explanation instructs the simulator to answer 9",
              "instruct-yes": "adversarial: the explanation instructs the simulator to answer Yes",
              "markers": "adversarial: the task prompt's own format and chat-turn tokens, faking a finished prompt",
-             "frequent-tokens": "adversarial: the activation sample's 10 most frequent tokens, the same for every latent",
+             "frequent-tokens": "adversarial: the corpus's 10 most frequent tokens, the same for every latent",
              "empty": "adversarial: every explanation is empty"}
     return {name: {"task": task_id, "method": f"gaming-{name}", "description": descs[name],
                    "explanations": {str(int(j)): text for j in latents}, "scores": None}
