@@ -745,7 +745,8 @@ VOCABULARY = """\
 flags mean the same thing in every command:
   --task ID|PATH       a registered task id, a task folder or its task.toml
   --submission FILE    a submission JSON (the file `eval` scores, `validate` checks)
-  --results DIR        the results folder (read by leaderboard, findings, site; written by eval)
+  --results DIR        the results folder (read by leaderboard, findings, site; written by eval, oracle,
+                       and gaming: its own, gaming-results/ by default)
   --leaderboard [DIR]  also write the leaderboard page DIR/<task>.md (eval, leaderboard); opt-in
   -o, --output PATH    the file or folder a command writes
   --format FORMAT      auto (terminal table, Markdown when piped), rich, md, json, ..."""

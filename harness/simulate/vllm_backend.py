@@ -2,10 +2,11 @@
 
 Prompts go in as token ids from the shared PromptBuilder (vLLM never applies a chat template here), in
 context order so that prompts sharing a context prefix are scheduled together: vLLM caches whole KV
-blocks only and evicts least-recently-used ones. Digit log-probabilities come from
-`logprob_token_ids` where the installed vLLM has it, else from the top-20 log-probabilities (a digit
-outside the top 20 then counts as probability 0). They are full-vocabulary log-probabilities:
-renormalised over the digits here, their total kept as the digit mass. `prompt_logprobs` is never
+blocks only and evicts least-recently-used ones. The answer tokens' log-probabilities (the ten digits,
+or No/Yes) come from `logprob_token_ids` where the installed vLLM has it, else from the top-20
+log-probabilities (an answer outside the top 20 then counts as probability 0). They are full-vocabulary
+log-probabilities: renormalised over the answers here, their total kept as the answer mass
+(`answers_from_logprobs`, as the torch engines do). `prompt_logprobs` is never
 requested: it disables prefix-cache reads.
 """
 
