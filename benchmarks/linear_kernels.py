@@ -9,6 +9,10 @@ engine feeds them, three ways, in the same process and threads:
 - `oneDNN packed`: the weight reordered once into oneDNN's blocked layout (`torch.ops.mkldnn`), as
   inductor's CPU freezing does; "-" where oneDNN cannot pack that dtype on this CPU (bf16 needs
   avx512-bf16 or avx-ne-convert).
+- `inductor`: the layer through `torch.compile` with weight freezing for this one shape, which lets inductor
+  choose its own kernel (MKL's packed sgemm in float32; oneDNN's, or with `--inductor max-autotune` its own
+  C++ micro-kernels that use AMX, in bfloat16). "-" where it cannot compile (no C++ compiler); compile
+  time is not counted. `--inductor off` skips it.
 
 It prints GFLOP/s and each kernel's speed relative to `F.linear`, and a 2048-cube matmul as the machine's
 reference peak; the CPU model heads the output. Shapes default to Qwen2.5-Coder-1.5B's (hidden 1536, MLP 8960,
@@ -16,6 +20,7 @@ key/value 256); the engine's suffix batches put 64 rows x ~16 tokens = ~1,000 ro
 lone context's prefix ~50-150.
 
     python benchmarks/linear_kernels.py [--dtype float32 bfloat16] [--rows 16 64 256 1024] [--threads 2]
+                                        [--inductor default|max-autotune|off]
 """
 
 from __future__ import annotations
@@ -38,6 +43,57 @@ def per_call(fn, budget_s: float) -> float:
             return spent / n
 
 
+def agrees(out, reference) -> bool:
+    """`out` is the float32 `reference` product up to `out`'s rounding: no entry further from it than 4
+    epsilons of `out`'s dtype (at least 1e-3, float32's summation-order noise over thousands of terms)
+    times the reference's largest entry. Against float32 because two correct bf16 kernels round apart by
+    an ulp of their outputs (~0.8%), which a comparison with F.linear's bf16 output would call wrong."""
+    import torch
+
+    tol = max(1e-3, 4 * torch.finfo(out.dtype).eps)
+    return bool((out.float() - reference).abs().max() <= tol * reference.abs().max())
+
+
+def checked_rate(fn, reference, flop: int, budget_s: float) -> float:
+    """GFLOP/s of `fn`, inf if it computes something other than the float32 `reference` (a fast wrong
+    kernel is no lead), nan if it cannot run here."""
+    try:
+        ok = agrees(fn(), reference)
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return float("nan")
+    return flop / per_call(fn, budget_s) / 1e9 if ok else float("inf")
+
+
+def compiled_linear(w, rows: int, mode: str):
+    """`F.linear` by `w` compiled by inductor for `rows`-row inputs, with the weight frozen (a constant that
+    inductor may repack), or None where inductor cannot compile on this machine."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype).eval()
+    layer.weight.data = w
+    inductor_config.freezing = True   # weights as constants: what lets inductor prepack them
+    # every layer runs nn.Linear.forward, one code object: past dynamo's cache limit (8) it would silently
+    # run eager, so each layer starts from an empty cache
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, mode=None if mode == "default" else mode, dynamic=False, fullgraph=True)
+    try:
+        with torch.inference_mode():   # freezing applies only without autograd, and the timed calls run so
+            compiled(torch.zeros(rows, w.shape[1], dtype=w.dtype))
+    except Exception:   # noqa: BLE001 - inductor's failures (no compiler, unsupported op) have no common type
+        return None
+    return compiled
+
+
+def cell(rate: float, base: float) -> str:
+    """A kernel's table cell: its rate and its ratio to `base`, or why there is none."""
+    if rate != rate:
+        return "-"
+    if rate == float("inf"):
+        return "wrong result"
+    return f"{rate:.0f} ({rate / base:.2f}x)"
+
+
 def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
@@ -51,6 +107,8 @@ def main(argv=None) -> int:
                     help="weight shapes as IN x OUT features, e.g. 1536x8960")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
+    ap.add_argument("--inductor", default="default", choices=["default", "max-autotune", "off"],
+                    help="torch.compile mode for the inductor column (off: skip it)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -64,7 +122,7 @@ def main(argv=None) -> int:
         peak = cube / per_call(lambda a=a: a @ a, args.seconds)
         peak_linear = cube / per_call(lambda a=a: F.linear(a, a), args.seconds)
         print(f"\n## {name}: 2048-cube matmul {peak:.0f} GFLOP/s (`a @ b`), {peak_linear:.0f} (F.linear)\n")
-        print("| in x out | rows | F.linear GFLOP/s | mm, W^T stored | oneDNN packed | packed / F.linear |")
+        print("| in x out | rows | F.linear GFLOP/s | mm, W^T stored | oneDNN packed | inductor |")
         print("|---|---:|---:|---:|---:|---:|")
         for n_in, n_out in shapes:
             w = torch.randn(n_out, n_in, dtype=dtype) / n_in ** 0.5
@@ -72,23 +130,22 @@ def main(argv=None) -> int:
             for rows in args.rows:
                 x = torch.randn(rows, n_in, dtype=dtype)
                 flop = 2 * rows * n_in * n_out
+                compiled = None if args.inductor == "off" else compiled_linear(w, rows, args.inductor)
                 with torch.inference_mode():
+                    reference = F.linear(x.float(), w.float())
                     lin = flop / per_call(lambda x=x, w=w: F.linear(x, w), args.seconds) / 1e9
                     mm = flop / per_call(lambda x=x, wt=wt: torch.mm(x, wt), args.seconds) / 1e9
                     try:
                         packed_w = torch.ops.mkldnn._reorder_linear_weight(w, rows)
-
-                        def run_packed(x=x, p=packed_w):
-                            return torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
-                        # a fast kernel that computes something else would be no lead: check it first
-                        agrees = torch.allclose(run_packed().float(), F.linear(x, w).float(), rtol=1e-3, atol=1e-3)
-                        packed = flop / per_call(run_packed, args.seconds) / 1e9 if agrees else float("inf")
                     except (RuntimeError, AttributeError):
-                        packed = float("nan")
-                cell = "-" if packed != packed else "wrong result" if packed == float("inf") else f"{packed:.0f}"
-                ratio = "-" if packed != packed or packed == float("inf") else f"{packed / lin:.2f}x"
-                print(f"| {n_in} x {n_out} | {rows} | {lin:.0f} | {mm:.0f} ({mm / lin:.2f}x) | {cell} | {ratio} |",
-                      flush=True)
+                        packed_w = None
+                    packed = float("nan") if packed_w is None else checked_rate(
+                        lambda x=x, p=packed_w: torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], ""),
+                        reference, flop, args.seconds)
+                    ind = float("nan") if compiled is None else checked_rate(
+                        lambda x=x, c=compiled: c(x), reference, flop, args.seconds)
+                print(f"| {n_in} x {n_out} | {rows} | {lin:.0f} | {cell(mm, lin)} | {cell(packed, lin)} "
+                      f"| {cell(ind, lin)} |", flush=True)
     return 0
 
 

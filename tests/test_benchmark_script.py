@@ -229,8 +229,8 @@ def test_engine_limits_compares_the_engine_with_both_weight_layouts():
 
 
 def test_linear_kernels_prints_one_checked_row_per_shape_and_row_count(capsys):
-    """Every (shape, rows) cell is measured; the packed kernel's rate is printed only after its output matched
-    F.linear's (else "wrong result")."""
+    """Every (shape, rows) cell is measured; oneDNN's packed kernel's and inductor's rates are printed only after
+    their output matched the float32 product (else "wrong result")."""
     import linear_kernels as lk   # benchmarks/linear_kernels.py (pytest's pythonpath)
 
     assert lk.main(["--dtype", "float32", "--rows", "4", "32", "--shapes", "16x24", "24x8",
@@ -240,5 +240,19 @@ def test_linear_kernels_prints_one_checked_row_per_shape_and_row_count(capsys):
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 16 x 24") or line.startswith("| 24 x 8")]
     assert [(r[0].strip(), r[1].strip()) for r in rows] == [("16 x 24", "4"), ("16 x 24", "32"),
                                                             ("24 x 8", "4"), ("24 x 8", "32")]
-    for r in rows:   # oneDNN's packed kernel computes F.linear's product (checked before timing) where it exists
-        assert float(r[2]) >= 0 and r[4].strip() != "wrong result"
+    for r in rows:   # oneDNN's packed kernel and inductor's compute F.linear's product (checked before timing)
+        assert float(r[2]) >= 0 and r[4].strip() != "wrong result" and r[5].strip() != "wrong result"
+
+
+def test_linear_kernels_agreement_is_the_output_dtypes_rounding_of_the_float32_product():
+    """Tolerance max(1e-3, 4 eps) of the reference's largest entry (2 here): float32 0.002, bf16 4 x 2^-7 x 2."""
+    import torch
+
+    import linear_kernels as lk
+
+    reference = torch.tensor([1.0, -2.0])
+    assert lk.agrees(reference + torch.tensor([0.0, 0.0019]), reference)
+    assert not lk.agrees(reference + torch.tensor([0.0021, 0.0]), reference)
+    bf16 = torch.tensor([1.0625, -2.0], dtype=torch.bfloat16)   # 0.0625 off: exactly the bound
+    assert lk.agrees(bf16, reference)
+    assert not lk.agrees(torch.tensor([1.078125, -2.0], dtype=torch.bfloat16), reference)
