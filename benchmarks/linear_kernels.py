@@ -64,27 +64,6 @@ def checked_rate(fn, reference, flop: int, budget_s: float) -> float:
     return flop / per_call(fn, budget_s) / 1e9 if ok else float("inf")
 
 
-def compiled_linear(w, rows: int, mode: str):
-    """`F.linear` by `w` compiled by inductor for `rows`-row inputs, with the weight frozen (a constant that
-    inductor may repack), or None where inductor cannot compile on this machine."""
-    import torch
-    import torch._inductor.config as inductor_config
-
-    layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype).eval()
-    layer.weight.data = w
-    inductor_config.freezing = True   # weights as constants: what lets inductor prepack them
-    # every layer runs nn.Linear.forward, one code object: past dynamo's cache limit (8) it would silently
-    # run eager, so each layer starts from an empty cache
-    torch._dynamo.reset()
-    compiled = torch.compile(layer, mode=None if mode == "default" else mode, dynamic=False, fullgraph=True)
-    try:
-        with torch.inference_mode():   # freezing applies only without autograd, and the timed calls run so
-            compiled(torch.zeros(rows, w.shape[1], dtype=w.dtype))
-    except Exception:   # noqa: BLE001 - inductor's failures (no compiler, unsupported op) have no common type
-        return None
-    return compiled
-
-
 def cell(rate: float, base: float) -> str:
     """A kernel's table cell: its rate and its ratio to `base`, or why there is none."""
     if rate != rate:
@@ -97,6 +76,7 @@ def cell(rate: float, base: float) -> str:
 def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
+    from simbench.inductor import compile_linear  # benchmarks/simbench, beside this script
 
     from harness.environment import cpu_description
 
@@ -130,7 +110,12 @@ def main(argv=None) -> int:
             for rows in args.rows:
                 x = torch.randn(rows, n_in, dtype=dtype)
                 flop = 2 * rows * n_in * n_out
-                compiled = None if args.inductor == "off" else compiled_linear(w, rows, args.inductor)
+                compiled = None
+                if args.inductor != "off":
+                    torch._dynamo.reset()   # one layer at a time: the previous ones' graphs can go
+                    layer = torch.nn.Linear(n_in, n_out, bias=False, dtype=dtype)
+                    layer.weight.data = w
+                    compiled = compile_linear(layer, args.inductor, rows)
                 with torch.inference_mode():
                     reference = F.linear(x.float(), w.float())
                     lin = flop / per_call(lambda x=x, w=w: F.linear(x, w), args.seconds) / 1e9

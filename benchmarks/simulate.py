@@ -11,6 +11,7 @@ the timed prompts but the shared instruction head, as in a real run), then the t
     python benchmarks/simulate.py --vllm-python .venv-vllm/bin/python
     python benchmarks/simulate.py --tiny --contexts 4 --explanations-n 6 --no-vllm   # smoke run, seconds
     python benchmarks/simulate.py ... --profile      # + FLOPs per prediction, matmul peak, where the time goes
+    python benchmarks/simulate.py ... --inductor max-autotune   # + the prefix engine on inductor's GEMM kernels
 
 vLLM runs in a subprocess (`--vllm-python`, default: this interpreter if it imports vllm, else
 `.venv-vllm/bin/python`), so it may live in its own virtual environment. Without it the vLLM row is
@@ -29,11 +30,14 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 # benchmarks/simbench: this script's folder is first on sys.path (tests: pytest's pythonpath)
+from simbench.inductor import MODES as INDUCTOR_MODES
+from simbench.inductor import CompiledLinears
 from simbench.machine import LoadMeter, Pauser, dist_version, log
-from simbench.record import share, update_results_md, update_throughput
+from simbench.record import ENGINE_ROWS, share, update_results_md, update_throughput
 from simbench.vllm_run import VLLM_SKIP, find_vllm_python, run_vllm, vllm_worker
 from simbench.workload import DEFAULT_CORPUS, RANDOM_ARCHS, corpus_tokens, load_explanations, load_model, make_contexts
 
@@ -97,6 +101,9 @@ def parse_args(argv=None):
                    help="time the plain forward on a seeded subset of this many pairs (its rate does not depend on "
                         "which pairs; agreement is checked on that subset). Default 0: all pairs")
     p.add_argument("--engines", default="plain,prefix,vllm", help="comma-separated subset of plain,prefix,vllm")
+    p.add_argument("--inductor", choices=("off", *INDUCTOR_MODES), default="off",
+                   help="also time the prefix engine with every decoder linear layer compiled by inductor (weights "
+                        "frozen, rows dynamic) in this torch.compile mode: row 'prefix-inductor' (default off)")
     p.add_argument("--max-chars", type=int, default=400)
     p.add_argument("--corpus-tokenizer", help="tokenizer folder that made the corpus, when it is not the model's "
                    "(e.g. the converted SmolLM2 folder, for another simulator on the default corpus)")
@@ -212,21 +219,33 @@ def main(argv=None) -> int:
 
     results: dict[str, dict] = {}
     sims = {}
-    for name in [e for e in ("plain", "prefix") if e in args.engines]:
-        sim = sims[name] = make_simulator(name, model, tok, args.prompt, args.max_chars, "bench", batch_size=args.batch_size,
+    names = [e for e in ("plain", "prefix") if e in args.engines] + (["prefix-inductor"] if args.inductor != "off" else [])
+    for name in names:
+        engine = "prefix" if name == "prefix-inductor" else name
+        sim = sims[name] = make_simulator(engine, model, tok, args.prompt, args.max_chars, "bench", batch_size=args.batch_size,
                                            **({"prefix_batch_tokens": args.prefix_batch_tokens}
-                                              if name == "prefix" and args.prefix_batch_tokens else {}))
+                                              if engine == "prefix" and args.prefix_batch_tokens else {}))
         run_pairs = [pairs[i] for i in sub] if name == "plain" else pairs
-        log(f"{name}: warm-up, then {len(run_pairs)} predictions")
-        secs, others, (p, m) = time_torch_engine(sim, contexts, warm_contexts, explanations, run_pairs, warm_pairs,
-                                         args.repeats, pauser)
+        note = f"batch {args.batch_size}"
+        # the same model, its linear layers swapped for compiled twins while this engine runs
+        layers = CompiledLinears(model, args.inductor) if name == "prefix-inductor" else nullcontext()
+        with layers:
+            if isinstance(layers, CompiledLinears):
+                if not layers.compiled:
+                    console.print(f"prefix-inductor: inductor could not compile the linear layers here ({args.inductor}); "
+                                  "row skipped")
+                    continue
+                note += f", {layers.compiled} linear layers compiled ({args.inductor}, {layers.seconds:.0f} s, untimed)"
+            log(f"{name}: warm-up, then {len(run_pairs)} predictions")
+            secs, others, (p, m) = time_torch_engine(sim, contexts, warm_contexts, explanations, run_pairs, warm_pairs,
+                                                     args.repeats, pauser)
         if name == "plain":
             full_p = np.full((len(pairs), p.shape[1]), np.nan, np.float32)
             full_m = np.full(len(pairs), np.nan, np.float32)
             full_p[sub], full_m[sub] = p, m
             p, m = full_p, full_m
         results[name] = {"seconds": secs, "others": others, "n": len(run_pairs), "probs": p, "mass": m, "dtype": args.dtype,
-                         "note": f"batch {args.batch_size}"}
+                         "note": note}
         log(f"{name}: {len(run_pairs) / secs:.1f} predictions/s")
 
     vllm_msg = None
@@ -300,9 +319,10 @@ def main(argv=None) -> int:
         ("max |Δp| vs plain", "right"), ("digit mass", "right"), ("others' CPU", "right"), ("notes", "left")]
     for col, just in columns:
         table.add_column(col, justify=just)
-    labels = {"plain": "plain (transformers)", "prefix": "prefix (shared prefix)", "vllm": "vLLM (prefix caching)"}
+    labels = {"plain": "plain (transformers)", "prefix": "prefix (shared prefix)", "vllm": "vLLM (prefix caching)",
+              "prefix-inductor": "prefix, inductor linears"}
     rate = {k: r["n"] / r["seconds"] for k, r in results.items()}
-    for k in ("plain", "vllm", "prefix"):
+    for k in ENGINE_ROWS:
         if k not in results:
             continue
         r = results[k]
@@ -322,7 +342,9 @@ def main(argv=None) -> int:
     if "prefix" in rate:
         console.print(f"ratios: prefix / plain = {rate['prefix'] / rate['plain']:.2f}x"
                       + (f", prefix / vLLM = {rate['prefix'] / rate['vllm']:.2f}x, vLLM / plain = {rate['vllm'] / rate['plain']:.2f}x"
-                         if "vllm" in rate else ""))
+                         if "vllm" in rate else "")
+                      + (f", prefix with inductor's linears / prefix = {rate['prefix-inductor'] / rate['prefix']:.2f}x"
+                         if {"prefix", "prefix-inductor"} <= rate.keys() else ""))
     checks = [f"{k} {'ok' if r['agree'] else 'FAILED'} (max |ΔEV| {r['max_dev']:.1e}, mean {r['mean_dev']:.1e}; "
               f"limit {r['tol']:.2g})"
               for k, r in results.items() if k != "plain"]

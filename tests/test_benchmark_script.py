@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -256,3 +257,45 @@ def test_linear_kernels_agreement_is_the_output_dtypes_rounding_of_the_float32_p
     bf16 = torch.tensor([1.0625, -2.0], dtype=torch.bfloat16)   # 0.0625 off: exactly the bound
     assert lk.agrees(bf16, reference)
     assert not lk.agrees(torch.tensor([1.078125, -2.0], dtype=torch.bfloat16), reference)
+
+
+needs_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                                    reason="inductor's CPU kernels need a C++ compiler")
+
+
+@needs_compiler
+def test_compiled_linears_run_inside_the_block_and_leave_the_model_as_it_was():
+    """Every linear layer but the output head runs a compiled twin inside `with` (one dynamo graph each; the same
+    logits within float32 summation noise), and none does after it (the eager logits again, bit for bit)."""
+    from torch._dynamo.utils import counters
+
+    from simbench.inductor import CompiledLinears   # benchmarks/simbench (pytest's pythonpath)
+
+    model = build_model("llama", 50, 7).eval()
+    ids = torch.randint(0, 50, (3, 9), generator=torch.Generator().manual_seed(0))
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()]
+    assert len(layers) == 2 * 7   # two decoder layers: q, k, v, o, gate, up, down
+    with torch.inference_mode():
+        eager = model(ids).logits
+        graphs = counters["stats"]["unique_graphs"]
+        with CompiledLinears(model, "default") as compiled:
+            assert compiled.compiled == len(layers) and compiled.seconds > 0
+            assert counters["stats"]["unique_graphs"] - graphs == len(layers)   # none fell back to eager
+            assert all("forward" in m.__dict__ for m in layers)
+            inside = model(ids).logits
+        after = model(ids).logits
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert torch.allclose(inside, eager, atol=1e-5, rtol=1e-5)
+    assert torch.equal(after, eager)
+
+
+@needs_compiler
+def test_inductor_row_is_measured_checked_and_kept_out_of_the_throughput_file(bench, capsys, tmp_path):
+    """`--inductor` adds a timed 'prefix-inductor' row, checked against the plain forward like the others,
+    written to RESULTS but not to throughput.json: `harness estimate` prices only engines the harness runs."""
+    js, md = tmp_path / "throughput.json", tmp_path / "RESULTS.md"
+    assert bench.main(SMALL + ["--no-vllm", "--inductor", "default", "--json-out", str(js), "--results-md", str(md)]) == 0
+    out = capsys.readouterr().out
+    assert "prefix, inductor linears" in out and "prefix-inductor ok" in out and "linear layers compiled" in out
+    assert {r["backend"] for r in json.loads(js.read_text())["measurements"]} == {"plain", "prefix"}
+    assert "| prefix-inductor | float32 |" in md.read_text()

@@ -15,6 +15,11 @@ from simbench.machine import command_line
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# The rows of a RESULTS section, in order; throughput.json (read by `harness estimate`) gets only the engines the
+# harness has: "prefix-inductor" is a measurement, not an engine it can run.
+ENGINE_ROWS = ("plain", "vllm", "prefix", "prefix-inductor")
+
+
 def share(x) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
@@ -53,7 +58,7 @@ def update_results_md(path: Path, args, results, rate, model, device, cpu, date,
              f"- command: `{command_line(sys.argv[1:])}`", "",
              "| engine | dtype | predictions/s | vs plain | vs vLLM | max \\|ΔEV\\| vs plain | max \\|Δp\\| vs plain | others' CPU | notes |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for k in ("plain", "vllm", "prefix"):
+    for k in ENGINE_ROWS:
         if k not in results:
             continue
         r = results[k]

@@ -1,0 +1,86 @@
+"""Linear layers run by inductor's own kernels: `torch.compile` with the weights frozen into the graph.
+
+Freezing is what lets inductor repack a weight and choose its kernel (MKL's packed sgemm in float32; oneDNN's or,
+with mode "max-autotune", its C++ GEMM micro-kernels, which use AMX tiles on an AMX CPU, in bfloat16). With the
+weight passed as an input instead, inductor keeps the stock matmul and gains nothing (measured on Ice Lake,
+benchmarks/RESULTS.md), so each layer is compiled on its own: ~0.6 s a layer once the first of its shape is done.
+Used by `linear_kernels.py` (one layer) and `simulate.py --inductor` (every decoder layer of a model).
+"""
+
+from __future__ import annotations
+
+import time
+
+MODES = ("default", "max-autotune")
+
+
+def compile_linear(layer, mode: str, rows: int | None = None):
+    """A compiled twin of the `nn.Linear` `layer` (same weight and bias tensors), for `rows`-row 2-D inputs, or
+    any number of rows when `rows` is None; compiled here, on a first call, so that no timing pays for it.
+    None where inductor cannot compile on this machine (no C++ compiler, an unsupported dtype)."""
+    import torch
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    if mode not in MODES:
+        raise ValueError(f"inductor mode must be one of {', '.join(MODES)}, not {mode!r}")
+    # parameters made under inference mode would be inference tensors, which dynamo cannot trace
+    with torch.inference_mode(False):
+        twin = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                               dtype=layer.weight.dtype, device=layer.weight.device).eval()
+    twin.weight.data = layer.weight.data
+    if layer.bias is not None:
+        twin.bias.data = layer.bias.data
+    inductor_config.freezing = True
+    # Every twin runs nn.Linear.forward, one code object: past dynamo's cache limit (8 entries) the rest of a
+    # model's layers would silently run eager.
+    dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 4096)
+    dynamo_config.accumulated_cache_size_limit = max(dynamo_config.accumulated_cache_size_limit, 16384)
+    compiled = torch.compile(twin, mode=None if mode == "default" else mode, dynamic=rows is None, fullgraph=True)
+    try:
+        with torch.inference_mode():   # freezing applies only without autograd, and the engines run so
+            compiled(torch.zeros(rows or 37, layer.in_features, dtype=layer.weight.dtype, device=layer.weight.device))
+    except Exception:   # noqa: BLE001 - inductor's failures (no compiler, unsupported op) have no common type
+        return None
+    return compiled
+
+
+class CompiledLinears:
+    """Inside `with`, every `nn.Linear` of `model` but its output embeddings runs a compiled twin (any rows; the
+    leading dimensions flattened into one); outside, the layers are as they were. Compiles on first entry:
+    `seconds` is what that took, `compiled` how many layers it compiled (0: inductor cannot run here)."""
+
+    def __init__(self, model, mode: str):
+        self.model, self.mode = model, mode
+        self.forwards: dict = {}
+        self.seconds = 0.0
+        self.compiled = 0
+
+    def _compile(self) -> None:
+        import torch
+
+        head = self.model.get_output_embeddings()
+        start = time.perf_counter()
+        for layer in self.model.modules():
+            if isinstance(layer, torch.nn.Linear) and layer is not head:
+                twin = compile_linear(layer, self.mode)
+                if twin is None:
+                    self.forwards.clear()
+                    break
+
+                def forward(x, twin=twin, k=layer.in_features):
+                    return twin(x.reshape(-1, k)).reshape(*x.shape[:-1], -1)
+                self.forwards[layer] = forward
+        self.seconds = time.perf_counter() - start
+        self.compiled = len(self.forwards)
+
+    def __enter__(self):
+        if not self.forwards and not self.seconds:
+            self._compile()
+        for layer, forward in self.forwards.items():
+            layer.forward = forward   # an instance attribute: shadows nn.Linear.forward for this layer only
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for layer in self.forwards:
+            del layer.forward
