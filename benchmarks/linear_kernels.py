@@ -11,8 +11,8 @@ engine feeds them, three ways, in the same process and threads:
   avx512-bf16 or avx-ne-convert).
 - `inductor`: the layer through `torch.compile` with weight freezing for this one shape, which lets inductor
   choose its own kernel (MKL's packed sgemm in float32; oneDNN's, or with `--inductor max-autotune` its own
-  C++ micro-kernels that use AMX, in bfloat16). "-" where it cannot compile (no C++ compiler); compile
-  time is not counted. `--inductor off` skips it.
+  C++ micro-kernels that use AMX, in bfloat16; `benchmarks/simbench/inductor.py`). "-" where it cannot
+  compile (no C++ compiler; the reason on stderr); compile time is not counted. `--inductor off` skips it.
 
 It prints GFLOP/s and each kernel's speed relative to `F.linear`, and a 2048-cube matmul as the machine's
 reference peak; the CPU model heads the output. Shapes default to Qwen2.5-Coder-1.5B's (hidden 1536, MLP 8960,

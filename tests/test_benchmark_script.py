@@ -21,6 +21,7 @@ from harness.testing.tiny import build_model, build_tokenizer, synthetic_texts
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "simulate.py"
+HAS_COMPILER = any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 SMALL = ["--tiny", "-C", "3", "-E", "4", "--warm-contexts", "1", "--threads", "1", "-T", "24"]
 
 
@@ -243,6 +244,8 @@ def test_linear_kernels_prints_one_checked_row_per_shape_and_row_count(capsys):
                                                             ("24 x 8", "4"), ("24 x 8", "32")]
     for r in rows:   # oneDNN's packed kernel and inductor's compute F.linear's product (checked before timing)
         assert float(r[2]) >= 0 and r[4].strip() != "wrong result" and r[5].strip() != "wrong result"
+        if HAS_COMPILER:   # a compile that failed prints "-"
+            assert float(r[5].split()[0]) >= 0   # a number, not "-"
 
 
 def test_linear_kernels_agreement_is_the_output_dtypes_rounding_of_the_float32_product():
@@ -259,14 +262,15 @@ def test_linear_kernels_agreement_is_the_output_dtypes_rounding_of_the_float32_p
     assert not lk.agrees(torch.tensor([1.078125, -2.0], dtype=torch.bfloat16), reference)
 
 
-needs_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
-                                    reason="inductor's CPU kernels need a C++ compiler")
+needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="inductor's CPU kernels need a C++ compiler")
 
 
 @needs_compiler
 def test_compiled_linears_run_inside_the_block_and_leave_the_model_as_it_was():
-    """Every linear layer but the output head runs a compiled twin inside `with` (one dynamo graph each; the same
-    logits within float32 summation noise), and none does after it (the eager logits again, bit for bit)."""
+    """Every linear layer but the output head runs a compiled twin inside `with` (one dynamo graph each, called once
+    per layer by the forward, with no recompile for its new row count; the same logits within float32 summation
+    noise), and none does after it (the eager logits again, bit for bit, and a forward set before is kept)."""
+    import torch._inductor.config as inductor_config
     from torch._dynamo.utils import counters
 
     from simbench.inductor import CompiledLinears   # benchmarks/simbench (pytest's pythonpath)
@@ -275,16 +279,24 @@ def test_compiled_linears_run_inside_the_block_and_leave_the_model_as_it_was():
     ids = torch.randint(0, 50, (3, 9), generator=torch.Generator().manual_seed(0))
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()]
     assert len(layers) == 2 * 7   # two decoder layers: q, k, v, o, gate, up, down
+    hooked = layers[0].forward   # a bound method set on the instance, as a hook would
+    layers[0].forward = hooked
     with torch.inference_mode():
         eager = model(ids).logits
         graphs = counters["stats"]["unique_graphs"]
         with CompiledLinears(model, "default") as compiled:
-            assert compiled.compiled == len(layers) and compiled.seconds > 0
+            assert compiled.compiled == len(layers) and compiled.seconds > 0 and inductor_config.freezing
             assert counters["stats"]["unique_graphs"] - graphs == len(layers)   # none fell back to eager
-            assert all("forward" in m.__dict__ for m in layers)
+            calls = []
+            for m in layers:
+                m.forward = lambda x, f=m.forward: calls.append(1) or f(x)
             inside = model(ids).logits
+            assert len(calls) == len(layers)
+            assert counters["stats"]["unique_graphs"] - graphs == len(layers)   # 27 rows, none recompiled
         after = model(ids).logits
-    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert not inductor_config.freezing
+    assert layers[0].__dict__["forward"] == hooked
+    assert not any("forward" in m.__dict__ for m in layers[1:])
     assert torch.allclose(inside, eager, atol=1e-5, rtol=1e-5)
     assert torch.equal(after, eager)
 
@@ -296,6 +308,24 @@ def test_inductor_row_is_measured_checked_and_kept_out_of_the_throughput_file(be
     js, md = tmp_path / "throughput.json", tmp_path / "RESULTS.md"
     assert bench.main(SMALL + ["--no-vllm", "--inductor", "default", "--json-out", str(js), "--results-md", str(md)]) == 0
     out = capsys.readouterr().out
-    assert "prefix, inductor linears" in out and "prefix-inductor ok" in out and "linear layers compiled" in out
+    assert "prefix, inductor linears" in out and "prefix-inductor ok" in out
     assert {r["backend"] for r in json.loads(js.read_text())["measurements"]} == {"plain", "prefix"}
-    assert "| prefix-inductor | float32 |" in md.read_text()
+    row = next(line for line in md.read_text().splitlines() if line.startswith("| prefix-inductor | float32 |"))
+    assert "14 linear layers compiled (default" in row   # the tiny Llama's two decoder layers x 7
+
+
+def test_a_layer_inductor_cannot_compile_is_none_with_the_reason_on_stderr(monkeypatch, capsys):
+    """No C++ compiler (or any other inductor failure) leaves the layer uncompiled and says why, in one line."""
+    from simbench import inductor
+
+    def broken(*_a, **_k):
+        def run(_x):
+            raise RuntimeError("Compiler: cc is not found.\nmore detail")
+        return run
+    monkeypatch.setattr(torch, "compile", broken)
+    assert inductor.compile_linear(torch.nn.Linear(4, 3), "default") is None
+    assert capsys.readouterr().err == ("inductor could not compile a 4 x 3 float32 linear layer (default): "
+                                       "RuntimeError: Compiler: cc is not found.\n")
+    model = build_model("llama", 50, 7)
+    with inductor.CompiledLinears(model, "default") as layers:
+        assert layers.compiled == 0 and not any("forward" in m.__dict__ for m in model.modules())
