@@ -76,7 +76,8 @@ def cell(rate: float, base: float) -> str:
 def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
-    from simbench.inductor import compile_linear  # benchmarks/simbench, beside this script
+    from simbench.inductor import MODES as INDUCTOR_MODES  # benchmarks/simbench, beside this script
+    from simbench.inductor import compile_linear
 
     from harness.environment import cpu_description
 
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
                     help="weight shapes as IN x OUT features, e.g. 1536x8960")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
-    ap.add_argument("--inductor", default="default", choices=["default", "max-autotune", "off"],
+    ap.add_argument("--inductor", default="default", choices=[*INDUCTOR_MODES, "off"],
                     help="torch.compile mode for the inductor column (off: skip it)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -62,8 +62,11 @@ class CompiledLinears:
         self.forwards: dict = {}
         self.saved: dict = {}
         self.seconds = 0.0
-        self.compiled = 0
         self._freezing = None
+
+    @property
+    def compiled(self) -> int:
+        return len(self.forwards)
 
     def _compile(self) -> None:
         import torch
@@ -81,7 +84,6 @@ class CompiledLinears:
                     return twin(x.reshape(-1, k)).reshape(*x.shape[:-1], -1)
                 self.forwards[layer] = forward
         self.seconds = time.perf_counter() - start
-        self.compiled = len(self.forwards)
 
     def __enter__(self):
         import torch._inductor.config as inductor_config
